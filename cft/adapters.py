@@ -1,0 +1,56 @@
+"""Banks of K low-rank adapters f_i(z) = V_i phi(U_i z), computed batched.
+
+Node states become h <- h + s * sum_i alpha_i f_i(h). The bank stacks every U_i into one
+(K*r x d) matrix and every V_i into one (d x K*r) matrix, so the whole bank is two matrix
+products whatever K is. Because phi acts elementwise and V is linear, the per-node routing
+weights alpha_i can scale the r hidden units of adapter i between the two products.
+V is zero-initialised, so training starts exactly at the backbone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "identity": lambda z: z,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+}
+
+
+class AdapterBank(nn.Module):
+    def __init__(self, num_adapters: int, rank: int, hidden: int, activation: str = "gelu", dropout: float = 0.0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown adapter activation {activation!r}")
+        self.num_adapters, self.rank, self.hidden = num_adapters, rank, hidden
+        self.activation = activation
+        self.dropout = dropout
+        self.U = nn.Parameter(torch.empty(num_adapters, rank, hidden))
+        self.V = nn.Parameter(torch.zeros(num_adapters, hidden, rank))
+        # LoRA's initialisation of the down projection (kaiming-uniform, a=sqrt(5)) per adapter
+        bound = 1.0 / math.sqrt(hidden)
+        nn.init.uniform_(self.U, -bound, bound)
+
+    def forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """h: [N, d] node states; alpha: [N, K] per-node adapter weights. Returns the update [N, d]."""
+        if self.dropout and self.training:
+            h = F.dropout(h, self.dropout, training=True)
+        k, r, d = self.num_adapters, self.rank, self.hidden
+        z = h @ self.U.reshape(k * r, d).t()  # [N, K*r]
+        z = ACTIVATIONS[self.activation](z)
+        z = (z.view(-1, k, r) * alpha.unsqueeze(-1)).view(-1, k * r)
+        return z @ self.V.permute(1, 0, 2).reshape(d, k * r).t()  # [N, d]
+
+    def reference_forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Per-adapter loop, for tests only: sum_i alpha_i V_i phi(U_i h)."""
+        act = ACTIVATIONS[self.activation]
+        out = torch.zeros_like(h)
+        for i in range(self.num_adapters):
+            out = out + alpha[:, i : i + 1] * (act(h @ self.U[i].t()) @ self.V[i].t())
+        return out

@@ -1,0 +1,22 @@
+"""Options shared by several subcommands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+SetOption = typer.Option(
+    None, "--set", "-s", metavar="KEY.PATH=VALUE",
+    help="Override a recipe field, e.g. --set routing.temperature=0.5 (repeatable; validated like the recipe).",
+)
+DataRootOption = typer.Option(
+    None, "--data-root", metavar="DIR",
+    help="Where CSVs and OGB folders live (default: $CFT_DATA_ROOT, then the recipe's data.root, then '.').",
+)
+DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the recipe's train.device, auto).")
+
+
+def as_path(value: Optional[str]) -> Optional[Path]:
+    return Path(value) if value else None

@@ -1,0 +1,76 @@
+"""`cft recipes list|validate|show`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from cft.cli import app
+from cft.cli.common import SetOption
+from cft.console import out
+
+recipes_app = typer.Typer(help="List, validate and show recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+def shipped_recipes_dir() -> Path:
+    """recipes/ of the source tree (an editable install) or of the working directory."""
+    here = Path(__file__).resolve().parents[2] / "recipes"
+    return here if here.is_dir() else Path("recipes")
+
+
+def _description(path: Path) -> str:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return str(raw.get("description", "")) if isinstance(raw, dict) else ""
+    except (OSError, yaml.YAMLError):
+        return "(unreadable)"
+
+
+@recipes_app.command("list", epilog="Example: cft recipes list")
+def list_command(folder: Optional[Path] = typer.Option(None, "--dir", help="Folder of recipes (default: the shipped recipes/).")) -> None:
+    """Show the shipped recipes with a one-line description."""
+    from cft.errors import CftError
+
+    folder = folder or shipped_recipes_dir()
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        raise CftError(f"No recipes (*.yaml) in {folder}.")
+    table = Table(title=f"recipes in {folder}", title_justify="left")
+    table.add_column("recipe")
+    table.add_column("description")
+    for f in files:
+        table.add_row(str(f), _description(f))
+    out.print(table)
+
+
+@recipes_app.command("validate", epilog="Example: cft recipes validate recipes/*.yaml --set train.epochs=2")
+def validate_command(files: List[Path] = typer.Argument(..., help="Recipe files."), sets: Optional[List[str]] = SetOption) -> None:
+    """Check recipes; report every problem with its field path and YAML line (exit 2 on any)."""
+    from cft.cli import report
+    from cft.errors import CftError
+    from cft.recipe import load_recipe
+
+    failed = 0
+    for f in files:
+        try:
+            load_recipe(f, sets or [])
+            out.print(f"[green]ok[/green] {f}")
+        except CftError as exc:
+            failed += 1
+            report(exc)
+    if failed:
+        raise typer.Exit(2)
+
+
+@recipes_app.command("show", epilog="Example: cft recipes show recipes/tox21.yaml --set adapters.rank=4")
+def show_command(file: Path = typer.Argument(..., help="Recipe file."), sets: Optional[List[str]] = SetOption) -> None:
+    """Print the resolved recipe (defaults filled in, overrides applied)."""
+    from cft.recipe import load_recipe, recipe_to_yaml
+
+    out.print(recipe_to_yaml(load_recipe(file, sets or [])), highlight=False, markup=False)

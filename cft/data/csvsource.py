@@ -1,0 +1,142 @@
+"""Chemprop-style CSVs: one SMILES column, one column per task, empty cell = missing label."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from cft.errors import CftError
+from cft.recipe import DataConfig
+
+
+@dataclass
+class Table:
+    smiles: list[str]
+    tasks: list[str]
+    labels: np.ndarray  # [n, T] float32, NaN = missing
+    kinds: list[str]
+    split_values: Optional[list[object]]  # the split column, when the split is given
+
+
+def resolve_csv_path(cfg: DataConfig, root: Path) -> Path:
+    path = Path(cfg.path).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise CftError(
+            f"Data file {path} does not exist.",
+            hint="Check data.path and the data root (--data-root, CFT_DATA_ROOT or data.root).",
+        )
+    if path.is_dir():
+        raise CftError(f"Data path {path} is a folder; data.path must name a CSV file.")
+    try:
+        # everything as text: labels are converted below, so non-numeric cells can be named
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise CftError(f"{path} is empty: expected a header row (SMILES, task columns) and data rows.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CftError(f"{path} is not a readable CSV: {first}.", hint="Check the file is a comma-separated CSV (optionally .gz).") from None
+    if frame.shape[0] == 0:
+        raise CftError(f"{path} has a header but no data rows.")
+    return frame
+
+
+def _select(columns: list[str], patterns: list[str]) -> list[str]:
+    return [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+
+
+def pick_smiles_column(frame: pd.DataFrame, cfg: DataConfig, path: Path) -> str:
+    columns = list(frame.columns)
+    if cfg.smiles_column is None:
+        return columns[0]
+    if cfg.smiles_column not in columns:
+        raise CftError(
+            f"{path} has no SMILES column {cfg.smiles_column!r}; its columns are: {', '.join(columns[:20])}"
+            + (" ..." if len(columns) > 20 else "")
+            + ".",
+            hint="Set data.smiles_column to one of them.",
+        )
+    return cfg.smiles_column
+
+
+def read_csv_table(cfg: DataConfig, root: Path) -> Table:
+    path = resolve_csv_path(cfg, root)
+    frame = read_frame(path)
+    if cfg.limit:
+        frame = frame.iloc[: cfg.limit]
+    smiles_col = pick_smiles_column(frame, cfg, path)
+    columns = [c for c in frame.columns if c != smiles_col]
+    excluded = set(_select(columns, cfg.exclude_columns))
+    split_col = cfg.split.column if cfg.split.method == "column" else None
+    if split_col is not None:
+        if split_col not in frame.columns:
+            raise CftError(f"{path} has no split column {split_col!r} (data.split.column).")
+        excluded.add(split_col)
+    if cfg.tasks:
+        tasks = []
+        for pattern in cfg.tasks:
+            matched = _select(columns, [pattern])
+            if not matched:
+                raise CftError(
+                    f"{path}: data.tasks entry {pattern!r} matches no column; columns are: {', '.join(columns[:20])}"
+                    + (" ..." if len(columns) > 20 else "")
+                    + "."
+                )
+            tasks.extend(m for m in matched if m not in tasks and m not in excluded)
+    else:
+        tasks = [c for c in columns if c not in excluded]
+    if not tasks:
+        raise CftError(f"{path}: no task columns (only {smiles_col!r}).", hint="A CSV needs a SMILES column and at least one label column.")
+    labels = np.empty((len(frame), len(tasks)), dtype=np.float32)
+    kinds = []
+    for j, task in enumerate(tasks):
+        labels[:, j] = _numeric_column(frame[task], path, task)
+        kinds.append(_kind(labels[:, j], cfg.task_kinds.get(task), path, task))
+    unknown = sorted(set(cfg.task_kinds) - set(tasks))
+    if unknown:
+        raise CftError(f"data.task_kinds names tasks that are not selected: {', '.join(unknown)}.")
+    return Table(
+        smiles=frame[smiles_col].tolist(),
+        tasks=tasks,
+        labels=labels,
+        kinds=kinds,
+        split_values=frame[split_col].tolist() if split_col else None,
+    )
+
+
+def _numeric_column(column: pd.Series, path: Path, task: str) -> np.ndarray:
+    text = column.str.strip()
+    values = pd.to_numeric(text.where(text != "", None), errors="coerce")
+    bad = values.isna() & (text != "") & ~text.str.lower().isin(["nan", "na", "none", "null"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise CftError(
+            f"{path}, column {task!r}, row {row + 2}: label {column.iloc[row]!r} is not a number "
+            f"({int(bad.sum())} such cells in that column).",
+            hint="Labels must be numbers (0/1 for binary tasks), empty for missing; or exclude the column with data.exclude_columns.",
+        )
+    out = values.to_numpy(dtype=np.float32)
+    if not np.isfinite(out[~np.isnan(out)]).all():
+        raise CftError(f"{path}, column {task!r}: labels must be finite numbers (found inf).")
+    if np.isnan(out).all():
+        raise CftError(
+            f"{path}, column {task!r}: every label is missing.",
+            hint="Drop the column, or exclude it with data.exclude_columns / choose data.tasks.",
+        )
+    return out
+
+
+def _kind(values: np.ndarray, override: Optional[str], path: Path, task: str) -> str:
+    observed = values[~np.isnan(values)]
+    is_binary = bool(np.isin(observed, (0.0, 1.0)).all())
+    if override == "binary" and not is_binary:
+        raise CftError(f"{path}, column {task!r}: data.task_kinds says binary but the labels are not all 0/1.")
+    return override or ("binary" if is_binary else "regression")

@@ -1,0 +1,54 @@
+"""Metrics with `ogb.graphproppred.Evaluator` semantics: rocauc / ap / rmse, per task and mean.
+
+The Evaluator itself scores each task (one column at a time, so per-task values come out
+too); tasks without both classes among the labelled molecules are skipped, as OGB does, and
+the mean is over the tasks that could be scored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from ogb.graphproppred import Evaluator
+
+# an OGB dataset whose official metric is each of ours, so the Evaluator scores it for us
+_EVALUATOR_FOR = {"rocauc": "ogbg-molhiv", "ap": "ogbg-molpcba", "rmse": "ogbg-molesol"}
+HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False}
+
+
+def _evaluator(metric: str) -> Evaluator:
+    evaluator = Evaluator(_EVALUATOR_FOR[metric])
+    evaluator.num_tasks = 1  # we score one column at a time
+    return evaluator
+
+
+def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray, tasks: Sequence[str]) -> dict:
+    """{"mean": float, "per_task": {task: float | None}} (None: task could not be scored)."""
+    evaluator = _evaluator(metric)
+    per_task: dict[str, float | None] = {}
+    for j, task in enumerate(tasks):
+        truth, pred = y_true[:, j : j + 1], y_pred[:, j : j + 1]
+        labelled = ~np.isnan(truth[:, 0])
+        if metric in ("rocauc", "ap"):
+            observed = truth[labelled, 0]
+            if not ((observed == 1).any() and (observed == 0).any()):
+                per_task[task] = None
+                continue
+        elif not labelled.any():
+            per_task[task] = None
+            continue
+        value = evaluator.eval({"y_true": truth, "y_pred": pred})[metric]
+        per_task[task] = float(value)
+    valid = [v for v in per_task.values() if v is not None and not math.isnan(v)]
+    mean = float(np.mean(valid)) if valid else float("nan")
+    return {"mean": mean, "per_task": per_task, "scored_tasks": len(valid)}
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    if old is None or math.isnan(old):
+        return not math.isnan(new)
+    if math.isnan(new):
+        return False
+    return new > old if HIGHER_IS_BETTER[metric] else new < old
