@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch_geometric.nn import GINEConv, MessagePassing, global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from cft.errors import CftError
-from cft.fsutil import atomic_write_with
+from cft.stfile import read_header, write_safetensors
 
 BACKBONE_FORMAT = "cft-backbone"
 BACKBONE_FORMAT_VERSION = "1"
@@ -176,38 +176,32 @@ def backbone_fingerprint(backbone: Backbone) -> str:
 def save_backbone(backbone: Backbone, path: str | Path, info: Optional[dict] = None) -> str:
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     fp = fingerprint(backbone.spec, state)
-    metadata = {
+    header = {
         "format": BACKBONE_FORMAT,
         "format_version": BACKBONE_FORMAT_VERSION,
-        "config": json.dumps(asdict(backbone.spec)),
+        "config": asdict(backbone.spec),
         "fingerprint": fp,
-        "info": json.dumps(info or {}),
+        "info": info or {},
     }
-    atomic_write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    write_safetensors(path, state, header)
     return fp
 
 
-def read_backbone_header(path: str | Path) -> dict[str, str]:
-    path = Path(path)
-    if not path.exists():
-        raise CftError(f"Backbone file {path} does not exist.", hint="Check backbone.path / --backbone.")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CftError(f"{path} is not a readable safetensors file ({exc}).", hint="Re-create or re-download the backbone.") from None
-    if metadata.get("format") != BACKBONE_FORMAT:
-        raise CftError(f"{path} is not a cft backbone (format {metadata.get('format')!r}).", hint="Pass a backbone.safetensors written by cft.")
-    if metadata.get("format_version") != BACKBONE_FORMAT_VERSION:
-        raise CftError(f"{path} has backbone format version {metadata.get('format_version')!r}; this cft reads {BACKBONE_FORMAT_VERSION}.")
-    return metadata
+def read_backbone_header(path: str | Path) -> dict:
+    header = read_header(path, "backbone")
+    if header.get("format") != BACKBONE_FORMAT:
+        hint = "That is a bundle; pass a backbone." if header.get("format") == "cft-bundle" else "Pass a backbone.safetensors written by cft."
+        raise CftError(f"{path} is not a cft backbone (format {header.get('format')!r}).", hint=hint)
+    if header.get("format_version") != BACKBONE_FORMAT_VERSION:
+        raise CftError(f"{path} has backbone format version {header.get('format_version')!r}; this cft reads {BACKBONE_FORMAT_VERSION}.")
+    return header
 
 
 def load_backbone(path: str | Path) -> Backbone:
     path = Path(path)
     metadata = read_backbone_header(path)
     try:
-        spec = BackboneSpec.from_dict(json.loads(metadata["config"]))
+        spec = BackboneSpec.from_dict(dict(metadata["config"]))
         backbone = Backbone(spec)
         state = load_file(str(path))
         backbone.load_state_dict(state, strict=True)

@@ -12,7 +12,6 @@ tensors to match it exactly (names, shapes, dtypes); nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -20,13 +19,14 @@ from typing import Optional
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file
 
 from cft import __version__
 from cft.backbone import Backbone, backbone_fingerprint, load_backbone, read_backbone_header
 from cft.errors import CftError
-from cft.fsutil import atomic_write_with, cache_dir, sha256_file
+from cft.fsutil import cache_dir, sha256_file
 from cft.model import CftModel, ModelSpec
+from cft.stfile import read_header, write_safetensors
 
 BUNDLE_FORMAT = "cft-bundle"
 BUNDLE_FORMAT_VERSION = "1"
@@ -49,53 +49,45 @@ class BundleInfo:
 
 def save_bundle(path: str | Path, model: CftModel, *, data: dict, metrics: dict, provenance: dict) -> None:
     """Write a bundle atomically. Metadata is deterministic (no times), so equal models give equal bytes."""
-    metadata = {
+    header = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
         "cft_version": __version__,
-        "spec": json.dumps(model.spec.to_dict(), sort_keys=True),
+        "spec": model.spec.to_dict(),
         "backbone_fingerprint": backbone_fingerprint(model.backbone),
-        "freeze_backbone": json.dumps(model.freeze_backbone),
-        "data": json.dumps(data, sort_keys=True, default=str),
-        "metrics": json.dumps(metrics, sort_keys=True, default=str),
-        "provenance": json.dumps(provenance, sort_keys=True, default=str),
+        "freeze_backbone": model.freeze_backbone,
+        "data": data,
+        "metrics": metrics,
+        "provenance": provenance,
     }
-    state = model.bundle_state()
-    atomic_write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    write_safetensors(path, model.bundle_state(), header)
 
 
 def read_bundle_info(path: str | Path) -> BundleInfo:
     """Read and check a bundle's header (no tensors loaded)."""
     path = Path(path)
-    if not path.exists():
-        raise CftError(f"Bundle {path} does not exist.", hint="Check the path; `cft train` writes RUN/bundle.safetensors.")
     if path.is_dir():
         raise CftError(f"{path} is a folder; pass a run folder holding bundle.safetensors, or the bundle file itself.")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        raise CftError(f"{path} is not a readable safetensors file ({str(exc)[:200]}).", hint="It may be truncated or corrupt; re-create it.") from None
-    if metadata.get("format") != BUNDLE_FORMAT:
-        kind = metadata.get("format")
+    header = read_header(path, "bundle")
+    kind = header.get("format")
+    if kind != BUNDLE_FORMAT:
         hint = "That is a backbone; pass a bundle." if kind == "cft-backbone" else "Pass a bundle written by cft train or cft compose."
         raise CftError(f"{path} is not a cft bundle (format {kind!r}).", hint=hint)
-    version = metadata.get("format_version")
+    version = header.get("format_version")
     if version != BUNDLE_FORMAT_VERSION:
         raise CftError(
             f"{path} has bundle format version {version!r}; this cft ({__version__}) reads version {BUNDLE_FORMAT_VERSION}.",
             hint="Use the cft version that wrote it, or re-create the bundle.",
         )
     try:
-        spec = ModelSpec.from_dict(json.loads(metadata["spec"]))
         info = BundleInfo(
             path=path,
-            spec=spec,
-            backbone_fingerprint=str(metadata["backbone_fingerprint"]),
-            data=json.loads(metadata.get("data", "{}")),
-            metrics=json.loads(metadata.get("metrics", "{}")),
-            provenance=json.loads(metadata.get("provenance", "{}")),
-            freeze_backbone=bool(json.loads(metadata.get("freeze_backbone", "true"))),
+            spec=ModelSpec.from_dict(header["spec"]),
+            backbone_fingerprint=str(header["backbone_fingerprint"]),
+            data=dict(header.get("data") or {}),
+            metrics=dict(header.get("metrics") or {}),
+            provenance=dict(header.get("provenance") or {}),
+            freeze_backbone=bool(header.get("freeze_backbone", True)),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CftError(f"{path}: the bundle's metadata is damaged ({type(exc).__name__}: {str(exc)[:200]}).", hint="Re-create the bundle.") from None
@@ -139,7 +131,7 @@ def find_backbone(info: BundleInfo, explicit: Optional[str | Path] = None) -> Ba
     candidates = [info.path.parent / "backbone.safetensors"]
     candidates += sorted(info.path.parent.glob("*.safetensors"))
     candidates += [Path(p).parent / "backbone.safetensors" for p in info.provenance.get("source_paths", [])]
-    candidates += [cache_dir() / "backbones" / f"{want}.safetensors"]
+    candidates += sorted((cache_dir() / "pretrained").glob("*.safetensors"))
     for candidate in candidates:
         if not candidate.exists() or candidate.resolve() == info.path.resolve():
             continue
@@ -149,7 +141,7 @@ def find_backbone(info: BundleInfo, explicit: Optional[str | Path] = None) -> Ba
         except CftError:
             continue
     raise CftError(
-        f"Bundle {info.path} needs backbone {want}, which is neither next to it nor in the cache ({cache_dir() / 'backbones'}).",
+        f"Bundle {info.path} needs backbone {want}, which is neither next to it nor among the pretrained backbones cached in {cache_dir() / 'pretrained'}.",
         hint="Pass it with --backbone PATH (the backbone.safetensors of the training run).",
     )
 

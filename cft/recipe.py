@@ -358,7 +358,8 @@ def _describe_error(err: dict) -> str:
     }
     if kind in templates:
         try:
-            return templates[kind].format(**ctx)
+            pretty = {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in ctx.items()}
+            return templates[kind].format(**pretty)
         except (KeyError, IndexError):
             pass
     msg = err.get("msg", kind)

@@ -36,8 +36,8 @@ def gate(probs: torch.Tensor, threshold: float, top_k: Optional[int] = None) -> 
     keep = probs >= threshold
     keep = keep | (probs == probs.max(dim=-1, keepdim=True).values)
     if top_k is not None and top_k < probs.size(-1):
-        kth = probs.topk(top_k, dim=-1).values[..., -1:]
-        keep = keep & (probs >= kth)
+        in_top = torch.zeros_like(keep).scatter_(-1, probs.topk(top_k, dim=-1).indices, True)
+        keep = keep & in_top
     hard = probs * keep
     hard = hard / hard.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return probs + (hard - probs).detach()

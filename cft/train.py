@@ -21,7 +21,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch_geometric.loader import DataLoader
 
 from cft import __version__
@@ -40,6 +39,7 @@ from cft.recipe import PriorConfig, Recipe
 from cft.routing import PartSpec
 from cft.runfolder import RunFolder
 from cft.seeding import restore_rng_state, rng_state_tensors, seed_everything
+from cft.stfile import write_safetensors
 
 CHECKPOINT_FORMAT = "cft-checkpoint-1"
 
@@ -157,6 +157,10 @@ def set_trainable(model: CftModel, recipe: Recipe) -> None:
         model.requires_grad_(True)
         if recipe.backbone.freeze:
             model.backbone.requires_grad_(False)
+    for part in model.router.parts:
+        # a part without adapters, or with uniform routes, never uses its router
+        if not part.spec.layers or part.spec.mode == "uniform":
+            part.requires_grad_(False)
 
 
 def make_optimizer(model: CftModel, recipe: Recipe) -> torch.optim.Optimizer:
@@ -499,8 +503,7 @@ class Trainer:
         for layer, matrix in routes.items():
             tensors[f"epoch{self.state.epoch:04d}/layer{layer}"] = torch.from_numpy(np.ascontiguousarray(matrix))
         if tensors:
-            meta = {"tasks": json.dumps(self.model.spec.tasks)}
-            atomic_write_with(history_path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+            write_safetensors(history_path, tensors, {"format": "cft-routing-history", "tasks": self.model.spec.tasks})
 
     # --------------------------------------------------------------- the end
 

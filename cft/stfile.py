@@ -1,0 +1,51 @@
+"""safetensors files with cft's metadata.
+
+All of cft's metadata lives under one header key, "cft", as canonical JSON (sorted keys).
+safetensors keeps header metadata in a hash map whose order changes from process to process,
+so with several keys two saves of the same model would differ in bytes; with one key they do
+not, and `--resume` can promise the same bundle bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from cft.errors import CftError
+from cft.fsutil import atomic_write_with
+
+HEADER_KEY = "cft"
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], header: dict) -> None:
+    metadata = {HEADER_KEY: json.dumps(header, sort_keys=True, default=str)}
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_with(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+
+
+def read_header(path: str | Path, what: str) -> dict:
+    """The "cft" header of a safetensors file; CftError if it is missing, unreadable or not cft's."""
+    path = Path(path)
+    if not path.exists():
+        raise CftError(f"{what.capitalize()} {path} does not exist.")
+    if path.is_dir():
+        raise CftError(f"{path} is a folder, not a {what} file.")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError, OverflowError) as exc:
+        raise CftError(f"{path} is not a readable safetensors file ({str(exc)[:200]}).", hint=f"It may be truncated or corrupt; re-create the {what}.") from None
+    raw = metadata.get(HEADER_KEY)
+    if raw is None:
+        raise CftError(f"{path} is a safetensors file but not one written by cft (no cft metadata).", hint=f"Pass a {what} written by cft.")
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise CftError(f"{path}: its cft metadata is not valid JSON.", hint=f"The file is damaged; re-create the {what}.")
+    return header

@@ -1,0 +1,179 @@
+"""End to end through the real CLI (tiny settings): train, eval, resume, bundle round trip."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, assert_user_error, run_cli
+
+SUMMARY_KEYS = {"metric", "best_epoch", "valid", "test", "params", "tasks", "seconds", "graphs_per_second"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import TINY_RECIPE
+
+    folder = tmp_path_factory.mktemp("train")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    run = folder / "run"
+    result = run_cli("train", recipe, "-o", run)
+    assert result.returncode == 0, result.stderr
+    return recipe, run, result
+
+
+def test_train_writes_the_run_folder(trained):
+    _, run, result = trained
+    for name in ("recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors", "checkpoint.pt",
+                 "routing_history.safetensors", "skipped_smiles.csv"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["metric"] == "rocauc" and 0.0 <= summary["test"]["mean"] <= 1.0
+    assert set(summary["test"]["per_task"]) == set(summary["tasks"])
+    assert {"trainable", "backbone", "total"} <= set(summary["params"])
+    assert {"featurise", "train"} <= set(summary["seconds"])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert {"epoch", "loss", "task_loss", "reg_loss", "valid_rocauc", "routing"} <= set(line)
+        assert set(line["routing"]) == {"0", "1"}
+        assert {"entropy", "active_fraction"} <= set(line["routing"]["0"])
+    assert "test rocauc" in result.stdout
+
+
+def test_routing_history_holds_every_epoch(trained):
+    from safetensors import safe_open
+
+    _, run, _ = trained
+    with safe_open(str(run / "routing_history.safetensors"), framework="pt") as fh:
+        keys = set(fh.keys())
+        assert json.loads(fh.metadata()["cft"])["tasks"][0] == "halogen_any"
+    assert {f"epoch{e:04d}/layer{l}" for e in (1, 2, 3) for l in (0, 1)} == keys
+
+
+def test_eval_reproduces_the_summary(trained, tmp_path):
+    _, run, _ = trained
+    out = tmp_path / "eval.json"
+    result = run_cli("eval", run, "--split", "test", "--json", out)
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(out.read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert evaluated["mean"] == pytest.approx(summary["test"]["mean"], abs=1e-9)
+    assert evaluated["per_task"].keys() == summary["test"]["per_task"].keys()
+    assert "mean" in result.stdout
+    valid = run_cli("eval", run / "bundle.safetensors", "--split", "valid")
+    assert valid.returncode == 0 and f"{summary['valid']['mean']:.4f}" in valid.stdout
+
+
+def test_bundle_round_trip(trained, tmp_path):
+    from torch_geometric.loader import DataLoader
+
+    from cft.bundle import load_bundle, save_bundle
+    from cft.data import load_dataset
+    from cft.evaluate import bundle_data_config
+
+    _, run, _ = trained
+    model, info = load_bundle(run / "bundle.safetensors")
+    assert info.tasks[0] == "halogen_any" and info.metrics["metric"] == "rocauc"
+    copy = tmp_path / "copy.safetensors"
+    save_bundle(copy, model, data=info.data, metrics=info.metrics, provenance=info.provenance)
+    assert copy.read_bytes() == (run / "bundle.safetensors").read_bytes(), "save(load(b)) == b, byte for byte"
+    again, _ = load_bundle(copy, backbone=model.backbone)
+    data = load_dataset(bundle_data_config(info), REPO)
+    batch = next(iter(DataLoader(data.subset("test"), batch_size=64)))
+    with torch.no_grad():
+        assert torch.equal(model(batch), again(batch))
+
+
+def test_existing_run_folder_is_protected(trained, tmp_path):
+    recipe, run, _ = trained
+    assert_user_error(run_cli("train", recipe, "-o", run), "already holds a run of this recipe", "--resume", "--overwrite")
+    assert_user_error(run_cli("train", recipe, "-o", run, "--set", "seed=5"), "a run of a different recipe")
+    assert_user_error(run_cli("train", recipe, "-o", run, "--resume", "--set", "seed=5"), "seed: 0 there, 5 now")
+    finished = run_cli("train", recipe, "-o", run, "--resume")
+    assert finished.returncode == 0 and "already finished" in finished.stderr
+    stranger = tmp_path / "notarun"
+    stranger.mkdir()
+    (stranger / "thesis.txt").write_text("precious")
+    assert_user_error(run_cli("train", recipe, "-o", stranger, "--overwrite"), "does not hold a cft run")
+    assert (stranger / "thesis.txt").read_text() == "precious"
+
+
+def _start(recipe, run, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "cft", "train", str(recipe), "-o", str(run), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path):
+    from conftest import TINY_RECIPE
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY_RECIPE.replace("limit: 400", "limit: 1500").replace("epochs: 3", "epochs: 4"))
+    straight = tmp_path / "straight"
+    assert run_cli("train", recipe, "-o", straight).returncode == 0
+    run = tmp_path / "interrupted"
+    proc = _start(recipe, run)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the second epoch
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived (machine too fast for this timing)")
+    assert proc.returncode == 130, err
+    assert "Resume with: cft train" in err and "--resume" in err
+    assert (run / "checkpoint.pt").exists() and not (run / "bundle.safetensors").exists()
+    resumed = run_cli("train", recipe, "-o", run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((run / "summary.json").read_text())
+    assert a["test"] == b["test"] and a["valid"] == b["valid"] and a["best_epoch"] == b["best_epoch"]
+    metrics = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert metrics(straight) == metrics(run)
+    assert (straight / "bundle.safetensors").read_bytes() == (run / "bundle.safetensors").read_bytes()
+
+
+def test_overwrite_replaces_a_run(trained, tmp_path):
+    recipe, run, _ = trained
+    target = tmp_path / "o"
+    assert run_cli("train", recipe, "-o", target, "--set", "train.epochs=1").returncode == 0
+    result = run_cli("train", recipe, "-o", target, "--overwrite", "--set", "train.epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert len((target / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_baselines_share_the_code_path(trained, tmp_path):
+    recipe, _, _ = trained
+    full = run_cli("train", recipe, "-o", tmp_path / "full", "--set", "backbone.freeze=false", "--set", "adapters.enabled=false", "--set", "train.epochs=1")
+    assert full.returncode == 0, full.stderr
+    head = run_cli("train", recipe, "-o", tmp_path / "head", "--set", "adapters.enabled=false", "--set", "train.epochs=1")
+    assert head.returncode == 0, head.stderr
+    s_full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    s_head = json.loads((tmp_path / "head" / "summary.json").read_text())
+    assert s_full["params"]["trainable"] == s_full["params"]["total"]
+    assert s_head["params"]["trainable"] == 8 * 32 + 8, "head only: one logit per task"
+    # the fine-tuned backbone is what the full fine-tuning bundle refers to
+    ev = run_cli("eval", tmp_path / "full")
+    assert ev.returncode == 0, ev.stderr
+
+
+def test_eval_refuses_a_wrong_backbone(trained, tmp_path):
+    _, run, _ = trained
+    from cft.backbone import Backbone, BackboneSpec, save_backbone
+
+    torch.manual_seed(123)
+    other = tmp_path / "other.safetensors"
+    save_backbone(Backbone(BackboneSpec(num_layers=2, hidden=32, dropout=0.0)), other)
+    assert_user_error(run_cli("eval", run, "--backbone", other), "is not the one bundle", "fingerprint")

@@ -1,0 +1,208 @@
+"""Data sources on real data: builtin, tox21/toxcast CSVs, an OGB folder; and their errors."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli
+from cft.data import load_dataset
+from cft.errors import CftError
+from cft.prior import relation_from_labels
+from cft.recipe import DataConfig, SplitConfig
+
+
+def _csv(tmp_path: Path, text: str, name: str = "d.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------ builtin
+
+
+def test_builtin_dataset_is_offline_deterministic_and_structured():
+    a = load_dataset(DataConfig(source="builtin"), Path("."))
+    b = load_dataset(DataConfig(source="builtin"), Path("."))
+    assert len(a.tasks) >= 24 and len(a) > 4900
+    assert set(a.kinds) == {"binary"}
+    for name in ("train", "valid", "test"):
+        assert np.array_equal(a.split[name], b.split[name])
+    assert not set(a.split["train"]) & set(a.split["test"])
+    rate = np.nanmean(a.y.numpy(), axis=0)
+    assert (rate < 0.02).sum() >= 3, "some tasks are rare"
+    rel = relation_from_labels(a.labels("train"), "phi", min_support=20)
+    t = {name: i for i, name in enumerate(a.tasks)}
+    # families are visibly correlated; unrelated tasks much less
+    assert rel[t["halogen_any"], t["has_Cl"]] > 0.5
+    assert rel[t["tpsa_gt_75"], t["hba_gt_5"]] > 0.4
+    assert rel[t["has_Br"], t["carboxylic_acid"]] < 0.1
+
+
+# ------------------------------------------------------------------ CSVs
+
+
+def test_tox21_loads_with_scaffold_split_and_skips_invalid(data_root):
+    cfg = DataConfig(source="csv", path="tox21.csv")
+    data = load_dataset(cfg, data_root)
+    assert len(data.tasks) == 12 and data.tasks[0] == "NR-AR" and data.tasks[-1] == "SR-p53"
+    assert len(data.skipped) == 8 and len(data) == 7831 - 8
+    assert all(row >= 0 for row, _ in data.skipped)
+    sizes = {k: len(v) for k, v in data.split.items()}
+    assert sum(sizes.values()) == len(data)
+    assert sizes["train"] == pytest.approx(0.8 * len(data), abs=2)
+    train, valid, test = (set(data.split[k]) for k in ("train", "valid", "test"))
+    assert not (train & valid or train & test or valid & test)
+    again = load_dataset(cfg, data_root)
+    assert all(np.array_equal(data.split[k], again.split[k]) for k in data.split)
+    assert again.cache_hit, "second load reads the featurisation cache"
+    # scaffold split: no scaffold appears in two splits
+    from cft.data.split import scaffold_of
+
+    train_scaffolds = {scaffold_of(data.smiles[i]) for i in data.split["train"]}
+    assert not train_scaffolds & {scaffold_of(data.smiles[i]) for i in data.split["test"]}
+
+
+def test_toxcast_loads_617_tasks(data_root):
+    data = load_dataset(DataConfig(source="csv", path="toxcast.csv.gz"), data_root)
+    assert len(data.tasks) == 617 and len(data) == 8576 - len(data.skipped)
+    assert np.isnan(data.y.numpy()).mean() > 0.5, "very sparse labels"
+
+
+def test_task_selection_by_glob_and_random_split(data_root):
+    cfg = DataConfig(source="csv", path="tox21.csv", tasks=["NR-*"], split=SplitConfig(method="random", seed=3))
+    data = load_dataset(cfg, data_root)
+    assert data.tasks == ["NR-AR", "NR-AR-LBD", "NR-AhR", "NR-Aromatase", "NR-ER", "NR-ER-LBD", "NR-PPAR-gamma"]
+    again = load_dataset(cfg, data_root)
+    assert np.array_equal(data.split["test"], again.split["test"])
+
+
+def test_split_column_and_regression_inference(tmp_path):
+    rows = ["smiles,logS,active,split"] + [f"{s},{v},{a},{sp}" for s, v, a, sp in [
+        ("CCO", 0.5, 1, "train"), ("CCN", -1.2, 0, "train"), ("c1ccccc1", 2.0, 1, "train"), ("CCCl", 0.1, 0, "valid"), ("CCBr", 1.1, 1, "test"),
+    ]]
+    path = _csv(tmp_path, "\n".join(rows) + "\n")
+    data = load_dataset(DataConfig(source="csv", path=str(path), tasks=["logS"], split=SplitConfig(method="column", column="split")), tmp_path)
+    assert data.kinds == ["regression"] and data.metric == "rmse"
+    assert [len(data.split[k]) for k in ("train", "valid", "test")] == [3, 1, 1]
+
+
+def test_strict_mode_lists_unparseable_rows(data_root):
+    with pytest.raises(CftError, match="8 SMILES cannot be parsed") as info:
+        load_dataset(DataConfig(source="csv", path="tox21.csv", strict=True), data_root)
+    assert "row " in str(info.value)
+
+
+CSV_ERRORS = {
+    "missing file": (None, "does not exist"),
+    "empty file": ("", "is empty"),
+    "header only": ("smiles,a\n", "has a header but no data rows"),
+    "no smiles column": ("mol,a\nCCO,1\n", "has no SMILES column 'smiles'"),
+    "non numeric label": ("smiles,a\nCCO,1\nCCN,yes\n", "column 'a', row 3: label 'yes' is not a number"),
+    "all missing task": ("smiles,a,b\nCCO,1,\nCCN,0,\n", "column 'b': every label is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_ERRORS))
+def test_csv_errors_are_clear(tmp_path, case):
+    text, expected = CSV_ERRORS[case]
+    path = tmp_path / "bad.csv"
+    if text is not None:
+        path.write_text(text)
+    smiles = "smiles" if case == "no smiles column" else None
+    with pytest.raises(CftError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(DataConfig(source="csv", path=str(path), smiles_column=smiles), tmp_path)
+
+
+def test_csv_errors_through_the_cli(tmp_path):
+    bad = _csv(tmp_path, "smiles,a\nCCO,1\nCCN,maybe\n")
+    recipe = _csv(tmp_path, f"data:\n  source: csv\n  path: {bad}\n", "r.yaml")
+    assert_user_error(run_cli("train", recipe, "-o", tmp_path / "run"), "row 3", "'maybe' is not a number")
+    assert not (tmp_path / "run" / "bundle.safetensors").exists()
+
+
+def test_task_without_training_labels_is_refused(tmp_path):
+    rows = ["smiles,a,b,split", "CCO,1,,train", "CCN,0,,train", "CCC,1,1,valid", "CCCl,0,0,test"]
+    path = _csv(tmp_path, "\n".join(rows) + "\n")
+    with pytest.raises(CftError, match="b have no labels in the training split"):
+        load_dataset(DataConfig(source="csv", path=str(path), split=SplitConfig(method="column", column="split")), tmp_path)
+
+
+def test_split_that_leaves_test_empty_is_refused(tmp_path):
+    path = _csv(tmp_path, "smiles,a\n" + "".join(f"{'C' * (i + 1)}O,{i % 2}\n" for i in range(10)))
+    with pytest.raises(CftError, match="leaves test empty"):
+        load_dataset(DataConfig(source="csv", path=str(path), split=SplitConfig(method="random", fractions=(0.9, 0.1, 0.0))), tmp_path)
+
+
+def test_gzipped_csv_is_read(tmp_path):
+    path = tmp_path / "g.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("smiles,a\n" + "".join(f"{'C' * (i % 7 + 1)}O,{i % 2}\n" for i in range(40)))
+    data = load_dataset(DataConfig(source="csv", path=str(path), split=SplitConfig(method="random")), tmp_path)
+    assert len(data) == 40
+
+
+# ------------------------------------------------------------------ OGB layout
+
+
+@pytest.fixture(scope="module")
+def ogb_root(tmp_path_factory, data_root):
+    from ogb_layout import write_ogb_folder
+
+    root = tmp_path_factory.mktemp("ogb")
+    write_ogb_folder(data_root / "tox21.csv", root, limit=1500)
+    return root
+
+
+def test_ogb_folder_loads_through_ogb_offline(ogb_root):
+    data = load_dataset(DataConfig(source="ogb", name="ogbg-moltox21"), ogb_root)
+    assert len(data.tasks) == 12 and data.metric == "rocauc"
+    import pandas as pd
+
+    assert len(data) == len(pd.read_csv(ogb_root / "ogbg_moltox21" / "mapping" / "mol.csv.gz"))
+    assert (ogb_root / "ogbg_moltox21" / "processed" / "geometric_data_processed.pt").exists()
+    start = time.perf_counter()
+    again = load_dataset(DataConfig(source="ogb", name="ogbg-moltox21"), ogb_root)
+    assert time.perf_counter() - start < 5 and len(again) == len(data)
+    # same molecules as featurising the CSV ourselves
+    from ogb.utils import smiles2graph
+
+    g = smiles2graph(data.smiles[0])
+    assert data.store.graph(0).x.tolist() == g["node_feat"].tolist()
+
+
+def test_ogb_folder_with_missing_files_is_refused(ogb_root, tmp_path):
+    import shutil
+
+    broken = tmp_path / "root"
+    shutil.copytree(ogb_root, broken)
+    (broken / "ogbg_moltox21" / "RELEASE_v1.txt").unlink()
+    shutil.rmtree(broken / "ogbg_moltox21" / "processed")
+    (broken / "ogbg_moltox21" / "raw" / "edge.csv.gz").unlink()
+    with pytest.raises(CftError, match="incomplete: missing RELEASE_v1.txt, raw/edge.csv.gz"):
+        load_dataset(DataConfig(source="ogb", name="ogbg-moltox21"), broken)
+
+
+def test_absent_ogb_folder_and_failed_download_says_what_to_do(tmp_path, monkeypatch):
+    import ogb.graphproppred.dataset_pyg as dataset_pyg
+
+    def no_network(*_a, **_k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(dataset_pyg, "download_url", no_network)
+    monkeypatch.setattr(dataset_pyg, "decide_download", lambda url: True)
+    with pytest.raises(CftError, match="downloading it failed") as info:
+        load_dataset(DataConfig(source="ogb", name="ogbg-molbace"), tmp_path)
+    assert "ogbg_molbace" in str(info.value)
+    assert not (tmp_path / "ogbg_molbace").exists(), "no half-made folder is left behind"
+
+
+def test_ogb_recipe_through_the_cli(ogb_root, tmp_path):
+    recipe = _csv(tmp_path, "data:\n  source: ogb\n  name: ogbg-moltox21\n  limit: 300\n  split:\n    method: random\nbackbone:\n  num_layers: 1\n  hidden: 16\ntrain:\n  epochs: 1\n", "r.yaml")
+    result = run_cli("train", recipe, "--data-root", ogb_root, "-o", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "summary.json").exists()
