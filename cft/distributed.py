@@ -31,29 +31,68 @@ class DistContext:
         return self.world_size > 1
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
+        """Round-robin share of this rank (evaluation: shards may differ in length by one)."""
         return indices[self.rank :: self.world_size] if self.enabled else indices
+
+    def epoch_order(self, indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        """This rank's training molecules for an epoch, in order.
+
+        torch's DistributedSampler: the same seeded permutation on every rank (and on every
+        restart), padded so that every rank runs the same number of steps."""
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(range(len(indices)), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return indices[np.fromiter(iter(sampler), dtype=np.int64)]
+
+    def all_reduce_sums(self, values: list[float], device: torch.device) -> list[float]:
+        if not self.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        torch_dist.all_reduce(tensor)
+        return tensor.tolist()
 
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()
 
-    def all_reduce_sum(self, value: float, device: torch.device) -> float:
-        if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
-        torch_dist.all_reduce(tensor)
-        return float(tensor.item())
+    def gather_rows(self, local: np.ndarray, total: int, device: torch.device) -> np.ndarray:
+        """Reassemble rows split round-robin (rank r holds rows r, r+world, ...) on every rank.
 
-    def gather_rows(self, array: np.ndarray, order: np.ndarray, total: int) -> np.ndarray:
-        """Reassemble per-rank rows (rank r holds rows order[r::world]) into the full array."""
+        Plain tensors through all_gather (shards padded to equal length), never pickled objects."""
         if not self.enabled:
-            return array
-        gathered: list = [None] * self.world_size
-        torch_dist.all_gather_object(gathered, array)
-        out = np.empty((total,) + array.shape[1:], dtype=array.dtype)
-        for r, part in enumerate(gathered):
-            out[order[r :: self.world_size]] = part
-        return out
+            return local
+        width = local.shape[1] if local.ndim == 2 else 1
+        longest = -(-total // self.world_size)
+        padded = torch.zeros((longest, width), dtype=torch.float32, device=device)
+        padded[: len(local)] = torch.as_tensor(local, dtype=torch.float32, device=device).reshape(len(local), width)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        out = np.empty((total, width), dtype=np.float32)
+        for r, part in enumerate(parts):
+            rows = np.arange(r, total, self.world_size)
+            out[rows] = part[: len(rows)].cpu().numpy()
+        return out.reshape((total,) + local.shape[1:])
+
+    def main_first(self, action, device: torch.device):
+        """Run `action` on rank 0 only, then let every rank know whether it failed.
+
+        Without this a CftError on rank 0 (say, a refused output folder) would leave the other
+        ranks waiting at the next collective until the process-group timeout."""
+        from cft.errors import CftError
+
+        failure = None
+        result = None
+        if self.is_main:
+            try:
+                result = action()
+            except CftError as exc:
+                failure = exc
+        if self.broadcast_flag(failure is not None, device):
+            if failure is not None:
+                raise failure
+            raise CftError("rank 0 stopped with an error (see its message above).")
+        return result
 
     def close(self) -> None:
         if self.initialized_here and torch_dist.is_initialized():
@@ -71,7 +110,7 @@ def single() -> DistContext:
     return DistContext()
 
 
-def context_from_env() -> DistContext:
+def context_from_env(backend: str = "auto") -> DistContext:
     """Join the process group torchrun set up (WORLD_SIZE > 1), else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -83,11 +122,14 @@ def context_from_env() -> DistContext:
             "WORLD_SIZE > 1 but no rendezvous endpoint (MASTER_ADDR/MASTER_PORT) is set.",
             hint="Launch with torchrun (e.g. torchrun --nproc_per_node=2 -m cft train RECIPE) or cft train --nproc 2.",
         )
-    backend = os.environ.get("CFT_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():
-        raise CftError("CFT_DIST_BACKEND=nccl needs CUDA, which this machine does not have.", hint="Use gloo on CPU.")
+        raise CftError("train.dist_backend is nccl, which needs CUDA, and this machine has no CUDA device.", hint="Use gloo (or auto) on CPU.")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise CftError(f"Local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}.", hint="Start at most one process per GPU.")
         torch.cuda.set_device(local_rank)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend=backend)
@@ -99,13 +141,15 @@ def context_from_env() -> DistContext:
     return ctx
 
 
-def launch_local(nproc: int, argv: list[str]) -> None:
+def launch_local(nproc: int, argv: list[str], backend: str = "auto") -> None:
     """`cft train --nproc N ...`: start N ranks on this machine through torchrun (standalone)."""
     import subprocess
     import sys
 
     from cft.errors import CftError
 
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise CftError("train.dist_backend is nccl, which needs CUDA, and this machine has no CUDA device.", hint="Use gloo (or auto) on CPU.")
     limit = torch.cuda.device_count() if torch.cuda.is_available() else (os.cpu_count() or 1)
     if nproc > limit:
         what = "GPUs" if torch.cuda.is_available() else "CPU cores"

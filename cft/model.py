@@ -95,8 +95,10 @@ class CftModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, data) -> torch.Tensor:
-        return self.forward_with_routes(data)[0]
+    def forward(self, data, with_routes: bool = False):
+        """Logits [B, T]; with_routes=True also returns the routes (for the regulariser)."""
+        logits, routes = self.forward_with_routes(data)
+        return (logits, routes) if with_routes else logits
 
     def forward_with_routes(self, data) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         bb, router = self.backbone, self.router

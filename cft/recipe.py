@@ -223,6 +223,8 @@ class TrainConfig(_Strict):
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
     """Opt-in torch.compile of the model."""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend for multi-process runs: `auto` is NCCL on CUDA, gloo on CPU."""
     num_workers: int = Field(default=0, ge=0)
     """DataLoader worker processes."""
     threads: Optional[int] = Field(default=None, ge=1)

@@ -45,6 +45,16 @@ class RunFolder:
 
     def prepare(self, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
         """Create the folder, or check that continuing/replacing the run there is what was asked."""
+        if self.check(recipe, resume=resume, overwrite=overwrite) == "replace":
+            self._clear()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CftError(f"Cannot create output folder {self.path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
+        atomic_write_text(self.file("recipe.yaml"), recipe_to_yaml(recipe))
+
+    def check(self, recipe: Recipe, *, resume: bool, overwrite: bool) -> str:
+        """Raise CftError unless the folder may be used as asked; returns new/replace/resume. Writes nothing."""
         path = self.path
         if path.exists() and not path.is_dir():
             raise CftError(f"Output path {path} is a file, not a folder.", hint="Choose another --output-dir.")
@@ -54,27 +64,24 @@ class RunFolder:
                 f"Output folder {path} is not empty and does not hold a cft run; cft will not write into it.",
                 hint="Choose another --output-dir (or an empty folder).",
             )
-        if occupied and overwrite and not resume:
-            self._clear()
-        elif occupied and resume:
+        if not occupied:
+            return "new"
+        if overwrite and not resume:
+            return "replace"
+        if resume:
             differences = self.recipe_differences(recipe)
             if differences:
                 raise CftError(
                     f"Output folder {path} holds a run of a different recipe ({'; '.join(differences[:5])}); --resume continues only the same run.",
                     hint="Use the recipe it was started with, or --overwrite to replace it, or another --output-dir.",
                 )
-        elif occupied:
-            differences = self.recipe_differences(recipe)
-            what = "a run of a different recipe" if differences else "a run of this recipe"
-            raise CftError(
-                f"Output folder {path} already holds {what}.",
-                hint="Pass --resume to continue it, --overwrite to replace it, or choose another --output-dir.",
-            )
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CftError(f"Cannot create output folder {path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
-        atomic_write_text(self.file("recipe.yaml"), recipe_to_yaml(recipe))
+            return "resume"
+        differences = self.recipe_differences(recipe)
+        what = "a run of a different recipe" if differences else "a run of this recipe"
+        raise CftError(
+            f"Output folder {path} already holds {what}.",
+            hint="Pass --resume to continue it, --overwrite to replace it, or choose another --output-dir.",
+        )
 
     def recipe_differences(self, recipe: Recipe) -> list[str]:
         try:

@@ -47,9 +47,9 @@ CHECKPOINT_FORMAT = "cft-checkpoint-1"
 # --------------------------------------------------------------------------- building blocks
 
 
-def pick_device(requested: str) -> torch.device:
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
@@ -112,11 +112,8 @@ def obtain_backbone(recipe: Recipe, run: RunFolder, data_root: Path, device: tor
     if bb.pretrain:
         from cft.pretrain import pretrained_backbone
 
-        if dist.is_main:
-            backbone, details = pretrained_backbone(bb.pretrain, spec, recipe.seed, data_root, start_path, device)
-        dist.barrier()
-        if not dist.is_main:
-            backbone, details = load_backbone(start_path), {"source": "pretrain (rank 0)"}
+        made = dist.main_first(lambda: pretrained_backbone(bb.pretrain, spec, recipe.seed, data_root, start_path, device), device)
+        backbone, details = made if dist.is_main else (load_backbone(start_path), {"source": "pretrain (rank 0)"})
         return backbone, {"source": "pretrain", "method": bb.pretrain.method, **details}
     seed_everything(recipe.seed)
     backbone = Backbone(spec)
@@ -217,9 +214,8 @@ def autocast(device: torch.device, enabled: bool):
 
 def evaluate_split(model: CftModel, dataset: MolDataset, split: str, metric: str, batch_size: int, device: torch.device, dist: DistContext, amp: bool = False) -> dict:
     indices = dataset.split[split]
-    shard = dist.shard(np.arange(len(indices)))
-    logits = predict_logits(model, GraphDataset(dataset.store, dataset.y, indices[shard]), batch_size, device, amp)
-    logits = dist.gather_rows(logits, np.arange(len(indices)), len(indices))
+    logits = predict_logits(model, GraphDataset(dataset.store, dataset.y, dist.shard(indices)), batch_size, device, amp)
+    logits = dist.gather_rows(logits, len(indices), device)
     return score(metric, dataset.labels(split), logits, dataset.tasks)
 
 
@@ -276,12 +272,12 @@ class Trainer:
 
     # --------------------------------------------------------------- setup
 
-    def setup(self, resume: bool) -> None:
+    def setup(self, resume: bool, dataset: Optional[MolDataset] = None) -> None:
         recipe, dist = self.recipe, self.dist
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
         started = time.perf_counter()
-        self.dataset = load_dataset(recipe.data, self.data_root, recipe.seed)
+        self.dataset = dataset if dataset is not None else load_dataset(recipe.data, self.data_root, recipe.seed)
         self.featurise_seconds = self.dataset.featurise_seconds
         self.data_seconds = time.perf_counter() - started
         self.metric = resolve_metric(recipe, self.dataset)
@@ -293,7 +289,7 @@ class Trainer:
         self.model.to(self.device)
         self.train_model = self._wrap(self.model)
         self.optimizer = make_optimizer(self.model, recipe)
-        self.steps_per_epoch = math.ceil(len(dist.shard(self.dataset.split["train"])) / self.local_batch_size)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.dataset.split["train"]) / dist.world_size) / self.local_batch_size)
         self.scheduler = make_scheduler(self.optimizer, recipe, self.steps_per_epoch)
         self.state = LoopState()
         self.best_state = self._snapshot()
@@ -367,10 +363,7 @@ class Trainer:
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """The same permutation on every rank and every (re)start: seeded by (seed, epoch)."""
-        train = self.dataset.split["train"]
-        generator = torch.Generator().manual_seed(self.recipe.seed * 100_003 + epoch)
-        order = train[torch.randperm(len(train), generator=generator).numpy()]
-        order = self.dist.shard(order)
+        order = self.dist.epoch_order(self.dataset.split["train"], self.recipe.seed, epoch)
         bs = self.local_batch_size
         if len(order) % bs == 1 and len(order) > 1:
             order = order[:-1]  # a one-graph batch breaks BatchNorm in training mode
@@ -408,8 +401,9 @@ class Trainer:
                     task_loss = model.task_loss(logits.float(), batch.y)
                     reg = model.router.regularizer(routes) if lam > 0 else task_loss.new_zeros(())
                     loss = task_loss + lam * reg
-                if not torch.isfinite(loss.detach()):
-                    self._diverged(float(loss.detach()))
+                loss_value = float(loss.detach())  # one sync per step: a NaN must stop us before the update
+                if not math.isfinite(loss_value):
+                    self._diverged(loss_value)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recipe.train.grad_clip:
@@ -421,7 +415,7 @@ class Trainer:
                 state.batch_in_epoch += 1
                 state.graphs_seen += int(batch.num_graphs)
                 acc = state.epoch_loss
-                acc[0], acc[1], acc[2], acc[3] = acc[0] + float(task_loss), acc[1] + float(reg), acc[2] + float(loss), acc[3] + 1
+                acc[0], acc[1], acc[2], acc[3] = acc[0] + float(task_loss.detach()), acc[1] + float(reg.detach()), acc[2] + loss_value, acc[3] + 1
                 advance(1, loss=acc[2] / acc[3])
                 if recipe.train.max_steps and state.step >= recipe.train.max_steps:
                     break
@@ -435,10 +429,8 @@ class Trainer:
         state.train_seconds += time.perf_counter() - epoch_started
 
     def _forward(self, batch):
-        if self.train_model is self.model:
-            return self.model.forward_with_routes(batch)
-        # DDP/compiled wrappers expose forward(); routes are recomputed (cheap: T x K) for the regulariser
-        return self.train_model(batch), self.model.router.routes()
+        # through the wrapper (DDP / compiled) so that gradient hooks see the whole graph
+        return self.train_model(batch, with_routes=True)
 
     def _diverged(self, value: float) -> None:
         state = self.state
@@ -453,7 +445,7 @@ class Trainer:
         valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(valid["mean"]):
             self.scheduler.step(valid["mean"])
-        acc = state.epoch_loss
+        acc = self.dist.all_reduce_sums(list(state.epoch_loss), self.device)
         n = max(acc[3], 1)
         improved = better(self.metric, valid["mean"], state.best_metric)
         if improved:
@@ -556,15 +548,16 @@ def train_recipe(
     device: Optional[str] = None,
     dist: Optional[DistContext] = None,
     resume_command: str = "",
+    dataset: Optional[MolDataset] = None,
 ) -> dict:
-    """Train a recipe into `output_dir`; returns the summary (also written to summary.json)."""
+    """Train a recipe into `output_dir`; returns the summary (also written to summary.json).
+    `dataset` replaces loading the recipe's data (benchmarks build theirs in memory)."""
     dist = dist or single()
     run = RunFolder(output_dir)
-    if dist.is_main:
-        run.prepare(recipe, resume=resume, overwrite=overwrite)
-    dist.barrier()
-    trainer = Trainer(recipe, run, data_root, pick_device(device or recipe.train.device), dist, resume_command)
-    trainer.setup(resume)
+    target = pick_device(device or recipe.train.device, dist.local_rank)
+    dist.main_first(lambda: run.prepare(recipe, resume=resume, overwrite=overwrite), target)
+    trainer = Trainer(recipe, run, data_root, target, dist, resume_command)
+    trainer.setup(resume, dataset)
     if trainer.state.finished and run.file("summary.json").exists():
         info(f"{run.path} is already finished; its summary is unchanged.")
         return json.loads(run.file("summary.json").read_text())

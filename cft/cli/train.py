@@ -33,13 +33,16 @@ def train_command(
     """Train adapters (or a baseline) as a recipe says, and write the run folder and bundle."""
     from cft.distributed import context_from_env, launch_local
 
-    if nproc and nproc > 1:
-        launch_local(nproc, sys.argv[1:])
-        return
     parsed = load_recipe(recipe, sets or [])
     run_dir = Path(output_dir or parsed.output_dir)
+    if nproc and nproc > 1:
+        from cft.runfolder import RunFolder
+
+        RunFolder(run_dir).check(parsed, resume=resume, overwrite=overwrite)  # refuse before starting N processes
+        launch_local(nproc, sys.argv[1:], parsed.train.dist_backend)
+        return
     root = resolve_data_root(data_root, parsed.data.root)
-    dist = context_from_env()
+    dist = context_from_env(parsed.train.dist_backend)
     resume_cmd = shlex.join(["cft", "train", str(recipe), *sum((["--set", s] for s in sets or []), []), "--output-dir", str(run_dir), "--resume"]
                             + (["--data-root", data_root] if data_root else []))
     from cft.train import train_recipe

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# GPU throughput of the molpcba-sized model (GIN-VN 300x5, K=8 r=16, 128 tasks) over 437,929 real
+# molecules (HIV + MUV from the shared data, repeated to molpcba's count): training and inference
+# graphs/s, for adapters and for full fine-tuning, with the GPU's name. Finishes in under 8 minutes.
+#
+#   benchmarks/gpu.sh                     # on a machine with one GPU and cft's dependencies
+#   benchmarks/gpu.sh --compile           # also measure torch.compile
+#
+# On a machine without internet that lacks rdkit/ogb/pydantic, put their wheels in .device/wheels
+# (see docs/distributed.md) and the two CSVs in .device/data; the script installs from there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! $PY -c "import rdkit, ogb, pydantic, typer" 2>/dev/null; then
+    if compgen -G ".device/wheels/*.whl" > /dev/null; then
+        $PY -m pip install --quiet --no-index --no-deps .device/wheels/*.whl
+    else
+        echo "gpu.sh: rdkit, ogb and pydantic are needed (pip install -e . or wheels in .device/wheels)" >&2
+        exit 2
+    fi
+fi
+DATA=${CFT_BENCH_DATA:-../shared/data}
+if [ -d .device/data ]; then DATA=.device/data; fi
+export CFT_CACHE_DIR=${CFT_CACHE_DIR:-/tmp/cft-gpu-cache}
+export CFT_QUIET=1 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+timeout 470 $PY benchmarks/gpu_throughput.py --data "$DATA" --json "${OUT:-/tmp}/gpu.json" "$@"
