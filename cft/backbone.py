@@ -67,7 +67,7 @@ class OgbGCNConv(MessagePassing):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         x = self.linear(x)
-        edge_embedding = self.bond_encoder(edge_attr)
+        edge_embedding = self.bond_encoder(edge_attr.long())
         num_edges = edge_index.size(1)
         # gcn_norm appends one self-loop per node after the real edges: its weight is 1/deg
         _, weight = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
@@ -89,7 +89,7 @@ class GINLayer(nn.Module):
         self.bond_encoder = BondEncoder(hidden)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        return self.conv(x, edge_index, self.bond_encoder(edge_attr))
+        return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
 
 
 _POOL = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
@@ -118,7 +118,7 @@ class Backbone(nn.Module):
         return self.spec.num_layers
 
     def encode(self, x: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        h = self.atom_encoder(x)
+        h = self.atom_encoder(x.long())  # features are stored as uint8
         vn = self.vn_embedding.weight.expand(num_graphs, -1) if self.spec.virtual_node else None
         return h, vn
 

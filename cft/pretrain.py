@@ -104,8 +104,9 @@ def _pretrain_masking(backbone: Backbone, dataset, cfg: PretrainConfig, seed: in
                 masked = torch.rand(batch.num_nodes, generator=generator).to(device) < cfg.mask_rate
                 if not masked.any():
                     masked[0] = True
-                target = batch.x[masked, 0]
-                batch.x = torch.where(masked.unsqueeze(1), mask_token.unsqueeze(0), batch.x)
+                x = batch.x.long()
+                target = x[masked, 0]
+                batch.x = torch.where(masked.unsqueeze(1), mask_token.unsqueeze(0), x)
                 logits = head(backbone.node_states(batch)[masked])
                 loss = F.cross_entropy(logits, target)
                 optimizer.zero_grad(set_to_none=True)
