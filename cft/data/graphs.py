@@ -25,7 +25,10 @@ from torch_geometric.data import Data, Dataset
 from cft.console import progress_bar
 from cft.fsutil import atomic_write_with, cache_dir
 
-FEATURISER_VERSION = f"ogb-smiles2graph/ogb-{ogb.__version__}/rdkit-{rdkit.__version__}/store-2"
+# what the features are (changes when ogb or rdkit could featurise differently)
+FEATURISER_VERSION = f"ogb-smiles2graph/ogb-{ogb.__version__}/rdkit-{rdkit.__version__}"
+# how the cache stores them (changes when the on-disk layout changes)
+STORE_VERSION = "store-2"
 
 # below this many molecules a process pool costs more than it saves
 _PARALLEL_MIN = 4000
@@ -160,7 +163,7 @@ def _assemble(graphs: list[Optional[dict]]) -> tuple[GraphStore, np.ndarray]:
 
 
 def smiles_key(smiles: Sequence[str]) -> str:
-    digest = hashlib.sha256(FEATURISER_VERSION.encode())
+    digest = hashlib.sha256(f"{FEATURISER_VERSION}/{STORE_VERSION}".encode())
     for s in smiles:
         digest.update(b"\n")
         digest.update(str(s).encode())
