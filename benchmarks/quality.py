@@ -1,0 +1,118 @@
+"""Quality benchmark: cft's methods side by side on Tox21, ToxCast and MUV (scaffold split).
+
+    python benchmarks/quality.py [--quick] [--data ../shared/data] [--backbone FILE] [--jobs 2]
+
+Every run is a real `cft train` of recipes/<dataset>.yaml with `--set` overrides, in its own
+run folder under benchmarks/results/quality/<dataset>/<method>/seed<k>; finished runs are
+skipped, so an interrupted benchmark continues where it stopped. One backbone serves every
+method: GIN-VN 300x5 pretrained by cft with attribute masking on the HIV molecules (no
+evaluation labels), unless --backbone names another file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+METHODS = {
+    "GIN-VN from scratch": ["backbone.path=null", "backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
+    "full fine-tuning": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
+    "head only": ["adapters.enabled=false"],
+    "one adapter (K=1, no routing)": ["adapters.num_adapters=1", "routing.mode=uniform"],
+    "uniform mixture (K=4, no gate)": ["routing.mode=uniform"],
+    "routing, identity prior": ["prior.source=identity"],
+    "full method (label prior)": [],
+}
+
+# (recipe, epochs, seeds) per dataset; chosen so that the full suite fits in 2 hours on 2 cores
+FULL = {"tox21": ("recipes/tox21.yaml", 12, 3), "toxcast": ("recipes/toxcast.yaml", 6, 3), "muv": ("recipes/muv.yaml", 1, 3)}
+QUICK = {"tox21": ("recipes/tox21.yaml", 2, 1)}
+QUICK_LIMIT = 1500
+
+
+def run_one(dataset: str, recipe: str, method: str, seed: int, epochs: int, extra: list[str], out: Path, data: Path, threads: int) -> dict:
+    folder = out / dataset / method.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "") / f"seed{seed}"
+    summary_path = folder / "summary.json"
+    if not summary_path.exists():
+        sets = METHODS[method] + extra + [f"seed={seed}", f"train.epochs={epochs}", f"train.threads={threads}", "train.patience=null"]
+        cmd = [sys.executable, "-m", "cft", "train", str(REPO / recipe), "--data-root", str(data), "-o", str(folder)]
+        cmd += sum((["--set", s] for s in sets), [])
+        if (folder / "checkpoint.pt").exists():
+            cmd.append("--resume")
+        elif folder.exists():
+            cmd.append("--overwrite")
+        env = {**os.environ, "CFT_QUIET": "1", "OMP_NUM_THREADS": str(threads)}
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            return {"dataset": dataset, "method": method, "seed": seed, "error": result.stderr.strip().splitlines()[-1:] or ["?"]}
+    s = json.loads(summary_path.read_text())
+    return {"dataset": dataset, "method": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
+            "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "trainable": s["params"]["trainable"], "total": s["params"]["total"],
+            "train_seconds": s["seconds"]["train"], "graphs_per_second": s["graphs_per_second"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Tox21 only, 1 seed, 2 epochs, small backbone, 1,500 molecules (~10 minutes)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality")
+    parser.add_argument("--backbone", type=Path, help="backbone file shared by every method (default: pretrain it with cft, cached)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores // jobs threads)")
+    args = parser.parse_args()
+    data, out = args.data.resolve(), args.out.resolve()
+    protocol = QUICK if args.quick else FULL
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    started = time.perf_counter()
+    extra = []
+    if args.quick:
+        extra = ["backbone.hidden=64", "backbone.num_layers=3", "backbone.pretrain.epochs=1", "backbone.pretrain.data.limit=4000", f"data.limit={QUICK_LIMIT}"]
+    backbone = args.backbone.resolve() if args.backbone else None
+    if backbone is None:
+        # pretrain once (cft's own cached pretrain stage) and share the file
+        folder = out / "backbone"
+        cmd = [sys.executable, "-m", "cft", "train", str(REPO / "recipes" / "tox21.yaml"), "--data-root", str(data), "-o", str(folder),
+               "--overwrite", "--set", "train.epochs=1", "--set", "train.max_steps=1", *sum((["--set", s] for s in extra), [])]
+        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CFT_QUIET": "1"})
+        backbone = folder / "backbone.safetensors"
+    base = ["backbone.pretrain=null", f"backbone.path={backbone}"] + [e for e in extra if not e.startswith("backbone.")]
+    jobs = [(name, recipe, method, seed, epochs) for name, (recipe, epochs, seeds) in protocol.items() for seed in range(seeds) for method in METHODS]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda j: run_one(j[0], j[1], j[2], j[3], j[4], base, out, data, threads), jobs))
+    summary = summarise(rows)
+    result = {"protocol": {k: {"recipe": v[0], "epochs": v[1], "seeds": v[2]} for k, v in protocol.items()}, "backbone": str(backbone),
+              "quick": args.quick, "rows": rows, "summary": summary, "seconds": time.perf_counter() - started,
+              "command": " ".join(["python", "benchmarks/quality.py"] + (["--quick"] if args.quick else []))}
+    (out.parent / ("quality_quick.json" if args.quick else "quality.json")).write_text(json.dumps(result, indent=2))
+    for key, s in summary.items():
+        dataset, method = key.split("|")
+        print(f"{dataset:8s} {method:34s} test {s['test_mean']:.4f} ± {s['test_std']:.4f}  valid {s['valid_mean']:.4f}  trainable {s['trainable']:,}  {s['train_seconds']:.0f}s")
+    print(f"total {result['seconds']:.0f}s")
+
+
+def summarise(rows: list[dict]) -> dict:
+    groups: dict = {}
+    for r in rows:
+        if "error" in r:
+            print(f"FAILED {r['dataset']} {r['method']} seed {r['seed']}: {r['error']}")
+            continue
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        tests, valids = [r["test"] for r in rs], [r["valid"] for r in rs]
+        out[key] = {"metric": rs[0]["metric"], "seeds": len(rs), "test_mean": statistics.mean(tests), "test_std": statistics.pstdev(tests),
+                    "valid_mean": statistics.mean(valids), "trainable": rs[0]["trainable"], "total": rs[0]["total"],
+                    "train_seconds": statistics.mean(r["train_seconds"] for r in rs), "graphs_per_second": statistics.mean(r["graphs_per_second"] for r in rs)}
+    return {f"{dataset}|{method}": v for (dataset, method), v in out.items()}
+
+
+if __name__ == "__main__":
+    main()

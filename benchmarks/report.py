@@ -1,0 +1,93 @@
+"""Render benchmark results (benchmarks/results/*.json) as the markdown tables of BENCHMARKS.md.
+
+    python benchmarks/report.py            # rewrite the generated blocks of BENCHMARKS.md in place
+
+Each generated block sits between `<!-- begin:NAME -->` and `<!-- end:NAME -->`; the prose
+around the blocks is written by hand and kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def machine_line(result: dict) -> str:
+    m = result["machine"]
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}; "
+            f"commit {m['commit']}; {m['date']}. Command: `{result['command']}`.")
+
+
+def speed_tables(result: dict) -> str:
+    lines = [machine_line(result), "", f"Batch {result['batch_size']}, {result['steps']} training steps per measurement, "
+             f"median of {result['repetitions']} interleaved repetitions, each in its own process. Tox21 (6,258 training molecules), GIN-VN 300×5.", ""]
+    lines += ["| mode | train graphs/s | inference graphs/s | peak RSS (MiB) | trainable / total params |", "|---|---:|---:|---:|---:|"]
+    for mode, r in result["modes"].items():
+        params = f"{int(r['trainable']):,} / {int(r['total']):,}" if "trainable" in r else "all"
+        lines.append(f"| {mode} | {r['train_graphs_per_s']:.0f} | {r['infer_graphs_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {params} |")
+    lines += ["", "| ratio | measured |", "|---|---:|"]
+    for name, value in result["ratios"].items():
+        lines.append(f"| {name} | {value:.2f}× |")
+    f = result["featurisation"]
+    lines += ["", f"Featurisation of {f['molecules']:,} Tox21 SMILES: {f['cold_seconds']:.2f} s cold, {f['cached_seconds']:.3f} s from the cache.", ""]
+    lines += ["Time per training epoch against molecules (MUV, adapters K=4 r=8, 17 tasks):", "", "| molecules in file | training molecules | epoch seconds | seconds per 1k molecules | peak RSS (MiB) |", "|---:|---:|---:|---:|---:|"]
+    for r in result["scaling_molecules"]:
+        lines.append(f"| {r['limit']:,} | {r['train_molecules']:,} | {r['epoch_seconds']:.1f} | {1000 * r['epoch_seconds'] / max(r['train_molecules'], 1):.2f} | {r['peak_rss_mib']:.0f} |")
+    lines += ["", "Time per training epoch against tasks (ToxCast, same molecules):", "", "| tasks | training molecules | epoch seconds |", "|---:|---:|---:|"]
+    for r in result["scaling_tasks"]:
+        lines.append(f"| {r['tasks']} | {r['train_molecules']:,} | {r['epoch_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def quality_tables(result: dict) -> str:
+    proto = ", ".join(f"{k}: {v['epochs']} epochs × {v['seeds']} seeds" for k, v in result["protocol"].items())
+    lines = [f"Protocol: {proto}; scaffold split 80/10/10; test score at the best validation epoch. Backbone: `{Path(result['backbone']).name}`. "
+             f"Command: `{result['command']}` ({result['seconds'] / 60:.0f} minutes).", ""]
+    by_dataset: dict = {}
+    for key, s in result["summary"].items():
+        dataset, method = key.split("|")
+        by_dataset.setdefault(dataset, []).append((method, s))
+    for dataset, rows in by_dataset.items():
+        metric = rows[0][1]["metric"]
+        lines += [f"**{dataset}** (test {metric}, mean ± std over seeds)", "", f"| method | test {metric} | valid {metric} | trainable params | train s/run | graphs/s |", "|---|---:|---:|---:|---:|---:|"]
+        for method, s in rows:
+            lines.append(f"| {method} | {s['test_mean']:.4f} ± {s['test_std']:.4f} | {s['valid_mean']:.4f} | {s['trainable']:,} ({100 * s['trainable'] / s['total']:.1f}%) | {s['train_seconds']:.0f} | {s['graphs_per_second']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"BENCHMARKS.md has no block {name}")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text()
+    for name, loader, render in (
+        ("speed", "speed.json", speed_tables),
+        ("speed-quick", "speed_quick.json", speed_tables),
+        ("quality", "quality.json", quality_tables),
+        ("quality-quick", "quality_quick.json", quality_tables),
+    ):
+        result = _load(loader)
+        if result is not None and f"<!-- begin:{name} -->" in text:
+            text = replace_block(text, name, render(result))
+    path.write_text(text)
+    print(f"updated {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
