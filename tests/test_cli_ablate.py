@@ -93,13 +93,15 @@ def test_variant_counts(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path):
-    recipe = _recipe(tmp_path)
+    recipe = _recipe(tmp_path, epochs=2)
     out = tmp_path / "sweep"
     args = ["ablate", str(recipe), "--grid", "train.lr=0.005,0.01", "--one-at-a-time", "-o", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "cft", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "variants" / "base" / "seed-0" / "summary.json"
+    second = out / "variants" / "train.lr=0.01" / "seed-0"
     deadline = time.time() + 600
-    while time.time() < deadline and not first.exists() and proc.poll() is None:
+    # interrupt while the second variant is training: the first has finished
+    while time.time() < deadline and not (second / "recipe.yaml").exists() and proc.poll() is None:
         time.sleep(0.05)
     assert first.exists(), proc.communicate()[1] if proc.poll() is not None else "timed out"
     proc.send_signal(signal.SIGTERM)
@@ -109,12 +111,15 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path)
     assert proc.returncode == 130, err
     assert "Run the same command again to continue" in err and "Traceback" not in err
     rows = {r["variant"]: r for r in _rows(out)}
-    assert rows["base"]["status"] == "finished" and rows["train.lr=0.01"]["status"] != "finished"
+    assert rows["base"]["status"] == "finished" and rows["train.lr=0.01"]["status"] == "pending"
+    assert json.loads((second.parent / "seed-0.json").read_text())["status"] == "interrupted"
     stamp = first.stat().st_mtime_ns
 
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert "ran 1 run(s)" in " ".join(resumed.stdout.split())
+    attempts = [line for line in (second.parent / "seed-0.log").read_text().splitlines() if line.startswith("=== attempt")]
+    assert len(attempts) == 2 and "--resume" in attempts[1], attempts
     assert first.stat().st_mtime_ns == stamp, "the finished variant was run again"
     rows = _rows(out)
     assert [(r["variant"], r["train.lr"], r["seed"], r["status"]) for r in rows] == [
@@ -159,3 +164,19 @@ def test_a_crashing_variant_does_not_stop_parallel_jobs(tmp_path):
     start = lambda r: datetime.fromisoformat(r["started"])  # noqa: E731
     end = lambda r: datetime.fromisoformat(r["ended"])  # noqa: E731
     assert start(a) < end(b) and start(b) < end(a), (a, b)
+
+
+@pytest.mark.slow
+def test_paper_preset_runs_every_variant(tmp_path):
+    """Every value of the paper preset trains (24 tiny runs, two at a time)."""
+    recipe = _recipe(tmp_path)
+    out = tmp_path / "paper"
+    result = run_cli("ablate", recipe, "--preset", "paper", "--set", "data.limit=200", "--jobs", "2", "-o", out, timeout=3600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(out)
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"finished"}
+    keys = ["routing.temperature", "routing.threshold", "train.reg_strength", "adapters.rank", "adapters.num_adapters", "prior.source"]
+    for key in keys:
+        assert (out / "plots" / f"{key}.png").exists(), key
+    by_rank = {r["adapters.rank"]: int(r["trainable_params"]) for r in rows if r["variant"].startswith("adapters.rank=") or r["variant"] == "base"}
+    assert by_rank["1"] < by_rank["4"] < by_rank["8"] < by_rank["16"] < by_rank["32"]
