@@ -45,7 +45,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import yaml
 from pydantic import ValidationError
 
 from cft.errors import CftError, TrainingInterrupted
@@ -72,6 +71,9 @@ _NOT_KNOBS = {
     "output_dir": "every run gets its own folder under --output-dir",
     "description": "it does not change a run",
 }
+
+# as cft.metrics.HIGHER_IS_BETTER says (importing cft.metrics imports ogb and torch: seconds)
+_LOWER_IS_BETTER = {"rmse"}
 
 BASE_NAME = "base"
 _MAX_NAME = 96
@@ -399,7 +401,7 @@ class SweepFolder:
         path = self.path
         if path.exists() and not path.is_dir():
             raise CftError(f"Output path {path} is a file, not a folder.", hint="Choose another --output-dir.")
-        if path.exists() and any(path.iterdir()) and not self.is_sweep():
+        if path.exists() and any(p.name != ".lock" for p in path.iterdir()) and not self.is_sweep():
             raise CftError(
                 f"Output folder {path} is not empty and does not hold a cft ablation; cft will not write into it.",
                 hint="Choose another --output-dir (or an empty folder).",
@@ -453,7 +455,7 @@ class SweepFolder:
             "sets": plan.sets,
             "mode": plan.mode,
             "preset": plan.preset,
-            "grids": {g.key: [format_value(v) for v in g.values] for g in plan.grids},
+            "grids": {g.key: g.coerced for g in plan.grids},
             "recipe_values": plan.base_knobs,
             "seeds": plan.seeds,
             "variants": [{"name": v.name, "knobs": v.knobs, "changes": v.changes} for v in plan.variants],
@@ -491,21 +493,31 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def visible_gpus(device: str) -> list[str]:
-    """CUDA devices to hand out one per job, or [] (CPU, a pinned device, or fewer than two)."""
+def visible_gpus(device: str, count: Optional[int] = None, env: Optional[str] = None) -> list[str]:
+    """CUDA devices to hand out one per job (as CUDA_VISIBLE_DEVICES values), or [] on CPU, for a
+    pinned device (cuda:N) or with fewer than two devices. `count` and `env` default to what
+    torch and $CUDA_VISIBLE_DEVICES say; the ids are the parent's own (e.g. 2,3 of a node)."""
     if device not in ("auto", "cuda"):
         return []
-    try:
-        import torch
+    if count is None:
+        try:
+            import torch
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        return []
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception:
+            return []
     if count < 2:
         return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    env = os.environ.get("CUDA_VISIBLE_DEVICES") if env is None else env
     ids = [s.strip() for s in env.split(",") if s.strip()] if env else [str(i) for i in range(count)]
     return ids[:count]
+
+
+def pick_gpu(gpus: list[str], busy: list[Optional[str]]) -> Optional[str]:
+    """The device with the fewest running jobs (the first such one); None without devices."""
+    if not gpus:
+        return None
+    return min(gpus, key=lambda g: (busy.count(g), gpus.index(g)))
 
 
 # --------------------------------------------------------------------------- running
@@ -573,7 +585,13 @@ class Sweep:
         self.stop_signal: Optional[int] = None
         self.hard_stop = False
         self.threads = max(1, available_cores() // self.jobs)
-        self.gpus = visible_gpus(device or plan.base.train.device)
+        self._gpus: Optional[list[str]] = None
+
+    @property
+    def gpus(self) -> list[str]:
+        if self._gpus is None:  # imports torch: only once there is something to run
+            self._gpus = visible_gpus(self.device or self.plan.base.train.device)
+        return self._gpus
 
     # ------------------------------------------------------------ signals
 
@@ -617,10 +635,8 @@ class Sweep:
         cmd = self._command(variant, seed)
         threads = variant.recipe.train.threads or self.threads
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
-        gpu = None
-        if self.gpus:
-            load = {g: sum(1 for j in running if j.gpu == g) for g in self.gpus}
-            gpu = min(self.gpus, key=lambda g: (load[g], self.gpus.index(g)))
+        gpu = pick_gpu(self.gpus, [j.gpu for j in running])
+        if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         log_path = self.folder.log(variant, seed)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -668,7 +684,7 @@ class Sweep:
         warm = len(todo) < len(self.plan.runs())
         running: list[_Job] = []
         self.on_change(self.progress)
-        with self._signals():
+        with self._signals(), self._no_orphans(running):
             while (todo and self.stop_signal is None) or running:
                 if self.stop_signal is not None:
                     self._forward(running)
@@ -691,6 +707,24 @@ class Sweep:
                     warm = True
                 time.sleep(0.2)
         self.on_change(self.progress)
+
+    @contextlib.contextmanager
+    def _no_orphans(self, running: list[_Job]):
+        """If the sweep itself fails, its runs (in their own sessions) must not train on unattended."""
+        try:
+            yield
+        except BaseException:
+            for job in running:
+                with contextlib.suppress(ProcessLookupError):
+                    job.proc.send_signal(signal.SIGINT)
+            deadline = time.time() + 30
+            for job in running:
+                try:
+                    job.proc.wait(timeout=max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(job.proc.pid, signal.SIGKILL)
+            raise
 
     def _has_started_training(self, job: _Job) -> bool:
         run_dir = self.folder.run_dir(job.variant, job.seed)
@@ -777,9 +811,7 @@ def metric_of(results: list[RunResult]) -> Optional[str]:
 
 def ranked(stats: list[VariantStats], metric: Optional[str]) -> list[VariantStats]:
     """Best valid metric first (the OGB protocol selects on valid); variants without a finished run last."""
-    from cft.metrics import HIGHER_IS_BETTER
-
-    higher = HIGHER_IS_BETTER.get(metric or "", True)
+    higher = metric not in _LOWER_IS_BETTER
     scored = [s for s in stats if not math.isnan(s.valid[0])]
     rest = [s for s in stats if math.isnan(s.valid[0])]
     scored.sort(key=lambda s: -s.valid[0] if higher else s.valid[0])
@@ -888,11 +920,12 @@ def plot_knobs(plan: Plan, results: list[RunResult], folder: Path) -> list[Path]
         others = [k for k in plan.keys if k != key]
         groups: dict[str, list[Variant]] = {}
         for variant in plan.variants:
-            label = ", ".join(f"{k}={format_value(variant.knobs[k])}" for k in others if variant.knobs[k] != plan.base_knobs[k])
+            label = ", ".join(f"{k}={format_value(variant.knobs[k])}" for k in others)
             groups.setdefault(label, []).append(variant)
         lines = {label: vs for label, vs in groups.items() if len({json.dumps(v.knobs[key]) for v in vs}) >= 2}
         if not lines:  # a single value of this knob
-            lines = {"": groups.get("") or next(iter(groups.values()))}
+            recipe_label = ", ".join(f"{k}={format_value(plan.base_knobs[k])}" for k in others)
+            lines = {recipe_label: groups.get(recipe_label) or next(iter(groups.values()))}
         marginal = len(lines) > 6
         if marginal:
             lines = {"mean over the other knobs": list(plan.variants)}
@@ -916,7 +949,7 @@ def plot_knobs(plan: Plan, results: list[RunResult], folder: Path) -> list[Path]
                 pairs = [_mean_std(points[x]) for x in xs]
                 means = [m for m, _ in pairs]
                 stds = [0.0 if math.isnan(sd) else sd for _, sd in pairs]
-                ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=label or "other knobs at recipe values")
+                ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=label)
             ax.set_title(f"{split} {metric}")
             ax.grid(alpha=0.3)
         for ax in axes:

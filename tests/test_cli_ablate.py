@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_RECIPE, assert_user_error, run_cli
-from cft.ablate import split_values, variant_name
+from cft.ablate import pick_gpu, split_values, variant_name, visible_gpus
 from cft.errors import CftError
 
 
@@ -50,6 +50,16 @@ def test_variant_names_are_stable_and_readable():
     assert odd.startswith("prior.path=dir_a_b.npy-") and "/" not in odd
     long = variant_name({f"train.k{i}": 0.000123 for i in range(12)})
     assert len(long) <= 96 and long == variant_name({f"train.k{i}": 0.000123 for i in range(12)})
+
+
+def test_one_gpu_per_job_where_there_are_several():
+    assert visible_gpus("auto", count=1, env="") == [] and visible_gpus("cpu", count=4, env="") == []
+    assert visible_gpus("cuda:1", count=4, env="") == [], "a pinned device is left alone"
+    assert visible_gpus("auto", count=3, env="") == ["0", "1", "2"]
+    assert visible_gpus("cuda", count=2, env="4,6") == ["4", "6"], "the parent's own device ids"
+    gpus = ["0", "1"]
+    assert pick_gpu(gpus, []) == "0" and pick_gpu(gpus, ["0"]) == "1" and pick_gpu(gpus, ["0", "1"]) == "0"
+    assert pick_gpu(gpus, ["1", "0", "1"]) == "0" and pick_gpu([], ["0"]) is None
 
 
 @pytest.mark.parametrize(
@@ -95,7 +105,7 @@ def test_variant_counts(tmp_path):
 def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path):
     recipe = _recipe(tmp_path, epochs=2)
     out = tmp_path / "sweep"
-    args = ["ablate", str(recipe), "--grid", "train.lr=0.005,0.01", "--one-at-a-time", "-o", str(out)]
+    args = ["ablate", str(recipe), "--grid", "train.lr=0.005,0.01", "--one-at-a-time", "--set", "train.threads=1", "-o", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "cft", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "variants" / "base" / "seed-0" / "summary.json"
     second = out / "variants" / "train.lr=0.01" / "seed-0"
@@ -180,3 +190,47 @@ def test_paper_preset_runs_every_variant(tmp_path):
         assert (out / "plots" / f"{key}.png").exists(), key
     by_rank = {r["adapters.rank"]: int(r["trainable_params"]) for r in rows if r["variant"].startswith("adapters.rank=") or r["variant"] == "base"}
     assert by_rank["1"] < by_rank["4"] < by_rank["8"] < by_rank["16"] < by_rank["32"]
+
+
+def test_tables_and_plots_of_a_product_over_seeds(tmp_path):
+    """Runs already in the folder are not rerun; the CSV, the table (mean ± std, best valid first)
+    and the plots are made from their summaries (here written by hand: no training)."""
+    from cft.ablate import SweepFolder, build_plan, seeded
+    from cft.recipe import recipe_to_yaml
+
+    recipe = _recipe(tmp_path)
+    grids = ["routing.temperature=0.3,3", "adapters.rank=2,4"]
+    plan = build_plan(recipe, grids, [], seeds=2)
+    out = tmp_path / "sweep"
+    folder = SweepFolder(out)
+    (out / "ablation.json").parent.mkdir(parents=True)
+    (out / "ablation.json").write_text("{}")
+    for i, (variant, seed) in enumerate(plan.runs()):
+        run = folder.run_dir(variant, seed)
+        run.mkdir(parents=True)
+        (run / "recipe.yaml").write_text(recipe_to_yaml(seeded(variant.recipe, seed)))
+        score = 0.5 + 0.1 * (variant.knobs["adapters.rank"] == 4) + 0.05 * (variant.knobs["routing.temperature"] == 3.0) + 0.01 * seed
+        (run / "summary.json").write_text(json.dumps({
+            "metric": "rocauc", "best_epoch": 1, "valid": {"mean": score}, "test": {"mean": score - 0.1},
+            "params": {"trainable": 100 * variant.knobs["adapters.rank"], "total": 10000, "trainable_fraction": 0.01},
+            "seconds": {"train": 1.5, "featurise": 0.1}, "graphs_per_second": 100.0}))
+    result = run_cli("ablate", recipe, "--grid", grids[0], "--grid", grids[1], "--seeds", "2", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "ran 0 run(s)" in " ".join(result.stdout.split())
+    rows = _rows(out)
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"finished"}
+    assert {(r["routing.temperature"], r["adapters.rank"], r["seed"]) for r in rows} == {
+        (t, k, s) for t in ("0.3", "3.0") for k in ("2", "4") for s in ("0", "1")}
+    md = (out / "ablation.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert table[0].startswith("| 1 | **3.0** | 4 |") and "0.6550 ± 0.0071" in table[0], table
+    assert table[-1].startswith("| 4 | **0.3** | **2** |") and "0.5050 ± 0.0071" in table[-1], table
+    for key in ("routing.temperature", "adapters.rank"):
+        assert (out / "plots" / f"{key}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metric_direction_matches_cft_metrics():
+    from cft.ablate import _LOWER_IS_BETTER
+    from cft.metrics import HIGHER_IS_BETTER
+
+    assert {m for m, higher in HIGHER_IS_BETTER.items() if not higher} == _LOWER_IS_BETTER

@@ -142,8 +142,10 @@ def _print_results(outcome, folder: Path) -> None:
     metric = metric_of(outcome.results)
     stats = ranked(variant_stats(outcome.plan, outcome.results), metric)
     table = Table(title=f"cft ablate: {folder} (best valid {metric or ''} first)", title_justify="left")
+    # one-at-a-time: one column naming the changed knob; a product: one column per knob
+    per_knob = outcome.plan.mode != "one-at-a-time"
     table.add_column("#", justify="right")
-    for key in outcome.plan.keys:
+    for key in (outcome.plan.keys if per_knob else ["variant"]):
         table.add_column(key)
     for name in (f"valid {metric or ''}", f"test {metric or ''}", "trainable", "runs"):
         table.add_column(name, justify="right")
@@ -156,7 +158,10 @@ def _print_results(outcome, folder: Path) -> None:
 
     for i, s in enumerate(stats, 1):
         runs = f"{s.finished}/{len(s.runs)}" + (f" ({len(s.failed)} failed)" if s.failed else "")
-        knobs = [f"[bold]{format_value(s.variant.knobs[k])}[/bold]" if k in s.variant.changes else format_value(s.variant.knobs[k]) for k in outcome.plan.keys]
+        if per_knob:
+            knobs = [f"[bold]{format_value(s.variant.knobs[k])}[/bold]" if k in s.variant.changes else format_value(s.variant.knobs[k]) for k in outcome.plan.keys]
+        else:
+            knobs = [s.variant.label]
         table.add_row(str(i), *knobs, pm(s.valid), pm(s.test), f"{s.trainable:,}" if s.trainable is not None else "—", runs)
     out.print(table)
     out.print(f"ran {outcome.ran} run(s); wrote {folder / 'ablation.csv'}, {folder / 'ablation.md'}"
