@@ -4,6 +4,7 @@ _cft() {
     local path="" w
     for w in ${words[2,CURRENT-1]}; do
         case "$path:$w" in
+            ":ablate") path="ablate" ;;
             ":eval") path="eval" ;;
             ":recipes") path="recipes" ;;
             ":train") path="train" ;;
@@ -14,9 +15,12 @@ _cft() {
     done
     case "$path" in
         "")
-            local -a commands; commands=('eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'recipes:List, validate and show recipes' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle')
+            local -a commands; commands=('ablate:Train every variant of a recipe (knob grid x seeds) as real `cft train` runs; write ablation.csv,' 'eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'recipes:List, validate and show recipes' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle')
             _describe 'command' commands
             _arguments '--version[Print the version and exit]' '--help[Show help and exit]' '-h[Show help and exit]'
+            ;;
+        "ablate")
+            _arguments '--grid[A knob and its values (repeatable). Values are YAML like --set values, split on commas outside brackets and quotes  adapters.layers=(0,1),all]:value:_files' '-g[A knob and its values (repeatable). Values are YAML like --set values, split on commas outside brackets and quotes  adapters.layers=(0,1),all]:value:_files' '--one-at-a-time[Vary one knob at a time around the recipe'\''s values (sensitivity curves) instead of the cartesian product]' '--preset[paper  temperature, threshold, reg strength, rank (1..32), adapters per layer and prior source; implies --one-at-a-time. --grid adds or replaces keys]:value:_files' '--seeds[Seeds per variant  recipe.seed, recipe.seed+1, ]:value:_files' '--jobs[Runs at a time, each in its own process (CPU cores split between them; one GPU each where there are several)]:value:_files' '-j[Runs at a time, each in its own process (CPU cores split between them; one GPU each where there are several)]:value:_files' '--output-dir[Sweep folder (default  runs/<recipe name>-ablation); rerun the command to resume]:value:_files' '-o[Sweep folder (default  runs/<recipe name>-ablation); rerun the command to resume]:value:_files' '--set[Override a recipe field, e.g. --set routing.temperature=0.5 (repeatable; validated like the recipe)]:value:_files' '-s[Override a recipe field, e.g. --set routing.temperature=0.5 (repeatable; validated like the recipe)]:value:_files' '--data-root[Where CSVs and OGB folders live (default  $CFT_DATA_ROOT, then the recipe'\''s data.root, then '\''.'\'')]:value:_files' '--device[auto, cpu, cuda or cuda N (default  the recipe'\''s train.device, auto)]:value:_files' '--dry-run[List the variants and how many runs are left, and run nothing]' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
             ;;
         "eval")
             _arguments '--data-root[Where CSVs and OGB folders live (default  $CFT_DATA_ROOT, then the recipe'\''s data.root, then '\''.'\'')]:value:_files' '--split[train, valid or test]:value:_files' '--json[Also write the result as JSON here]:value:_files' '--backbone[Backbone file (default  found by fingerprint next to the bundle)]:value:_files' '--data[Evaluate on this CSV instead of the bundle'\''s recorded data (same split settings)]:value:_files' '--metric[rocauc, ap or rmse (default  the bundle'\''s)]:value:_files' '--device[auto, cpu, cuda or cuda N (default  the recipe'\''s train.device, auto)]:value:_files' '--batch-size[]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'

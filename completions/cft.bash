@@ -4,6 +4,7 @@ _cft() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         case "$path:$w" in
+            ":ablate") path="ablate" ;;
             ":eval") path="eval" ;;
             ":recipes") path="recipes" ;;
             ":train") path="train" ;;
@@ -14,7 +15,8 @@ _cft() {
     done
     local words
     case "$path" in
-        "") words="eval recipes train --version --help -h" ;;
+        "") words="ablate eval recipes train --version --help -h" ;;
+        "ablate") words="--grid -g --one-at-a-time --preset --seeds --jobs -j --output-dir -o --set -s --data-root --device --dry-run --help -h" ;;
         "eval") words="--data-root --split --json --backbone --data --metric --device --batch-size --help -h" ;;
         "recipes") words="list show validate --help -h" ;;
         "recipes list") words="--dir --help -h" ;;

@@ -1,0 +1,236 @@
+"""`cft ablate` through the real CLI: bad grids fail before anything runs, variant counts,
+interrupt + resume, a crashing variant, parallel jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_RECIPE, assert_user_error, run_cli
+from cft.ablate import pick_gpu, split_values, variant_name, visible_gpus
+from cft.errors import CftError
+
+
+def _recipe(tmp_path: Path, epochs: int = 1) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_RECIPE.replace("epochs: 3", f"epochs: {epochs}"))
+    return path
+
+
+def _rows(folder: Path) -> list[dict]:
+    with open(folder / "ablation.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --------------------------------------------------------------------------- no training
+
+
+def test_values_split_on_commas_outside_brackets_and_quotes():
+    assert split_values("[0,1],all,[2]", "--grid x") == ["[0,1]", "all", "[2]"]
+    assert split_values("'a,b.npy', c.npy", "--grid x") == ["'a,b.npy'", "c.npy"]
+    assert split_values("{a: 1, b: 2},3", "--grid x") == ["{a: 1, b: 2}", "3"]
+    with pytest.raises(CftError, match="unclosed bracket"):
+        split_values("[0,1", "--grid x")
+
+
+def test_variant_names_are_stable_and_readable():
+    assert variant_name({}) == "base"
+    assert variant_name({"routing.temperature": 0.3, "adapters.rank": 4}) == "adapters.rank=4__routing.temperature=0.3"
+    assert variant_name({"adapters.layers": [0, 1]}) == "adapters.layers=0-1"
+    odd = variant_name({"prior.path": "dir/a,b.npy"})
+    assert odd.startswith("prior.path=dir_a_b.npy-") and "/" not in odd
+    long = variant_name({f"train.k{i}": 0.000123 for i in range(12)})
+    assert len(long) <= 96 and long == variant_name({f"train.k{i}": 0.000123 for i in range(12)})
+
+
+def test_one_gpu_per_job_where_there_are_several():
+    assert visible_gpus("auto", count=1, env="") == [] and visible_gpus("cpu", count=4, env="") == []
+    assert visible_gpus("cuda:1", count=4, env="") == [], "a pinned device is left alone"
+    assert visible_gpus("auto", count=3, env="") == ["0", "1", "2"]
+    assert visible_gpus("cuda", count=2, env="4,6") == ["4", "6"], "the parent's own device ids"
+    gpus = ["0", "1"]
+    assert pick_gpu(gpus, []) == "0" and pick_gpu(gpus, ["0"]) == "1" and pick_gpu(gpus, ["0", "1"]) == "0"
+    assert pick_gpu(gpus, ["1", "0", "1"]) == "0" and pick_gpu([], ["0"]) is None
+
+
+@pytest.mark.parametrize(
+    "grid, fragments",
+    [
+        (["--grid", "adapters.rnak=1,2"], ["--grid adapters.rnak", "did you mean `rank`"]),
+        (["--grid", "adapters.rank=4,abc"], ["--grid adapters.rank=abc", "must be an integer"]),
+        (["--grid", "routing.temperature="], ["--grid routing.temperature", "empty"]),
+        (["--grid", "prior.source=labels,,identity"], ["--grid prior.source", "empty value"]),
+        (["--grid", "adapters.rank=4,64"], ["adapters.rank=64", "adapters.rank: must be <= backbone.hidden (32)"]),
+        (["--grid", "adapters.layers=[0,1"], ["--grid adapters.layers", "unclosed bracket"]),
+        (["--grid", "seed=1,2"], ["--grid seed", "--seeds"]),
+        (["--grid", "adapters.rank=1,2", "--grid", "adapters.rank=4"], ["--grid adapters.rank is given twice"]),
+    ],
+    ids=["unknown-key", "wrong-type", "empty-list", "empty-value", "invalid-combination", "unbalanced", "seed", "twice"],
+)
+def test_bad_grids_fail_before_anything_runs(tmp_path, grid, fragments):
+    recipe = _recipe(tmp_path)
+    out = tmp_path / "sweep"
+    assert_user_error(run_cli("ablate", recipe, *grid, "-o", out), *fragments)
+    assert not out.exists(), "nothing may be written for a bad grid"
+
+
+def test_variant_counts(tmp_path):
+    recipe = _recipe(tmp_path)  # adapters.rank 4, train.lr 0.005 in the recipe
+    grids = ["--grid", "adapters.rank=1,4,8", "--grid", "train.lr=0.001,0.005,0.01"]
+    one = run_cli("ablate", recipe, *grids, "--one-at-a-time", "--seeds", "2", "--dry-run", "-o", tmp_path / "s")
+    assert one.returncode == 0, one.stderr
+    # the recipe itself + 2 other ranks + 2 other learning rates
+    assert "5 variants x 2 seed(s) = 10 runs" in " ".join(one.stdout.split())
+    product = run_cli("ablate", recipe, *grids, "--dry-run", "-o", tmp_path / "s")
+    assert "9 variants x 1 seed(s) = 9 runs" in " ".join(product.stdout.split())
+    paper = run_cli("ablate", recipe, "--preset", "paper", "--dry-run", "-o", tmp_path / "s")
+    assert paper.returncode == 0, paper.stderr
+    # one at a time: 1 + temperature 4 + threshold 4 + reg 4 + rank 4 (4 is the recipe's) + K 5 (3 is the recipe's) + prior 2
+    assert "24 variants x 1 seed(s) = 24 runs" in " ".join(paper.stdout.split())
+    assert not (tmp_path / "s").exists()
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path):
+    recipe = _recipe(tmp_path, epochs=2)
+    out = tmp_path / "sweep"
+    args = ["ablate", str(recipe), "--grid", "train.lr=0.005,0.01", "--one-at-a-time", "--set", "train.threads=1", "-o", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "cft", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "variants" / "base" / "seed-0" / "summary.json"
+    second = out / "variants" / "train.lr=0.01" / "seed-0"
+    deadline = time.time() + 600
+    # interrupt while the second variant is training: the first has finished
+    while time.time() < deadline and not (second / "recipe.yaml").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert first.exists(), proc.communicate()[1] if proc.poll() is not None else "timed out"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    if proc.returncode == 0:
+        pytest.skip("the sweep finished before the signal arrived (machine too fast for this timing)")
+    assert proc.returncode == 130, err
+    assert "Run the same command again to continue" in err and "Traceback" not in err
+    rows = {r["variant"]: r for r in _rows(out)}
+    assert rows["base"]["status"] == "finished" and rows["train.lr=0.01"]["status"] == "pending"
+    assert json.loads((second.parent / "seed-0.json").read_text())["status"] == "interrupted"
+    stamp = first.stat().st_mtime_ns
+
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "ran 1 run(s)" in " ".join(resumed.stdout.split())
+    attempts = [line for line in (second.parent / "seed-0.log").read_text().splitlines() if line.startswith("=== attempt")]
+    assert len(attempts) == 2 and "--resume" in attempts[1], attempts
+    assert first.stat().st_mtime_ns == stamp, "the finished variant was run again"
+    rows = _rows(out)
+    assert [(r["variant"], r["train.lr"], r["seed"], r["status"]) for r in rows] == [
+        ("base", "0.005", "0", "finished"), ("train.lr=0.01", "0.01", "0", "finished")]
+    for row in rows:
+        assert 0.0 <= float(row["test"]) <= 1.0 and 0.0 <= float(row["valid"]) <= 1.0
+        assert int(row["trainable_params"]) > 0 and float(row["seconds"]) > 0
+        assert row["metric"] == "rocauc"
+    assert json.loads((out / "variants" / "train.lr=0.01" / "variant.json").read_text())["knobs"] == {"train.lr": 0.01}
+    plot = out / "plots" / "train.lr.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "ablation.md").read_text()
+    assert "| train.lr |" in md and "**0.01**" in md and "not finished" not in md
+
+
+def test_a_crashing_variant_does_not_stop_parallel_jobs(tmp_path):
+    recipe = _recipe(tmp_path, epochs=2)
+    out = tmp_path / "sweep"
+    missing = tmp_path / "missing.npy"
+    result = run_cli("ablate", recipe, "--grid", "prior.source=file,labels,identity", "--set", f"prior.path={missing}",
+                     "--jobs", "2", "-o", out)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "1 of 3 runs failed" in " ".join(result.stderr.split())
+    rows = {r["prior.source"]: r for r in _rows(out)}
+    assert rows["file"]["status"] == "failed" and "does not exist" in rows["file"]["error"] and str(missing) in rows["file"]["error"]
+    assert rows["labels"]["status"] == "finished" and rows["identity"]["status"] == "finished"
+    assert "## Failed runs" in (out / "ablation.md").read_text()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    records = {}
+    for name in ("base", "prior.source=identity", "prior.source=file"):
+        record = json.loads((out / "variants" / name / "seed-0.json").read_text())
+        assert record["threads"] == max(1, cores // 2)
+        assert f"train.threads={max(1, cores // 2)}" in record["command"]
+        records[name] = record
+    assert records["prior.source=file"]["status"] == "failed" and records["prior.source=file"]["returncode"] == 2
+    # two training processes at once
+    a, b = records["base"], records["prior.source=identity"]
+    start = lambda r: datetime.fromisoformat(r["started"])  # noqa: E731
+    end = lambda r: datetime.fromisoformat(r["ended"])  # noqa: E731
+    assert start(a) < end(b) and start(b) < end(a), (a, b)
+
+
+@pytest.mark.slow
+def test_paper_preset_runs_every_variant(tmp_path):
+    """Every value of the paper preset trains (24 tiny runs, two at a time)."""
+    recipe = _recipe(tmp_path)
+    out = tmp_path / "paper"
+    result = run_cli("ablate", recipe, "--preset", "paper", "--set", "data.limit=200", "--jobs", "2", "-o", out, timeout=3600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(out)
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"finished"}
+    keys = ["routing.temperature", "routing.threshold", "train.reg_strength", "adapters.rank", "adapters.num_adapters", "prior.source"]
+    for key in keys:
+        assert (out / "plots" / f"{key}.png").exists(), key
+    by_rank = {r["adapters.rank"]: int(r["trainable_params"]) for r in rows if r["variant"].startswith("adapters.rank=") or r["variant"] == "base"}
+    assert by_rank["1"] < by_rank["4"] < by_rank["8"] < by_rank["16"] < by_rank["32"]
+
+
+def test_tables_and_plots_of_a_product_over_seeds(tmp_path):
+    """Runs already in the folder are not rerun; the CSV, the table (mean ± std, best valid first)
+    and the plots are made from their summaries (here written by hand: no training)."""
+    from cft.ablate import SweepFolder, build_plan, seeded
+    from cft.recipe import recipe_to_yaml
+
+    recipe = _recipe(tmp_path)
+    grids = ["routing.temperature=0.3,3", "adapters.rank=2,4"]
+    plan = build_plan(recipe, grids, [], seeds=2)
+    out = tmp_path / "sweep"
+    folder = SweepFolder(out)
+    (out / "ablation.json").parent.mkdir(parents=True)
+    (out / "ablation.json").write_text("{}")
+    for i, (variant, seed) in enumerate(plan.runs()):
+        run = folder.run_dir(variant, seed)
+        run.mkdir(parents=True)
+        (run / "recipe.yaml").write_text(recipe_to_yaml(seeded(variant.recipe, seed)))
+        score = 0.5 + 0.1 * (variant.knobs["adapters.rank"] == 4) + 0.05 * (variant.knobs["routing.temperature"] == 3.0) + 0.01 * seed
+        (run / "summary.json").write_text(json.dumps({
+            "metric": "rocauc", "best_epoch": 1, "valid": {"mean": score}, "test": {"mean": score - 0.1},
+            "params": {"trainable": 100 * variant.knobs["adapters.rank"], "total": 10000, "trainable_fraction": 0.01},
+            "seconds": {"train": 1.5, "featurise": 0.1}, "graphs_per_second": 100.0}))
+    result = run_cli("ablate", recipe, "--grid", grids[0], "--grid", grids[1], "--seeds", "2", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "ran 0 run(s)" in " ".join(result.stdout.split())
+    rows = _rows(out)
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"finished"}
+    assert {(r["routing.temperature"], r["adapters.rank"], r["seed"]) for r in rows} == {
+        (t, k, s) for t in ("0.3", "3.0") for k in ("2", "4") for s in ("0", "1")}
+    md = (out / "ablation.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert table[0].startswith("| 1 | **3.0** | 4 |") and "0.6550 ± 0.0071" in table[0], table
+    assert table[-1].startswith("| 4 | **0.3** | **2** |") and "0.5050 ± 0.0071" in table[-1], table
+    for key in ("routing.temperature", "adapters.rank"):
+        assert (out / "plots" / f"{key}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metric_direction_matches_cft_metrics():
+    from cft.ablate import _LOWER_IS_BETTER
+    from cft.metrics import HIGHER_IS_BETTER
+
+    assert {m for m, higher in HIGHER_IS_BETTER.items() if not higher} == _LOWER_IS_BETTER
