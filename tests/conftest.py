@@ -32,7 +32,9 @@ def data_root() -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the real `cft` CLI in a subprocess (python -m cft), capturing output."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    # one thread per run: tiny models gain nothing from more, and on a busy machine OpenMP
+    # threads of several processes spinning against each other slow everything down tenfold
+    full_env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "cft", *map(str, args)],
         cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
