@@ -220,6 +220,28 @@ def normalized_adjacency(relation: torch.Tensor) -> torch.Tensor:
     return to_dense_adj(edge_index, edge_attr=weight, max_num_nodes=t)[0]
 
 
+class NormalizedAdjacencyCache:
+    """A_hat of a constant relation matrix, computed once (not at every training step).
+
+    The entry is keyed by the tensor's storage and version counter, so loading new values
+    into the buffer (load_state_dict copies in place) or moving it to another device
+    recomputes it. Learned priors change every step and are not cached."""
+
+    def __init__(self):
+        self._key = None
+        self._value: torch.Tensor | None = None
+
+    def __call__(self, relation: torch.Tensor) -> torch.Tensor:
+        if relation.requires_grad:
+            return normalized_adjacency(relation)
+        key = (relation.data_ptr(), relation._version, relation.device, relation.dtype, tuple(relation.shape))
+        if key != self._key or self._value is None:
+            with torch.no_grad():
+                self._value = normalized_adjacency(relation)
+            self._key = key
+        return self._value
+
+
 def identity_relation(num_tasks: int) -> np.ndarray:
     """No structure: each task related only to itself (A_hat = I)."""
     return np.eye(num_tasks, dtype=np.float32)
