@@ -34,7 +34,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             yield tmp_path
             if tmp_path.exists():
                 os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; files should look normal
+                _fsync(tmp_path)  # the data is on disk before the name points at it (power loss, not just a crash)
             os.replace(tmp_path, final)
+            _fsync(final.parent)
         except OSError as exc:  # disk full, quota, a folder where the file should go, ...
             raise CftError(
                 f"Cannot write {final}: {exc.strerror or exc}.",
@@ -44,6 +46,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk; best effort (some file systems refuse it for folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -56,8 +72,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

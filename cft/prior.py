@@ -144,7 +144,7 @@ def _read_npy(path: Path) -> np.ndarray:
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
             offset = fh.tell()
-    except (ValueError, SyntaxError, TypeError, OverflowError, UnicodeDecodeError, EOFError, OSError) as exc:
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, ...
         raise CftError(f"{path} is not a valid .npy array ({str(exc)[:200] or type(exc).__name__}).", hint="Save a plain numeric array with np.save(path, array).") from None
     if dtype.hasobject:
         raise CftError(
