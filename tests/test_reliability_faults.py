@@ -309,3 +309,37 @@ def test_the_write_scan_finds_writes():
 
     sample = "def f(path):\n    open(path, 'w').write('x')\n    torch.save(obj, path)\n    Path(path).write_text('x')\n    frame.to_csv(path)\n"
     assert len(list(_write_calls(ast.parse(sample)))) == 4
+
+
+def test_ctrl_c_before_training_leaves_nothing(tmp_path, monkeypatch):
+    import cft.train as train_module
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY_RECIPE)
+    monkeypatch.setattr(train_module, "obtain_backbone", interrupted)  # after the folder was created
+    result = cli("train", recipe, "-o", tmp_path / "run")
+    assert result.returncode == 130, result.stderr
+    assert "Interrupted before training started; nothing was kept" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_writing_the_results_resumes_to_the_same_bundle(kill_recipe, tmp_path, monkeypatch):
+    recipe, straight, _ = kill_recipe
+    import cft.train as train_module
+
+    real_save = train_module.save_bundle
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_bundle", interrupted)
+    run = tmp_path / "run"
+    result = cli("train", recipe, "-o", run)
+    assert result.returncode == 130 and "Interrupted while writing the results" in result.stderr and "--resume" in result.stderr
+    assert not (run / "bundle.safetensors").exists()
+    monkeypatch.setattr(train_module, "save_bundle", real_save)
+    assert cli("train", recipe, "-o", run, "--resume").returncode == 0
+    _same_results(straight, run)

@@ -336,3 +336,12 @@ def test_a_real_process_exits_2_without_traceback(broken_bundles, tmp_path):
     result = run_cli("train", bad, "-o", tmp_path / "run")
     assert_user_error(result, "routing.temperature (line 2): must be > 0")
     assert not (tmp_path / "run").exists()
+
+
+def test_user_text_in_messages_is_printed_verbatim(tmp_path):
+    """Paths, names and values are user data: text that looks like rich markup is not markup
+    (a closing tag like [/bold] used to crash the error printer itself)."""
+    csv = labelled_csv(tmp_path / "[red]d[red].csv", 30)
+    recipe = _recipe(tmp_path, data={"source": "csv", "path": str(csv), "smiles_column": "[/bold]"})
+    result = cli("train", recipe, "-o", tmp_path / "run")
+    assert_user_error(result, "[red]d[red].csv has no SMILES column '[/bold]'")
