@@ -431,7 +431,12 @@ def validate_raw(raw: dict, source: str, lines: Optional[dict[tuple, int]] = Non
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            path = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("literal"))))
+            loc = tuple(err["loc"])
+            # drop pydantic's union-member tags (`list[int]`, `literal['all']`), but never the
+            # unknown key itself, which is the user's text and may contain anything
+            keep_last = err["type"] == "extra_forbidden" and loc
+            head = loc[:-1] if keep_last else loc
+            path = tuple(p for p in head if not (isinstance(p, str) and ("[" in p or p.startswith("literal")))) + (loc[-1:] if keep_last else ())
             message = _describe_error(err)
             if err["type"] == "extra_forbidden":
                 names = _field_names(Recipe, path[:-1])

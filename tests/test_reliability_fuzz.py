@@ -468,3 +468,13 @@ def test_valid_inputs_still_load(tiny_bundle):
 
         for text in RECIPE_BASES:
             assert isinstance(_load_recipe_file(folder, text.encode()), Recipe)
+
+
+def test_regressions_found_by_fuzzing():
+    """Inputs that once raised something other than CftError."""
+    with scratch() as folder:
+        _load_recipe_file(folder, b"seed: 0\n'[': null\n")  # IndexError: a user key that looked like a pydantic union tag
+        _load_recipe_file(folder, b"data:\n  task_kinds:\n    '[x': foo\n")
+        broken = bytearray(_npy(GOOD_PRIOR))
+        broken[10] = 0  # the header's opening brace: numpy's parser raised tokenize.TokenError
+        _read_prior(folder, bytes(broken), ".npy")
