@@ -134,6 +134,7 @@ def bad_bundles(bundle: Path, out: Path) -> dict[str, BadInput]:
     variant("metadata_wrong_type", "metadata is damaged", header_=edited(lambda h: h["spec"].update(tasks="halogen_any")))
     variant("metadata_bad_value", "routing settings out of range", header_=edited(lambda h: h["spec"]["parts"][0].update(temperature=-1.0)))
     variant("metadata_not_json", "not valid JSON", raw_metadata={"cft": "{not json"})
+    variant("metadata_data_config", "recorded data settings are damaged", header_=edited(lambda h: h["data"].update(config=["csv", "x.csv"])))
     variant("not_cft", "not one written by cft", raw_metadata={"format": "pt"})
     variant("format_version", "format version '99'", header_=edited(lambda h: h.update(format_version="99")))
     variant("format_kind", "is not a cft bundle", header_=edited(lambda h: h.update(format="something-else")))

@@ -198,7 +198,7 @@ def test_prior_csv_in_another_task_order_is_accepted(tmp_path):
 
 
 BUNDLE_CASES = [
-    "corrupt_header", "empty", "extra_tensor", "fingerprint", "format_kind", "format_version", "garbage", "metadata_bad_value",
+    "corrupt_header", "empty", "extra_tensor", "fingerprint", "format_kind", "format_version", "garbage", "metadata_bad_value", "metadata_data_config",
     "metadata_huge_adapters", "metadata_more_tasks", "metadata_not_json", "metadata_rank", "metadata_wrong_type",
     "missing_tensor", "nan_tensor", "not_cft", "text", "truncated", "truncated_header", "wrong_dtype", "wrong_shape",
 ]
