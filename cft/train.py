@@ -399,6 +399,7 @@ class Trainer:
             "rng": rng_state_tensors(),
         }
         atomic_write_with(self.run.checkpoint, lambda tmp: torch.save(payload, tmp))
+        self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
 
     def _load_checkpoint(self) -> None:
         path = self.run.checkpoint
@@ -410,6 +411,7 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scheduler.load_state_dict(payload["scheduler"])
             self.state = LoopState(**payload["state"])
+            self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
             self.best_state = payload["best_state"]
             restore_rng_state(payload["rng"])
         except CftError:
@@ -506,8 +508,10 @@ class Trainer:
         not overwritten; no bundle or summary is written."""
         state = self.state
         where = f"epoch {state.epoch + 1}" + (f", batch {batch}" if batch is not None else "")
-        if self.run.checkpoint.exists():
-            kept = f"The last good checkpoint (end of epoch {state.epoch}) is kept in {self.run.checkpoint}."
+        at = getattr(self, "checkpoint_at", None)
+        if at is not None and self.run.checkpoint.exists():
+            when = f"end of epoch {at[0]}" if at[1] == 0 else f"epoch {at[0] + 1}, batch {at[1]}"
+            kept = f"The last good checkpoint ({when}) is kept in {self.run.checkpoint}."
         else:
             kept = "No checkpoint was written (it diverged in the first epoch)."
         tr = self.recipe.train
