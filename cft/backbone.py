@@ -197,16 +197,62 @@ def read_backbone_header(path: str | Path) -> dict:
     return header
 
 
+def spec_problems(spec: BackboneSpec) -> list[str]:
+    """Range checks of a backbone config read from a file (the recipe's bounds)."""
+    out = []
+    if spec.arch not in ("gin", "gcn"):
+        out.append(f"arch {spec.arch!r}")
+    if spec.pooling not in _POOL:
+        out.append(f"pooling {spec.pooling!r}")
+    if not 1 <= spec.num_layers <= 32:
+        out.append(f"num_layers {spec.num_layers}")
+    if not 2 <= spec.hidden <= 4096:
+        out.append(f"hidden {spec.hidden}")
+    if not (0 <= spec.dropout < 1):
+        out.append(f"dropout {spec.dropout}")
+    return out
+
+
+def spec_from_dict(raw, source: str) -> BackboneSpec:
+    """A BackboneSpec from file metadata, type- and range-checked (CftError otherwise)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError(f"config is a {type(raw).__name__}, not a mapping")
+        BackboneSpec.from_dict(raw)  # unknown keys
+        spec = TypeAdapter(BackboneSpec).validate_python(raw, strict=False)
+    except (ValidationError, ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[:3]
+        raise CftError(f"{source}: the backbone config in its metadata is invalid ({' '.join(first)[:300]}).", hint="Re-create the file.") from None
+    problems = spec_problems(spec)
+    if problems:
+        raise CftError(f"{source}: the backbone config in its metadata is out of range ({', '.join(problems)}).", hint="Re-create the file.")
+    return spec
+
+
 def load_backbone(path: str | Path) -> Backbone:
+    """Load a backbone file. Its tensors are checked against its config (names, shapes, dtypes,
+    from the safetensors header alone) before any memory is allocated, then its fingerprint."""
+    from cft.stfile import compare_tensors, tensor_index
+
     path = Path(path)
     metadata = read_backbone_header(path)
+    spec = spec_from_dict(metadata.get("config"), str(path))
+    index = tensor_index(path, "backbone")
+    with torch.device("meta"):
+        expected = Backbone(spec).state_dict()
+    differences = compare_tensors(expected, index)
+    if differences:
+        raise CftError(f"{path}: backbone tensors do not match its config ({'; '.join(differences)}).", hint="The file is damaged; re-create it.")
     try:
-        spec = BackboneSpec.from_dict(dict(metadata["config"]))
         backbone = Backbone(spec)
         state = load_file(str(path))
         backbone.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+    except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError, OSError) as exc:
         raise CftError(f"{path}: backbone tensors do not match its config ({str(exc)[:300]}).", hint="The file is damaged; re-create it.") from None
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
+        raise CftError(f"{path}: the backbone holds NaN or inf weights.", hint="Re-create it (a diverged pretraining?).")
     actual = backbone_fingerprint(backbone)
     if actual != metadata.get("fingerprint"):
         raise CftError(

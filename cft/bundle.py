@@ -12,6 +12,7 @@ tensors to match it exactly (names, shapes, dtypes); nothing is ever unpickled.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -22,11 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from cft import __version__
-from cft.backbone import Backbone, backbone_fingerprint, load_backbone, read_backbone_header
+from cft.adapters import ACTIVATIONS
+from cft.backbone import Backbone, backbone_fingerprint, load_backbone, read_backbone_header, spec_problems
 from cft.errors import CftError
 from cft.fsutil import cache_dir, sha256_file
 from cft.model import CftModel, ModelSpec
-from cft.stfile import read_header, write_safetensors
+from cft.stfile import compare_tensors, read_header, tensor_index, write_safetensors
 
 BUNDLE_FORMAT = "cft-bundle"
 BUNDLE_FORMAT_VERSION = "1"
@@ -82,17 +84,43 @@ def read_bundle_info(path: str | Path) -> BundleInfo:
     try:
         info = BundleInfo(
             path=path,
-            spec=ModelSpec.from_dict(header["spec"]),
-            backbone_fingerprint=str(header["backbone_fingerprint"]),
-            data=dict(header.get("data") or {}),
-            metrics=dict(header.get("metrics") or {}),
-            provenance=dict(header.get("provenance") or {}),
-            freeze_backbone=bool(header.get("freeze_backbone", True)),
+            spec=_spec_from_header(header["spec"]),
+            backbone_fingerprint=_expect(header["backbone_fingerprint"], str, "backbone_fingerprint"),
+            data=_expect(header.get("data") or {}, dict, "data"),
+            metrics=_expect(header.get("metrics") or {}, dict, "metrics"),
+            provenance=_expect(header.get("provenance") or {}, dict, "provenance"),
+            freeze_backbone=_expect(header.get("freeze_backbone", True), bool, "freeze_backbone"),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CftError(f"{path}: the bundle's metadata is damaged ({type(exc).__name__}: {str(exc)[:200]}).", hint="Re-create the bundle.") from None
     _check_spec(info)
     return info
+
+
+def _expect(value, kind: type, name: str):
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
+    return dict(value) if kind is dict else value
+
+
+def _spec_from_header(raw) -> ModelSpec:
+    """The model spec of a bundle header: unknown keys refused (from_dict), every field type-checked
+    (pydantic, on the dataclasses themselves, so new spec fields are checked too)."""
+    from pydantic import TypeAdapter, ValidationError
+    from pydantic.errors import PydanticSchemaGenerationError
+
+    if not isinstance(raw, dict):
+        raise TypeError(f"spec is a {type(raw).__name__}, not a mapping")
+    spec = ModelSpec.from_dict(raw)
+    try:
+        adapter = TypeAdapter(ModelSpec)
+    except PydanticSchemaGenerationError:  # a spec field pydantic cannot describe: keep from_dict's checks
+        return spec
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3])
+        raise ValueError(problems) from None
 
 
 def _check_spec(info: BundleInfo) -> None:
@@ -106,11 +134,37 @@ def _check_spec(info: BundleInfo) -> None:
         problems.append("duplicate task names")
     if any(k not in ("binary", "regression") for k in spec.kinds):
         problems.append("unknown task kind")
+    if not spec.tasks or not spec.parts:
+        problems.append("no tasks or no parts")
+    problems += [f"backbone {p}" for p in spec_problems(spec.backbone)]
+    finite = lambda v, lo, hi: isinstance(v, (int, float)) and math.isfinite(v) and lo <= v < hi  # noqa: E731
+    if spec.activation not in ACTIVATIONS:
+        problems.append(f"unknown adapter activation {spec.activation!r}")
+    if not finite(spec.scale, 1e-12, math.inf) or not finite(spec.adapter_dropout, 0, 1):
+        problems.append("adapter scale or dropout out of range")
+    if not 0 <= spec.compose_steps <= 16 or not finite(spec.compose_threshold, 0, 1):
+        problems.append("compose settings out of range")
     for p in spec.parts:
         if any(not isinstance(layer, int) or layer < 0 or layer >= spec.backbone.num_layers for layer in p.layers):
             problems.append(f"part {p.name!r} names insertion layers outside the backbone's {spec.backbone.num_layers}")
-        if p.num_adapters < 1 or p.rank < 1 or p.embed_dim < 1:
-            problems.append(f"part {p.name!r} has non-positive sizes")
+        if len(set(p.layers)) != len(p.layers):
+            problems.append(f"part {p.name!r} repeats an insertion layer")
+        if not (1 <= p.num_adapters <= 256 and 1 <= p.rank <= 1024 and 1 <= p.embed_dim <= 1024):
+            problems.append(f"part {p.name!r} has adapter sizes out of range")
+        if p.mode not in ("routed", "uniform"):
+            problems.append(f"part {p.name!r} has unknown routing mode {p.mode!r}")
+        if not finite(p.temperature, 1e-12, math.inf) or not finite(p.threshold, 0, 1) or not finite(p.prior_anchor, 0, math.inf):
+            problems.append(f"part {p.name!r} has routing settings out of range")
+        if p.top_k is not None and not 1 <= p.top_k <= p.num_adapters:
+            problems.append(f"part {p.name!r} has top_k out of range")
+        if not 0 <= p.prior_steps <= 16:
+            problems.append(f"part {p.name!r} has prior steps out of range")
+    metric = info.metrics.get("metric")
+    if metric is not None and metric not in ("rocauc", "ap", "rmse"):
+        problems.append(f"unknown metric {metric!r}")
+    seed = info.provenance.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.append("provenance seed is not an integer")
     if problems:
         raise CftError(f"{info.path}: the bundle's metadata is inconsistent: {'; '.join(problems)}.", hint="Re-create the bundle.")
 
@@ -130,10 +184,12 @@ def find_backbone(info: BundleInfo, explicit: Optional[str | Path] = None) -> Ba
         return load_backbone(explicit)
     candidates = [info.path.parent / "backbone.safetensors"]
     candidates += sorted(info.path.parent.glob("*.safetensors"))
-    candidates += [Path(p).parent / "backbone.safetensors" for p in info.provenance.get("source_paths", [])]
+    sources = info.provenance.get("source_paths", [])
+    # paths from metadata are only ever read, and only when they name regular files
+    candidates += [Path(p).parent / "backbone.safetensors" for p in (sources if isinstance(sources, list) else []) if isinstance(p, str) and "\0" not in p]
     candidates += sorted((cache_dir() / "pretrained").glob("*.safetensors"))
     for candidate in candidates:
-        if not candidate.exists() or candidate.resolve() == info.path.resolve():
+        if not candidate.is_file() or candidate.resolve() == info.path.resolve():
             continue
         try:
             if read_backbone_header(candidate).get("fingerprint") == want:
@@ -147,12 +203,29 @@ def find_backbone(info: BundleInfo, explicit: Optional[str | Path] = None) -> Ba
 
 
 def build_model(info: BundleInfo, backbone: Backbone, freeze_backbone: Optional[bool] = None) -> CftModel:
+    """The (untrained) model a bundle's metadata describes, on `backbone`. The file's tensors are
+    checked against it first on the meta device (no memory), so metadata that claims more than
+    the file holds is refused instead of allocated."""
     spec = info.spec
     if backbone.spec != spec.backbone:
         raise CftError(f"{info.path}: the backbone's config does not match the one recorded in the bundle.")
-    placeholders = [np.eye(len(p.tasks), dtype=np.float32) for p in spec.parts]
     freeze = info.freeze_backbone if freeze_backbone is None else freeze_backbone
-    return CftModel(backbone, spec, placeholders, None, freeze_backbone=freeze)
+
+    def make() -> CftModel:
+        placeholders = [np.eye(len(p.tasks), dtype=np.float32) for p in spec.parts]
+        return CftModel(backbone, spec, placeholders, None, freeze_backbone=freeze)
+
+    index = tensor_index(info.path, "bundle")
+    elements = sum(math.prod(shape) for shape, _ in index.values())
+    # every task has a row in the T x T relation buffer: T^2 elements bound what may be allocated
+    if len(spec.tasks) ** 2 > elements or len(spec.parts) > len(index):
+        raise CftError(f"{info.path}: the bundle's metadata describes {len(spec.tasks)} tasks in {len(spec.parts)} parts, more than its tensors hold.", hint="The file is damaged or was edited; re-create it.")
+    with torch.device("meta"):
+        expected = {k: v for k, v in make().state_dict().items() if not k.startswith("backbone.")}
+    differences = compare_tensors(expected, index)
+    if differences:
+        raise CftError(f"{info.path}: the bundle's tensors do not match its own metadata ({'; '.join(differences)}).", hint="The file is damaged or was edited; re-create it.")
+    return make()
 
 
 def load_bundle(path: str | Path, backbone: Optional[Backbone] = None, backbone_path: Optional[str | Path] = None) -> tuple[CftModel, BundleInfo]:

@@ -7,6 +7,8 @@ import os
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.errors import MarkupError
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 out = Console(soft_wrap=False)
@@ -25,14 +27,21 @@ def is_quiet() -> bool:
     return _quiet
 
 
+def _print(message: str) -> None:
+    try:
+        err.print(message, highlight=False)
+    except MarkupError:  # a path or name from the user's data that looks like rich markup
+        err.print(message, highlight=False, markup=False)
+
+
 def info(message: str) -> None:
     if not _quiet:
-        err.print(message, highlight=False)
+        _print(message)
 
 
 def warn(message: str) -> None:
     if not _quiet:
-        err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        _print(f"[yellow]warning:[/yellow] {message}")
 
 
 @contextlib.contextmanager
@@ -50,10 +59,10 @@ def progress_bar(description: str, total: int, fields: str = "") -> Iterator[Cal
         TextColumn("{task.fields[status]}"),
     ]
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(description, total=total, status=fields)
+        task = progress.add_task(escape(description), total=total, status=escape(fields))
 
         def advance(n: int = 1, **kw: object) -> None:
             status = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
-            progress.update(task, advance=n, **({"status": status} if kw else {}))
+            progress.update(task, advance=n, **({"status": escape(status)} if kw else {}))
 
         yield advance

@@ -23,8 +23,11 @@ class CftError(Exception):
 
 
 class TrainingInterrupted(Exception):
-    """Raised inside the training loop on SIGINT after a checkpoint was saved."""
+    """Raised inside the training loop on SIGINT/SIGTERM after a checkpoint was saved.
+    The CLI prints the message (which says how to resume) and exits with `exit_code`
+    (130 for Ctrl-C, 143 for SIGTERM, as shells report them)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.message = message
+        self.exit_code = exit_code

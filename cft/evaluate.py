@@ -15,7 +15,10 @@ from cft.train import evaluate_split, pick_device
 
 def bundle_data_config(info: BundleInfo, data_override: Optional[str] = None) -> DataConfig:
     """The data a bundle was trained on (same file, tasks and split), or `data_override`'s CSV."""
-    raw = dict(info.data.get("config") or {})
+    recorded = info.data.get("config") or {}
+    if not isinstance(recorded, dict):
+        raise CftError(f"{info.path}: its recorded data settings are damaged (not a mapping).", hint="Pass --data CSV.")
+    raw = dict(recorded)
     if data_override:
         raw.update({"source": "csv", "path": data_override, "name": None})
     if not raw:

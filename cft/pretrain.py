@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from cft.console import info, progress_bar
 from cft.data import load_dataset
 from cft.data.graphs import FEATURISER_VERSION, GraphDataset
 from cft.errors import CftError
-from cft.fsutil import cache_dir
+from cft.fsutil import atomic_copy, cache_dir
 from cft.recipe import PretrainConfig
 from cft.seeding import seed_everything
 
@@ -56,8 +55,7 @@ def pretrained_backbone(cfg: PretrainConfig, spec: BackboneSpec, seed: int, data
     if cfg.cache and cached.exists():
         try:
             backbone = load_backbone(cached)
-            shutil.copyfile(cached, out_path.with_suffix(".tmp"))
-            out_path.with_suffix(".tmp").replace(out_path)
+            atomic_copy(cached, out_path)
             info(f"pretrain: reusing cached backbone {cached.name} ({cfg.method} on {dataset.name})")
             return backbone, {"cached": True, "key": key, "seconds": 0.0}
         except CftError:

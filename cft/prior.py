@@ -130,15 +130,38 @@ def read_relation(path: str | Path, tasks: Sequence[str]) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """A numeric 2-D array from .npy. The header is checked first: a file declaring Python
+    objects is refused without reading its data (so nothing in it is ever unpickled), and a
+    header whose shape the file cannot hold is refused before any memory is allocated."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = fh.tell()
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, ...
+        raise CftError(f"{path} is not a valid .npy array ({str(exc)[:200] or type(exc).__name__}).", hint="Save a plain numeric array with np.save(path, array).") from None
+    if dtype.hasobject:
+        raise CftError(
+            f"{path} holds pickled Python objects; cft refuses to unpickle it (its data was not read).",
+            hint="Save a plain numeric array with np.save(path, array).",
+        )
+    if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+        raise CftError(f"{path}: a relation matrix must hold numbers, not {dtype}.")
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise CftError(f"{path}: a relation matrix must be square (T x T), got shape {tuple(shape)}.")
+    if shape[0] * shape[1] * dtype.itemsize > size - offset:
+        raise CftError(f"{path} is truncated: its header declares a {shape[0]}x{shape[1]} {dtype} array, more than the file holds.")
     try:
         with open(path, "rb") as fh:
             return np.load(fh, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise CftError(f"{path} holds pickled Python objects; cft refuses to unpickle it (it was not read).", hint="Save a plain numeric array with np.save(path, array).") from None
-        raise CftError(f"{path} is not a valid .npy array ({exc}).") from None
-    except (OSError, EOFError) as exc:
-        raise CftError(f"{path} cannot be read as .npy ({exc}).") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise CftError(f"{path} is not a valid .npy array ({str(exc)[:200]}).") from None
 
 
 def _read_sidecar(path: Path) -> Optional[list[str]]:

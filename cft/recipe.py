@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
@@ -315,10 +316,16 @@ def _yaml_lines(text: str) -> dict[tuple, int]:
     lines: dict[tuple, int] = {}
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):
         return lines
+    seen: set[int] = set()
 
     def walk(node: Any, path: tuple) -> None:
+        # an alias (*name) is the same node object again: walking it once keeps anchors that nest
+        # aliases ("billion laughs") linear instead of exponential
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = key_node.value
@@ -329,7 +336,10 @@ def _yaml_lines(text: str) -> dict[tuple, int]:
                 lines[path + (i,)] = item.start_mark.line + 1
                 walk(item, path + (i,))
 
-    walk(root, ())
+    try:
+        walk(root, ())
+    except RecursionError:
+        pass
     return lines
 
 
@@ -400,10 +410,19 @@ def format_problems(source: str, problems: list[tuple[tuple, str, Any, bool]], l
                 line = lines[path[:cut]]
                 break
         where = f" (line {line})" if line else ""
-        got = f", got {value!r}" if show_value else ""
+        got = f", got {_short_repr(value)}" if show_value else ""
         rendered.append(f"  {dotted}{where}: {message}{got}")
     noun = "problem" if len(problems) == 1 else "problems"
     return f"{source}: {len(problems)} {noun}:\n" + "\n".join(rendered)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
+
+
+def _short_repr(value: Any) -> str:
+    """repr of a user's value, bounded in size and depth (YAML aliases can nest a value in itself)."""
+    return _REPR.repr(value)
 
 
 def validate_raw(raw: dict, source: str, lines: Optional[dict[tuple, int]] = None) -> Recipe:
@@ -414,7 +433,12 @@ def validate_raw(raw: dict, source: str, lines: Optional[dict[tuple, int]] = Non
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            path = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("literal"))))
+            loc = tuple(err["loc"])
+            # drop pydantic's union-member tags (`list[int]`, `literal['all']`), but never the
+            # unknown key itself, which is the user's text and may contain anything
+            keep_last = err["type"] == "extra_forbidden" and loc
+            head = loc[:-1] if keep_last else loc
+            path = tuple(p for p in head if not (isinstance(p, str) and ("[" in p or p.startswith("literal")))) + (loc[-1:] if keep_last else ())
             message = _describe_error(err)
             if err["type"] == "extra_forbidden":
                 names = _field_names(Recipe, path[:-1])
@@ -515,7 +539,7 @@ def parse_override(text: str, origin: str = "--set") -> tuple[tuple[str, ...], A
     parts = check_key_path(key.strip(), origin)
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):
         value = value_text  # keep as a plain string; validation will judge it
     return parts, value
 

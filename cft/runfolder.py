@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import yaml
@@ -32,6 +33,7 @@ RUN_FILES = (
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._created_here = False
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -43,22 +45,12 @@ class RunFolder:
     def is_run(self) -> bool:
         return (self.path / "recipe.yaml").exists()
 
-    def prepare(self, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
-        """Create the folder, or check that continuing/replacing the run there is what was asked."""
-        if self.check(recipe, resume=resume, overwrite=overwrite) == "replace":
-            self._clear()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CftError(f"Cannot create output folder {self.path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
-        atomic_write_text(self.file("recipe.yaml"), recipe_to_yaml(recipe))
-
     def check(self, recipe: Recipe, *, resume: bool, overwrite: bool) -> str:
         """Raise CftError unless the folder may be used as asked; returns new/replace/resume. Writes nothing."""
         path = self.path
         if path.exists() and not path.is_dir():
             raise CftError(f"Output path {path} is a file, not a folder.", hint="Choose another --output-dir.")
-        occupied = path.exists() and any(path.iterdir())
+        occupied = self._occupied()
         if occupied and not self.is_run():
             raise CftError(
                 f"Output folder {path} is not empty and does not hold a cft run; cft will not write into it.",
@@ -83,6 +75,44 @@ class RunFolder:
             hint="Pass --resume to continue it, --overwrite to replace it, or choose another --output-dir.",
         )
 
+    def prepare(self, recipe: Recipe, *, resume: bool, overwrite: bool) -> str:
+        """Create the folder, or check that continuing/replacing the run there is what was asked.
+
+        Returns check()'s mode. For "new" and "replace" nothing of value is in the folder any more,
+        so `discard` may remove everything again if the run fails before it trains."""
+        mode = self.check(recipe, resume=resume, overwrite=overwrite)
+        existed = self.path.exists()
+        if mode == "replace":
+            self._clear()
+        elif mode == "resume":
+            self._remove_stale_temporaries()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CftError(f"Cannot create output folder {self.path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
+        self._created_here = not existed
+        atomic_write_text(self.file("recipe.yaml"), recipe_to_yaml(recipe))
+        return mode
+
+    def discard(self) -> None:
+        """Undo `prepare` of a new run that failed before training: remove what cft wrote, and
+        the folder itself when this run created it and nothing else is in it."""
+        if not self.path.is_dir():
+            return
+        self._clear()
+        if self._created_here:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
+    def _occupied(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temp files of writes that a crash (or SIGKILL) interrupted before their rename."""
+        for stale in self.path.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
     def recipe_differences(self, recipe: Recipe) -> list[str]:
         try:
             saved = yaml.safe_load(self.file("recipe.yaml").read_text(encoding="utf-8")) or {}
@@ -95,10 +125,9 @@ class RunFolder:
         """Remove what cft wrote (only that: other files a user put there stay)."""
         for name in RUN_FILES:
             target = self.path / name
-            if target.exists() or target.is_symlink():
+            if target.is_symlink() or target.is_file():
                 target.unlink()
-        for stale in self.path.glob(".*.tmp"):
-            stale.unlink()
+        self._remove_stale_temporaries()
 
 
 def _diff(a, b, prefix: tuple = ()) -> list[tuple[tuple, object, object]]:

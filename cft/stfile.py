@@ -49,3 +49,47 @@ def read_header(path: str | Path, what: str) -> dict:
     if not isinstance(header, dict):
         raise CftError(f"{path}: its cft metadata is not valid JSON.", hint=f"The file is damaged; re-create the {what}.")
     return header
+
+
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """safetensors' name of a torch dtype ("F32", "I64", ...)."""
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def tensor_index(path: str | Path, what: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype name) of every tensor in a safetensors file, read from its header
+    alone: nothing is allocated, so a file can be checked against its metadata before loading."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            out = {}
+            for name in fh.keys():
+                piece = fh.get_slice(name)
+                out[name] = (tuple(int(n) for n in piece.get_shape()), str(piece.get_dtype()))
+            return out
+    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError, OverflowError, TypeError) as exc:
+        raise CftError(f"{path} is not a readable safetensors file ({str(exc)[:200]}).", hint=f"It may be truncated or corrupt; re-create the {what}.") from None
+
+
+def compare_tensors(expected: dict[str, torch.Tensor], found: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    """What differs between the tensors a model expects (meta tensors are fine) and a file's index."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(
+        f"{k} {found[k][0]}/{found[k][1]} (metadata says {tuple(expected[k].shape)}/{dtype_name(expected[k].dtype)})"
+        for k in set(expected) & set(found)
+        if found[k][0] != tuple(expected[k].shape) or found[k][1] != dtype_name(expected[k].dtype)
+    )
+    parts = []
+    if missing:
+        parts.append(f"missing tensors {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    if extra:
+        parts.append(f"unexpected tensors {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}")
+    if wrong:
+        parts.append(f"shapes that disagree with its metadata: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+    return parts

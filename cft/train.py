@@ -10,9 +10,10 @@ metrics and the same bundle bytes as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from cft.data import MolDataset, load_dataset
 from cft.data.graphs import GraphDataset
 from cft.distributed import DistContext, single
 from cft.errors import CftError, TrainingInterrupted
-from cft.fsutil import atomic_write_json, atomic_write_text, atomic_write_with
+from cft.fsutil import atomic_copy, atomic_write_json, atomic_write_text, atomic_write_with
 from cft.metrics import HIGHER_IS_BETTER, better, score
 from cft.model import CftModel, ModelSpec
 from cft.prior import identity_relation, read_relation, relation_from_labels
@@ -94,19 +95,39 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
     )
 
 
-def obtain_backbone(recipe: Recipe, run: RunFolder, data_root: Path, device: torch.device, resume: bool, dist: DistContext) -> tuple[Backbone, dict]:
+def backbone_start_path(recipe: Recipe, run: RunFolder) -> Path:
+    return run.file("backbone.safetensors" if recipe.backbone.freeze else "backbone_start.safetensors")
+
+
+def load_backbone_file(recipe: Recipe) -> Backbone:
+    """The backbone of `backbone.path`, refused when it is not the architecture the recipe describes
+    (a silent mismatch would train adapters on layers that do not exist)."""
+    bb = recipe.backbone
+    backbone = load_backbone(bb.path)
+    wanted = BackboneSpec.from_config(bb)
+    fields = ["arch", "virtual_node", "num_layers", "hidden", "pooling", "residual"] + ([] if bb.freeze else ["dropout"])
+    differences = [f"{name}: {getattr(backbone.spec, name)!r} in the file, {getattr(wanted, name)!r} in the recipe" for name in fields if getattr(backbone.spec, name) != getattr(wanted, name)]
+    if differences:
+        raise CftError(
+            f"backbone.path {bb.path} is not the backbone the recipe describes ({'; '.join(differences)}).",
+            hint="Set the recipe's backbone section to the file's architecture (backbone.num_layers, backbone.hidden, ...).",
+        )
+    return backbone
+
+
+def obtain_backbone(
+    recipe: Recipe, run: RunFolder, data_root: Path, device: torch.device, resume: bool, dist: DistContext, file_backbone: Optional[Backbone] = None
+) -> tuple[Backbone, dict]:
     """The starting backbone: a file, a (cached) pretrain stage, or a seeded random one.
     A copy is kept in the run folder so the run's bundle always finds its backbone."""
     bb = recipe.backbone
-    start_name = "backbone.safetensors" if bb.freeze else "backbone_start.safetensors"
-    start_path = run.file(start_name)
+    start_path = backbone_start_path(recipe, run)
     if resume and start_path.exists():
         return load_backbone(start_path), {"source": "run folder"}
     if bb.path:
-        backbone = load_backbone(bb.path)
+        backbone = file_backbone if file_backbone is not None else load_backbone_file(recipe)
         if dist.is_main:
-            shutil.copyfile(bb.path, start_path.with_name(f".{start_name}.tmp"))
-            start_path.with_name(f".{start_name}.tmp").replace(start_path)
+            atomic_copy(bb.path, start_path)
         return backbone, {"source": "file", "path": bb.path}
     spec = BackboneSpec.from_config(bb)
     if bb.pretrain:
@@ -122,24 +143,33 @@ def obtain_backbone(recipe: Recipe, run: RunFolder, data_root: Path, device: tor
     return backbone, {"source": "random"}
 
 
-def build_training_model(recipe: Recipe, dataset: MolDataset, backbone: Backbone) -> tuple[CftModel, dict]:
-    """A fresh model, or (train.init_bundle) a bundle's model, e.g. a composed one to calibrate."""
+def read_init_bundle(recipe: Recipe, dataset: MolDataset):
+    """The header of train.init_bundle, checked against the data's tasks."""
+    info_ = read_bundle_info(recipe.train.init_bundle)
+    if info_.spec.tasks != dataset.tasks:
+        missing = [t for t in info_.spec.tasks if t not in dataset.tasks]
+        raise CftError(
+            f"train.init_bundle {recipe.train.init_bundle} predicts tasks the data does not provide in that order"
+            + (f" (missing: {', '.join(missing[:8])})" if missing else "")
+            + ".",
+            hint="Select the bundle's tasks, in its order, with data.tasks.",
+        )
+    return info_
+
+
+def build_training_model(
+    recipe: Recipe, dataset: MolDataset, backbone: Backbone, relation: Optional[np.ndarray] = None, init_info=None
+) -> tuple[CftModel, dict]:
+    """A fresh model, or (train.init_bundle) a bundle's model, e.g. a composed one to calibrate.
+    `relation` / `init_info`: the prior or bundle header, when already read and checked."""
     if recipe.train.init_bundle:
-        info_ = read_bundle_info(recipe.train.init_bundle)
-        if info_.spec.tasks != dataset.tasks:
-            missing = [t for t in info_.spec.tasks if t not in dataset.tasks]
-            raise CftError(
-                f"train.init_bundle {recipe.train.init_bundle} predicts tasks the data does not provide in that order"
-                + (f" (missing: {', '.join(missing[:8])})" if missing else "")
-                + ".",
-                hint="Select the bundle's tasks, in its order, with data.tasks.",
-            )
+        info_ = init_info if init_info is not None else read_init_bundle(recipe, dataset)
         model = build_model(info_, backbone, freeze_backbone=recipe.backbone.freeze)
         load_bundle_tensors(model, info_)
         return model, {"init_bundle": recipe.train.init_bundle, "provenance": info_.provenance, "data": info_.data}
     seed_everything(recipe.seed)
     spec = model_spec(recipe, dataset, backbone.spec)
-    relation = build_relation(recipe.prior, dataset)
+    relation = build_relation(recipe.prior, dataset) if relation is None else relation
     model = CftModel(backbone, spec, [relation], freeze_backbone=recipe.backbone.freeze)
     return model, {}
 
@@ -241,27 +271,39 @@ class LoopState:
 
 
 class Interrupt:
-    """Turns SIGINT into a flag checked between batches (the first Ctrl-C; a second one kills)."""
+    """Turns SIGINT (Ctrl-C) and SIGTERM (what schedulers send before killing a job) into a flag
+    checked between batches; a second signal of the same kind acts as it normally does."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name = ""
+        self._previous: dict = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handler(self, signum, frame):
-        if self.requested and self._previous:
-            signal.signal(signal.SIGINT, self._previous)
+        if self.requested:
+            previous = self._previous.get(signum)
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            if signum == signal.SIGINT and previous is signal.default_int_handler:
+                raise KeyboardInterrupt
+            if signum == signal.SIGTERM:
+                signal.raise_signal(signum)
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
 
 
 class Trainer:
@@ -272,8 +314,11 @@ class Trainer:
 
     # --------------------------------------------------------------- setup
 
-    def setup(self, resume: bool, dataset: Optional[MolDataset] = None) -> None:
-        recipe, dist = self.recipe, self.dist
+    def load_inputs(self, resume: bool, dataset: Optional[MolDataset] = None) -> None:
+        """Read and check every input the run needs (data, prior, backbone file, init bundle)
+        before anything is written, so a bad input leaves the output folder untouched.
+        `dataset` replaces loading the recipe's data (benchmarks build theirs in memory)."""
+        recipe = self.recipe
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
         started = time.perf_counter()
@@ -281,10 +326,22 @@ class Trainer:
         self.featurise_seconds = self.dataset.featurise_seconds
         self.data_seconds = time.perf_counter() - started
         self.metric = resolve_metric(recipe, self.dataset)
+        self.relation = self.init_bundle_info = self.file_backbone = None
+        if recipe.train.init_bundle:
+            self.init_bundle_info = read_init_bundle(recipe, self.dataset)
+        else:
+            self.relation = build_relation(recipe.prior, self.dataset)
+        if recipe.backbone.path and not (resume and backbone_start_path(recipe, self.run).exists()):
+            self.file_backbone = load_backbone_file(recipe)
+
+    def setup(self, resume: bool) -> None:
+        recipe, dist = self.recipe, self.dist
+        if not hasattr(self, "dataset"):
+            self.load_inputs(resume)
         if dist.is_main:
             self._write_skipped()
-        backbone, self.backbone_info = obtain_backbone(recipe, self.run, self.data_root, self.device, resume, dist)
-        self.model, self.init_info = build_training_model(recipe, self.dataset, backbone)
+        backbone, self.backbone_info = obtain_backbone(recipe, self.run, self.data_root, self.device, resume, dist, self.file_backbone)
+        self.model, self.init_info = build_training_model(recipe, self.dataset, backbone, self.relation, self.init_bundle_info)
         set_trainable(self.model, recipe)
         self.model.to(self.device)
         self.train_model = self._wrap(self.model)
@@ -314,8 +371,11 @@ class Trainer:
         return max(1, self.recipe.train.batch_size // self.dist.world_size)
 
     def _write_skipped(self) -> None:
-        lines = ["row,smiles"] + [f"{row + 2},{json.dumps(s)}" for row, s in self.dataset.skipped]
-        atomic_write_text(self.run.file("skipped_smiles.csv"), "\n".join(lines) + "\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["row", "smiles"])
+        writer.writerows([row + 2, s] for row, s in self.dataset.skipped)
+        atomic_write_text(self.run.file("skipped_smiles.csv"), buffer.getvalue())
 
     # --------------------------------------------------------------- checkpoints
 
@@ -336,6 +396,7 @@ class Trainer:
             "rng": rng_state_tensors(),
         }
         atomic_write_with(self.run.checkpoint, lambda tmp: torch.save(payload, tmp))
+        self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
 
     def _load_checkpoint(self) -> None:
         path = self.run.checkpoint
@@ -347,6 +408,7 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scheduler.load_state_dict(payload["scheduler"])
             self.state = LoopState(**payload["state"])
+            self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
             self.best_state = payload["best_state"]
             restore_rng_state(payload["rng"])
         except CftError:
@@ -403,7 +465,7 @@ class Trainer:
                     loss = task_loss + lam * reg
                 loss_value = float(loss.detach())  # one sync per step: a NaN must stop us before the update
                 if not math.isfinite(loss_value):
-                    self._diverged(loss_value)
+                    self._diverged(f"The training loss became {loss_value}", state.batch_in_epoch + 1)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recipe.train.grad_clip:
@@ -423,8 +485,9 @@ class Trainer:
                     state.train_seconds += time.perf_counter() - epoch_started
                     self.save_checkpoint()
                     raise TrainingInterrupted(
-                        f"Interrupted at epoch {state.epoch + 1}, batch {state.batch_in_epoch}; checkpoint saved in {self.run.checkpoint}. "
-                        f"Resume with: {self.resume_command}"
+                        f"Interrupted ({interrupt.signal_name or 'SIGINT'}) at epoch {state.epoch + 1}, batch {state.batch_in_epoch}; "
+                        f"checkpoint saved in {self.run.checkpoint}. Resume with: {self.resume_command}",
+                        exit_code=143 if interrupt.signal_name == "SIGTERM" else 130,
                     )
         state.train_seconds += time.perf_counter() - epoch_started
 
@@ -432,16 +495,31 @@ class Trainer:
         # through the wrapper (DDP / compiled) so that gradient hooks see the whole graph
         return self.train_model(batch, with_routes=True)
 
-    def _diverged(self, value: float) -> None:
+    def _diverged(self, what: str, batch: Optional[int] = None) -> None:
+        """Stop a run whose loss or weights stopped being finite. The checkpoint on disk is the
+        last good state (it is written only at the end of an epoch that stayed finite) and is
+        not overwritten; no bundle or summary is written."""
         state = self.state
+        where = f"epoch {state.epoch + 1}" + (f", batch {batch}" if batch is not None else "")
+        at = getattr(self, "checkpoint_at", None)
+        if at is not None and self.run.checkpoint.exists():
+            when = f"end of epoch {at[0]}" if at[1] == 0 else f"epoch {at[0] + 1}, batch {at[1]}"
+            kept = f"The last good checkpoint ({when}) is kept in {self.run.checkpoint}."
+        else:
+            kept = "No checkpoint was written (it diverged in the first epoch)."
+        tr = self.recipe.train
         raise CftError(
-            f"The training loss became {value} at epoch {state.epoch + 1}, batch {state.batch_in_epoch + 1}; training stopped. "
-            f"The last good checkpoint (end of epoch {state.epoch}) is kept in {self.run.checkpoint}.",
-            hint=f"Lower train.lr (now {self.recipe.train.lr:g}) or train.reg_strength (now {self.recipe.train.reg_strength:g}), or set train.grad_clip.",
+            f"{what} at {where}; training stopped. {kept}",
+            hint=f"Lower train.lr (now {tr.lr:g}) or train.reg_strength (now {tr.reg_strength:g})"
+            + ("" if tr.grad_clip else ", or set train.grad_clip")
+            + ", then start the run again with --overwrite (or another --output-dir); --resume continues only the same recipe.",
         )
 
     def _end_epoch(self) -> None:
         recipe, state = self.recipe, self.state
+        broken = [name for name, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p.detach()).all()]
+        if broken:  # the last step of the epoch can overflow the weights while its loss was still finite
+            self._diverged(f"Weights ({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}) became NaN or inf")
         valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(valid["mean"]):
             self.scheduler.step(valid["mean"])
@@ -555,11 +633,28 @@ def train_recipe(
     dist = dist or single()
     run = RunFolder(output_dir)
     target = pick_device(device or recipe.train.device, dist.local_rank)
-    dist.main_first(lambda: run.prepare(recipe, resume=resume, overwrite=overwrite), target)
+    # refusals first, nothing written yet; a refusal on rank 0 stops every rank
+    dist.main_first(lambda: run.check(recipe, resume=resume, overwrite=overwrite), target)
     trainer = Trainer(recipe, run, data_root, target, dist, resume_command)
-    trainer.setup(resume, dataset)
+    fresh = False
+    try:
+        trainer.load_inputs(resume, dataset)  # bad data / prior / backbone / init bundle: refused before any write
+        mode = dist.main_first(lambda: run.prepare(recipe, resume=resume, overwrite=overwrite), target)
+        fresh = dist.is_main and mode != "resume"
+        trainer.setup(resume)
+    except BaseException as exc:
+        if fresh and dist.is_main:
+            run.discard()  # a new run that failed before training leaves nothing behind
+        if isinstance(exc, KeyboardInterrupt):
+            if resume and not fresh:
+                raise TrainingInterrupted(f"Interrupted before training resumed; the run folder is unchanged. Resume with: {resume_command}") from None
+            raise TrainingInterrupted(f"Interrupted before training started; nothing was kept in {run.path}. Run the same command again to start.") from None
+        raise
     if trainer.state.finished and run.file("summary.json").exists():
         info(f"{run.path} is already finished; its summary is unchanged.")
         return json.loads(run.file("summary.json").read_text())
     trainer.run_epochs()
-    return trainer.finish()
+    try:
+        return trainer.finish()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"Interrupted while writing the results; every epoch is saved. Resume with: {resume_command}") from None

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Tiny test models gain nothing from several threads, and on a small shared machine OpenMP threads
+# that spin against each other made a 1-second run take 15 s. Runs are bit-identical either way
+# (checked by the resume tests). Set before torch is imported, for this process and the CLIs it starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 

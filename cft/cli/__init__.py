@@ -13,7 +13,9 @@ from cft.errors import CftError, TrainingInterrupted
 
 
 def report(exc: CftError) -> None:
-    err.print(f"[bold red]error:[/bold red] {exc.render()}", highlight=False, markup=True)
+    # the message holds user data (paths, SMILES, YAML): never interpret it as rich markup
+    err.print("[bold red]error:[/bold red] ", end="", highlight=False, markup=True)
+    err.print(exc.render(), highlight=False, markup=False)
 
 
 class CftGroup(TyperGroup):
@@ -26,7 +28,10 @@ class CftGroup(TyperGroup):
             report(exc)
             ctx.exit(2)
         except TrainingInterrupted as exc:
-            err.print(f"[yellow]{exc.message}[/yellow]", highlight=False)
+            err.print(exc.message, style="yellow", highlight=False, markup=False)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C outside a training loop: nothing half-written (atomic writes)
+            err.print("interrupted.", highlight=False)
             ctx.exit(130)
 
 

@@ -31,10 +31,14 @@ def train_command(
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Train with N processes (torch.distributed, launched like torchrun)."),
 ) -> None:
     """Train adapters (or a baseline) as a recipe says, and write the run folder and bundle."""
+    from cft.fsutil import relative_output_dir
+
+    # the recipe is checked before torch is even imported: a typo fails in a second, not ten
+    parsed = load_recipe(recipe, sets or [])
+    # --output-dir is the user's choice; a folder named inside the recipe must stay below "."
+    run_dir = Path(output_dir) if output_dir else relative_output_dir(parsed.output_dir, "output_dir")
     from cft.distributed import context_from_env, launch_local
 
-    parsed = load_recipe(recipe, sets or [])
-    run_dir = Path(output_dir or parsed.output_dir)
     if nproc and nproc > 1:
         from cft.runfolder import RunFolder
 

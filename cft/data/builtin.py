@@ -123,8 +123,8 @@ def read_builtin() -> tuple[list[str], list[str], np.ndarray]:
     return smiles, names, labels
 
 
-def _save_npy(path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
+def _save_npy(tmp, array: np.ndarray) -> None:
+    with open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
 
 

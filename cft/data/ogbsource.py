@@ -2,7 +2,8 @@
 
 ogb 1.3.6 has three traps that this module disarms:
 - it calls `torch.load` without `weights_only`, which fails on torch >= 2.6 unless PyG's data
-  classes are allow-listed: we load under `torch.serialization.safe_globals` (still the safe,
+  classes are allow-listed (and unpickles anything on older torch): we force `weights_only=True`
+  and allow-list PyG's data classes with `torch.serialization.safe_globals` (the safe,
   weights-only unpickler: nothing arbitrary is ever unpickled);
 - it calls `input()` when a dataset folder lacks its RELEASE file, or before a large download:
   we check the folder up front and refuse interactive prompts;
@@ -88,7 +89,19 @@ def _ogb_guard():
     from torch_geometric.data.storage import BaseStorage, EdgeStorage, GlobalStorage, NodeStorage
 
     allowed = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, BaseStorage, NodeStorage, EdgeStorage]
-    with torch.serialization.safe_globals(allowed), unittest.mock.patch("builtins.input", _no_prompt):
+    real_load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        # torch < 2.6 defaults to weights_only=False: a processed file in a user's folder must never
+        # be unpickled with the full unpickler, whatever torch version is installed
+        kwargs["weights_only"] = True
+        return real_load(*args, **kwargs)
+
+    with (
+        torch.serialization.safe_globals(allowed),
+        unittest.mock.patch("builtins.input", _no_prompt),
+        unittest.mock.patch.object(torch, "load", weights_only_load),
+    ):
         yield
 
 
@@ -104,7 +117,7 @@ def _download(name: str, root: Path, folder: Path) -> None:
     try:
         _open_dataset(name, staging)
         made = dataset_folder(name, staging)
-        shutil.move(str(made), str(folder))
+        shutil.move(str(made), str(folder))  # atomic: a complete staging folder moved into place (a rename on one file system)
     except CftError:
         raise
     except (Exception, SystemExit) as exc:  # ogb's download calls exit() when it gives up
