@@ -91,24 +91,30 @@ class PartRouter(nn.Module):
         super().__init__()
         self.spec = spec
         t, m = len(spec.tasks), spec.embed_dim
-        self.task_embed = nn.Parameter(torch.randn(t, m))
-        self.keys = nn.ParameterDict({str(layer): nn.Parameter(torch.randn(spec.num_adapters, m)) for layer in spec.layers})
-        self.query = nn.Linear(hidden, m)
+        # a part without adapters, or with uniform routes, has nothing to route: no parameters
+        # (head-only and full fine-tuning bundles then hold exactly what they train)
+        self.routed = bool(spec.layers) and spec.mode == "routed"
+        if self.routed:
+            self.task_embed = nn.Parameter(torch.randn(t, m))
+            self.keys = nn.ParameterDict({str(layer): nn.Parameter(torch.randn(spec.num_adapters, m)) for layer in spec.layers})
+            self.query = nn.Linear(hidden, m)
         self.register_buffer("relation", torch.as_tensor(relation, dtype=torch.float32).clone())
         self.normalized = NormalizedAdjacencyCache()
-        if spec.learned_prior:
+        if spec.learned_prior and self.routed:
             # A = softplus(sym(P)) with P chosen so that A starts at the source matrix
             beta = 10.0
             start = self.relation.clamp_min(1e-3)
             self.relation_logit = nn.Parameter(torch.log(torch.expm1(beta * start)) / beta)
 
     def relation_matrix(self) -> torch.Tensor:
-        if self.spec.learned_prior:
+        if hasattr(self, "relation_logit"):
             sym = (self.relation_logit + self.relation_logit.t()) / 2
             return F.softplus(sym, beta=10.0)
         return self.relation
 
-    def propagated_embeddings(self) -> torch.Tensor:
+    def propagated_embeddings(self) -> Optional[torch.Tensor]:
+        if not self.routed:
+            return None
         emb = self.task_embed
         if self.spec.prior_steps:
             a_hat = self.normalized(self.relation_matrix())
@@ -123,7 +129,7 @@ class PartRouter(nn.Module):
             return {}
         if spec.mode == "uniform":
             t = len(spec.tasks)
-            uniform = self.task_embed.new_full((t, spec.num_adapters), 1.0 / spec.num_adapters)
+            uniform = self.relation.new_full((t, spec.num_adapters), 1.0 / spec.num_adapters)
             return {layer: uniform for layer in spec.layers}
         emb = self.propagated_embeddings() if embeddings is None else embeddings
         scale = spec.temperature * math.sqrt(spec.embed_dim)
@@ -132,13 +138,16 @@ class PartRouter(nn.Module):
             for layer in spec.layers
         }
 
-    def relevance(self, state: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """w(x): [B, T_p] softmax over this part's tasks, from the pooled query state [B, d]."""
+    def relevance(self, state: torch.Tensor, embeddings: Optional[torch.Tensor]) -> torch.Tensor:
+        """w(x): [B, T_p] softmax over this part's tasks, from the pooled query state [B, d]
+        (uniform for a part that does not route: its routes are the same for every task)."""
+        if not self.routed:
+            return state.new_full((state.size(0), len(self.spec.tasks)), 1.0 / len(self.spec.tasks))
         q = self.query(state)
         return torch.softmax(q @ embeddings.t() / math.sqrt(self.spec.embed_dim), dim=-1)
 
     def anchor_penalty(self) -> torch.Tensor:
-        if not self.spec.learned_prior:
+        if not hasattr(self, "relation_logit"):
             return self.relation.new_zeros(())
         return self.spec.prior_anchor * ((self.relation_matrix() - self.relation) ** 2).mean()
 

@@ -184,10 +184,6 @@ def set_trainable(model: CftModel, recipe: Recipe) -> None:
         model.requires_grad_(True)
         if recipe.backbone.freeze:
             model.backbone.requires_grad_(False)
-    for part in model.router.parts:
-        # a part without adapters, or with uniform routes, never uses its router
-        if not part.spec.layers or part.spec.mode == "uniform":
-            part.requires_grad_(False)
 
 
 def make_optimizer(model: CftModel, recipe: Recipe) -> torch.optim.Optimizer:

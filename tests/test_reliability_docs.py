@@ -14,6 +14,7 @@ FILES = {
     "recipe": "test_recipe.py",
     "data": "test_data.py",
     "cli_train": "test_cli_train.py",
+    "cli_ablate": "test_cli_ablate.py",
 }
 
 
