@@ -28,7 +28,7 @@ from cft.backbone import Backbone, backbone_fingerprint, load_backbone, read_bac
 from cft.errors import CftError
 from cft.fsutil import cache_dir, sha256_file
 from cft.model import CftModel, ModelSpec
-from cft.stfile import compare_tensors, read_header, tensor_index, write_safetensors
+from cft.stfile import compare_tensors, dtype_name, read_header, tensor_index, write_safetensors
 
 BUNDLE_FORMAT = "cft-bundle"
 BUNDLE_FORMAT_VERSION = "1"
@@ -249,23 +249,10 @@ def load_bundle_tensors(model: CftModel, info: BundleInfo) -> None:
         tensors = load_file(str(info.path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CftError(f"{info.path}: cannot read the bundle's tensors ({str(exc)[:200]}).", hint="The file may be truncated; re-create it.") from None
-    expected = model.bundle_state()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    wrong = sorted(
-        f"{k} {tuple(tensors[k].shape)}/{str(tensors[k].dtype).removeprefix('torch.')} (spec says {tuple(expected[k].shape)}/{str(expected[k].dtype).removeprefix('torch.')})"
-        for k in set(expected) & set(tensors)
-        if tensors[k].shape != expected[k].shape or tensors[k].dtype != expected[k].dtype
-    )
-    if missing or extra or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-        if extra:
-            parts.append(f"unexpected tensors {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}")
-        if wrong:
-            parts.append(f"shapes that disagree with its metadata: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
-        raise CftError(f"{info.path}: the bundle's tensors do not match its own metadata ({'; '.join(parts)}).", hint="The file is damaged or was edited; re-create it.")
+    # build_model checked the file's index against the spec; this catches a file replaced since
+    differences = compare_tensors(model.bundle_state(), {k: (tuple(v.shape), dtype_name(v.dtype)) for k, v in tensors.items()})
+    if differences:
+        raise CftError(f"{info.path}: the bundle's tensors do not match its own metadata ({'; '.join(differences)}).", hint="The file is damaged or was edited; re-create it.")
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CftError(f"{info.path}: tensors {', '.join(bad[:5])} hold NaN or inf.", hint="Re-create the bundle (a diverged run?).")
