@@ -472,7 +472,7 @@ def sweep_lock(path: Path):
     import fcntl
 
     path.mkdir(parents=True, exist_ok=True)
-    handle = open(path / ".lock", "a+")
+    handle = open(path / ".lock", "a+")  # atomic: an empty lock file, only flock()ed, never read
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -640,7 +640,7 @@ class Sweep:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         log_path = self.folder.log(variant, seed)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "a", encoding="utf-8")
+        log = open(log_path, "a", encoding="utf-8")  # atomic: an append-only log; a crash can only cut its last line
         log.write(f"\n=== attempt {_now()}: {' '.join(cmd)}\n")
         log.flush()
         record = {"status": "running", "variant": variant.name, "seed": seed, "knobs": variant.knobs, "command": cmd,

@@ -103,15 +103,21 @@ def test_variant_counts(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path):
-    recipe = _recipe(tmp_path, epochs=2)
+    recipe = _recipe(tmp_path, epochs=3)
     out = tmp_path / "sweep"
     args = ["ablate", str(recipe), "--grid", "train.lr=0.005,0.01", "--one-at-a-time", "--set", "train.threads=1", "-o", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "cft", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "variants" / "base" / "seed-0" / "summary.json"
     second = out / "variants" / "train.lr=0.01" / "seed-0"
     deadline = time.time() + 600
-    # interrupt while the second variant is training: the first has finished
-    while time.time() < deadline and not (second / "recipe.yaml").exists() and proc.poll() is None:
+    # interrupt while the second variant is training (its first epoch is done, so there is a
+    # checkpoint to resume; a run stopped before its first epoch starts over): the first has finished
+    log = second.parent / "seed-0.log"
+
+    def second_is_training() -> bool:
+        return log.exists() and "epoch   1/3" in log.read_text(errors="replace")
+
+    while time.time() < deadline and not second_is_training() and proc.poll() is None:
         time.sleep(0.05)
     assert first.exists(), proc.communicate()[1] if proc.poll() is not None else "timed out"
     proc.send_signal(signal.SIGTERM)
