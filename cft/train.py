@@ -24,7 +24,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from cft import __version__
-from cft.backbone import Backbone, BackboneSpec, load_backbone, save_backbone
+from cft.backbone import Backbone, BackboneSpec, backbone_fingerprint, load_backbone, save_backbone
 from cft.bundle import build_model, find_backbone, load_bundle_tensors, read_bundle_info, save_bundle
 from cft.console import info, progress_bar, warn
 from cft.data import MolDataset, load_dataset
@@ -102,12 +102,18 @@ def obtain_backbone(recipe: Recipe, run: RunFolder, data_root: Path, device: tor
     start_path = run.file(start_name)
     if resume and start_path.exists():
         return load_backbone(start_path), {"source": "run folder"}
-    if bb.path:
-        backbone = load_backbone(bb.path)
+    path = bb.path
+    if not path and not bb.pretrain and recipe.train.init_bundle:
+        # a run that starts from a bundle runs on that bundle's backbone, found as `cft eval` finds it
+        from cft.bundle import find_backbone_path
+
+        path = str(find_backbone_path(read_bundle_info(recipe.train.init_bundle)))
+    if path:
+        backbone = load_backbone(path)
         if dist.is_main:
-            shutil.copyfile(bb.path, start_path.with_name(f".{start_name}.tmp"))
+            shutil.copyfile(path, start_path.with_name(f".{start_name}.tmp"))
             start_path.with_name(f".{start_name}.tmp").replace(start_path)
-        return backbone, {"source": "file", "path": bb.path}
+        return backbone, {"source": "file", "path": path}
     spec = BackboneSpec.from_config(bb)
     if bb.pretrain:
         from cft.pretrain import pretrained_backbone
@@ -136,6 +142,12 @@ def build_training_model(recipe: Recipe, dataset: MolDataset, backbone: Backbone
                 + (f" (missing: {', '.join(missing[:8])})" if missing else "")
                 + ".",
                 hint="Select the bundle's tasks, in its order, with data.tasks.",
+            )
+        if backbone_fingerprint(backbone) != info_.backbone_fingerprint:
+            raise CftError(
+                f"train.init_bundle {recipe.train.init_bundle} was trained on backbone {info_.backbone_fingerprint}, but this recipe's "
+                f"backbone is {backbone_fingerprint(backbone)}.",
+                hint="Set backbone.path to the bundle's backbone.safetensors, or leave backbone.path and backbone.pretrain unset to use it.",
             )
         model = build_model(info_, backbone, freeze_backbone=recipe.backbone.freeze)
         load_bundle_tensors(model, info_)
