@@ -59,7 +59,7 @@ def _root(
     """
 
 
-_COMMAND_MODULES = ("train", "eval", "recipes")
+_COMMAND_MODULES = ("train", "eval", "recipes", "compose", "prior", "inspect", "predict")
 
 
 def _register() -> None:
