@@ -4,9 +4,15 @@ _cft() {
     local path="" w
     for w in ${words[2,CURRENT-1]}; do
         case "$path:$w" in
+            ":compose") path="compose" ;;
             ":eval") path="eval" ;;
+            ":inspect-routing") path="inspect-routing" ;;
+            ":predict") path="predict" ;;
+            ":prior") path="prior" ;;
             ":recipes") path="recipes" ;;
             ":train") path="train" ;;
+            "prior:build") path="prior build" ;;
+            "prior:show") path="prior show" ;;
             "recipes:list") path="recipes list" ;;
             "recipes:show") path="recipes show" ;;
             "recipes:validate") path="recipes validate" ;;
@@ -14,12 +20,32 @@ _cft() {
     done
     case "$path" in
         "")
-            local -a commands; commands=('eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'recipes:List, validate and show recipes' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle')
+            local -a commands; commands=('compose:Compose bundles trained on different tasks into one bundle that predicts all of them' 'eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'inspect-routing:Show which adapters each task routes to, per layer  rows tasks, columns adapters by source bundle' 'predict:Score molecules with a bundle  one column per task (probabilities for binary tasks)' 'prior:Build and show task relation matrices (the structural prior)' 'recipes:List, validate and show recipes' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle')
             _describe 'command' commands
             _arguments '--version[Print the version and exit]' '--help[Show help and exit]' '-h[Show help and exit]'
             ;;
+        "compose")
+            _arguments '--output[The composed bundle (.safetensors) to write]:value:_files' '-o[The composed bundle (.safetensors) to write]:value:_files' '--prior[Relation matrix over all tasks  .npy (with its .tasks.json, if any) or .csv with task names as header and index]:value:_files' '--prior-from[Compute the prior from the training labels of this CSV (or recipe YAML) covering every task]:value:_files' '--mode[route (keep every adapter, route between them) or merge into one adapter per layer  linear, svd, cat (as PEFT'\''s add_weighted_adapter)]:value:_files' '--weights[Merge modes  one weight per bundle (default 1 each)]:value:_files' '--rename[Rename a task (in bundle N, or in the later bundles holding it); repeatable]:value:_files' '--compose-steps[k  propagation steps of the parts'\'' routes over the composed prior (0  each part routes only to its own adapters)]:value:_files' '--compose-threshold[Gate threshold applied to the composed routes]:value:_files' '--method[--prior-from statistic  phi, jaccard or cosine]:value:_files' '--min-support[--prior-from  minimum co-labelled molecules for an edge]:value:_files' '--min-value[--prior-from  edges weaker than this are dropped]:value:_files' '--top-k[--prior-from  keep each task'\''s K strongest links]:value:_files' '--calibrate[Then train only routing and task embeddings as this recipe says (data, lr, train.max_steps; default 200 steps)]:value:_files' '--set[Override a recipe field, e.g. --set routing.temperature=0.5 (repeatable; validated like the recipe)]:value:_files' '-s[Override a recipe field, e.g. --set routing.temperature=0.5 (repeatable; validated like the recipe)]:value:_files' '--calibrate-dir[Run folder of the calibration (default  OUTPUT without .safetensors, plus .calibration)]:value:_files' '--data-root[Where CSVs and OGB folders live (default  $CFT_DATA_ROOT, then the recipe'\''s data.root, then '\''.'\'')]:value:_files' '--backbone[Backbone file for --calibrate (default  found by fingerprint beside the bundles)]:value:_files' '--device[auto, cpu, cuda or cuda N (default  the recipe'\''s train.device, auto)]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
+            ;;
         "eval")
             _arguments '--data-root[Where CSVs and OGB folders live (default  $CFT_DATA_ROOT, then the recipe'\''s data.root, then '\''.'\'')]:value:_files' '--split[train, valid or test]:value:_files' '--json[Also write the result as JSON here]:value:_files' '--backbone[Backbone file (default  found by fingerprint next to the bundle)]:value:_files' '--data[Evaluate on this CSV instead of the bundle'\''s recorded data (same split settings)]:value:_files' '--metric[rocauc, ap or rmse (default  the bundle'\''s)]:value:_files' '--device[auto, cpu, cuda or cuda N (default  the recipe'\''s train.device, auto)]:value:_files' '--batch-size[]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
+            ;;
+        "inspect-routing")
+            _arguments '--layer[Only this insertion layer (default  all)]:value:_files' '--png[Also draw one labelled heatmap per layer (plus the epoch history of a run folder)]:value:_files' '--json[Also write every route, entropy and active count as JSON]:value:_files' '--max-rows[More tasks than this are shown as clusters of similar tasks]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
+            ;;
+        "predict")
+            _arguments '--input[CSV with a SMILES column]:value:_files' '-i[CSV with a SMILES column]:value:_files' '--output[CSV to write  the SMILES, one score per task, and the invalid_smiles flag]:value:_files' '-o[CSV to write  the SMILES, one score per task, and the invalid_smiles flag]:value:_files' '--smiles-column[The SMILES column (default  a column named smiles, else the first)]:value:_files' '--backbone[Backbone file (default  found by fingerprint next to the bundle)]:value:_files' '--device[auto, cpu, cuda or cuda N (default  the recipe'\''s train.device, auto)]:value:_files' '--batch-size[]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
+            ;;
+        "prior")
+            local -a commands; commands=('build:Build a task relation matrix from training labels (of a dataset, or of the bundles'\'' data)' 'show:Show a relation matrix as a heatmap in the terminal (and as a PNG)')
+            _describe 'command' commands
+            _arguments '--help[Show help and exit]' '-h[Show help and exit]'
+            ;;
+        "prior build")
+            _arguments '--bundles[Build over the union of the bundles given as arguments, in bundle order (labels from the data they record, or --data)]' '--data[CSV (or recipe YAML) whose training-split labels give the relation]:value:_files' '--output[Write the matrix here  .npy (task names beside it in .tasks.json) or labelled .csv]:value:_files' '-o[Write the matrix here  .npy (task names beside it in .tasks.json) or labelled .csv]:value:_files' '--tasks[With --data  task columns (names or globs; repeatable); default every label column]:value:_files' '--method[phi (|phi| correlation), jaccard (of positives) or cosine]:value:_files' '--min-support[Minimum co-labelled molecules for a task pair to get an edge]:value:_files' '--min-value[Edges weaker than this are dropped]:value:_files' '--top-k[Keep each task'\''s K strongest links (symmetrised)]:value:_files' '--png[Also draw the matrix as a labelled image]:value:_files' '--data-root[Where CSVs and OGB folders live (default  $CFT_DATA_ROOT, then the recipe'\''s data.root, then '\''.'\'')]:value:_files' '--max-rows[Terminal  more tasks than this are shown as clusters]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
+            ;;
+        "prior show")
+            _arguments '--png[Also draw it as a labelled image]:value:_files' '--max-rows[More tasks than this are shown as clusters]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
             ;;
         "recipes")
             local -a commands; commands=('list:Show the shipped recipes with a one-line description' 'show:Print the resolved recipe (defaults filled in, overrides applied)' 'validate:Check recipes; report every problem with its field path and YAML line (exit 2 on any)')
