@@ -111,6 +111,12 @@ def _check_spec(info: BundleInfo) -> None:
         problems.append("duplicate task names")
     if any(k not in ("binary", "regression") for k in spec.kinds):
         problems.append("unknown task kind")
+    from cft.routing import COMPOSE_RULES
+
+    if spec.compose_rule not in COMPOSE_RULES:
+        problems.append(f"unknown compose rule {spec.compose_rule!r}")
+    if not 0.0 <= float(spec.compose_mix) <= 1.0:
+        problems.append(f"compose_mix {spec.compose_mix} outside [0, 1]")
     for p in spec.parts:
         if any(not isinstance(layer, int) or layer < 0 or layer >= spec.backbone.num_layers for layer in p.layers):
             problems.append(f"part {p.name!r} names insertion layers outside the backbone's {spec.backbone.num_layers}")

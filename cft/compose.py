@@ -45,6 +45,8 @@ from cft.routing import PartSpec, _block_diagonal
 MODES = ("route", "linear", "svd", "cat")
 DEFAULT_COMPOSE_STEPS = 1
 DEFAULT_COMPOSE_THRESHOLD = 0.1
+DEFAULT_COMPOSE_RULE = "residual"
+DEFAULT_COMPOSE_MIX = 0.05  # measured on tox21: docs/composition.md
 
 
 @dataclass
@@ -258,7 +260,10 @@ def _effective_rank(source: Source, g: int, part: PartSpec) -> int:
     return r
 
 
-def compose_route(sources: list[Source], union: np.ndarray, compose_steps: int, compose_threshold: float) -> CftModel:
+def compose_route(
+    sources: list[Source], union: np.ndarray, compose_steps: int, compose_threshold: float,
+    compose_rule: str = DEFAULT_COMPOSE_RULE, compose_mix: float = DEFAULT_COMPOSE_MIX,
+) -> CftModel:
     flat = _flattened_parts(sources)
     parts = []
     for s, g, p in flat:
@@ -269,6 +274,7 @@ def compose_route(sources: list[Source], union: np.ndarray, compose_steps: int, 
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
+        compose_rule=compose_rule, compose_mix=compose_mix,
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
     model = _new_model(spec, part_relations, union)
@@ -384,7 +390,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         r = u.size(0)
         state[f"adapters.{layer}.U"].zero_()[0, :r] = u
         state[f"adapters.{layer}.V"].zero_()[0, :, :r] = v
-    for key in ("router.parts.0.task_embed", f"router.parts.0.query.weight", "router.parts.0.query.bias"):
+    for key in ("router.parts.0.task_embed", "router.parts.0.query.weight", "router.parts.0.query.bias"):
         state[key].zero_()
     for key in state:
         if key.startswith("router.parts.0.keys."):
@@ -431,6 +437,8 @@ def compose(
     renames: Sequence[str] = (),
     compose_steps: int = DEFAULT_COMPOSE_STEPS,
     compose_threshold: float = DEFAULT_COMPOSE_THRESHOLD,
+    compose_rule: str = DEFAULT_COMPOSE_RULE,
+    compose_mix: float = DEFAULT_COMPOSE_MIX,
     method: str = "phi",
     min_support: int = 20,
     min_value: float = 0.1,
@@ -443,14 +451,18 @@ def compose(
         raise CftError(f"--compose-steps must be >= 0, got {compose_steps}.")
     if not 0.0 <= compose_threshold < 1.0:
         raise CftError(f"--compose-threshold must be in [0, 1), got {compose_threshold}.")
+    from cft.routing import COMPOSE_RULES
+
+    if compose_rule not in COMPOSE_RULES:
+        raise CftError(f"--compose-rule {compose_rule!r}: choose one of {', '.join(COMPOSE_RULES)}.")
+    if not 0.0 <= compose_mix <= 1.0:
+        raise CftError(f"--compose-mix must be in [0, 1], got {compose_mix}.")
     sources = load_sources(targets)
     apply_renames(sources, renames)
     check_compatible(sources)
-    if weights is None:
-        weights = [1.0] * len(sources)
-    weights = [float(w) for w in weights]
-    if mode == "route" and any(w != 1.0 for w in weights):
+    if mode == "route" and weights is not None:
         raise CftError("--weights applies to the merge modes (linear, svd, cat); --mode route keeps every adapter.")
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
     if len(weights) != len(sources):
         raise CftError(f"--weights has {len(weights)} values for {len(sources)} bundles; give one per bundle.")
     if any(not math.isfinite(w) for w in weights):
@@ -463,7 +475,7 @@ def compose(
     if choice.warning:
         warn(choice.warning)
     if mode == "route":
-        model = compose_route(sources, choice.matrix, compose_steps, compose_threshold)
+        model = compose_route(sources, choice.matrix, compose_steps, compose_threshold, compose_rule, compose_mix)
     else:
         model = compose_merge(sources, choice.matrix, mode, weights)
     metric_names = {s.info.metrics.get("metric") for s in sources}
@@ -482,7 +494,10 @@ def compose(
         "seed": int(sources[0].info.provenance.get("seed", 0)),
     }
     if mode == "route":
-        provenance.update({"compose_steps": model.spec.compose_steps, "compose_threshold": compose_threshold})
+        provenance.update({
+            "compose_steps": model.spec.compose_steps, "compose_threshold": compose_threshold, "compose_rule": compose_rule,
+            "compose_mix": compose_mix,
+        })
     else:
         provenance["weights"] = weights
     return Composition(

@@ -27,7 +27,9 @@ def compose_command(
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,...", help="Merge modes: one weight per bundle (default 1 each)."),
     rename: Optional[List[str]] = typer.Option(None, "--rename", metavar="[N:]OLD=NEW", help="Rename a task (in bundle N, or in the later bundles holding it); repeatable."),
     compose_steps: Optional[int] = typer.Option(None, "--compose-steps", min=0, help="k: propagation steps of the parts' routes over the composed prior (0: each part routes only to its own adapters)."),
-    compose_threshold: Optional[float] = typer.Option(None, "--compose-threshold", help="Gate threshold applied to the composed routes."),
+    compose_threshold: Optional[float] = typer.Option(None, "--compose-threshold", help="Gate threshold on the routes a task gives to other bundles' adapters."),
+    compose_rule: Optional[str] = typer.Option(None, "--compose-rule", help="residual (each part keeps its routes; a prior-derived share goes to other bundles) or propagate (DESIGN.md's reference rule)."),
+    compose_mix: Optional[float] = typer.Option(None, "--compose-mix", help="residual: scales the share of route mass a task gives to other bundles (0: none, 1: its prior neighbourhood's share)."),
     method: str = typer.Option("phi", "--method", help="--prior-from statistic: phi, jaccard or cosine."),
     min_support: int = typer.Option(20, "--min-support", min=1, help="--prior-from: minimum co-labelled molecules for an edge."),
     min_value: float = typer.Option(0.1, "--min-value", min=0.0, help="--prior-from: edges weaker than this are dropped."),
@@ -40,7 +42,9 @@ def compose_command(
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Compose bundles trained on different tasks into one bundle that predicts all of them."""
-    from cft.compose import DEFAULT_COMPOSE_STEPS, DEFAULT_COMPOSE_THRESHOLD, calibrate as run_calibration, compose
+    from cft.compose import DEFAULT_COMPOSE_MIX, DEFAULT_COMPOSE_RULE, DEFAULT_COMPOSE_STEPS, DEFAULT_COMPOSE_THRESHOLD
+    from cft.compose import calibrate as run_calibration
+    from cft.compose import compose
     from cft.errors import CftError
     from cft.recipe import resolve_data_root
 
@@ -48,8 +52,8 @@ def compose_command(
         raise CftError(f"-o {output}: a bundle is written as .safetensors.")
     if output.exists() and output.is_dir():
         raise CftError(f"-o {output} is a folder; name the bundle file to write.")
-    if mode != "route" and (compose_steps is not None or compose_threshold is not None):
-        raise CftError("--compose-steps and --compose-threshold shape routing; they apply to --mode route only.")
+    if mode != "route" and any(v is not None for v in (compose_steps, compose_threshold, compose_rule, compose_mix)):
+        raise CftError("--compose-steps/-threshold/-rule/-mix shape routing; they apply to --mode route only.")
     if sets and not calibrate:
         raise CftError("--set overrides the --calibrate recipe; give --calibrate RECIPE too.")
     parsed_weights = None
@@ -63,6 +67,8 @@ def compose_command(
         weights=parsed_weights, renames=rename or [],
         compose_steps=DEFAULT_COMPOSE_STEPS if compose_steps is None else compose_steps,
         compose_threshold=DEFAULT_COMPOSE_THRESHOLD if compose_threshold is None else compose_threshold,
+        compose_rule=compose_rule or DEFAULT_COMPOSE_RULE,
+        compose_mix=DEFAULT_COMPOSE_MIX if compose_mix is None else compose_mix,
         method=method, min_support=min_support, min_value=min_value, top_k=top_k,
     )
     if calibrate:
@@ -105,7 +111,8 @@ def _print_summary(composition, output: Path) -> None:
     prior = prov["prior"]
     table.add_row("prior", prior["source"] + (f" ({prior.get('path') or prior.get('data')})" if prior.get("path") or prior.get("data") else ""))
     if prov["mode"] == "route":
-        table.add_row("compose steps / threshold", f"{prov['compose_steps']} / {prov['compose_threshold']:g}")
+        table.add_row("composed routes", f"{prov['compose_rule']}, steps {prov['compose_steps']}, threshold {prov['compose_threshold']:g}"
+                      + (f", mix {prov['compose_mix']:g}" if prov["compose_rule"] == "residual" else ""))
         report = load_report(output)
         if len(report.parts) > 1:
             mass = np.mean([cross_mass(report, layer) for layer in report.layers], axis=0)
