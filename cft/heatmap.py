@@ -19,7 +19,7 @@ from rich.text import Text
 
 from cft.fsutil import atomic_write_with
 
-CELL = 3  # characters per cell: "100", " 83", "  ·"
+CELL = 4  # characters per cell: " 100", "  83", " 1.5", "   ·"
 
 
 @dataclass
@@ -40,18 +40,21 @@ class Heat:
 def _rgb(value: float, vmax: float) -> tuple[int, int, int]:
     from matplotlib import colormaps
 
-    x = 0.0 if vmax <= 0 else min(max(value / vmax, 0.0), 1.0)
+    x = 0.0 if vmax <= 0 else min(max(value / vmax, 0.0), 1.0) ** 0.5  # square-root shading, as in the PNGs
     r, g, b, _ = colormaps["viridis"](x)
     return int(r * 255), int(g * 255), int(b * 255)
 
 
 def _cell(value: float, vmax: float) -> Text:
     if value == 0:
-        return Text("  ·", style=Style(color="grey50"))
+        return Text("   ·", style=Style(color="grey50"))
     shown = 100.0 * value / vmax if vmax > 0 else 0.0
     r, g, b = _rgb(value, vmax)
     light = 0.299 * r + 0.587 * g + 0.114 * b > 140
-    text = f"{min(shown, 999):3.0f}" if shown >= 0.5 else "  0"
+    if shown >= 9.95:
+        text = f"{min(shown, 999):4.0f}"
+    else:  # small values keep a decimal: a 1.5% route to another bundle must not read as 0
+        text = f"{shown:4.1f}" if shown >= 0.05 else " 0.0"
     return Text(text, style=Style(bgcolor=f"rgb({r},{g},{b})", color="black" if light else "white"))
 
 
@@ -190,6 +193,7 @@ class Panel:
     row_ticks: Optional[list[tuple[float, str]]] = None  # custom ticks (e.g. cluster centres)
     vmax: float = 1.0
     colorbar_label: str = ""
+    gamma: float = 0.5  # colour scale: value ** gamma, so that small weights stay visible
 
 
 def save_png(path: str | Path, panels: Sequence[Panel], *, title: str, history: Optional[dict] = None, note: str = "") -> None:
@@ -197,6 +201,7 @@ def save_png(path: str | Path, panels: Sequence[Panel], *, title: str, history: 
     line plots of `history` = {"epochs": [...], "series": {name: {label: [...]}}}."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.colors import PowerNorm
     from matplotlib.ticker import MaxNLocator
 
     n = len(panels)
@@ -219,7 +224,8 @@ def save_png(path: str | Path, panels: Sequence[Panel], *, title: str, history: 
     fig.suptitle(heading, fontsize=10)
     for k, panel in enumerate(panels):
         ax = fig.add_subplot(grid[k // ncols, k % ncols])
-        image = ax.imshow(panel.values, aspect="auto", cmap="viridis", vmin=0.0, vmax=panel.vmax, interpolation="nearest")
+        norm = PowerNorm(gamma=panel.gamma, vmin=0.0, vmax=panel.vmax)
+        image = ax.imshow(panel.values, aspect="auto", cmap="viridis", norm=norm, interpolation="nearest")
         ax.set_title(panel.title, fontsize=9)
         ax.set_xticks(range(len(panel.col_labels)))
         ax.set_xticklabels(panel.col_labels, fontsize=6, rotation=90 if max((len(c) for c in panel.col_labels), default=0) > 3 else 0)

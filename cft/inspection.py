@@ -148,9 +148,14 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
     head = f"{report.bundle}: {len(report.tasks)} tasks"
     if len(report.parts) > 1:
         head += f" in {len(report.parts)} parts ({', '.join(f'{n}: {b - a}' for n, a, b in report.parts)})"
-    head += f", {kind}" + (f" ({mode})" if mode else "")
+    head += f", {kind}" + (f" ({mode})" if mode else "") + (", calibrated" if "calibration" in report.provenance else "")
+    if report.provenance.get("compose_rule"):
+        prov = report.provenance
+        head += f"; composed routes: {prov['compose_rule']}, k={prov.get('compose_steps')}, g={prov.get('compose_threshold')}"
+        head += f", mix={prov.get('compose_mix')}" if prov["compose_rule"] == "residual" else ""
+        head += f"; prior: {prov.get('prior', {}).get('source', '?')}"
     out.append(Text(head, style="bold"))
-    out.append(Text("cells: route weight x 100 (· = 0); rows: tasks; columns: adapters grouped by source bundle; "
+    out.append(Text("cells: route weight x 100, shaded on a square-root scale (· = 0); rows: tasks; columns: adapters grouped by source bundle; "
                     "H = routing entropy (nats); act = active adapters", style="dim"))
     if plan.clustered:
         out.append(Text(
@@ -213,6 +218,11 @@ def write_png(report: RoutingReport, path: str | Path, layers: list[int], max_la
             panels.append(Panel(ordered, f"layer {layer}", None, col_labels, row_groups, groups, ticks, 1.0, "route weight"))
         else:
             panels.append(Panel(r, f"layer {layer}", list(report.tasks), col_labels, list(report.parts), groups, None, 1.0, "route weight"))
+        if len(report.parts) > 1:  # the cross-bundle mass in the panel title
+            mass = cross_mass(report, layer)
+            names = [n for n, _, _ in report.parts]
+            crossing = ", ".join(f"{a}->{b} {mass[i, j]:.3f}" for i, a in enumerate(names) for j, b in enumerate(names) if i != j)
+            panels[-1].title += f"\nroute mass to other bundles: {crossing}"
     note = ""
     if plan.clustered:
         note = f"{t} tasks, rows ordered by hierarchical clustering of their routes; ticks mark {len(plan.members)} clusters"
@@ -222,7 +232,7 @@ def write_png(report: RoutingReport, path: str | Path, layers: list[int], max_la
         entropy = {f"layer {layer}": [h["routing"].get(str(layer), {}).get("entropy", float("nan")) for h in report.history] for layer in layers}
         active = {f"layer {layer}": [h["routing"].get(str(layer), {}).get("active_fraction", float("nan")) for h in report.history] for layer in layers}
         history = {"epochs": epochs, "series": {"mean routing entropy (nats)": entropy, "active fraction of routes": active}}
-    title = f"routing of {report.bundle} ({t} tasks; rows tasks, columns adapters grouped by source bundle)"
+    title = f"routing of {report.bundle} ({t} tasks; rows tasks, columns adapters grouped by source bundle; square-root colour scale)"
     save_png(path, panels, title=title, history=history, note=note)
 
 

@@ -228,12 +228,14 @@ def identity_relation(num_tasks: int) -> np.ndarray:
 # --------------------------------------------------------------------------- from datasets and bundles
 
 
-def _data_config(data: str, tasks: Optional[Sequence[str]], base: Optional[dict], patterns: Optional[Sequence[str]] = None):
+def _data_config(data: Optional[str], tasks: Optional[Sequence[str]], base: Optional[dict], patterns: Optional[Sequence[str]] = None):
     """A DataConfig for `data`: a CSV path (split settings from `base`, a bundle's recorded data
     config, when given) or a recipe YAML (its data section)."""
     from cft.recipe import DataConfig, load_recipe
 
-    if data.endswith((".yaml", ".yml")):
+    if data is None:  # the data a bundle recorded, as it recorded it
+        cfg = dict(base or {})
+    elif data.endswith((".yaml", ".yml")):
         cfg = load_recipe(data).data.model_dump(mode="json")
     else:
         cfg = {k: v for k, v in (base or {}).items() if k != "tasks"}
@@ -271,7 +273,7 @@ def _check_columns(cfg, root: Path, tasks: Sequence[str]) -> None:
 
 
 def relation_from_dataset(
-    data: str,
+    data: Optional[str],
     tasks: Optional[Sequence[str]],
     data_root: Path,
     *,
@@ -291,12 +293,17 @@ def relation_from_dataset(
     if tasks is not None:
         _check_columns(cfg, data_root, tasks)
     dataset = load_dataset(cfg, data_root, seed)
-    if tasks is not None and list(dataset.tasks) != list(tasks):
-        raise CftError(f"{data}: its task columns do not give the tasks {', '.join(list(tasks)[:8])} in that order.")
     labels = dataset.labels("train")
+    names = list(dataset.tasks)
+    if tasks is not None:
+        missing = [t for t in tasks if t not in names]
+        if missing:
+            raise CftError(f"{data or cfg.source}: no labels for task(s) {', '.join(missing[:8])}.", hint="Use data that covers every task.")
+        labels = labels[:, [names.index(t) for t in tasks]]  # the caller's task order
+        names = list(tasks)
     matrix = relation_from_labels(labels, method, min_support, min_value, top_k)
     details = {
-        "data": str(data), "tasks": list(dataset.tasks), "split": cfg.split.method, "train_molecules": int(labels.shape[0]),
+        "data": str(data) if data else (cfg.path or cfg.name or cfg.source), "tasks": names, "split": cfg.split.method, "train_molecules": int(labels.shape[0]),
         "method": method, "min_support": min_support, "min_value": min_value, "top_k": top_k,
     }
     return matrix, details
@@ -323,13 +330,12 @@ def relation_for_bundles(
         raise CftError(f"The bundles share task names ({', '.join(dupes[:8])}); a relation matrix needs one row per task.")
     base = infos[0].data.get("config")
     if data is None:
-        paths = {(i.data.get("config") or {}).get("path") for i in infos}
-        if not base or len(paths) != 1 or None in paths:
+        strip = lambda c: {k: v for k, v in (c or {}).items() if k != "tasks"}  # noqa: E731
+        if not base or any(strip(i.data.get("config")) != strip(base) for i in infos):
             raise CftError(
-                "The bundles do not record one common CSV to take labels from.",
+                "The bundles do not record one common dataset to take labels from.",
                 hint="Pass --data CSV holding every task's labels.",
             )
-        data = str(base["path"])
     matrix, details = relation_from_dataset(data, tasks, data_root, base=base, seed=int(infos[0].provenance.get("seed", 0)), **settings)
     details["groups"] = groups if len(groups) > 1 else []
     return matrix, tasks, details
