@@ -21,7 +21,7 @@ _cft() {
     local words
     case "$path" in
         "") words="compose eval inspect-routing predict prior recipes train --version --help -h" ;;
-        "compose") words="--output -o --prior --prior-from --mode --weights --rename --compose-steps --compose-threshold --method --min-support --min-value --top-k --calibrate --set -s --calibrate-dir --data-root --backbone --device --help -h" ;;
+        "compose") words="--output -o --prior --prior-from --mode --weights --rename --compose-steps --compose-threshold --compose-rule --compose-mix --method --min-support --min-value --top-k --calibrate --set -s --calibrate-dir --data-root --backbone --device --help -h" ;;
         "eval") words="--data-root --split --json --backbone --data --metric --device --batch-size --help -h" ;;
         "inspect-routing") words="--layer --png --json --max-rows --help -h" ;;
         "predict") words="--input -i --output -o --smiles-column --backbone --device --batch-size --help -h" ;;
