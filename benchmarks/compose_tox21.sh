@@ -8,7 +8,7 @@
 #
 # BACKBONE: GIN-VN 300x5 pretrained by attribute masking on HIV.csv.gz (what recipes/tox21.yaml's
 # pretrain stage writes as backbone.safetensors in its run folder). Needs CFT_DATA_ROOT (or run it
-# from the repository root with ../shared/data beside it). One torch thread per process: on a
+# from the repository root with ../shared/data beside it); PYTHON picks the interpreter. One torch thread per process: on a
 # shared 2-core machine the default (one thread per core, per process) ran >10x slower.
 set -euo pipefail
 backbone=${1:?backbone .safetensors}
@@ -16,7 +16,7 @@ out=${2:?output folder}
 epochs=${3:-30}
 export CFT_DATA_ROOT=${CFT_DATA_ROOT:-../shared/data}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-cft=(python -m cft)
+cft=("${PYTHON:-python}" -m cft)
 mkdir -p "$out"
 common=(--set backbone.pretrain=null --set "backbone.path=$backbone" --set train.threads=1 --set "train.epochs=$epochs")
 
@@ -59,4 +59,4 @@ for k in 1 2; do
 done
 
 COLUMNS=80 "${cft[@]}" inspect-routing "$out/NR_SR.safetensors" --png "$out/routing.png" --json "$out/routing.json" | tee "$out/routing.txt"
-python benchmarks/compose_table.py "$out"
+"${PYTHON:-python}" benchmarks/compose_table.py "$out"

@@ -196,9 +196,12 @@ class Panel:
     gamma: float = 0.5  # colour scale: value ** gamma, so that small weights stay visible
 
 
-def save_png(path: str | Path, panels: Sequence[Panel], *, title: str, history: Optional[dict] = None, note: str = "") -> None:
+def save_png(
+    path: str | Path, panels: Sequence[Panel], *, title: str, history: Optional[dict] = None, note: str = "", bars: Optional[dict] = None
+) -> None:
     """One heatmap panel per entry (with group boundaries and a colour bar), plus, when given,
-    line plots of `history` = {"epochs": [...], "series": {name: {label: [...]}}}."""
+    line plots of `history` = {"epochs": [...], "series": {name: {label: [...]}}} and a bar chart
+    `bars` = {"title", "labels" (or None), "values", "groups": [(name, start, end)]}."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.colors import PowerNorm
@@ -212,7 +215,7 @@ def save_png(path: str | Path, panels: Sequence[Panel], *, title: str, history: 
     panel_h = max(3.0, min(0.2 * rows + 1.5, 16.0))
     ncols = min(n, max(1, int(16 // (panel_w + 0.08 * label_len + 0.6)) or 1))
     nrows = int(np.ceil(n / ncols))
-    hist_rows = 1 if history else 0
+    hist_rows = (1 if history else 0) + (1 if bars else 0)
     fig_w = ncols * (panel_w + 0.08 * label_len + 0.9)
     fig_h = nrows * panel_h + hist_rows * 3.2 + 1.0 + (0.3 if note else 0)
     fig_w = max(fig_w, 6.5)
@@ -221,6 +224,7 @@ def save_png(path: str | Path, panels: Sequence[Panel], *, title: str, history: 
     fig = Figure(figsize=(fig_w, fig_h + 0.18 * heading.count("\n")), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(nrows + hist_rows, ncols, height_ratios=[panel_h] * nrows + [3.2] * hist_rows)
+    extra_row = nrows
     fig.suptitle(heading, fontsize=10)
     for k, panel in enumerate(panels):
         ax = fig.add_subplot(grid[k // ncols, k % ncols])
@@ -255,9 +259,27 @@ def save_png(path: str | Path, panels: Sequence[Panel], *, title: str, history: 
         bar.ax.tick_params(labelsize=6)
         if panel.colorbar_label:
             bar.set_label(panel.colorbar_label, fontsize=7)
+    if bars:
+        ax = fig.add_subplot(grid[extra_row, :])
+        values = np.asarray(bars["values"], dtype=float)
+        colours = np.zeros(len(values), dtype=int)
+        for gi, (_, a, b) in enumerate(bars.get("groups") or []):
+            colours[a:b] = gi
+        ax.bar(np.arange(len(values)), values, color=[f"C{c % 10}" for c in colours], width=0.8)
+        for name, a, b in bars.get("groups") or []:
+            ax.text((a + b - 1) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+        if bars.get("labels"):
+            ax.set_xticks(range(len(values)))
+            ax.set_xticklabels(bars["labels"], fontsize=max(4, min(7, int(300 / max(len(values), 1)))), rotation=90)
+        else:
+            ax.set_xticks([])
+        ax.set_xlim(-0.6, len(values) - 0.4)
+        ax.set_title(bars["title"], fontsize=9, pad=14)
+        ax.tick_params(axis="y", labelsize=7)
+        extra_row += 1
     if history:
         series = list(history["series"].items())
-        sub = grid[nrows, :].subgridspec(1, len(series))
+        sub = grid[extra_row, :].subgridspec(1, len(series))
         for k, (name, lines) in enumerate(series):
             ax = fig.add_subplot(sub[0, k])
             for label, values in lines.items():

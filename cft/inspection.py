@@ -79,6 +79,17 @@ def active_count(routes: np.ndarray) -> np.ndarray:
     return (routes > 0).sum(axis=1)
 
 
+def task_cross_share(report: RoutingReport, layer: int) -> np.ndarray:
+    """[T]: each task's route mass on adapters of parts other than its own."""
+    r = report.routes[layer]
+    out = np.zeros(r.shape[0])
+    for name, a, b in report.parts:
+        own = [(c, d) for n, c, d in report.adapter_groups[layer] if n == name]
+        inside = sum(r[a:b, c:d].sum(axis=1) for c, d in own) if own else np.zeros(b - a)
+        out[a:b] = r[a:b].sum(axis=1) - inside
+    return out
+
+
 def cross_mass(report: RoutingReport, layer: int) -> np.ndarray:
     """[P, P]: mean over part p's tasks of its route mass on part q's adapters."""
     r = report.routes[layer]
@@ -156,7 +167,7 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
         head += f"; prior: {prov.get('prior', {}).get('source', '?')}"
     out.append(Text(head, style="bold"))
     out.append(Text("cells: route weight x 100, shaded on a square-root scale (· = 0); rows: tasks; columns: adapters grouped by source bundle; "
-                    "H = routing entropy (nats); act = active adapters", style="dim"))
+                    "H = routing entropy (nats); act = active adapters" + ("; x% = route mass on other bundles' adapters x 100" if len(report.parts) > 1 else ""), style="dim"))
     if plan.clustered:
         out.append(Text(
             f"{len(report.tasks)} tasks do not fit as rows: shown as {len(plan.members)} clusters of tasks with similar routes "
@@ -177,7 +188,11 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
         col_labels = []
         for _, a, b in groups:
             col_labels += [str(i) for i in range(b - a)]
-        heat = Heat(values, plan.labels, col_labels, plan.groups, groups, [("H", ent_rows), ("act", act_rows)], 1.0, "sum")
+        extra = [("H", ent_rows), ("act", act_rows)]
+        if len(report.parts) > 1:  # the share each task gives to other bundles' adapters, x 100
+            share = task_cross_share(report, layer)
+            extra.append(("x%", [f"{100 * np.mean(share[m]):.1f}" for m in plan.members]))
+        heat = Heat(values, plan.labels, col_labels, plan.groups, groups, extra, 1.0, "sum")
         heat, note = summarise_columns(heat, width)
         out.append(Text(""))
         out.append(Text(f"layer {layer}: {r.shape[0]} tasks x {r.shape[1]} adapters, mean entropy {ent.mean():.2f}, "
@@ -232,8 +247,18 @@ def write_png(report: RoutingReport, path: str | Path, layers: list[int], max_la
         entropy = {f"layer {layer}": [h["routing"].get(str(layer), {}).get("entropy", float("nan")) for h in report.history] for layer in layers}
         active = {f"layer {layer}": [h["routing"].get(str(layer), {}).get("active_fraction", float("nan")) for h in report.history] for layer in layers}
         history = {"epochs": epochs, "series": {"mean routing entropy (nats)": entropy, "active fraction of routes": active}}
+    bars = None
+    if len(report.parts) > 1:
+        share = np.mean([task_cross_share(report, layer) for layer in layers], axis=0)
+        order = plan.order if plan.clustered else np.arange(t)
+        bars = {
+            "title": "route mass each task gives to other bundles' adapters (mean over the layers shown)",
+            "labels": None if plan.clustered else [report.tasks[i] for i in order],
+            "values": share[order].tolist(),
+            "groups": list(panels[0].row_groups),
+        }
     title = f"routing of {report.bundle} ({t} tasks; rows tasks, columns adapters grouped by source bundle; square-root colour scale)"
-    save_png(path, panels, title=title, history=history, note=note)
+    save_png(path, panels, title=title, history=history, note=note, bars=bars)
 
 
 def to_json(report: RoutingReport, layers: list[int], max_rows: int) -> dict:
@@ -242,6 +267,7 @@ def to_json(report: RoutingReport, layers: list[int], max_rows: int) -> dict:
         "bundle": str(report.bundle),
         "tasks": list(report.tasks),
         "parts": [{"name": n, "tasks": report.tasks[a:b]} for n, a, b in report.parts],
+        "provenance": {k: v for k, v in report.provenance.items() if k in ("kind", "mode", "compose_rule", "compose_steps", "compose_threshold", "compose_mix", "prior")},
         "layers": {},
     }
     if plan.clustered:
@@ -256,6 +282,7 @@ def to_json(report: RoutingReport, layers: list[int], max_rows: int) -> dict:
         }
         if len(report.parts) > 1:
             entry["route_mass_by_part"] = cross_mass(report, layer).round(6).tolist()
+            entry["cross_share"] = task_cross_share(report, layer).round(6).tolist()
         out["layers"][str(layer)] = entry
     if report.history:
         out["history"] = [{"epoch": h.get("epoch"), "routing": h["routing"]} for h in report.history]

@@ -411,9 +411,11 @@ def prior_terminal(
         lines.append(Text(
             f"{t} tasks do not fit: shown as {len(members)} clusters of tasks with similar relations (hierarchical clustering); "
             "a cell is the mean link between two clusters; rows and columns are numbered alike.", style="yellow"))
-        heat = Heat(values, [f"{i + 1} {lab}" for i, lab in enumerate(labels)], cols, vmax=vmax, col_reduce="mean")
+        w = len(str(len(labels)))
+        heat = Heat(values, [f"{i + 1:>{w}} {lab}" for i, lab in enumerate(labels)], cols, vmax=vmax, col_reduce="mean")
     else:
-        heat = Heat(off, [f"{i + 1} {n}" for i, n in enumerate(names)], [str(i + 1) for i in range(t)], list(groups), list(groups), vmax=vmax, col_reduce="mean")
+        w = len(str(t))
+        heat = Heat(off, [f"{i + 1:>{w}} {n}" for i, n in enumerate(names)], [str(i + 1) for i in range(t)], list(groups), list(groups), vmax=vmax, col_reduce="mean")
     lines.append(Text(f"cells: link / strongest link x 100 (· = none); the diagonal (self) is left blank; columns numbered as rows", style="dim"))
     heat, note = summarise_columns(heat, width)
     if note:
