@@ -49,14 +49,19 @@ class BundleInfo:
         return self.spec.tasks
 
 
-def save_bundle(path: str | Path, model: CftModel, *, data: dict, metrics: dict, provenance: dict) -> None:
-    """Write a bundle atomically. Metadata is deterministic (no times), so equal models give equal bytes."""
+def save_bundle(
+    path: str | Path, model: CftModel, *, data: dict, metrics: dict, provenance: dict, fingerprint: Optional[str] = None
+) -> None:
+    """Write a bundle atomically. Metadata is deterministic (no times), so equal models give equal bytes.
+
+    `fingerprint` names the backbone when `model.backbone` is only a placeholder (a bundle
+    assembled from other bundles' tensors, e.g. by `cft compose`, never needs the backbone)."""
     header = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
         "cft_version": __version__,
         "spec": model.spec.to_dict(),
-        "backbone_fingerprint": backbone_fingerprint(model.backbone),
+        "backbone_fingerprint": fingerprint or backbone_fingerprint(model.backbone),
         "freeze_backbone": model.freeze_backbone,
         "data": data,
         "metrics": metrics,
@@ -144,6 +149,12 @@ def _check_spec(info: BundleInfo) -> None:
         problems.append("adapter scale or dropout out of range")
     if not 0 <= spec.compose_steps <= 16 or not finite(spec.compose_threshold, 0, 1):
         problems.append("compose settings out of range")
+    from cft.routing import COMPOSE_RULES
+
+    if spec.compose_rule not in COMPOSE_RULES:
+        problems.append(f"unknown compose rule {spec.compose_rule!r}")
+    if not finite(spec.compose_mix, 0.0, math.nextafter(1.0, 2.0)):
+        problems.append(f"compose_mix {spec.compose_mix} outside [0, 1]")
     for p in spec.parts:
         if any(not isinstance(layer, int) or layer < 0 or layer >= spec.backbone.num_layers for layer in p.layers):
             problems.append(f"part {p.name!r} names insertion layers outside the backbone's {spec.backbone.num_layers}")
@@ -172,6 +183,11 @@ def _check_spec(info: BundleInfo) -> None:
 def find_backbone(info: BundleInfo, explicit: Optional[str | Path] = None) -> Backbone:
     """The bundle's backbone: `explicit`, else a file with the right fingerprint next to the bundle
     (its folder and the folders of its sources) or in the cache."""
+    return load_backbone(find_backbone_path(info, explicit))
+
+
+def find_backbone_path(info: BundleInfo, explicit: Optional[str | Path] = None) -> Path:
+    """Where `find_backbone` finds the bundle's backbone file (CftError when nowhere)."""
     want = info.backbone_fingerprint
     if explicit is not None:
         header = read_backbone_header(explicit)
@@ -181,7 +197,7 @@ def find_backbone(info: BundleInfo, explicit: Optional[str | Path] = None) -> Ba
                 f"(fingerprint {want}).",
                 hint="Pass the backbone.safetensors from the bundle's training run.",
             )
-        return load_backbone(explicit)
+        return Path(explicit)
     candidates = [info.path.parent / "backbone.safetensors"]
     candidates += sorted(info.path.parent.glob("*.safetensors"))
     sources = info.provenance.get("source_paths", [])
@@ -193,7 +209,7 @@ def find_backbone(info: BundleInfo, explicit: Optional[str | Path] = None) -> Ba
             continue
         try:
             if read_backbone_header(candidate).get("fingerprint") == want:
-                return load_backbone(candidate)
+                return candidate
         except CftError:
             continue
     raise CftError(
@@ -244,6 +260,19 @@ def load_bundle(path: str | Path, backbone: Optional[Backbone] = None, backbone_
     return model, info
 
 
+def load_bundle_shell(path: str | Path) -> tuple[CftModel, BundleInfo]:
+    """A bundle's model with a placeholder backbone (random weights, never run): for reading its
+    adapters, routes, heads and prior without needing the backbone file (compose, inspect, prior show).
+    Calling it on molecules gives meaningless outputs; use `load_bundle` for that."""
+    info = read_bundle_info(path)
+    with torch.random.fork_rng(devices=[]):  # the placeholder must not disturb the caller's RNG
+        placeholder = Backbone(info.spec.backbone)
+    model = build_model(info, placeholder)
+    load_bundle_tensors(model, info)
+    model.eval()
+    return model, info
+
+
 def load_bundle_tensors(model: CftModel, info: BundleInfo) -> None:
     try:
         tensors = load_file(str(info.path))
@@ -261,6 +290,13 @@ def load_bundle_tensors(model: CftModel, info: BundleInfo) -> None:
 
 def bundle_hash(path: str | Path) -> str:
     return sha256_file(path)
+
+
+def bundle_label(path: str | Path) -> str:
+    """A short name for a bundle: its file stem, or its run folder's name for bundle.safetensors."""
+    path = Path(path)
+    stem = path.name.removesuffix(".safetensors")
+    return path.parent.name if stem == "bundle" and path.parent.name else stem
 
 
 def resolve_bundle_path(target: str | Path) -> Path:

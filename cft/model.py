@@ -39,6 +39,8 @@ class ModelSpec:
     adapter_dropout: float = 0.0
     compose_steps: int = 0
     compose_threshold: float = 0.0
+    compose_rule: str = "propagate"  # how composed parts share adapters (cft/routing.py); cft compose writes "residual"
+    compose_mix: float = 1.0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -71,7 +73,9 @@ class CftModel(nn.Module):
         self.spec = spec
         self.backbone = backbone
         hidden = backbone.spec.hidden
-        self.router = Router(spec.parts, hidden, part_relations, union_relation, spec.compose_steps, spec.compose_threshold)
+        self.router = Router(
+            spec.parts, hidden, part_relations, union_relation, spec.compose_steps, spec.compose_threshold, spec.compose_rule, spec.compose_mix
+        )
         self.adapters = nn.ModuleDict(
             {
                 str(layer): AdapterBank(size, spec.bank_rank, hidden, spec.activation, spec.adapter_dropout)

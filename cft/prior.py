@@ -268,3 +268,224 @@ class NormalizedAdjacencyCache:
 def identity_relation(num_tasks: int) -> np.ndarray:
     """No structure: each task related only to itself (A_hat = I)."""
     return np.eye(num_tasks, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- from datasets and bundles
+
+
+def _data_config(data: Optional[str], tasks: Optional[Sequence[str]], base: Optional[dict], patterns: Optional[Sequence[str]] = None):
+    """A DataConfig for `data`: a CSV path (split settings from `base`, a bundle's recorded data
+    config, when given) or a recipe YAML (its data section)."""
+    from cft.recipe import DataConfig, load_recipe
+
+    if data is None:  # the data a bundle recorded, as it recorded it
+        cfg = dict(base or {})
+    elif data.endswith((".yaml", ".yml")):
+        cfg = load_recipe(data).data.model_dump(mode="json")
+    else:
+        cfg = {k: v for k, v in (base or {}).items() if k != "tasks"}
+        cfg.update({"source": "csv", "path": data, "name": None})
+    if tasks is not None:
+        cfg["tasks"] = list(tasks)
+    elif patterns:
+        cfg["tasks"] = list(patterns)
+    try:
+        return DataConfig.model_validate(cfg)
+    except Exception as exc:  # pydantic ValidationError: recorded settings this cft cannot read
+        raise CftError(f"{data}: cannot build data settings for it ({str(exc)[:200]}).") from None
+
+
+def _check_columns(cfg, root: Path, tasks: Sequence[str]) -> None:
+    """Name every task the CSV lacks (before featurising anything)."""
+    if cfg.source != "csv":
+        return
+    from cft.data.csvsource import resolve_csv_path
+
+    path = resolve_csv_path(cfg, root)
+    if not path.exists():
+        raise CftError(f"Data file {path} does not exist.", hint="Check the path and --data-root.")
+    try:
+        header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+        raise CftError(f"{path} is not a readable CSV ({str(exc).splitlines()[0] if str(exc) else exc}).") from None
+    missing = [t for t in tasks if t not in header]
+    if missing:
+        raise CftError(
+            f"{path} has no label column for task(s) {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; "
+            "a prior from data needs labels for every task.",
+            hint="Use a dataset that covers all the tasks, or --prior FILE.",
+        )
+
+
+def relation_from_dataset(
+    data: Optional[str],
+    tasks: Optional[Sequence[str]],
+    data_root: Path,
+    *,
+    base: Optional[dict] = None,
+    seed: int = 0,
+    method: str = "phi",
+    min_support: int = 20,
+    min_value: float = 0.1,
+    top_k: Optional[int] = None,
+    patterns: Optional[Sequence[str]] = None,
+) -> tuple[np.ndarray, dict]:
+    """Relation over `tasks` (exact names, in order; default: the data's tasks, or those matching
+    `patterns`) from the labels of the training split."""
+    from cft.data import load_dataset
+
+    cfg = _data_config(data, tasks, base, patterns)
+    if tasks is not None:
+        _check_columns(cfg, data_root, tasks)
+    dataset = load_dataset(cfg, data_root, seed)
+    labels = dataset.labels("train")
+    names = list(dataset.tasks)
+    if tasks is not None:
+        missing = [t for t in tasks if t not in names]
+        if missing:
+            raise CftError(f"{data or cfg.source}: no labels for task(s) {', '.join(missing[:8])}.", hint="Use data that covers every task.")
+        labels = labels[:, [names.index(t) for t in tasks]]  # the caller's task order
+        names = list(tasks)
+    matrix = relation_from_labels(labels, method, min_support, min_value, top_k)
+    details = {
+        "data": str(data) if data else (cfg.path or cfg.name or cfg.source), "tasks": names, "split": cfg.split.method, "train_molecules": int(labels.shape[0]),
+        "method": method, "min_support": min_support, "min_value": min_value, "top_k": top_k,
+    }
+    return matrix, details
+
+
+def relation_for_bundles(
+    bundles: Sequence[str | Path],
+    data_root: Path,
+    data: Optional[str] = None,
+    **settings,
+) -> tuple[np.ndarray, list[str], dict]:
+    """Relation over the union of the bundles' tasks, in bundle order, from training labels of
+    `data` or, by default, of the data the bundles record (which must be one dataset)."""
+    from cft.bundle import bundle_label, read_bundle_info, resolve_bundle_path
+
+    infos = [read_bundle_info(resolve_bundle_path(b)) for b in bundles]
+    tasks = [t for i in infos for t in i.spec.tasks]
+    groups, start = [], 0
+    for i in infos:
+        groups.append((bundle_label(i.path), start, start + len(i.spec.tasks)))
+        start += len(i.spec.tasks)
+    dupes = sorted({t for t in tasks if tasks.count(t) > 1})
+    if dupes:
+        raise CftError(f"The bundles share task names ({', '.join(dupes[:8])}); a relation matrix needs one row per task.")
+    base = infos[0].data.get("config")
+    if data is None:
+        strip = lambda c: {k: v for k, v in (c or {}).items() if k != "tasks"}  # noqa: E731
+        if not base or any(strip(i.data.get("config")) != strip(base) for i in infos):
+            raise CftError(
+                "The bundles do not record one common dataset to take labels from.",
+                hint="Pass --data CSV holding every task's labels.",
+            )
+    matrix, details = relation_from_dataset(data, tasks, data_root, base=base, seed=int(infos[0].provenance.get("seed", 0)), **settings)
+    details["groups"] = groups if len(groups) > 1 else []
+    return matrix, tasks, details
+
+
+def relation_of_target(target: str | Path) -> tuple[np.ndarray, list[str], str, list[tuple[str, int, int]]]:
+    """(matrix, task names, description, task groups) of a relation file (.npy/.csv), a run folder
+    or a bundle; the groups are a composed bundle's parts (name, first task, end), else empty."""
+    path = Path(target)
+    if path.is_dir() or path.suffix == ".safetensors":
+        from cft.bundle import load_bundle_shell, resolve_bundle_path
+
+        bundle = resolve_bundle_path(path)
+        model, info = load_bundle_shell(bundle)
+        matrix = model.router.union_relation().detach().cpu().numpy()
+        kind = "learned prior" if any(p.learned_prior for p in info.spec.parts) and len(info.spec.parts) == 1 else "prior"
+        router = model.router
+        groups = [(p.name, router.task_offsets[g], router.task_offsets[g + 1]) for g, p in enumerate(router.part_specs)]
+        return matrix, list(info.spec.tasks), f"{kind} of {bundle}", groups if len(groups) > 1 else []
+    if not path.exists():
+        raise CftError(f"{path} does not exist.", hint="Pass a .npy/.csv relation matrix, a run folder or a bundle.")
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    if suffix == ".npy":
+        matrix = _read_npy(path)
+        names = _read_sidecar(path)
+        size = matrix.shape[0] if matrix.ndim >= 1 else 0
+        names = names if names is not None else [f"task{i}" for i in range(size)]
+        if matrix.ndim == 2 and len(names) != matrix.shape[0]:
+            raise CftError(f"{path}: {len(names)} task names in {tasks_sidecar(path).name} for a {matrix.shape[0]}-row matrix.")
+        return check_relation(matrix, len(names), str(path)), names, str(path), []
+    if suffix in (".csv", ".csv.gz"):
+        try:
+            header = [str(c) for c in pd.read_csv(path, index_col=0, nrows=0).columns]
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+            raise CftError(f"{path} is not a readable CSV relation matrix ({exc}).") from None
+        return read_relation(path, header), header, str(path), []
+    raise CftError(f"{path}: expected a .npy or .csv relation matrix, a run folder or a bundle .safetensors.")
+
+
+# --------------------------------------------------------------------------- display
+
+
+def _cluster_blocks(matrix: np.ndarray, names: Sequence[str], max_rows: int):
+    """Order (and, past max_rows, cluster) tasks by their relation rows."""
+    from cft.heatmap import cluster_rows
+
+    order, cluster = cluster_rows(matrix, max_rows)
+    if len(set(cluster.tolist())) == len(names):
+        return order, [[int(i)] for i in order]
+    members = [[int(i) for i in order if cluster[i] == c] for c in range(int(cluster.max()) + 1)]
+    return order, members
+
+
+def prior_terminal(
+    matrix: np.ndarray, names: Sequence[str], description: str, width: int, max_rows: int = 40, groups: Sequence[tuple[str, int, int]] = ()
+) -> list:
+    """Terminal heatmap of a relation matrix; more than `max_rows` tasks are clustered into blocks."""
+    from rich.text import Text
+
+    from cft.heatmap import Heat, render_heat, summarise_columns
+
+    a = np.asarray(matrix, dtype=np.float64)
+    t = len(names)
+    off = a - np.diag(np.diag(a))
+    edges = int((off > 0).sum() // 2)
+    lines = [Text(f"{description}: {t} tasks, {edges} of {t * (t - 1) // 2} pairs linked, strongest link {off.max(initial=0):.3f}", style="bold")]
+    vmax = float(off.max(initial=0)) or 1.0
+    if t > max_rows:
+        _, members = _cluster_blocks(off, names, max_rows)
+        values = np.array([[off[np.ix_(m, n)].mean() for n in members] for m in members])
+        labels = [names[m[0]] if len(m) == 1 else f"{names[m[0]]} +{len(m) - 1}" for m in members]
+        cols = [str(i + 1) for i in range(len(members))]
+        lines.append(Text(
+            f"{t} tasks do not fit: shown as {len(members)} clusters of tasks with similar relations (hierarchical clustering); "
+            "a cell is the mean link between two clusters; rows and columns are numbered alike.", style="yellow"))
+        w = len(str(len(labels)))
+        heat = Heat(values, [f"{i + 1:>{w}} {lab}" for i, lab in enumerate(labels)], cols, vmax=vmax, col_reduce="mean")
+    else:
+        w = len(str(t))
+        heat = Heat(off, [f"{i + 1:>{w}} {n}" for i, n in enumerate(names)], [str(i + 1) for i in range(t)], list(groups), list(groups), vmax=vmax, col_reduce="mean")
+    lines.append(Text(f"cells: link / strongest link x 100 (· = none); the diagonal (self) is left blank; columns numbered as rows", style="dim"))
+    heat, note = summarise_columns(heat, width)
+    if note:
+        lines.append(Text(note, style="yellow"))
+    lines.extend(render_heat(heat))
+    return lines
+
+
+def prior_png(
+    matrix: np.ndarray, names: Sequence[str], description: str, path: str | Path, max_labels: int = 60, groups: Sequence[tuple[str, int, int]] = ()
+) -> None:
+    from cft.heatmap import Panel, save_png
+
+    a = np.asarray(matrix, dtype=np.float64)
+    off = a - np.diag(np.diag(a))
+    t = len(names)
+    vmax = float(off.max(initial=0)) or 1.0
+    if t > max_labels:
+        order, members = _cluster_blocks(off, names, max_labels)
+        ordered = off[np.ix_(order, order)]
+        ticks, pos = [], 0
+        for m in members:
+            ticks.append((pos + (len(m) - 1) / 2, names[m[0]] if len(m) == 1 else f"{names[m[0]]} +{len(m) - 1}"))
+            pos += len(m)
+        panel = Panel(ordered, f"{t} tasks, ordered by hierarchical clustering; ticks mark {len(members)} clusters", None, [], row_ticks=ticks, vmax=vmax, colorbar_label="relation")
+    else:
+        panel = Panel(off, f"{t} tasks (diagonal left at 0)", list(names), list(names), list(groups), list(groups), vmax=vmax, colorbar_label="relation")
+    save_png(path, [panel], title=f"task relation matrix: {description}")

@@ -25,7 +25,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from cft import __version__
-from cft.backbone import Backbone, BackboneSpec, load_backbone, save_backbone
+from cft.backbone import Backbone, BackboneSpec, backbone_fingerprint, load_backbone, save_backbone
 from cft.bundle import build_model, find_backbone, load_bundle_tensors, read_bundle_info, save_bundle
 from cft.console import info, progress_bar, warn
 from cft.data import MolDataset, load_dataset
@@ -99,10 +99,27 @@ def backbone_start_path(recipe: Recipe, run: RunFolder) -> Path:
     return run.file("backbone.safetensors" if recipe.backbone.freeze else "backbone_start.safetensors")
 
 
+def file_backbone_path(recipe: Recipe) -> Optional[Path]:
+    """The backbone file a run starts from: `backbone.path`, or, for a run that starts from a bundle
+    and names neither a path nor a pretrain stage, that bundle's own backbone (found as `cft eval`
+    finds it)."""
+    bb = recipe.backbone
+    if bb.path:
+        return Path(bb.path)
+    if recipe.train.init_bundle and not bb.pretrain:
+        from cft.bundle import find_backbone_path
+
+        return Path(find_backbone_path(read_bundle_info(recipe.train.init_bundle)))
+    return None
+
+
 def load_backbone_file(recipe: Recipe) -> Backbone:
     """The backbone of `backbone.path`, refused when it is not the architecture the recipe describes
-    (a silent mismatch would train adapters on layers that do not exist)."""
+    (a silent mismatch would train adapters on layers that do not exist). An init bundle's own
+    backbone is taken as it is: the bundle, not the recipe, defines that architecture."""
     bb = recipe.backbone
+    if not bb.path:
+        return load_backbone(file_backbone_path(recipe))
     backbone = load_backbone(bb.path)
     wanted = BackboneSpec.from_config(bb)
     fields = ["arch", "virtual_node", "num_layers", "hidden", "pooling", "residual"] + ([] if bb.freeze else ["dropout"])
@@ -124,11 +141,12 @@ def obtain_backbone(
     start_path = backbone_start_path(recipe, run)
     if resume and start_path.exists():
         return load_backbone(start_path), {"source": "run folder"}
-    if bb.path:
+    if bb.path or file_backbone is not None:
+        path = bb.path or file_backbone_path(recipe)
         backbone = file_backbone if file_backbone is not None else load_backbone_file(recipe)
         if dist.is_main:
-            atomic_copy(bb.path, start_path)
-        return backbone, {"source": "file", "path": bb.path}
+            atomic_copy(path, start_path)
+        return backbone, {"source": "file", "path": str(path)}
     spec = BackboneSpec.from_config(bb)
     if bb.pretrain:
         from cft.pretrain import pretrained_backbone
@@ -164,6 +182,12 @@ def build_training_model(
     `relation` / `init_info`: the prior or bundle header, when already read and checked."""
     if recipe.train.init_bundle:
         info_ = init_info if init_info is not None else read_init_bundle(recipe, dataset)
+        if backbone_fingerprint(backbone) != info_.backbone_fingerprint:
+            raise CftError(
+                f"train.init_bundle {recipe.train.init_bundle} was trained on backbone {info_.backbone_fingerprint}, but this recipe's "
+                f"backbone is {backbone_fingerprint(backbone)}.",
+                hint="Set backbone.path to the bundle's backbone.safetensors, or leave backbone.path and backbone.pretrain unset to use it.",
+            )
         model = build_model(info_, backbone, freeze_backbone=recipe.backbone.freeze)
         load_bundle_tensors(model, info_)
         return model, {"init_bundle": recipe.train.init_bundle, "provenance": info_.provenance, "data": info_.data}
@@ -327,7 +351,7 @@ class Trainer:
             self.init_bundle_info = read_init_bundle(recipe, self.dataset)
         else:
             self.relation = build_relation(recipe.prior, self.dataset)
-        if recipe.backbone.path and not (resume and backbone_start_path(recipe, self.run).exists()):
+        if file_backbone_path(recipe) is not None and not (resume and backbone_start_path(recipe, self.run).exists()):
             self.file_backbone = load_backbone_file(recipe)
 
     def setup(self, resume: bool) -> None:

@@ -5,9 +5,15 @@ _cft() {
         w="${COMP_WORDS[i]}"
         case "$path:$w" in
             ":ablate") path="ablate" ;;
+            ":compose") path="compose" ;;
             ":eval") path="eval" ;;
+            ":inspect-routing") path="inspect-routing" ;;
+            ":predict") path="predict" ;;
+            ":prior") path="prior" ;;
             ":recipes") path="recipes" ;;
             ":train") path="train" ;;
+            "prior:build") path="prior build" ;;
+            "prior:show") path="prior show" ;;
             "recipes:list") path="recipes list" ;;
             "recipes:show") path="recipes show" ;;
             "recipes:validate") path="recipes validate" ;;
@@ -15,9 +21,15 @@ _cft() {
     done
     local words
     case "$path" in
-        "") words="ablate eval recipes train --version --help -h" ;;
+        "") words="ablate compose eval inspect-routing predict prior recipes train --version --help -h" ;;
         "ablate") words="--grid -g --one-at-a-time --preset --seeds --jobs -j --output-dir -o --set -s --data-root --device --dry-run --help -h" ;;
+        "compose") words="--output -o --prior --prior-from --mode --weights --rename --compose-steps --compose-threshold --compose-rule --compose-mix --method --min-support --min-value --top-k --calibrate --set -s --calibrate-dir --data-root --backbone --device --help -h" ;;
         "eval") words="--data-root --split --json --backbone --data --metric --device --batch-size --help -h" ;;
+        "inspect-routing") words="--layer --png --json --max-rows --help -h" ;;
+        "predict") words="--input -i --output -o --smiles-column --backbone --device --batch-size --help -h" ;;
+        "prior") words="build show --help -h" ;;
+        "prior build") words="--bundles --data --output -o --tasks --method --min-support --min-value --top-k --png --data-root --max-rows --help -h" ;;
+        "prior show") words="--png --max-rows --help -h" ;;
         "recipes") words="list show validate --help -h" ;;
         "recipes list") words="--dir --help -h" ;;
         "recipes show") words="--set -s --help -h" ;;

@@ -46,6 +46,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def run_cli_inprocess(*args: str) -> subprocess.CompletedProcess:
+    """The same CLI app, invoked in this process (no interpreter start-up): for the many refusal
+    cases; end-to-end behaviour (exit code, no traceback) stays covered by `run_cli` tests."""
+    from typer.testing import CliRunner
+
+    from cft.cli import get_app
+
+    result = CliRunner().invoke(get_app(), [str(a) for a in args], env={"COLUMNS": "200"})
+    stderr = result.stderr if result.stderr_bytes is not None else ""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess([str(a) for a in args], result.exit_code, result.stdout, stderr)
+
+
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit code 2, the fragments in stderr, and no Python traceback anywhere."""
     output = result.stdout + result.stderr
@@ -86,3 +102,26 @@ def tiny_recipe(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_RECIPE)
     return path
+
+
+TINY_PART_TASKS = (["halogen_any", "has_Cl", "has_Br", "ketone"], ["ester", "ether", "aromatic_rings_ge2", "molwt_gt_300"])
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tmp_path_factory):
+    """Two tiny bundles trained through the CLI on one frozen backbone, on disjoint builtin tasks:
+    A (rank 4) and B (rank 2, adapter scale 0.5: composition must pad ranks and fold scales)."""
+    import json
+
+    folder = tmp_path_factory.mktemp("parts")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE.replace("limit: 400", "limit: 300").replace("epochs: 3", "epochs: 2"))
+    a, b = folder / "A", folder / "B"
+    ra = run_cli("train", recipe, "-o", a, "--set", f"data.tasks={json.dumps(TINY_PART_TASKS[0])}")
+    assert ra.returncode == 0, ra.stderr
+    rb = run_cli("train", recipe, "-o", b, "--set", f"data.tasks={json.dumps(TINY_PART_TASKS[1])}",
+                 "--set", "adapters.rank=2", "--set", "adapters.scale=0.5")
+    assert rb.returncode == 0, rb.stderr
+    smiles = folder / "mols.csv"
+    smiles.write_text("smiles,id\nCCO,1\nc1ccccc1Cl,2\nnot_a_smiles,3\nCC(=O)OCC,4\nBrc1ccc(cc1)C(=O)C,5\nCCOC(=O)c1ccccc1,6\n")
+    return {"folder": folder, "recipe": recipe, "A": a / "bundle.safetensors", "B": b / "bundle.safetensors", "smiles": smiles}
