@@ -6,10 +6,12 @@ embeddings, keys, query, own relation and heads, and the adapters of each insert
 the union of the parts' adapters, grouped by source. Every part's adapters are copied into a
 bank of the largest rank (smaller ranks zero-padded: exact, since phi(0) = 0 for every
 activation cft offers), with the source's adapter scale folded into V so the result has scale 1.
-With `compose_steps = 0` the composed bundle reproduces each source exactly; with k > 0 the
-routes are R = gate(rownorm(A_hat^k blockdiag(R_1, ..., R_P))) over the composed prior A (see
-cft/routing.py): embedding spaces of separate runs are not comparable, so cross-bundle sharing
-comes from the graph alone.
+With `compose_steps = 0` (or `compose_mix = 0`) the composed bundle reproduces each source
+exactly; with k > 0 the composed prior A decides the cross-bundle routes (cft/routing.py): by
+default (`residual`) each task keeps its own route and gives a mix-scaled share of its route mass
+to the adapters that its linked tasks in other bundles use; `propagate` is DESIGN.md's reference
+R = gate(rownorm(A_hat^k blockdiag(R_1, ..., R_P))). Embedding spaces of separate runs are not
+comparable, so cross-bundle sharing comes from the graph alone.
 
 Merge modes (`linear`, `svd`, `cat`) instead collapse everything into a single adapter per layer,
 the way PEFT's `add_weighted_adapter` combines LoRA adapters. Adapter i of source s gets the

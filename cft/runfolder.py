@@ -22,7 +22,10 @@ from cft.fsutil import atomic_write_text
 from cft.recipe import Recipe, recipe_to_yaml
 
 # fields that change how a run executes, not what it computes: --resume may differ in them
-_EXECUTION_ONLY = {("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("description",)}
+# settings that change where or how fast a run executes, not what it computes: a resume may change them
+_EXECUTION_ONLY = {
+    ("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("train", "dist_backend"), ("description",),
+}
 
 RUN_FILES = (
     "recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors",
