@@ -176,6 +176,8 @@ def _check_spec(info: BundleInfo) -> None:
     seed = info.provenance.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         problems.append("provenance seed is not an integer")
+    if not isinstance(info.data.get("config") or {}, dict):  # read by eval, compose, prior build --bundles
+        problems.append("its recorded data settings are damaged (not a mapping)")
     if problems:
         raise CftError(f"{info.path}: the bundle's metadata is inconsistent: {'; '.join(problems)}.", hint="Re-create the bundle.")
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from cft.errors import CftError
 
@@ -19,6 +19,8 @@ from cft.errors import CftError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only on success."""
     final = Path(path)
+    if final.is_dir():  # refused before anything is written (os.replace would only fail at the end)
+        raise CftError(f"Cannot write {final}: it is a folder.", hint="Name a file to write, not a folder.")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
@@ -46,6 +48,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike | None) -> Iterator[list[Optional[Path]]]:
+    """Temporary paths for several files that belong together (a matrix and its task names, a
+    picture and a JSON report): every temporary is created first, so an unwritable folder or a
+    folder in a file's place fails before anything is written, and each is renamed over its final
+    name only after all were written; a failure on the way leaves none of them. `None` entries
+    (an optional output not asked for) yield `None`."""
+    with contextlib.ExitStack() as stack:
+        yield [None if p is None else stack.enter_context(atomic_path(p)) for p in paths]
 
 
 def _fsync(path: Path) -> None:

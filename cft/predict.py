@@ -67,6 +67,11 @@ def predict_csv(
     column = pick_smiles_column(frame, smiles_column, input_csv)
     smiles = [str(s).strip() for s in frame[column].tolist()]
     store, valid, _, _ = featurise(smiles, label=input_csv.name)
+    if not valid.any():
+        raise CftError(
+            f"{input_csv}: no SMILES could be parsed in column {column!r} ({len(smiles)} rows); is it the SMILES column?",
+            hint="Pass the SMILES column with --smiles-column.",
+        )
     dev = pick_device(device)
     model.to(dev)
     tasks = list(info.spec.tasks)

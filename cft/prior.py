@@ -21,7 +21,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import dense_to_sparse, to_dense_adj
 
 from cft.errors import CftError
-from cft.fsutil import atomic_write_json, atomic_write_with
+from cft.fsutil import atomic_paths, atomic_write_json, atomic_write_with
 
 METHODS = ("phi", "jaccard", "cosine")
 
@@ -227,8 +227,9 @@ def write_relation(path: str | Path, matrix: np.ndarray, tasks: Sequence[str]) -
         with open(tmp, "wb") as fh:
             np.save(fh, matrix, allow_pickle=False)
 
-    atomic_write_with(path, save)
-    atomic_write_json(tasks_sidecar(path), list(tasks))
+    with atomic_paths(path, tasks_sidecar(path)) as (matrix_tmp, names_tmp):  # both files or neither
+        save(matrix_tmp)
+        atomic_write_json(names_tmp, list(tasks))
 
 
 # --------------------------------------------------------------------------- normalisation

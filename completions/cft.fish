@@ -21,7 +21,7 @@ complete -c cft -n '__fish_seen_subcommand_from ablate' -l data-root -r -F -d 'W
 complete -c cft -n '__fish_seen_subcommand_from ablate' -l device -r -F -d 'auto, cpu, cuda or cuda:N (default: the recipe'\''s train.device, auto)'
 complete -c cft -n '__fish_seen_subcommand_from ablate' -l dry-run -d 'List the variants and how many runs are left, and run nothing'
 complete -c cft -n '__fish_seen_subcommand_from ablate' -l help -s h -d 'Show help and exit'
-complete -c cft -n '__fish_seen_subcommand_from compose' -l output -s o -r -F -d 'The composed bundle (.safetensors) to write'
+complete -c cft -n '__fish_seen_subcommand_from compose' -l output -s o -r -F -d 'The composed bundle (.safetensors) to write; an existing file is replaced (atomically), an input bundle never'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l prior -r -F -d 'Relation matrix over all tasks: .npy (with its .tasks.json, if any) or .csv with task names as header and index'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l prior-from -r -F -d 'Compute the prior from the training labels of this CSV (or recipe YAML) covering every task'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l mode -r -F -d 'route (keep every adapter, route between them) or merge into one adapter per layer: linear, svd, cat (as PEFT'\''s add_weighted_adapter)'

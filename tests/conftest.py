@@ -71,6 +71,26 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in output, f"{fragment!r} not in:\n{output}"
 
 
+@pytest.fixture()
+def unwritable_parent(tmp_path) -> Path:
+    """A folder in which nothing can be created, even by root (who ignores permission bits)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    probe = Path("/sys/cft-reliability-probe")
+    try:
+        probe.mkdir()
+    except OSError:
+        yield Path("/sys")
+        return
+    probe.rmdir()
+    pytest.skip("running as root with no read-only location to write into (/sys accepted a folder)")
+
+
 TINY_RECIPE = """
 description: tiny settings for tests
 seed: 0

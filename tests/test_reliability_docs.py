@@ -8,6 +8,7 @@ from conftest import REPO
 
 FILES = {
     "inputs": "test_reliability_inputs.py",
+    "compose_inputs": "test_reliability_compose.py",
     "faults": "test_reliability_faults.py",
     "security": "test_reliability_security.py",
     "fuzz": "test_reliability_fuzz.py",
@@ -15,6 +16,8 @@ FILES = {
     "data": "test_data.py",
     "cli_train": "test_cli_train.py",
     "cli_ablate": "test_cli_ablate.py",
+    "compose": "test_compose.py",
+    "prior_inspect_predict": "test_prior_inspect_predict.py",
 }
 
 
@@ -37,7 +40,7 @@ def test_every_test_named_in_the_reliability_table_exists():
 def test_every_reliability_test_is_in_the_table():
     doc = (REPO / "docs" / "reliability.md").read_text()
     unlisted = []
-    for prefix in ("inputs", "faults", "security", "fuzz"):
+    for prefix in ("inputs", "compose_inputs", "faults", "security", "fuzz"):
         source = (REPO / "tests" / FILES[prefix]).read_text()
         for name in re.findall(r"^def test_([a-z0-9_]+)\(", source, re.M):
             listed = f"{prefix}::{name}" in doc or any(

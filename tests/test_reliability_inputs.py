@@ -278,26 +278,6 @@ def test_output_path_that_is_a_file(tmp_path):
     assert target.read_text() == "mine"
 
 
-@pytest.fixture()
-def unwritable_parent(tmp_path) -> Path:
-    """A folder in which nothing can be created, even by root (who ignores permission bits)."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "readonly"
-        folder.mkdir()
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    probe = Path("/sys/cft-reliability-probe")
-    try:
-        probe.mkdir()
-    except OSError:
-        yield Path("/sys")
-        return
-    probe.rmdir()
-    pytest.skip("running as root with no read-only location to write into (/sys accepted a folder)")
-
-
 def test_unwritable_output_folder(tmp_path, unwritable_parent):
     recipe = _recipe(tmp_path)
     assert_user_error(cli("train", recipe, "-o", unwritable_parent / "cft-run"), "Cannot create output folder", "Choose a folder you can write to")

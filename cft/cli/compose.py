@@ -20,7 +20,7 @@ from cft.console import out
 )
 def compose_command(
     bundles: List[Path] = typer.Argument(..., help="Bundles (or run folders) to compose, in the order their tasks and adapters take."),
-    output: Path = typer.Option(..., "--output", "-o", help="The composed bundle (.safetensors) to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="The composed bundle (.safetensors) to write; an existing file is replaced (atomically), an input bundle never."),
     prior: Optional[str] = typer.Option(None, "--prior", help="Relation matrix over all tasks: .npy (with its .tasks.json, if any) or .csv with task names as header and index."),
     prior_from: Optional[str] = typer.Option(None, "--prior-from", help="Compute the prior from the training labels of this CSV (or recipe YAML) covering every task."),
     mode: str = typer.Option("route", "--mode", help="route (keep every adapter, route between them) or merge into one adapter per layer: linear, svd, cat (as PEFT's add_weighted_adapter)."),
@@ -52,6 +52,10 @@ def compose_command(
         raise CftError(f"-o {output}: a bundle is written as .safetensors.")
     if output.exists() and output.is_dir():
         raise CftError(f"-o {output} is a folder; name the bundle file to write.")
+    from cft.bundle import resolve_bundle_path
+
+    if any(resolve_bundle_path(b).resolve() == output.resolve() for b in bundles):
+        raise CftError(f"-o {output} is one of the bundles to compose; write the composed bundle elsewhere.")
     if mode != "route" and any(v is not None for v in (compose_steps, compose_threshold, compose_rule, compose_mix)):
         raise CftError("--compose-steps/-threshold/-rule/-mix shape routing; they apply to --mode route only.")
     if sets and not calibrate:

@@ -20,16 +20,18 @@ def inspect_routing_command(
     max_rows: int = typer.Option(40, "--max-rows", min=2, help="More tasks than this are shown as clusters of similar tasks."),
 ) -> None:
     """Show which adapters each task routes to, per layer: rows tasks, columns adapters by source bundle."""
-    from cft.fsutil import atomic_write_json
+    from cft.fsutil import atomic_paths, atomic_write_json
     from cft.inspection import load_report, pick_layers, terminal_lines, to_json, write_png
 
     report = load_report(target)
     layers = pick_layers(report, layer)
-    for line in terminal_lines(report, layers, out.width, max_rows):
-        out.print(line, highlight=False)
-    if png:
-        write_png(report, png, layers)
-        out.print(f"wrote {png}", highlight=False)
-    if json_out:
-        atomic_write_json(json_out, to_json(report, layers, max_rows))
-        out.print(f"wrote {json_out}", highlight=False)
+    with atomic_paths(png, json_out) as (png_tmp, json_tmp):  # both files or neither
+        for line in terminal_lines(report, layers, out.width, max_rows):
+            out.print(line, highlight=False)
+        if png_tmp is not None:
+            write_png(report, png_tmp, layers)
+        if json_tmp is not None:
+            atomic_write_json(json_tmp, to_json(report, layers, max_rows))
+    for written in (png, json_out):
+        if written:
+            out.print(f"wrote {written}", highlight=False)

@@ -35,7 +35,7 @@ def build_command(
 ) -> None:
     """Build a task relation matrix from training labels (of a dataset, or of the bundles' data)."""
     from cft.errors import CftError
-    from cft.prior import METHODS, relation_for_bundles, relation_from_dataset, write_relation
+    from cft.prior import METHODS, prior_png, relation_for_bundles, relation_from_dataset, write_relation
     from cft.recipe import resolve_data_root
 
     if method not in METHODS:
@@ -55,7 +55,13 @@ def build_command(
         names = details["tasks"]
     else:
         raise CftError("Give --data CSV or --bundles A B ...: the matrix is built from training labels.")
-    write_relation(output, matrix, names)
+    from cft.fsutil import atomic_paths
+
+    groups = details.get("groups", [])
+    with atomic_paths(png) as (png_tmp,):  # the matrix, its task names and the picture: all or none
+        if png_tmp is not None:
+            prior_png(matrix, names, str(output), png_tmp, groups=groups)
+        write_relation(output, matrix, names)
     edges = int(((matrix > 0).sum() - len(names)) // 2)
     possible = len(names) * (len(names) - 1) // 2
     out.print(
@@ -65,7 +71,9 @@ def build_command(
     )
     if output.suffix == ".npy":
         out.print(f"task names: {output.with_suffix('.tasks.json')}", highlight=False)
-    _show(matrix, names, f"{output}", png, max_rows, details.get("groups", []))
+    _show(matrix, names, f"{output}", None, max_rows, groups)
+    if png:
+        out.print(f"wrote {png}", highlight=False)
 
 
 @prior_app.command("show", epilog="Example: cft prior show runs/tox21 --png prior.png")
