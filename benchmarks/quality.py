@@ -100,7 +100,10 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(lambda j: run_one(j[0], j[1], j[2], j[3], j[4], base, out, data, threads), jobs))
     summary = summarise(rows)
-    result = {"protocol": {k: {"recipe": v[0], "epochs": v[1], "seeds": v[2]} for k, v in protocol.items()}, "backbone": str(backbone),
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from speed import machine
+
+    result = {"machine": machine(), "protocol": {k: {"recipe": v[0], "epochs": v[1], "seeds": v[2]} for k, v in protocol.items()}, "backbone": str(backbone),
               "quick": args.quick, "rows": rows, "summary": summary, "seconds": time.perf_counter() - started,
               "command": " ".join(["python", "benchmarks/quality.py"] + (["--quick"] if args.quick else []) + ([f"--datasets {args.datasets}"] if args.datasets else []))}
     (out.parent / ("quality_quick.json" if args.quick else "quality.json")).write_text(json.dumps(result, indent=2))

@@ -51,7 +51,7 @@ def speed_tables(result: dict) -> str:
 
 def quality_tables(result: dict) -> str:
     proto = ", ".join(f"{k}: {v['epochs']} epochs × {v['seeds']} seeds" for k, v in result["protocol"].items())
-    lines = [f"Protocol: {proto}; scaffold split 80/10/10; test score at the best validation epoch. Backbone: `{Path(result['backbone']).name}`. "
+    lines = ([machine_line(result), ""] if "machine" in result else []) + [f"Protocol: {proto}; scaffold split 80/10/10; test score at the best validation epoch. Backbone: `{Path(result['backbone']).name}`. "
              f"Command: `{result['command']}` ({result['seconds'] / 60:.0f} minutes).", ""]
     by_dataset: dict = {}
     for key, s in result["summary"].items():

@@ -171,11 +171,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repetition, small scaling runs (~5 minutes)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "speed.json")
+    parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/speed.json, speed_quick.json with --quick)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = args.data.resolve()
+    if args.json is None:
+        args.json = REPO / "benchmarks" / "results" / ("speed_quick.json" if args.quick else "speed.json")
 
     if args.child:
         payload = json.loads(args.payload)
