@@ -296,13 +296,7 @@ def compose_route(
             dst_off = model.router.adapter_offsets[new_g][layer]
             state[f"adapters.{layer}.U"][dst_off : dst_off + k, :r] = src_state[f"adapters.{layer}.U"][src_off : src_off + k, :r]
             state[f"adapters.{layer}.V"][dst_off : dst_off + k, :, :r] = src_state[f"adapters.{layer}.V"][src_off : src_off + k, :, :r] * s.spec.scale
-    offset = 0
-    for s in sources:
-        src_state = s.model.bundle_state()
-        n = len(s.tasks)
-        state["head.weight"][offset : offset + n] = src_state["head.weight"]
-        state["head.bias"][offset : offset + n] = src_state["head.bias"]
-        offset += n
+    _copy_heads(state, sources)
     state["router.relation"] = torch.as_tensor(union, dtype=torch.float32)
     model.load_state_dict(state, strict=False)
     return model
@@ -357,6 +351,17 @@ def merge_layer(components: list[tuple[float, torch.Tensor, torch.Tensor]], mode
     raise CftError(f"unknown merge mode {mode!r}")
 
 
+def _copy_heads(state: dict, sources: Sequence[Source]) -> None:
+    """Each source's task heads, unchanged, in the rows of its tasks (sources in order)."""
+    offset = 0
+    for s in sources:
+        src_state = s.model.bundle_state()
+        n = len(s.tasks)
+        state["head.weight"][offset : offset + n] = src_state["head.weight"]
+        state["head.bias"][offset : offset + n] = src_state["head.bias"]
+        offset += n
+
+
 def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: list[float]) -> CftModel:
     activation = next((s.spec.activation for s in sources if any(p.layers for p in s.spec.parts)), sources[0].spec.activation)
     if mode == "svd" and activation != "identity":
@@ -396,13 +401,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     for key in state:
         if key.startswith("router.parts.0."):
             state[key].zero_()
-    offset = 0
-    for s in sources:
-        src_state = s.model.bundle_state()
-        n = len(s.tasks)
-        state["head.weight"][offset : offset + n] = src_state["head.weight"]
-        state["head.bias"][offset : offset + n] = src_state["head.bias"]
-        offset += n
+    _copy_heads(state, sources)
     state["router.relation"] = torch.as_tensor(union, dtype=torch.float32)
     state["router.parts.0.relation"] = torch.as_tensor(union, dtype=torch.float32)
     model.load_state_dict(state, strict=False)
