@@ -111,12 +111,17 @@ def tasks_sidecar(path: Path) -> Path:
     return path.with_suffix(".tasks.json")
 
 
+def _relation_suffix(path: Path) -> str:
+    """`.npy`, `.csv` or `.csv.gz` (and whatever else, for the error message)."""
+    return "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+
+
 def read_relation(path: str | Path, tasks: Sequence[str]) -> np.ndarray:
     """Read a relation matrix for `tasks` from .npy (never unpickled) or labelled .csv."""
     path = Path(path)
     if not path.exists():
         raise CftError(f"Prior file {path} does not exist.", hint="Check prior.path / --prior; `cft prior build` writes one.")
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    suffix = _relation_suffix(path)
     if suffix == ".npy":
         matrix = _read_npy(path)
         names = _read_sidecar(path)
@@ -403,7 +408,7 @@ def relation_of_target(target: str | Path) -> tuple[np.ndarray, list[str], str, 
         return matrix, list(info.spec.tasks), f"{kind} of {bundle}", groups if len(groups) > 1 else []
     if not path.exists():
         raise CftError(f"{path} does not exist.", hint="Pass a .npy/.csv relation matrix, a run folder or a bundle.")
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    suffix = _relation_suffix(path)
     if suffix == ".npy":
         matrix = _read_npy(path)
         names = _read_sidecar(path)

@@ -274,6 +274,14 @@ def labelled_csv(path: Path, n: int = 120) -> Path:
     return path
 
 
+# the names of bad_csvs()'s cases, spelled out so that tests can parametrise over them
+CSV_CASES = [
+    "all_labels_missing", "binary_garbage", "binary_kind_mismatch", "bad_split_value", "empty_file", "empty_test", "empty_valid",
+    "header_only", "infinite_label", "missing_file", "missing_split_column", "mixed_kinds", "no_smiles_column", "no_smiles_parse",
+    "no_task_column", "no_train_labels", "non_numeric_label", "task_glob_matches_nothing", "unparseable_strict",
+]
+
+
 def bad_csvs(out: Path) -> dict[str, tuple[str | bytes | None, dict, str]]:
     """Broken CSV datasets: name -> (file text/bytes, or None for absent; extra data settings; expected)."""
     good = molecules(40)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import TINY_PART_TASKS, assert_user_error
-from reliability_kit import assert_unchanged, bad_bundles, bad_csvs, bad_priors, cli, molecules, snapshot
+from reliability_kit import CSV_CASES, assert_unchanged, bad_bundles, bad_csvs, bad_priors, cli, molecules, snapshot
 
 A_TASKS, B_TASKS = TINY_PART_TASKS
 
@@ -118,13 +118,6 @@ def test_compose_writes_the_bundle_atomically(tiny_parts, tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------ cft prior build | show
-
-
-CSV_CASES = [
-    "all_labels_missing", "binary_garbage", "binary_kind_mismatch", "bad_split_value", "empty_file", "empty_test", "empty_valid",
-    "header_only", "infinite_label", "missing_file", "missing_split_column", "mixed_kinds", "no_smiles_column", "no_smiles_parse",
-    "no_task_column", "no_train_labels", "non_numeric_label", "task_glob_matches_nothing", "unparseable_strict",
-]
 
 
 @pytest.mark.parametrize("case", CSV_CASES)

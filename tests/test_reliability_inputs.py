@@ -18,6 +18,7 @@ import yaml
 from conftest import TINY_RECIPE, assert_user_error, run_cli
 from reliability_kit import (
     BUILTIN_TASKS,
+    CSV_CASES,
     assert_unchanged,
     bad_backbones,
     bad_bundles,
@@ -101,13 +102,6 @@ def test_missing_recipe_file_through_train(tmp_path):
 
 
 # ------------------------------------------------------------------ data
-
-
-CSV_CASES = [
-    "all_labels_missing", "binary_garbage", "binary_kind_mismatch", "bad_split_value", "empty_file", "empty_test", "empty_valid",
-    "header_only", "infinite_label", "missing_file", "missing_split_column", "mixed_kinds", "no_smiles_column", "no_smiles_parse",
-    "no_task_column", "no_train_labels", "non_numeric_label", "task_glob_matches_nothing", "unparseable_strict",
-]
 
 
 @pytest.mark.parametrize("case", CSV_CASES)
