@@ -8,6 +8,8 @@ so. Callers with many rows cluster them first (`cluster_rows`) and say so.
 
 from __future__ import annotations
 
+import warnings
+
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,12 +75,15 @@ def cluster_rows(features: np.ndarray, max_clusters: int) -> tuple[np.ndarray, n
     n = features.shape[0]
     if n <= 1 or max_clusters >= n:
         return np.arange(n), np.arange(n)
-    from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
+    from scipy.cluster.hierarchy import ClusterWarning, fcluster, leaves_list, linkage
 
     x = np.asarray(features, dtype=np.float64)
     if np.allclose(x, x[0]):
         return np.arange(n), np.zeros(n, dtype=int)
-    tree = linkage(x, method="average", metric="euclidean")
+    with warnings.catch_warnings():
+        # rows of a symmetric prior are features here, not a distance matrix, whatever scipy guesses
+        warnings.simplefilter("ignore", ClusterWarning)
+        tree = linkage(x, method="average", metric="euclidean")
     raw = fcluster(tree, t=max(max_clusters, 1), criterion="maxclust")
     leaves = leaves_list(tree)
     # order clusters by where their first leaf appears; rows within a cluster by leaf order

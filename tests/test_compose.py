@@ -266,3 +266,25 @@ def test_nr_sr_flow_on_real_tox21(data_root, tmp_path):
     routing = json.loads((tmp_path / "r.json").read_text())
     mass = np.mean([layer["route_mass_by_part"] for layer in routing["layers"].values()], axis=0)
     assert mass[0][1] > 0 and mass[1][0] > 0, "the prior induces routing across the two bundles"
+
+
+def test_compose_rule_threshold_and_calibration_folder(parts, tmp_path):
+    """--compose-rule / --compose-threshold reach the bundle; out-of-range values are refused
+    before anything is written; --calibrate-dir names the calibration run folder."""
+    out = tmp_path / "AB_prop.safetensors"
+    result = run_cli_inprocess("compose", parts["A"], parts["B"], "--prior-from", parts["recipe"], "--compose-rule", "propagate",
+                               "--compose-threshold", "0.2", "-o", out)
+    assert result.returncode == 0, result.stderr
+    spec = _header(out)["spec"]
+    assert spec["compose_rule"] == "propagate" and spec["compose_threshold"] == 0.2
+    for option, value, fragment in (("--compose-rule", "bogus", "residual"), ("--compose-threshold", "1.5", "[0, 1)"),
+                                    ("--compose-mix", "2", "[0, 1]")):
+        bad = tmp_path / f"bad{option}.safetensors"
+        assert_user_error(run_cli_inprocess("compose", parts["A"], parts["B"], option, value, "-o", bad), option, fragment)
+        assert not bad.exists()
+    cal = tmp_path / "AB_cal.safetensors"
+    folder = tmp_path / "my-calibration"
+    calibrated = run_cli_inprocess("compose", parts["A"], parts["B"], "--prior-from", parts["recipe"], "-o", cal, "--calibrate", parts["recipe"],
+                                   "--calibrate-dir", folder, "--set", "train.max_steps=2", "--set", "train.epochs=1")
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert (folder / "summary.json").exists() and not (tmp_path / "AB_cal.calibration").exists()

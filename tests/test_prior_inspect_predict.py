@@ -37,6 +37,17 @@ def test_prior_build_from_data_writes_matrix_names_and_png(tiny_parts, tmp_path)
     frame = pd.read_csv(tmp_path / "jac.csv", index_col=0)
     assert list(frame.columns) == list(frame.index) == names
     assert np.allclose(frame.to_numpy(), frame.to_numpy().T)
+    # --tasks selects label columns (globs), --min-value drops weak edges; --max-rows clusters the display
+    some = run_cli_inprocess("prior", "build", "--data", tiny_parts["recipe"], "-o", tmp_path / "some.npy", "--tasks", names[0],
+                             "--tasks", names[1], "--min-value", "0.99", "--min-support", "5")
+    assert some.returncode == 0, some.stderr
+    assert json.loads((tmp_path / "some.tasks.json").read_text()) == names[:2]
+    with open(tmp_path / "some.npy", "rb") as fh:
+        weak = np.load(fh, allow_pickle=False)
+    assert weak.shape == (2, 2) and ((weak == 0) | (weak >= 0.99)).all()
+    shown = run_cli_inprocess("prior", "show", out, "--max-rows", "3")
+    assert shown.returncode == 0 and "clusters" in shown.stdout, shown.stdout
+    assert_user_error(run_cli_inprocess("prior", "build", "--data", tiny_parts["recipe"], "-o", tmp_path / "x.npy", "--min-value", "-1"), "--min-value")
 
 
 def test_prior_build_over_bundles_in_bundle_order_and_show(tiny_parts, tmp_path):
