@@ -44,11 +44,25 @@ QUICK = {"tox21": ("recipes/tox21.yaml", 2, 1)}
 QUICK_LIMIT = 1500
 
 
+def shared_overrides(backbone: Path, extra: list[str]) -> list[str]:
+    """What every run shares: the one backbone file instead of a pretrain stage. The file's
+    architecture must be the recipe's, so --quick's backbone.hidden/num_layers stay; only its
+    pretrain settings go (they made the file)."""
+    return ["backbone.pretrain=null", f"backbone.path={backbone}"] + [e for e in extra if not e.startswith("backbone.pretrain.")]
+
+
+def method_overrides(method: str, shared: list[str], seed: int, epochs: int, threads: int) -> list[str]:
+    """The --set list of one run. `--set` is last-wins, so the method's own overrides come after
+    the shared ones: "GIN-VN from scratch" must undo the shared `backbone.path` (an earlier
+    ordering silently trained every scratch run from the pretrained backbone)."""
+    return shared + METHODS[method] + [f"seed={seed}", f"train.epochs={epochs}", f"train.threads={threads}", "train.patience=null"]
+
+
 def run_one(dataset: str, recipe: str, method: str, seed: int, epochs: int, extra: list[str], out: Path, data: Path, threads: int) -> dict:
     folder = out / dataset / method.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "") / f"seed{seed}"
     summary_path = folder / "summary.json"
     if not summary_path.exists():
-        sets = METHODS[method] + extra + [f"seed={seed}", f"train.epochs={epochs}", f"train.threads={threads}", "train.patience=null"]
+        sets = method_overrides(method, extra, seed, epochs, threads)
         cmd = [sys.executable, "-m", "cft", "train", str(REPO / recipe), "--data-root", str(data), "-o", str(folder)]
         cmd += sum((["--set", s] for s in sets), [])
         if (folder / "checkpoint.pt").exists():
@@ -95,7 +109,7 @@ def main() -> None:
                "--overwrite", "--set", "train.epochs=1", "--set", "train.max_steps=1", *sum((["--set", s] for s in extra), [])]
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CFT_QUIET": "1"})
         backbone = folder / "backbone.safetensors"
-    base = ["backbone.pretrain=null", f"backbone.path={backbone}"] + [e for e in extra if not e.startswith("backbone.")]
+    base = shared_overrides(backbone, extra)
     jobs = [(name, recipe, method, seed, epochs) for name, (recipe, epochs, seeds) in protocol.items() for seed in range(seeds) for method in METHODS]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(lambda j: run_one(j[0], j[1], j[2], j[3], j[4], base, out, data, threads), jobs))

@@ -7,7 +7,8 @@ interleaved order (A, B, C, A, B, C, ...), and the median over repetitions is re
 
 - training graphs/s: cft adapters (K=4, r=8, every layer) vs cft full fine-tuning of the same
   GIN-VN 300x5 (target >= 1.5x); K=8 routed vs one adapter of the same rank vs no adapter
-  (target: routing adds at most 15%); cft full fine-tuning vs a plain PyG loop of the OGB
+  (target: routing adds at most 15%), and one adapter of rank 64 (K=8 r=8's bank width, so the
+  same adapter FLOPs: what routing alone costs); cft full fine-tuning vs a plain PyG loop of the OGB
   example GIN-VN (benchmarks/reference_ginvn.py; target >= 1.0x);
 - inference graphs/s and peak resident memory of each mode;
 - featurisation cold vs cached (target >= 20x);
@@ -39,6 +40,9 @@ MODES = {
     "cft adapters K=4 r=8 (routed)": [],
     "cft adapters K=8 r=8 (routed)": ["adapters.num_adapters=8"],
     "cft one adapter K=1 r=8": ["adapters.num_adapters=1", "routing.mode=uniform"],
+    # same bank width as K=8 r=8 (64 columns, same adapter FLOPs) without routing: isolates what
+    # the router and the per-node weights cost from what eight adapters' arithmetic costs
+    "cft one adapter K=1 r=64": ["adapters.num_adapters=1", "adapters.rank=64", "routing.mode=uniform"],
     "cft no adapter (head only)": ["adapters.enabled=false"],
     "plain PyG loop (OGB example GIN-VN)": None,
 }
@@ -172,6 +176,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repetition, small scaling runs (~5 minutes)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/speed.json, speed_quick.json with --quick)")
+    parser.add_argument("--repetitions", type=int, help="interleaved repetitions of each throughput mode (default 3, 1 with --quick)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -192,9 +197,11 @@ def main() -> None:
 
     env = {**os.environ, "CFT_QUIET": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     steps, reps = (60, 1) if args.quick else (200, 3)
+    reps = args.repetitions or reps
     started = time.perf_counter()
     result = {"machine": machine(), "quick": args.quick, "batch_size": BATCH, "steps": steps, "repetitions": reps,
-              "command": " ".join(["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else []))}
+              "command": " ".join(["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else [])
+                                 + ([f"--repetitions {args.repetitions}"] if args.repetitions else []))}
     print(f"machine: {result['machine']}", flush=True)
 
     # warm the featurisation cache for every dataset used below, then measure featurisation
@@ -219,6 +226,7 @@ def main() -> None:
     result["ratios"] = {
         "adapters K=4 / full fine-tuning (target >= 1.5)": gps("cft adapters K=4 r=8 (routed)") / gps("cft full fine-tuning"),
         "one adapter K=1 / K=8 routed (routing overhead; target <= 1.15)": gps("cft one adapter K=1 r=8") / gps("cft adapters K=8 r=8 (routed)"),
+        "one adapter K=1 r=64 / K=8 r=8 routed (routing alone, same bank FLOPs)": gps("cft one adapter K=1 r=64") / gps("cft adapters K=8 r=8 (routed)"),
         "no adapter / K=8 routed": gps("cft no adapter (head only)") / gps("cft adapters K=8 r=8 (routed)"),
         "cft full fine-tuning / plain PyG loop (target >= 1.0)": gps("cft full fine-tuning") / gps("plain PyG loop (OGB example GIN-VN)"),
         "featurisation cold / cached (target >= 20)": result["featurisation"]["ratio"],

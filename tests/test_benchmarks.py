@@ -1,0 +1,55 @@
+"""The quality benchmark's runs must be the methods they are named after.
+
+An earlier ordering of the `--set` overrides let the shared `backbone.path` win over the
+"GIN-VN from scratch" method's `backbone.path=null`, so every scratch run was a second full
+fine-tuning run, and BENCHMARKS.md compared a method with itself. These tests read each method's
+effective recipe the way `cft train` does, without training anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from cft.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import quality  # noqa: E402
+
+BACKBONE = Path("/nonexistent/backbone.safetensors")  # only named in the recipe, never read here
+
+
+def effective_recipes(dataset: str, extra: list[str]) -> dict:
+    recipe_path, epochs, _ = quality.FULL[dataset]
+    shared = quality.shared_overrides(BACKBONE, extra)
+    return {method: load_recipe(REPO / recipe_path, quality.method_overrides(method, shared, 0, epochs, 1)) for method in quality.METHODS}
+
+
+@pytest.mark.parametrize("dataset", sorted(quality.FULL))
+def test_every_method_trains_what_its_name_says(dataset):
+    recipes = effective_recipes(dataset, [])
+    scratch = recipes["GIN-VN from scratch"]
+    assert scratch.backbone.path is None and scratch.backbone.pretrain is None, "from scratch must start from a random backbone"
+    assert not scratch.backbone.freeze and not scratch.adapters.enabled
+    for method, recipe in recipes.items():
+        if method != "GIN-VN from scratch":
+            assert recipe.backbone.path == str(BACKBONE) and recipe.backbone.pretrain is None, method
+    assert not recipes["full fine-tuning"].backbone.freeze and not recipes["full fine-tuning"].adapters.enabled
+    assert recipes["head only"].backbone.freeze and not recipes["head only"].adapters.enabled
+    assert recipes["one adapter (K=1, no routing)"].adapters.num_adapters == 1
+    assert recipes["uniform mixture (K=4, no gate)"].routing.mode == "uniform"
+    assert recipes["routing, identity prior"].prior.source == "identity"
+    assert recipes["full method (label prior)"].prior.source == "labels"
+    dumped = {method: recipe.model_dump_json() for method, recipe in recipes.items()}
+    assert len(set(dumped.values())) == len(dumped), "two methods run the same recipe"
+
+
+def test_quick_runs_keep_the_quick_backbone_architecture():
+    """--quick pretrains a small backbone; every run must describe that architecture, or `cft train`
+    refuses the file (and from scratch would silently train a different size)."""
+    quick_extra = ["backbone.hidden=64", "backbone.num_layers=3", "backbone.pretrain.epochs=1", "backbone.pretrain.data.limit=4000", "data.limit=1500"]
+    for method, recipe in effective_recipes("tox21", quick_extra).items():
+        assert (recipe.backbone.hidden, recipe.backbone.num_layers, recipe.data.limit) == (64, 3, 1500), method
