@@ -58,7 +58,8 @@ def _quality_time(result: dict) -> str:
 
 
 def quality_tables(result: dict) -> str:
-    proto = ", ".join(f"{k}: {v['epochs']} epochs × {v['seeds']} seeds" for k, v in result["protocol"].items())
+    plural = lambda n, word: f"{n} {word}" + ("" if n == 1 else "s")  # noqa: E731
+    proto = ", ".join(f"{k}: {plural(v['epochs'], 'epoch')} × {plural(v['seeds'], 'seed')}" for k, v in result["protocol"].items())
     lines = ([machine_line(result), ""] if "machine" in result else []) + [f"Protocol: {proto}; scaffold split 80/10/10; test score at the best validation epoch. Backbone: `{Path(result['backbone']).name}`. "
              f"Command: `{result['command']}` ({_quality_time(result)}).", ""]
     by_dataset: dict = {}
@@ -67,9 +68,10 @@ def quality_tables(result: dict) -> str:
         by_dataset.setdefault(dataset, []).append((method, s))
     for dataset, rows in by_dataset.items():
         metric = rows[0][1]["metric"]
-        lines += [f"**{dataset}** (test {metric}, mean ± std over seeds)", "", f"| method | test {metric} | valid {metric} | trainable params | train s/run | graphs/s |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"**{dataset}** (test {metric}, mean ± population std over seeds)", "", f"| method | test {metric} | valid {metric} | trainable params | train s/run | graphs/s |", "|---|---:|---:|---:|---:|---:|"]
         for method, s in rows:
-            lines.append(f"| {method} | {s['test_mean']:.4f} ± {s['test_std']:.4f} | {s['valid_mean']:.4f} | {s['trainable']:,} ({100 * s['trainable'] / s['total']:.1f}%) | {s['train_seconds']:.0f} | {s['graphs_per_second']:.0f} |")
+            spread = f" ± {s['test_std']:.4f}" if s["seeds"] > 1 else " (1 seed)"
+            lines.append(f"| {method} | {s['test_mean']:.4f}{spread} | {s['valid_mean']:.4f} | {s['trainable']:,} ({100 * s['trainable'] / s['total']:.1f}%) | {s['train_seconds']:.0f} | {s['graphs_per_second']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
