@@ -44,7 +44,7 @@ def paired_ratio(result: dict, name: str) -> str:
 
 def speed_tables(result: dict) -> str:
     lines = [machine_line(result), "", f"Batch {result['batch_size']}, {result['steps']} training steps per measurement, "
-             f"median of {result['repetitions']} interleaved repetitions, each in its own process. Tox21 (6,258 training molecules), GIN-VN 300×5.", ""]
+             + (f"median of {result['repetitions']} interleaved repetitions" if result["repetitions"] > 1 else "one repetition") + ", each in its own process. Tox21 (6,258 training molecules), GIN-VN 300×5.", ""]
     lines += ["| mode | train graphs/s | inference graphs/s | peak RSS (MiB) | trainable / total params |", "|---|---:|---:|---:|---:|"]
     for mode, r in result["modes"].items():
         params = f"{int(r['trainable']):,} / {int(r['total']):,}" if "trainable" in r else "all"

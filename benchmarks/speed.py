@@ -180,12 +180,18 @@ def machine() -> dict:
             "commit": commit + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repetition, small scaling runs (~5 minutes)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/speed.json, speed_quick.json with --quick)")
-    parser.add_argument("--repetitions", type=int, help="interleaved repetitions of each throughput mode (default 3, 1 with --quick)")
+    parser.add_argument("--repetitions", type=positive_int, help="interleaved repetitions of each throughput mode (default 3, 1 with --quick)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
