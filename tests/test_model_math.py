@@ -115,7 +115,7 @@ def test_regulariser_is_zero_for_identical_routes_and_positive_otherwise():
     value.backward()
     assert different[0].grad is not None and different[0].grad.abs().sum() > 0
     # with the identity prior no pair is linked: nothing to pull together
-    assert float(_model(threshold=0.0).router.regularizer(different)) == 0.0
+    assert float(_model(threshold=0.0).router.regularizer(different).detach()) == 0.0
 
 
 def test_frozen_backbone_receives_no_gradient_and_adapters_do():
