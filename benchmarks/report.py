@@ -16,6 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from speed import RATIOS  # noqa: E402  (one list of ratio definitions for measuring and reporting)
 
 
 def _load(name: str) -> dict | None:
@@ -32,9 +34,6 @@ def machine_line(result: dict) -> str:
 def paired_ratio(result: dict, name: str) -> str:
     """Repetition k of both modes ran back to back, so their ratio cancels much of the shared
     machine's drift (the reference machine's single measurements swing by +-20%)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from speed import RATIOS
-
     if name not in RATIOS or "all_train" not in result["modes"].get(RATIOS[name][0], {}):
         return ""
     num, den = (result["modes"][mode]["all_train"] for mode in RATIOS[name])

@@ -8,9 +8,8 @@ so. Callers with many rows cluster them first (`cluster_rows`) and say so.
 
 from __future__ import annotations
 
-import warnings
-
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
