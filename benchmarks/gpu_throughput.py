@@ -27,10 +27,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cft.data import MolDataset  # noqa: E402
+from cft.data.dataset import MolDataset
 from cft.data.graphs import GraphDataset, featurise  # noqa: E402
-from cft.recipe import load_recipe  # noqa: E402
-from cft.train import predict_logits, train_recipe  # noqa: E402
+from cft.recipe.load import load_recipe
+from cft.training.inference import predict_logits
+from cft.training.trainer import train_recipe
 
 MOLPCBA_MOLECULES = 437_929
 MOLPCBA_TASKS = 128
@@ -77,7 +78,7 @@ def measure(dataset: MolDataset, device: str, workers: int, batch_size: int, fre
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         summary = train_recipe(recipe, Path(tmp) / "run", REPO, device=device, dataset=dataset)
-        from cft.bundle import load_bundle
+        from cft.files.bundle import load_bundle
 
         model, _ = load_bundle(Path(tmp) / "run" / "bundle.safetensors")
     model.to(device)

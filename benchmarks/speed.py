@@ -76,10 +76,11 @@ def peak_rss_mib() -> float:
 def child_cft(overrides: list[str], steps: int, data: Path) -> dict:
     import torch
 
-    from cft.bundle import load_bundle
-    from cft.data import load_dataset
-    from cft.recipe import load_recipe
-    from cft.train import predict_logits, train_recipe
+    from cft.data.dataset import load_dataset
+    from cft.files.bundle import load_bundle
+    from cft.recipe.load import load_recipe
+    from cft.training.inference import predict_logits
+    from cft.training.trainer import train_recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe_path = Path(tmp) / "speed.yaml"
@@ -100,9 +101,8 @@ def child_reference(steps: int, data: Path) -> dict:
     import numpy as np
     import pandas as pd
     import torch
-    from torch_geometric.loader import DataLoader
-
     from reference_ginvn import GINVirtualNode, data_list, train_steps
+    from torch_geometric.loader import DataLoader
 
     frame = pd.read_csv(data / "tox21.csv")
     smiles, labels = [], []
@@ -131,8 +131,8 @@ def child_reference(steps: int, data: Path) -> dict:
 
 def child_epoch(overrides: list[str], data: Path) -> dict:
     """One full epoch (training steps only) of the base recipe with `overrides`."""
-    from cft.recipe import load_recipe
-    from cft.train import train_recipe
+    from cft.recipe.load import load_recipe
+    from cft.training.trainer import train_recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe_path = Path(tmp) / "epoch.yaml"

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     generated = scripts()
     if args.write:
-        from cft.fsutil import atomic_write_text
+        from cft.files.atomic import atomic_write_text
 
         for name, text in generated.items():
             atomic_write_text(Path(args.write) / name, text)

@@ -130,9 +130,9 @@ def bad_bundles(bundle: Path, out: Path) -> dict[str, BadInput]:
     variant("wrong_dtype", "disagree with its metadata", tensors_={**tensors, first: tensors[first].double()})
     variant("metadata_rank", "disagree with its metadata", header_=edited(lambda h: h["spec"]["parts"][0].update(rank=h["spec"]["parts"][0]["rank"] + 1)))
     variant("metadata_more_tasks", "more than its tensors hold", header_=edited(lambda h: (h["spec"]["tasks"].extend(f"t{i}" for i in range(200)), h["spec"]["kinds"].extend(["binary"] * 200), h["spec"]["parts"][0]["tasks"].extend(f"t{i}" for i in range(200)))))
-    variant("metadata_huge_adapters", "out of range", header_=edited(lambda h: h["spec"]["parts"][0].update(num_adapters=10**9)))
+    variant("metadata_huge_adapters", "parts.0.num_adapters: Input should be less than or equal to 256", header_=edited(lambda h: h["spec"]["parts"][0].update(num_adapters=10**9)))
     variant("metadata_wrong_type", "metadata is damaged", header_=edited(lambda h: h["spec"].update(tasks="halogen_any")))
-    variant("metadata_bad_value", "routing settings out of range", header_=edited(lambda h: h["spec"]["parts"][0].update(temperature=-1.0)))
+    variant("metadata_bad_value", "parts.0.temperature: Input should be greater than 0", header_=edited(lambda h: h["spec"]["parts"][0].update(temperature=-1.0)))
     variant("metadata_not_json", "not valid JSON", raw_metadata={"cft": "{not json"})
     variant("metadata_data_config", "recorded data settings are damaged", header_=edited(lambda h: h["data"].update(config=["csv", "x.csv"])))
     variant("not_cft", "not one written by cft", raw_metadata={"format": "pt"})
@@ -147,7 +147,8 @@ def bad_backbones(backbone: Path, bundle: Path, out: Path) -> dict[str, BadInput
     """Broken variants of a valid backbone file."""
     import torch
 
-    from cft.backbone import BackboneSpec, fingerprint
+    from cft.files.backbone import fingerprint
+    from cft.spec import BackboneSpec
 
     out.mkdir(parents=True, exist_ok=True)
     data = backbone.read_bytes()
@@ -163,7 +164,7 @@ def bad_backbones(backbone: Path, bundle: Path, out: Path) -> dict[str, BadInput
     cases["config_shapes"] = BadInput(_raw_safetensors(out / "config_shapes.safetensors", tensors, bigger), "do not match its config")
     absurd = json.loads(json.dumps(header))
     absurd["config"]["hidden"] = 10**9
-    cases["config_absurd"] = BadInput(_raw_safetensors(out / "config_absurd.safetensors", tensors, absurd), "out of range")
+    cases["config_absurd"] = BadInput(_raw_safetensors(out / "config_absurd.safetensors", tensors, absurd), "hidden: Input should be less than or equal to 4096")
     nan = {**tensors, name: torch.full_like(tensors[name], float("nan"))}
     nan_header = {**header, "fingerprint": fingerprint(BackboneSpec(**header["config"]), nan)}
     cases["nan"] = BadInput(_raw_safetensors(out / "nan.safetensors", nan, nan_header), "NaN or inf")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cft.recipe import load_recipe
+from cft.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -14,10 +14,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY_RECIPE, assert_user_error, run_cli
-from cft.ablate import pick_gpu, split_values, variant_name, visible_gpus
+
 from cft.errors import CftError
+from cft.sweep.plan import split_values, variant_name
+from cft.sweep.scheduler import pick_gpu, visible_gpus
 
 
 def _recipe(tmp_path: Path, epochs: int = 1) -> Path:
@@ -201,8 +202,9 @@ def test_paper_preset_runs_every_variant(tmp_path):
 def test_tables_and_plots_of_a_product_over_seeds(tmp_path):
     """Runs already in the folder are not rerun; the CSV, the table (mean ± std, best valid first)
     and the plots are made from their summaries (here written by hand: no training)."""
-    from cft.ablate import SweepFolder, build_plan, seeded
-    from cft.recipe import recipe_to_yaml
+    from cft.recipe.load import recipe_to_yaml
+    from cft.sweep.folder import SweepFolder
+    from cft.sweep.plan import build_plan, seeded
 
     recipe = _recipe(tmp_path)
     grids = ["routing.temperature=0.3,3", "adapters.rank=2,4"]
@@ -236,7 +238,7 @@ def test_tables_and_plots_of_a_product_over_seeds(tmp_path):
 
 
 def test_metric_direction_matches_cft_metrics():
-    from cft.ablate import _LOWER_IS_BETTER
-    from cft.metrics import HIGHER_IS_BETTER
+    from cft.spec import HIGHER_IS_BETTER
+    from cft.sweep.results import _LOWER_IS_BETTER
 
     assert {m for m, higher in HIGHER_IS_BETTER.items() if not higher} == _LOWER_IS_BETTER

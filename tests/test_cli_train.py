@@ -8,10 +8,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, assert_user_error, run_cli
 
 SUMMARY_KEYS = {"metric", "best_epoch", "valid", "test", "params", "tasks", "seconds", "graphs_per_second"}
@@ -77,9 +75,9 @@ def test_eval_reproduces_the_summary(trained, tmp_path):
 def test_bundle_round_trip(trained, tmp_path):
     from torch_geometric.loader import DataLoader
 
-    from cft.bundle import load_bundle, save_bundle
-    from cft.data import load_dataset
-    from cft.evaluate import bundle_data_config
+    from cft.apply.evaluate import bundle_data_config
+    from cft.data.dataset import load_dataset
+    from cft.files.bundle import load_bundle, save_bundle
 
     _, run, _ = trained
     model, info = load_bundle(run / "bundle.safetensors")
@@ -171,7 +169,9 @@ def test_baselines_share_the_code_path(trained, tmp_path):
 
 def test_eval_refuses_a_wrong_backbone(trained, tmp_path):
     _, run, _ = trained
-    from cft.backbone import Backbone, BackboneSpec, save_backbone
+    from cft.files.backbone import save_backbone
+    from cft.nn.backbone import Backbone
+    from cft.spec import BackboneSpec
 
     torch.manual_seed(123)
     other = tmp_path / "other.safetensors"

@@ -6,8 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import REPO
+
 from cft.completions import main, scripts
 
 

@@ -4,12 +4,10 @@ tasks, exactness of route mode, calibration, merge modes and every refusal."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_PART_TASKS, assert_user_error, run_cli, run_cli_inprocess
 
 A_TASKS, B_TASKS = TINY_PART_TASKS
@@ -21,7 +19,7 @@ def parts(tiny_parts):
 
 
 def _header(path) -> dict:
-    from cft.stfile import read_header
+    from cft.files.stfile import read_header
 
     return read_header(path, "bundle")
 
@@ -65,7 +63,7 @@ def test_the_nr_sr_flow_with_a_prior_from_data(parts, tmp_path):
     assert "cross-bundle route mass" in result.stdout
     header = _header(ab)
     prov = header["provenance"]
-    from cft.fsutil import sha256_file
+    from cft.files.paths import sha256_file
 
     assert prov["kind"] == "composed" and prov["mode"] == "route" and prov["prior"]["source"] == "labels"
     assert prov["compose_rule"] == "residual" and prov["compose_steps"] == 1
@@ -149,7 +147,7 @@ def _save_npy(path, array, **kw):
 def test_refuses_bundles_from_different_backbones(parts, tmp_path):
     from safetensors.torch import load_file
 
-    from cft.stfile import write_safetensors
+    from cft.files.stfile import write_safetensors
 
     header = _header(parts["B"])
     real = header["backbone_fingerprint"]
@@ -227,7 +225,9 @@ def test_a_recipe_can_start_from_a_composed_bundle(parts, tmp_path):
     summary = json.loads((tmp_path / "cal" / "summary.json").read_text())
     assert summary["backbone"]["path"] == str(parts["A"].parent / "backbone.safetensors")
     assert summary["tasks"] == A_TASKS + B_TASKS
-    from cft.backbone import Backbone, BackboneSpec, save_backbone
+    from cft.files.backbone import save_backbone
+    from cft.nn.backbone import Backbone
+    from cft.spec import BackboneSpec
 
     torch.manual_seed(123)
     other = tmp_path / "other_backbone.safetensors"

@@ -7,14 +7,15 @@ import math
 import numpy as np
 import torch
 
-from cft.prior import normalized_adjacency
-from cft.routing import PartSpec, Router, gate, row_normalize
+from cft.nn.graph import normalized_adjacency
+from cft.nn.routing import Router, gate, row_normalize
+from cft.spec import PartSpec
 
 
 def _router(rule: str, mix: float = 1.0, steps: int = 1, threshold: float = 0.0, relation=None) -> Router:
     torch.manual_seed(0)
-    a = PartSpec("A", ["a0", "a1", "a2"], [0], 3, 2, embed_dim=4, threshold=0.0)
-    b = PartSpec("B", ["b0", "b1"], [0], 2, 2, embed_dim=4, threshold=0.0)
+    a = PartSpec(name="A", tasks=["a0", "a1", "a2"], layers=[0], num_adapters=3, rank=2, embed_dim=4, threshold=0.0)
+    b = PartSpec(name="B", tasks=["b0", "b1"], layers=[0], num_adapters=2, rank=2, embed_dim=4, threshold=0.0)
     if relation is None:
         relation = np.eye(5, dtype=np.float32)
         relation[0, 3] = relation[3, 0] = 0.6  # a0 - b0
@@ -78,8 +79,8 @@ def test_routes_keep_gradients_for_calibration():
 def test_merge_arithmetic_matches_peft_semantics():
     """cat is exact for the averaged mixture under any activation; linear is PEFT's sqrt-weighted
     sum; svd reproduces the weighted delta when its rank allows."""
-    from cft.adapters import ACTIVATIONS
-    from cft.compose import merge_layer
+    from cft.compose.merge import merge_layer
+    from cft.nn.adapters import ACTIVATIONS
 
     torch.manual_seed(0)
     d, r = 12, 3

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_user_error, run_cli
-from cft.data import load_dataset
+
+from cft.data.dataset import load_dataset
 from cft.errors import CftError
-from cft.prior import relation_from_labels
-from cft.recipe import DataConfig, SplitConfig
+from cft.prior.relation import relation_from_labels
+from cft.recipe.schema import DataConfig, SplitConfig
 
 
 def _csv(tmp_path: Path, text: str, name: str = "d.csv") -> Path:

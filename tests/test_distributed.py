@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY_RECIPE, assert_user_error, run_cli
 
 # Frozen backbone (BatchNorm in eval mode) and complete labels: two ranks of 16 molecules with

@@ -8,11 +8,13 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import from_smiles  # noqa: F401  (PyG available)
 
-from cft.adapters import AdapterBank
-from cft.backbone import Backbone, BackboneSpec
-from cft.model import CftModel, ModelSpec
-from cft.prior import normalized_adjacency, relation_from_labels
-from cft.routing import PartSpec, PartRouter, Router, gate
+from cft.nn.adapters import AdapterBank
+from cft.nn.backbone import Backbone
+from cft.nn.graph import normalized_adjacency
+from cft.nn.model import CftModel
+from cft.nn.routing import PartRouter, gate
+from cft.prior.relation import relation_from_labels
+from cft.spec import BackboneSpec, ModelSpec, PartSpec
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "ClCCCl", "CCN(CC)CC", "O=C(O)c1ccccc1"]
 
@@ -85,11 +87,11 @@ def test_low_temperature_approaches_argmax():
 
 def test_identity_prior_propagates_nothing_and_a_real_prior_does():
     eye = np.eye(3, dtype=np.float32)
-    identity = PartRouter(PartSpec("p", ["a", "b", "c"], [0], 2, 2, embed_dim=4, prior_steps=3), 8, eye)
+    identity = PartRouter(PartSpec(name="p", tasks=["a", "b", "c"], layers=[0], num_adapters=2, rank=2, embed_dim=4, prior_steps=3), 8, eye)
     assert torch.equal(normalized_adjacency(torch.tensor(eye)), torch.eye(3))
     assert torch.allclose(identity.propagated_embeddings(), identity.task_embed)
     linked = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32)
-    router = PartRouter(PartSpec("p", ["a", "b", "c"], [0], 2, 2, embed_dim=4, prior_steps=1), 8, linked)
+    router = PartRouter(PartSpec(name="p", tasks=["a", "b", "c"], layers=[0], num_adapters=2, rank=2, embed_dim=4, prior_steps=1), 8, linked)
     emb = router.propagated_embeddings()
     e = router.task_embed
     assert torch.allclose(emb[0], emb[1]) and torch.allclose(emb[0], (e[0] + e[1]) / 2)
@@ -191,16 +193,17 @@ def test_label_prior_statistics():
 
 
 def test_molpcba_recipe_fits_the_papers_parameter_budget():
-    from cft.recipe import load_recipe
     from conftest import REPO
-    from cft.train import model_spec
+
+    from cft.recipe.load import load_recipe
+    from cft.training.build import model_spec
 
     recipe = load_recipe(REPO / "recipes" / "molpcba.yaml")
 
     class FakeData:
         name, tasks, kinds = "pcba", [f"t{i}" for i in range(128)], ["binary"] * 128
 
-    spec = model_spec(recipe, FakeData(), BackboneSpec.from_config(recipe.backbone))
+    spec = model_spec(recipe, FakeData(), BackboneSpec.of(recipe.backbone))
     model = CftModel(Backbone(spec.backbone), spec, [np.eye(128, dtype=np.float32)])
     counts = model.parameter_counts()
     assert counts["total"] <= 4_800_000

@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
-
 from conftest import TINY_PART_TASKS, assert_user_error, run_cli, run_cli_inprocess
 
 NARROW = {"COLUMNS": "80"}
@@ -87,15 +85,15 @@ def _synthetic_bundle(path, tasks: int, adapters: int):
     """A bundle with many tasks (ToxCast has 617) and random routes, written without training."""
     import torch
 
-    from cft.backbone import Backbone, BackboneSpec
-    from cft.bundle import save_bundle
-    from cft.model import CftModel, ModelSpec
-    from cft.routing import PartSpec
+    from cft.files.bundle import save_bundle
+    from cft.nn.backbone import Backbone
+    from cft.nn.model import CftModel
+    from cft.spec import BackboneSpec, ModelSpec, PartSpec
 
     torch.manual_seed(0)
     names = [f"TOX_assay_{i:03d}" for i in range(tasks)]
     bb = BackboneSpec(num_layers=2, hidden=16, dropout=0.0)
-    part = PartSpec("toxcast", names, [0, 1], adapters, 2, embed_dim=8, temperature=0.3, threshold=0.05)
+    part = PartSpec(name="toxcast", tasks=names, layers=[0, 1], num_adapters=adapters, rank=2, embed_dim=8, temperature=0.3, threshold=0.05)
     spec = ModelSpec(backbone=bb, tasks=names, kinds=["binary"] * tasks, parts=[part])
     model = CftModel(Backbone(bb), spec, [np.eye(tasks, dtype=np.float32)])
     save_bundle(path, model, data={}, metrics={}, provenance={"kind": "trained"})

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, assert_user_error, run_cli
+
 from cft.errors import CftError
-from cft.recipe import load_recipe, parse_yaml_text, validate_raw
+from cft.recipe.load import load_recipe, parse_yaml_text, validate_raw
 
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
 
@@ -88,7 +88,7 @@ def test_set_reaches_nested_optional_sections():
     raw, lines = parse_yaml_text("backbone:\n  pretrain:\n    epochs: 1\n", "x.yaml")
     recipe = validate_raw(raw, "x.yaml", lines)
     assert recipe.backbone.pretrain.epochs == 1
-    from cft.recipe import check_key_path
+    from cft.recipe.overrides import check_key_path
 
     assert check_key_path("backbone.pretrain.data.path") == ("backbone", "pretrain", "data", "path")
     assert check_key_path("data.task_kinds.NR-AR") == ("data", "task_kinds", "NR-AR")
@@ -105,7 +105,7 @@ def test_recipes_list_shows_descriptions():
 def test_every_field_has_a_docstring():
     from pydantic import BaseModel
 
-    from cft.recipe import Recipe
+    from cft.recipe.schema import Recipe
 
     def walk(model: type[BaseModel], prefix: str = ""):
         for name, field in model.model_fields.items():

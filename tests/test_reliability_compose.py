@@ -14,9 +14,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_PART_TASKS, assert_user_error
-from reliability_kit import CSV_CASES, assert_unchanged, bad_bundles, bad_csvs, bad_priors, cli, molecules, snapshot
+from reliability_kit import (
+    CSV_CASES,
+    assert_unchanged,
+    bad_bundles,
+    bad_csvs,
+    bad_priors,
+    cli,
+    molecules,
+    snapshot,
+)
 
 A_TASKS, B_TASKS = TINY_PART_TASKS
 
@@ -89,7 +97,7 @@ def test_compose_output_paths(tiny_parts, tmp_path, unwritable_parent):
     existing.write_bytes(b"an older file")
     result = cli("compose", a, b, "-o", existing)
     assert result.returncode == 0, result.stderr
-    from cft.bundle import read_bundle_info
+    from cft.files.bundle import read_bundle_info
 
     assert read_bundle_info(existing).spec.tasks == A_TASKS + B_TASKS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["AB.safetensors", "old.safetensors"], "no temporary file left"
@@ -100,18 +108,18 @@ def test_compose_writes_the_bundle_atomically(tiny_parts, tmp_path, monkeypatch)
     import errno
     import os
 
-    import cft.stfile
+    import cft.files.stfile
 
     target = tmp_path / "AB.safetensors"
     target.write_bytes(b"the previous bundle")
-    real = cft.stfile.save_file
+    real = cft.files.stfile.save_file
 
     def disk_full(tensors, path, metadata=None):
         real(tensors, path, metadata=metadata)
         Path(path).write_bytes(Path(path).read_bytes()[:100])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cft.stfile, "save_file", disk_full)
+    monkeypatch.setattr(cft.files.stfile, "save_file", disk_full)
     assert_user_error(cli("compose", tiny_parts["A"], tiny_parts["B"], "-o", target), "Cannot write", "No space left on device")
     assert target.read_bytes() == b"the previous bundle"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["AB.safetensors"], "no temporary file left"

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, TINY_RECIPE, assert_user_error
 from reliability_kit import cli
 
@@ -47,8 +46,8 @@ def check_complete_files(run: Path) -> list[str]:
     """Every file under its final name in a run folder parses completely (no truncated file)."""
     from safetensors.torch import load_file
 
-    from cft.backbone import load_backbone
-    from cft.bundle import read_bundle_info
+    from cft.files.backbone import load_backbone
+    from cft.files.bundle import read_bundle_info
 
     seen = []
     readers = {
@@ -179,7 +178,7 @@ def test_absurd_learning_rate_stops_with_epoch_and_hint(tmp_path):
 
 def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(kill_recipe, tmp_path, monkeypatch):
     recipe, straight, _ = kill_recipe
-    from cft.model import CftModel
+    from cft.nn.model import CftModel
 
     real_loss = CftModel.task_loss
     calls = {"n": 0}
@@ -205,7 +204,7 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(kill_recipe, tmp_pa
 
 def test_weights_that_overflow_at_the_end_of_an_epoch_are_caught(kill_recipe, tmp_path, monkeypatch):
     recipe, _, _ = kill_recipe
-    import cft.train as train_module
+    import cft.training.trainer as train_module
 
     real_epoch = train_module.Trainer._train_epoch
 
@@ -225,7 +224,7 @@ def test_weights_that_overflow_at_the_end_of_an_epoch_are_caught(kill_recipe, tm
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     from cft.errors import CftError
-    from cft.fsutil import atomic_write_text, atomic_write_with
+    from cft.files.atomic import atomic_write_text, atomic_write_with
 
     target = tmp_path / "summary.json"
     atomic_write_text(target, '{"old": true}\n')
@@ -279,14 +278,14 @@ def _write_calls(tree):
 def test_every_write_in_the_package_goes_through_a_temporary_name():
     """Static check: each call that writes a file (open for writing, write_text/bytes, torch.save,
     np.save, safetensors save_file, to_csv, savefig, copies, moves, renames) either lives in
-    cft/fsutil.py or writes the temporary path `tmp` that fsutil's atomic_path / atomic_write_with
+    cft/files/atomic.py or writes the temporary path `tmp` that its atomic_path / atomic_write_with
     hands out (it is a parameter of the enclosing function or lambda). A deliberate exception
     carries a `# atomic:` comment on its line saying why it is safe."""
     import ast
 
     offenders = []
     for path in sorted((REPO / "cft").rglob("*.py")):
-        if path.name == "fsutil.py":
+        if path.relative_to(REPO).as_posix() == "cft/files/atomic.py":
             continue
         source = path.read_text()
         lines = source.splitlines()
@@ -301,7 +300,7 @@ def test_every_write_in_the_package_goes_through_a_temporary_name():
             params = {a.arg for a in scope.args.args} if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) else set()
             if "tmp" not in params:
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
-    assert not offenders, "writes that bypass cft.fsutil's temp-file + rename:\n" + "\n".join(offenders)
+    assert not offenders, "writes that bypass cft.files.atomic's temp-file + rename:\n" + "\n".join(offenders)
 
 
 def test_the_write_scan_finds_writes():
@@ -312,7 +311,7 @@ def test_the_write_scan_finds_writes():
 
 
 def test_ctrl_c_before_training_leaves_nothing(tmp_path, monkeypatch):
-    import cft.train as train_module
+    import cft.training.trainer as train_module
 
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
@@ -328,7 +327,7 @@ def test_ctrl_c_before_training_leaves_nothing(tmp_path, monkeypatch):
 
 def test_ctrl_c_while_writing_the_results_resumes_to_the_same_bundle(kill_recipe, tmp_path, monkeypatch):
     recipe, straight, _ = kill_recipe
-    import cft.train as train_module
+    import cft.training.trainer as train_module
 
     real_save = train_module.save_bundle
 

@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO, TINY_RECIPE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import REPO, TINY_RECIPE
 from reliability_kit import assert_unchanged, molecules, snapshot
 
 settings.register_profile(
@@ -45,11 +44,11 @@ HANG_SECONDS = 30
 @pytest.fixture(scope="module", autouse=True)
 def _warm_imports():
     """Pay the heavy imports (torch, rdkit, pandas) once, outside any example's deadline."""
-    import cft.bundle  # noqa: F401
-    import cft.data  # noqa: F401
     import cft.data.csvsource  # noqa: F401
-    import cft.prior  # noqa: F401
-    import cft.recipe  # noqa: F401
+    import cft.data.dataset  # noqa: F401
+    import cft.files.bundle  # noqa: F401
+    import cft.prior.files  # noqa: F401
+    import cft.recipe.load  # noqa: F401
 
     _smiles()
 
@@ -169,7 +168,7 @@ RECIPE_BASES = [TINY_RECIPE] + [p.read_text() for p in sorted((REPO / "recipes")
 
 
 def _load_recipe_file(folder: Path, payload: bytes, sets=()):
-    from cft.recipe import load_recipe
+    from cft.recipe.load import load_recipe
 
     path = folder / "recipe.yaml"
     path.write_bytes(payload)
@@ -230,9 +229,9 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 def _read_csv(folder: Path, payload: bytes, options: dict, full: bool = False):
-    from cft.data import load_dataset
     from cft.data.csvsource import read_csv_table
-    from cft.recipe import DataConfig
+    from cft.data.dataset import load_dataset
+    from cft.recipe.schema import DataConfig
 
     name = options.pop("_name", "data.csv")
     path = folder / name
@@ -287,10 +286,10 @@ def test_csv_reader_mutated_files(data):
 def tiny_bundle(tmp_path_factory):
     import torch
 
-    from cft.backbone import Backbone, BackboneSpec
-    from cft.bundle import save_bundle
-    from cft.model import CftModel, ModelSpec
-    from cft.routing import PartSpec
+    from cft.files.bundle import save_bundle
+    from cft.nn.backbone import Backbone
+    from cft.nn.model import CftModel
+    from cft.spec import BackboneSpec, ModelSpec, PartSpec
 
     torch.manual_seed(0)
     backbone = Backbone(BackboneSpec(num_layers=2, hidden=8, dropout=0.0))
@@ -304,7 +303,7 @@ def tiny_bundle(tmp_path_factory):
 
 
 def _load_bundle(folder: Path, payload: bytes, backbone):
-    from cft.bundle import load_bundle, read_bundle_info
+    from cft.files.bundle import load_bundle, read_bundle_info
 
     path = folder / "bundle.safetensors"
     path.write_bytes(payload)
@@ -384,7 +383,7 @@ PRIOR_TASKS = ["a", "b", "c"]
 
 
 def _read_prior(folder: Path, payload: bytes, suffix: str):
-    from cft.prior import read_relation
+    from cft.prior.files import read_relation
 
     path = folder / f"prior{suffix}"
     path.write_bytes(payload)
@@ -451,12 +450,12 @@ def test_prior_reader_mutated_csv(data):
 
 def test_valid_inputs_still_load(tiny_bundle):
     """The fuzz bases are valid: the readers accept them unchanged (so mutations test refusals)."""
-    from cft.bundle import BundleInfo
+    from cft.files.bundle import BundleInfo
 
     blob, backbone = tiny_bundle
     with scratch() as folder:
         (folder / "bundle.safetensors").write_bytes(blob)
-        from cft.bundle import load_bundle
+        from cft.files.bundle import load_bundle
 
         model, info = load_bundle(folder / "bundle.safetensors", backbone=backbone)
         assert isinstance(info, BundleInfo) and info.tasks == ["a", "b", "c"]
@@ -464,7 +463,7 @@ def test_valid_inputs_still_load(tiny_bundle):
         (folder / "again.safetensors").write_bytes(_join_safetensors(header, body))
         load_bundle(folder / "again.safetensors", backbone=backbone)
         assert np.array_equal(_read_prior(folder, _npy(GOOD_PRIOR), ".npy"), GOOD_PRIOR)
-        from cft.recipe import Recipe
+        from cft.recipe.schema import Recipe
 
         for text in RECIPE_BASES:
             assert isinstance(_load_recipe_file(folder, text.encode()), Recipe)

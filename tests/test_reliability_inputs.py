@@ -8,13 +8,11 @@ a real subprocess to show that a process, too, exits 2 without a traceback.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_RECIPE, assert_user_error, run_cli
 from reliability_kit import (
     BUILTIN_TASKS,
@@ -26,7 +24,6 @@ from reliability_kit import (
     bad_priors,
     cli,
     labelled_csv,
-    molecules,
     snapshot,
 )
 
@@ -183,7 +180,7 @@ def test_prior_csv_in_another_task_order_is_accepted(tmp_path):
     order = list(reversed(BUILTIN_TASKS))
     frame = pd.DataFrame(matrix[::-1, ::-1], index=order, columns=order)
     frame.to_csv(tmp_path / "rel.csv")
-    from cft.prior import read_relation
+    from cft.prior.files import read_relation
 
     assert np.array_equal(read_relation(tmp_path / "rel.csv", BUILTIN_TASKS), matrix)
 
@@ -219,7 +216,9 @@ def test_bad_bundle_is_refused_by_eval(broken_bundles, tmp_path, case):
 def test_bundle_fingerprint_mismatch_with_an_explicit_backbone(tiny_run, tmp_path):
     import torch
 
-    from cft.backbone import Backbone, BackboneSpec, save_backbone
+    from cft.files.backbone import save_backbone
+    from cft.nn.backbone import Backbone
+    from cft.spec import BackboneSpec
 
     torch.manual_seed(7)
     other = tmp_path / "other.safetensors"

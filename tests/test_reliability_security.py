@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, TINY_RECIPE, assert_user_error
 from reliability_kit import _Canary, cli, labelled_csv, pickled_npy, snapshot
 
@@ -101,7 +100,7 @@ def test_the_scan_catches_what_it_claims_to():
 
 def test_pickle_payload_is_live_but_never_unpickled_by_cft(tmp_path):
     from cft.errors import CftError
-    from cft.prior import read_relation
+    from cft.prior.files import read_relation
 
     live = pickled_npy(tmp_path / "live.npy", tmp_path / "proof")
     np.load(live, allow_pickle=True)  # what an unsafe reader would do: the payload runs
@@ -258,7 +257,7 @@ def test_metadata_paths_are_only_read_and_only_when_they_are_files(tiny_run, tmp
 @pytest.mark.parametrize("name", ["../x", "a/b", "/etc/passwd", "", " ", ".", "..", "C:evil", "tab\there", "nul\x00", "a\\b", "x" * 300])
 def test_contained_name_refuses_anything_but_one_plain_name(name):
     from cft.errors import CftError
-    from cft.fsutil import contained_name
+    from cft.files.paths import contained_name
 
     with pytest.raises(CftError, match="cannot be used as a file name"):
         contained_name(name)
@@ -266,7 +265,7 @@ def test_contained_name_refuses_anything_but_one_plain_name(name):
 
 def test_safe_join_stays_inside_its_base(tmp_path):
     from cft.errors import CftError
-    from cft.fsutil import safe_join
+    from cft.files.paths import safe_join
 
     assert safe_join(tmp_path, "variant-lr=0.01", "bundle.safetensors") == tmp_path / "variant-lr=0.01" / "bundle.safetensors"
     assert safe_join(tmp_path, "NR-AR (task)").name == "NR-AR (task)"

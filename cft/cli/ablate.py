@@ -42,7 +42,8 @@ def ablate_command(
 ) -> None:
     """Train every variant of a recipe (knob grid x seeds) as real `cft train` runs; write ablation.csv,
     ablation.md and plots. Finished runs are skipped when the command is run again."""
-    from cft.ablate import build_plan, run_ablation
+    from cft.sweep.plan import build_plan
+    from cft.sweep.run import run_ablation
 
     plan = build_plan(recipe, list(grids or []), list(sets or []), one_at_a_time=one_at_a_time, preset=preset, seeds=seeds)
     folder = Path(output_dir) if output_dir else Path("runs") / f"{recipe.stem}-ablation"
@@ -119,7 +120,7 @@ class _LiveTable:
 
 
 def _print_plan(plan, folder: Path) -> None:
-    from cft.ablate import SweepFolder
+    from cft.sweep.folder import SweepFolder
 
     sweep = SweepFolder(folder)
     table = Table(title=f"cft ablate --dry-run: {plan.recipe_path} ({plan.mode})", title_justify="left")
@@ -137,7 +138,8 @@ def _print_plan(plan, folder: Path) -> None:
 
 
 def _print_results(outcome, folder: Path) -> None:
-    from cft.ablate import format_value, metric_of, ranked, variant_stats
+    from cft.sweep.plan import format_value
+    from cft.sweep.results import metric_of, ranked, variant_stats
 
     metric = metric_of(outcome.results)
     stats = ranked(variant_stats(outcome.plan, outcome.results), metric)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from cft.cli import app
 from cft.cli.common import DataRootOption, DeviceOption, SetOption
-import numpy as np
-
 from cft.console import out
 
 
@@ -42,17 +41,22 @@ def compose_command(
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Compose bundles trained on different tasks into one bundle that predicts all of them."""
-    from cft.compose import DEFAULT_COMPOSE_MIX, DEFAULT_COMPOSE_RULE, DEFAULT_COMPOSE_STEPS, DEFAULT_COMPOSE_THRESHOLD
-    from cft.compose import calibrate as run_calibration
-    from cft.compose import compose
+    from cft.compose.assemble import (
+        DEFAULT_COMPOSE_MIX,
+        DEFAULT_COMPOSE_RULE,
+        DEFAULT_COMPOSE_STEPS,
+        DEFAULT_COMPOSE_THRESHOLD,
+    )
+    from cft.compose.calibrate import calibrate as run_calibration
+    from cft.compose.composition import compose
     from cft.errors import CftError
-    from cft.recipe import resolve_data_root
+    from cft.recipe.load import resolve_data_root
 
     if output.suffix != ".safetensors":
         raise CftError(f"-o {output}: a bundle is written as .safetensors.")
     if output.exists() and output.is_dir():
         raise CftError(f"-o {output} is a folder; name the bundle file to write.")
-    from cft.bundle import resolve_bundle_path
+    from cft.files.bundle import resolve_bundle_path
 
     if any(resolve_bundle_path(b).resolve() == output.resolve() for b in bundles):
         raise CftError(f"-o {output} is one of the bundles to compose; write the composed bundle elsewhere.")
@@ -98,7 +102,7 @@ def _steps(run_dir: Path) -> int:
 def _print_summary(composition, output: Path) -> None:
     from rich.table import Table
 
-    from cft.inspection import cross_mass, load_report
+    from cft.views.routing import cross_mass, load_report
 
     spec = composition.model.spec
     prov = composition.provenance

@@ -11,8 +11,8 @@ from rich.table import Table
 from cft.cli import app
 from cft.cli.common import DataRootOption, DeviceOption
 from cft.console import out
-from cft.fsutil import atomic_write_json
-from cft.recipe import resolve_data_root
+from cft.files.atomic import atomic_write_json
+from cft.recipe.load import resolve_data_root
 
 
 @app.command("eval", epilog="Example: cft eval runs/tox21 --data-root ../shared/data --split test --json test.json")
@@ -28,8 +28,8 @@ def eval_command(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
 ) -> None:
     """Score a bundle per task on a split of its data and print a table (and JSON)."""
+    from cft.apply.evaluate import evaluate_bundle
     from cft.errors import CftError
-    from cft.evaluate import evaluate_bundle
 
     if split not in ("train", "valid", "test"):
         raise CftError(f"--split {split!r}: choose train, valid or test.")

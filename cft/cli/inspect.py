@@ -20,8 +20,14 @@ def inspect_routing_command(
     max_rows: int = typer.Option(40, "--max-rows", min=2, help="More tasks than this are shown as clusters of similar tasks."),
 ) -> None:
     """Show which adapters each task routes to, per layer: rows tasks, columns adapters by source bundle."""
-    from cft.fsutil import atomic_paths, atomic_write_json
-    from cft.inspection import load_report, pick_layers, terminal_lines, to_json, write_png
+    from cft.files.atomic import atomic_paths, atomic_write_json
+    from cft.views.routing import (
+        load_report,
+        pick_layers,
+        terminal_lines,
+        to_json,
+        write_png,
+    )
 
     report = load_report(target)
     layers = pick_layers(report, layer)

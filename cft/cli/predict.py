@@ -23,7 +23,7 @@ def predict_command(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
 ) -> None:
     """Score molecules with a bundle: one column per task (probabilities for binary tasks)."""
-    from cft.predict import predict_csv
+    from cft.apply.predict import predict_csv
 
     result = predict_csv(
         target, input_csv, output, smiles_column=smiles_column, backbone_path=str(backbone) if backbone else None,

@@ -35,8 +35,11 @@ def build_command(
 ) -> None:
     """Build a task relation matrix from training labels (of a dataset, or of the bundles' data)."""
     from cft.errors import CftError
-    from cft.prior import METHODS, prior_png, relation_for_bundles, relation_from_dataset, write_relation
-    from cft.recipe import resolve_data_root
+    from cft.prior.files import write_relation
+    from cft.prior.relation import METHODS
+    from cft.prior.sources import relation_for_bundles, relation_from_dataset
+    from cft.recipe.load import resolve_data_root
+    from cft.views.prior import prior_png
 
     if method not in METHODS:
         raise CftError(f"--method {method!r}: choose one of {', '.join(METHODS)}.")
@@ -55,7 +58,7 @@ def build_command(
         names = details["tasks"]
     else:
         raise CftError("Give --data CSV or --bundles A B ...: the matrix is built from training labels.")
-    from cft.fsutil import atomic_paths
+    from cft.files.atomic import atomic_paths
 
     groups = details.get("groups", [])
     with atomic_paths(png) as (png_tmp,):  # the matrix, its task names and the picture: all or none
@@ -83,14 +86,14 @@ def show_command(
     max_rows: int = typer.Option(40, "--max-rows", min=2, help="More tasks than this are shown as clusters."),
 ) -> None:
     """Show a relation matrix as a heatmap in the terminal (and as a PNG)."""
-    from cft.prior import relation_of_target
+    from cft.prior.sources import relation_of_target
 
     matrix, names, description, groups = relation_of_target(target)
     _show(matrix, names, description, png, max_rows, groups)
 
 
 def _show(matrix, names, description: str, png: Optional[Path], max_rows: int, groups=()) -> None:
-    from cft.prior import prior_png, prior_terminal
+    from cft.views.prior import prior_png, prior_terminal
 
     for line in prior_terminal(matrix, names, description, out.width, max_rows, groups):
         out.print(line, highlight=False)

@@ -54,7 +54,7 @@ def validate_command(files: List[Path] = typer.Argument(..., help="Recipe files.
     """Check recipes; report every problem with its field path and YAML line (exit 2 on any)."""
     from cft.cli import report
     from cft.errors import CftError
-    from cft.recipe import load_recipe
+    from cft.recipe.load import load_recipe
 
     failed = 0
     for f in files:
@@ -71,6 +71,6 @@ def validate_command(files: List[Path] = typer.Argument(..., help="Recipe files.
 @recipes_app.command("show", epilog="Example: cft recipes show recipes/tox21.yaml --set adapters.rank=4")
 def show_command(file: Path = typer.Argument(..., help="Recipe file."), sets: Optional[List[str]] = SetOption) -> None:
     """Print the resolved recipe (defaults filled in, overrides applied)."""
-    from cft.recipe import load_recipe, recipe_to_yaml
+    from cft.recipe.load import load_recipe, recipe_to_yaml
 
     out.print(recipe_to_yaml(load_recipe(file, sets or [])), highlight=False, markup=False)

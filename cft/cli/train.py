@@ -13,7 +13,7 @@ from rich.table import Table
 from cft.cli import app
 from cft.cli.common import DataRootOption, DeviceOption, SetOption
 from cft.console import out
-from cft.recipe import load_recipe, resolve_data_root
+from cft.recipe.load import load_recipe, resolve_data_root
 
 
 @app.command(
@@ -31,16 +31,16 @@ def train_command(
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Train with N processes (torch.distributed, launched like torchrun)."),
 ) -> None:
     """Train adapters (or a baseline) as a recipe says, and write the run folder and bundle."""
-    from cft.fsutil import relative_output_dir
+    from cft.files.paths import relative_output_dir
 
     # the recipe is checked before torch is even imported: a typo fails in a second, not ten
     parsed = load_recipe(recipe, sets or [])
     # --output-dir is the user's choice; a folder named inside the recipe must stay below "."
     run_dir = Path(output_dir) if output_dir else relative_output_dir(parsed.output_dir, "output_dir")
-    from cft.distributed import context_from_env, launch_local
+    from cft.training.distributed import context_from_env, launch_local
 
     if nproc and nproc > 1:
-        from cft.runfolder import RunFolder
+        from cft.files.runfolder import RunFolder
 
         RunFolder(run_dir).check(parsed, resume=resume, overwrite=overwrite)  # refuse before starting N processes
         launch_local(nproc, sys.argv[1:], parsed.train.dist_backend)
@@ -49,7 +49,7 @@ def train_command(
     dist = context_from_env(parsed.train.dist_backend)
     resume_cmd = shlex.join(["cft", "train", str(recipe), *sum((["--set", s] for s in sets or []), []), "--output-dir", str(run_dir), "--resume"]
                             + (["--data-root", data_root] if data_root else []))
-    from cft.train import train_recipe
+    from cft.training.trainer import train_recipe
 
     try:
         summary = train_recipe(parsed, run_dir, root, resume=resume, overwrite=overwrite, device=device, dist=dist, resume_command=resume_cmd)

@@ -18,7 +18,8 @@ from rdkit import Chem, RDConfig, RDLogger
 from rdkit.Chem import Descriptors, Fragments, Lipinski, rdMolDescriptors
 
 from cft.errors import CftError
-from cft.fsutil import atomic_write_with, cache_dir
+from cft.files.atomic import atomic_write_with
+from cft.files.paths import cache_dir
 
 BUILTIN_VERSION = "nci-first5k-v1"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cft.errors import CftError
-from cft.recipe import DataConfig
+from cft.recipe.schema import DataConfig
 
 
 @dataclass

@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch_geometric.data import Data, Dataset
 
 from cft.console import progress_bar
-from cft.fsutil import atomic_write_with, cache_dir
+from cft.files.atomic import atomic_write_with
+from cft.files.paths import cache_dir
 
 # what the features are (changes when ogb or rdkit could featurise differently)
 FEATURISER_VERSION = f"ogb-smiles2graph/ogb-{ogb.__version__}/rdkit-{rdkit.__version__}"

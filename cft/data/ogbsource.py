@@ -86,7 +86,12 @@ def _no_prompt(*_args, **_kwargs):
 def _ogb_guard():
     """Allow PyG's data classes in torch.load (weights-only) and refuse input() prompts."""
     from torch_geometric.data.data import Data, DataEdgeAttr, DataTensorAttr
-    from torch_geometric.data.storage import BaseStorage, EdgeStorage, GlobalStorage, NodeStorage
+    from torch_geometric.data.storage import (
+        BaseStorage,
+        EdgeStorage,
+        GlobalStorage,
+        NodeStorage,
+    )
 
     allowed = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, BaseStorage, NodeStorage, EdgeStorage]
     real_load = torch.load

@@ -13,7 +13,8 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from cft.data.graphs import smiles_key
 from cft.errors import CftError
-from cft.fsutil import atomic_write_text, cache_dir
+from cft.files.atomic import atomic_write_text
+from cft.files.paths import cache_dir
 
 SPLITS = ("train", "valid", "test")
 

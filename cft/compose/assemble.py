@@ -1,0 +1,177 @@
+"""Assembling the composed model: route mode keeps every part and adapter; the merge modes fold
+each layer's adapters into one with `cft.compose.merge`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from cft.compose.merge import merge_layer
+from cft.compose.sources import Source, union_tasks
+from cft.errors import CftError
+from cft.nn.backbone import Backbone
+from cft.nn.model import CftModel
+from cft.spec import ModelSpec, PartSpec
+
+MODES = ("route", "linear", "svd", "cat")
+DEFAULT_COMPOSE_STEPS = 1
+DEFAULT_COMPOSE_THRESHOLD = 0.1
+DEFAULT_COMPOSE_RULE = "residual"
+DEFAULT_COMPOSE_MIX = 0.02  # measured on tox21: the largest per-task ROC-AUC change stays under 0.005 (docs/composition.md)
+
+
+def _flattened_parts(sources: list[Source]) -> list[tuple[Source, int, PartSpec]]:
+    """(source, part index in the source, renamed part spec) for every part of every source."""
+    out = []
+    for s in sources:
+        start = 0
+        for g, p in enumerate(s.spec.parts):
+            renamed = s.tasks[start : start + len(p.tasks)]
+            start += len(p.tasks)
+            name = s.label if len(s.spec.parts) == 1 else p.name
+            extra = {**p.extra, "source": s.label}
+            out.append((s, g, p.model_copy(update={"name": name, "tasks": list(renamed), "source_hash": p.source_hash or s.sha256, "extra": extra})))
+    names: dict[str, int] = {}
+    for i, (s, g, p) in enumerate(out):
+        n = names.get(p.name, 0)
+        names[p.name] = n + 1
+        if n:
+            out[i] = (s, g, p.model_copy(update={"name": f"{p.name}#{n + 1}"}))
+    return out
+
+
+def _effective_rank(source: Source, g: int, part: PartSpec) -> int:
+    """The part's rank, or the source bank's rank when its padding rows were trained (not zero)."""
+    model, r = source.model, part.rank
+    for layer in part.layers:
+        bank = model.adapters[str(layer)]
+        off = model.router.adapter_offsets[g][layer]
+        if bank.rank > r and (bank.U[off : off + part.num_adapters, r:].abs().sum() > 0 or bank.V[off : off + part.num_adapters, :, r:].abs().sum() > 0):
+            return bank.rank
+    return r
+
+
+def compose_route(
+    sources: list[Source], union: np.ndarray, compose_steps: int, compose_threshold: float,
+    compose_rule: str = DEFAULT_COMPOSE_RULE, compose_mix: float = DEFAULT_COMPOSE_MIX,
+) -> CftModel:
+    flat = _flattened_parts(sources)
+    parts = []
+    for s, g, p in flat:
+        parts.append(p.model_copy(update={"rank": _effective_rank(s, g, p)}) if p.layers else p)
+    tasks = [t for p in parts for t in p.tasks]
+    kinds = [k for s in sources for k in s.spec.kinds]
+    activation = next((s.spec.activation for s in sources if any(p.layers for p in s.spec.parts)), sources[0].spec.activation)
+    spec = ModelSpec(
+        backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, scale=1.0,
+        adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
+        compose_rule=compose_rule, compose_mix=compose_mix,
+    )
+    part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
+    model = _new_model(spec, part_relations, union)
+    state = {k: v.clone() for k, v in model.bundle_state().items()}
+    for key in state:
+        if key.startswith("adapters."):
+            state[key].zero_()
+    for new_g, ((s, g, _), part) in enumerate(zip(flat, parts)):
+        src_state = s.model.bundle_state()
+        prefix = f"router.parts.{g}."
+        for key, value in src_state.items():
+            if key.startswith(prefix):
+                state[f"router.parts.{new_g}." + key[len(prefix):]] = value.clone()
+        for layer in part.layers:
+            k, r = part.num_adapters, part.rank
+            src_off = s.model.router.adapter_offsets[g][layer]
+            dst_off = model.router.adapter_offsets[new_g][layer]
+            state[f"adapters.{layer}.U"][dst_off : dst_off + k, :r] = src_state[f"adapters.{layer}.U"][src_off : src_off + k, :r]
+            state[f"adapters.{layer}.V"][dst_off : dst_off + k, :, :r] = src_state[f"adapters.{layer}.V"][src_off : src_off + k, :, :r] * s.spec.scale
+    _copy_heads(state, sources)
+    state["router.relation"] = torch.as_tensor(union, dtype=torch.float32)
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _new_model(spec: ModelSpec, part_relations: list[np.ndarray], union: np.ndarray) -> CftModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return CftModel(Backbone(spec.backbone), spec, part_relations, union)
+
+
+def _components(source: Source, layer: int, weight: float) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+    """(coefficient, U_i [r, d], V_i [d, r]) for each adapter of the source at `layer`."""
+    model = source.model
+    routes = model.router.routes()
+    if layer not in routes:
+        return []
+    mean_route = routes[layer].detach().mean(dim=0)
+    bank = model.adapters[str(layer)]
+    out = []
+    for g, part in enumerate(source.spec.parts):
+        if layer not in part.layers:
+            continue
+        r = _effective_rank(source, g, part)
+        off = model.router.adapter_offsets[g][layer]
+        for i in range(part.num_adapters):
+            c = float(weight * mean_route[off + i] * source.spec.scale)
+            out.append((c, bank.U[off + i, :r].detach().clone(), bank.V[off + i, :, :r].detach().clone()))
+    return out
+
+
+def _copy_heads(state: dict, sources: Sequence[Source]) -> None:
+    """Each source's task heads, unchanged, in the rows of its tasks (sources in order)."""
+    offset = 0
+    for s in sources:
+        src_state = s.model.bundle_state()
+        n = len(s.tasks)
+        state["head.weight"][offset : offset + n] = src_state["head.weight"]
+        state["head.bias"][offset : offset + n] = src_state["head.bias"]
+        offset += n
+
+
+def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: list[float]) -> CftModel:
+    activation = next((s.spec.activation for s in sources if any(p.layers for p in s.spec.parts)), sources[0].spec.activation)
+    if mode == "svd" and activation != "identity":
+        raise CftError(
+            f"--mode svd merges the weight deltas V U, which describe an adapter only when its activation is identity; "
+            f"these bundles use {activation!r}.",
+            hint="Use --mode cat (exact for any activation) or --mode route.",
+        )
+    if mode == "linear":
+        ranks = sorted({_effective_rank(s, g, p) for s in sources for g, p in enumerate(s.spec.parts) if p.layers})
+        if len(ranks) > 1:
+            raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these have ranks {ranks}.", hint="Use --mode cat or svd.")
+        if any(w < 0 for w in weights):
+            raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
+    layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})
+    merged = {}
+    for layer in layers:
+        comps = [c for s, w in zip(sources, weights) for c in _components(s, layer, w)]
+        merged[layer] = merge_layer(comps, mode)
+    rank = max((u.size(0) for u, _ in merged.values()), default=1)
+    tasks = union_tasks(sources)
+    part = PartSpec(
+        name="merged", tasks=tasks, layers=layers, num_adapters=1, rank=rank, embed_dim=1, mode="uniform", prior_steps=0,
+        prior_source="composed", extra={"merge": mode, "sources": [s.label for s in sources]},
+    )
+    spec = ModelSpec(
+        backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
+        activation=activation, scale=1.0, adapter_dropout=0.0,
+    )
+    model = _new_model(spec, [union], union)
+    state = {k: v.clone() for k, v in model.bundle_state().items()}
+    for layer, (u, v) in merged.items():
+        r = u.size(0)
+        state[f"adapters.{layer}.U"].zero_()[0, :r] = u
+        state[f"adapters.{layer}.V"].zero_()[0, :, :r] = v
+    # a uniform part has no router parameters; should it ever gain some, they must not carry over
+    for key in state:
+        if key.startswith("router.parts.0."):
+            state[key].zero_()
+    _copy_heads(state, sources)
+    state["router.relation"] = torch.as_tensor(union, dtype=torch.float32)
+    state["router.parts.0.relation"] = torch.as_tensor(union, dtype=torch.float32)
+    model.load_state_dict(state, strict=False)
+    return model

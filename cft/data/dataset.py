@@ -1,0 +1,179 @@
+"""Datasets: builtin (offline), chemprop-style CSV, OGB. All end up as a `MolDataset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import rdkit
+import torch
+
+from cft.console import info, warn
+from cft.data.graphs import GraphDataset, GraphStore, featurise
+from cft.data.split import (
+    check_nonempty,
+    column_split,
+    random_split,
+    scaffold_split,
+)
+from cft.errors import CftError
+from cft.files.paths import sha256_file
+from cft.recipe.schema import DataConfig
+
+
+@dataclass
+class MolDataset:
+    """Featurised molecules with labels and a train/valid/test split."""
+
+    name: str
+    tasks: list[str]
+    kinds: list[str]  # "binary" | "regression" per task
+    smiles: list[str]  # kept molecules only
+    rows: np.ndarray  # source row number (0-based data row) of each kept molecule
+    y: torch.Tensor  # [n, T] float32, NaN = missing
+    store: GraphStore
+    split: dict[str, np.ndarray]
+    metric: str
+    identity: dict
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    featurise_seconds: float = 0.0
+    cache_hit: bool = False
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def subset(self, name: str) -> GraphDataset:
+        return GraphDataset(self.store, self.y, self.split[name])
+
+    def labels(self, name: str) -> np.ndarray:
+        return self.y[torch.as_tensor(self.split[name])].numpy()
+
+
+def default_metric(kinds: list[str], source: str, path: str) -> str:
+    if all(k == "binary" for k in kinds):
+        return "ap" if source == "builtin" else "rocauc"
+    if all(k == "regression" for k in kinds):
+        return "rmse"
+    raise CftError(
+        f"{path}: tasks mix binary and regression labels; one run scores one kind.",
+        hint="Select one kind with data.tasks, or force kinds with data.task_kinds.",
+    )
+
+
+def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: bool = True) -> MolDataset:
+    """Load, featurise (cached) and split a dataset as the recipe's `data` section says."""
+    if cfg.source == "ogb":
+        return _load_ogb(cfg, root, need_labels)
+    if cfg.source == "builtin":
+        from cft.data.builtin import BUILTIN_VERSION, builtin_smiles_path, read_builtin
+
+        smiles, tasks, labels = read_builtin()
+        if cfg.limit:
+            smiles, labels = smiles[: cfg.limit], labels[: cfg.limit]
+        kinds = ["binary"] * len(tasks)
+        tasks, labels, kinds = _select_builtin_tasks(cfg, tasks, labels, kinds)
+        identity = {"source": "builtin", "version": BUILTIN_VERSION, "rdkit": rdkit.__version__, "file": Path(builtin_smiles_path()).name}
+        split_values, source_name, display = None, builtin_smiles_path(), "builtin"
+    else:
+        from cft.data.csvsource import read_csv_table, resolve_csv_path
+
+        table = read_csv_table(cfg, root)
+        path = resolve_csv_path(cfg, root)
+        smiles, tasks, labels, kinds, split_values = table.smiles, table.tasks, table.labels, table.kinds, table.split_values
+        identity = {"source": "csv", "path": cfg.path, "sha256": sha256_file(path)}
+        source_name, display = str(path), Path(cfg.path).name.split(".")[0]
+
+    store, valid, seconds, hit = featurise(smiles, label=display)
+    skipped = [(int(i), str(smiles[i])) for i in np.flatnonzero(~valid)]
+    if skipped and cfg.strict:
+        listed = "; ".join(f"row {r + 2}: {s!r}" for r, s in skipped[:10])
+        raise CftError(
+            f"{source_name}: {len(skipped)} SMILES cannot be parsed by RDKit ({listed}{' ...' if len(skipped) > 10 else ''}).",
+            hint="Fix or remove those rows, or set data.strict: false to skip them (they are listed in the run folder).",
+        )
+    if skipped:
+        warn(f"{display}: skipped {len(skipped)} SMILES that RDKit cannot parse (listed in skipped_smiles.csv of the run).")
+    if not valid.any():
+        raise CftError(f"{source_name}: no SMILES could be parsed; is data.smiles_column the SMILES column?")
+    rows = np.flatnonzero(valid)
+    kept_smiles = [str(smiles[i]) for i in rows]
+    labels = labels[valid]
+    metric = default_metric(kinds, cfg.source, source_name)
+    split = _split(cfg, kept_smiles, [split_values[i] for i in rows] if split_values else None, seed, source_name)
+    check_nonempty(split, source_name)
+    if need_labels:
+        _check_train_labels(labels, split["train"], tasks, source_name)
+    identity.update({"tasks": tasks, "n_molecules": int(len(rows)), "split": cfg.split.model_dump(mode="json")})
+    return MolDataset(
+        name=display, tasks=tasks, kinds=kinds, smiles=kept_smiles, rows=rows, y=torch.from_numpy(labels),
+        store=store, split=split, metric=metric, identity=identity, skipped=skipped,
+        featurise_seconds=seconds, cache_hit=hit,
+    )
+
+
+def _select_builtin_tasks(cfg: DataConfig, tasks, labels, kinds):
+    if not cfg.tasks:
+        return tasks, labels, kinds
+    import fnmatch
+
+    chosen = [i for i, t in enumerate(tasks) if any(fnmatch.fnmatchcase(t, p) for p in cfg.tasks)]
+    if not chosen:
+        raise CftError(f"data.tasks {cfg.tasks} match none of the builtin tasks: {', '.join(tasks)}.")
+    return [tasks[i] for i in chosen], labels[:, chosen], [kinds[i] for i in chosen]
+
+
+def _split(cfg: DataConfig, smiles: list[str], split_values: Optional[list], seed: int, source: str) -> dict[str, np.ndarray]:
+    method = cfg.split.method
+    if method in ("scaffold", "auto"):
+        return scaffold_split(smiles, cfg.split.fractions)
+    if method == "random":
+        return random_split(len(smiles), cfg.split.fractions, cfg.split.seed if cfg.split.seed is not None else seed)
+    if method == "column":
+        return column_split(split_values or [], source, cfg.split.column or "")
+    raise CftError(f"data.split.method {method!r} is not available for {cfg.source} data.")
+
+
+def _check_train_labels(labels: np.ndarray, train: np.ndarray, tasks: list[str], source: str) -> None:
+    counts = (~np.isnan(labels[train])).sum(axis=0)
+    empty = [t for t, c in zip(tasks, counts) if c == 0]
+    if empty:
+        raise CftError(
+            f"{source}: task(s) {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''} have no labels in the training split.",
+            hint="Remove them with data.tasks / data.exclude_columns, or use another split.",
+        )
+
+
+def _load_ogb(cfg: DataConfig, root: Path, need_labels: bool) -> MolDataset:
+    from cft.data.ogbsource import load_ogb
+
+    ogb = load_ogb(cfg.name or "", root)
+    labels, tasks, kinds, store = ogb.labels, ogb.tasks, ogb.kinds, ogb.store
+    if cfg.tasks:
+        import fnmatch
+
+        chosen = [i for i, t in enumerate(tasks) if any(fnmatch.fnmatchcase(t, p) for p in cfg.tasks)]
+        if not chosen:
+            raise CftError(f"data.tasks {cfg.tasks} match none of {cfg.name}'s tasks.")
+        labels, tasks, kinds = labels[:, chosen], [tasks[i] for i in chosen], [kinds[i] for i in chosen]
+    split = ogb.split
+    n = len(store)
+    if cfg.limit and cfg.limit < n:
+        keep = np.arange(cfg.limit)
+        store, labels = store.select(keep), labels[: cfg.limit]
+        split = {k: v[v < cfg.limit] for k, v in split.items()}
+        n = cfg.limit
+    if cfg.split.method in ("scaffold", "random"):
+        split = _split(cfg, ogb.smiles[:n], None, cfg.split.seed or 0, str(ogb.folder))
+    check_nonempty(split, str(ogb.folder))
+    if need_labels:
+        _check_train_labels(labels, split["train"], tasks, str(ogb.folder))
+    identity = {"source": "ogb", "name": cfg.name, "version": ogb.version, "tasks": tasks, "n_molecules": n, "split": cfg.split.model_dump(mode="json")}
+    info(f"{cfg.name}: {n} molecules, {len(tasks)} tasks, official metric {ogb.metric}")
+    return MolDataset(
+        name=cfg.name or "ogb", tasks=tasks, kinds=kinds, smiles=ogb.smiles[:n], rows=np.arange(n),
+        y=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)), store=store, split=split,
+        metric=ogb.metric, identity=identity,
+    )

@@ -1,0 +1,146 @@
+"""A run folder: what `cft train` writes, and the rules that protect an existing one.
+
+    recipe.yaml                resolved recipe (what --resume checks against)
+    metrics.jsonl              one line per epoch
+    summary.json               final result (the contract in docs/run-folder.md)
+    bundle.safetensors         adapters, router, heads, prior + metadata
+    backbone.safetensors       the backbone the bundle refers to
+    checkpoint.pt              last checkpoint (torch.save, loaded with weights_only=True)
+    routing_history.safetensors  task x adapter routes per epoch and layer
+    skipped_smiles.csv         rows whose SMILES RDKit could not parse
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import yaml
+
+from cft.errors import CftError
+from cft.files.atomic import atomic_write_text
+from cft.recipe.load import recipe_to_yaml
+from cft.recipe.schema import Recipe
+
+# fields that change how a run executes, not what it computes: --resume may differ in them
+# settings that change where or how fast a run executes, not what it computes: a resume may change them
+_EXECUTION_ONLY = {
+    ("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("train", "dist_backend"), ("description",),
+}
+
+
+RUN_FILES = (
+    "recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors",
+    "backbone_start.safetensors", "checkpoint.pt", "routing_history.safetensors", "skipped_smiles.csv", "routing.png",
+)
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._created_here = False
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def is_run(self) -> bool:
+        return (self.path / "recipe.yaml").exists()
+
+    def check(self, recipe: Recipe, *, resume: bool, overwrite: bool) -> str:
+        """Raise CftError unless the folder may be used as asked; returns new/replace/resume. Writes nothing."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise CftError(f"Output path {path} is a file, not a folder.", hint="Choose another --output-dir.")
+        occupied = self._occupied()
+        if occupied and not self.is_run():
+            raise CftError(
+                f"Output folder {path} is not empty and does not hold a cft run; cft will not write into it.",
+                hint="Choose another --output-dir (or an empty folder).",
+            )
+        if not occupied:
+            return "new"
+        if overwrite and not resume:
+            return "replace"
+        if resume:
+            differences = self.recipe_differences(recipe)
+            if differences:
+                raise CftError(
+                    f"Output folder {path} holds a run of a different recipe ({'; '.join(differences[:5])}); --resume continues only the same run.",
+                    hint="Use the recipe it was started with, or --overwrite to replace it, or another --output-dir.",
+                )
+            return "resume"
+        differences = self.recipe_differences(recipe)
+        what = "a run of a different recipe" if differences else "a run of this recipe"
+        raise CftError(
+            f"Output folder {path} already holds {what}.",
+            hint="Pass --resume to continue it, --overwrite to replace it, or choose another --output-dir.",
+        )
+
+    def prepare(self, recipe: Recipe, *, resume: bool, overwrite: bool) -> str:
+        """Create the folder, or check that continuing/replacing the run there is what was asked.
+
+        Returns check()'s mode. For "new" and "replace" nothing of value is in the folder any more,
+        so `discard` may remove everything again if the run fails before it trains."""
+        mode = self.check(recipe, resume=resume, overwrite=overwrite)
+        existed = self.path.exists()
+        if mode == "replace":
+            self._clear()
+        elif mode == "resume":
+            self._remove_stale_temporaries()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CftError(f"Cannot create output folder {self.path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
+        self._created_here = not existed
+        atomic_write_text(self.file("recipe.yaml"), recipe_to_yaml(recipe))
+        return mode
+
+    def discard(self) -> None:
+        """Undo `prepare` of a new run that failed before training: remove what cft wrote, and
+        the folder itself when this run created it and nothing else is in it."""
+        if not self.path.is_dir():
+            return
+        self._clear()
+        if self._created_here:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
+    def _occupied(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temp files of writes that a crash (or SIGKILL) interrupted before their rename."""
+        for stale in self.path.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+    def recipe_differences(self, recipe: Recipe) -> list[str]:
+        try:
+            saved = yaml.safe_load(self.file("recipe.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return ["its recipe.yaml is unreadable"]
+        current = recipe.model_dump(mode="json")
+        return [f"{'.'.join(p)}: {a!r} there, {b!r} now" for p, a, b in _diff(saved, current) if p not in _EXECUTION_ONLY]
+
+    def _clear(self) -> None:
+        """Remove what cft wrote (only that: other files a user put there stay)."""
+        for name in RUN_FILES:
+            target = self.path / name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+        self._remove_stale_temporaries()
+
+
+def _diff(a, b, prefix: tuple = ()) -> list[tuple[tuple, object, object]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(key), b.get(key), prefix + (key,))
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return [] if a == b else [(prefix, a, b)]

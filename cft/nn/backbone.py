@@ -1,0 +1,130 @@
+"""The pretrained GNN as torch modules: GIN (or GCN) with an optional virtual node, on OGB
+atom/bond encoders.
+
+The layer structure follows the OGB molecule example (`GNN_node_Virtualnode`): for each layer,
+add the virtual node to every atom, message passing, batch norm, ReLU (not after the last
+layer), dropout; the virtual node is updated from a sum-pool of the layer's input. The
+model is exposed layer by layer (`encode`, `layer`, `pool`) so that adapters can be inserted
+after any layer without copying the backbone. Saving, loading and fingerprints live in
+`cft.files.backbone`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+from torch import nn
+from torch_geometric.nn import (
+    GINEConv,
+    MessagePassing,
+    global_add_pool,
+    global_max_pool,
+    global_mean_pool,
+)
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from cft.spec import BackboneSpec
+
+
+class OgbGCNConv(MessagePassing):
+    """GCN with bond features as in the OGB example; normalisation from PyG's gcn_norm."""
+
+    def __init__(self, hidden: int):
+        super().__init__(aggr="add")
+        self.linear = nn.Linear(hidden, hidden)
+        self.root_emb = nn.Embedding(1, hidden)
+        self.bond_encoder = BondEncoder(hidden)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        edge_embedding = self.bond_encoder(edge_attr.long())
+        num_edges = edge_index.size(1)
+        # gcn_norm appends one self-loop per node after the real edges: its weight is 1/deg
+        _, weight = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
+        edge_norm, self_norm = weight[:num_edges], weight[num_edges:]
+        out = self.propagate(edge_index, x=x, edge_attr=edge_embedding, norm=edge_norm)
+        return out + F.relu(x + self.root_emb.weight) * self_norm.view(-1, 1)
+
+    def message(self, x_j: torch.Tensor, edge_attr: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        return norm.view(-1, 1) * F.relu(x_j + edge_attr)
+
+
+class GINLayer(nn.Module):
+    """OGB's GIN layer: PyG's GINEConv on bond embeddings from a per-layer BondEncoder."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.BatchNorm1d(2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden))
+        self.conv = GINEConv(mlp, train_eps=True)
+        self.bond_encoder = BondEncoder(hidden)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
+
+
+POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+
+
+class Backbone(nn.Module):
+    def __init__(self, spec: BackboneSpec):
+        super().__init__()
+        self.spec = spec
+        d = spec.hidden
+        self.atom_encoder = AtomEncoder(d)
+        self.convs = nn.ModuleList([GINLayer(d) if spec.arch == "gin" else OgbGCNConv(d) for _ in range(spec.num_layers)])
+        self.norms = nn.ModuleList([nn.BatchNorm1d(d) for _ in range(spec.num_layers)])
+        if spec.virtual_node:
+            self.vn_embedding = nn.Embedding(1, d)
+            nn.init.zeros_(self.vn_embedding.weight)
+            self.vn_mlps = nn.ModuleList(
+                [
+                    nn.Sequential(nn.Linear(d, 2 * d), nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, d), nn.BatchNorm1d(d), nn.ReLU())
+                    for _ in range(spec.num_layers - 1)
+                ]
+            )
+
+    @property
+    def num_layers(self) -> int:
+        return self.spec.num_layers
+
+    def encode(self, x: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        h = self.atom_encoder(x.long())  # features are stored as uint8
+        vn = self.vn_embedding.weight.expand(num_graphs, -1) if self.spec.virtual_node else None
+        return h, vn
+
+    def layer(
+        self, index: int, h: torch.Tensor, vn: Optional[torch.Tensor], edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Layer `index`: returns (node states after it, virtual node for the next layer)."""
+        h_in = h + vn[batch] if vn is not None else h
+        out = self.norms[index](self.convs[index](h_in, edge_index, edge_attr))
+        last = index == self.spec.num_layers - 1
+        out = F.dropout(out if last else F.relu(out), self.spec.dropout, training=self.training)
+        if self.spec.residual:
+            out = out + h_in
+        if vn is not None and not last:
+            update = self.vn_mlps[index](global_add_pool(h_in, batch, size=vn.size(0)) + vn)
+            update = F.dropout(update, self.spec.dropout, training=self.training)
+            vn = vn + update if self.spec.residual else update
+        return out, vn
+
+    def pool(self, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        return POOLING_FUNCTIONS[self.spec.pooling](h, batch, size=num_graphs)
+
+    def forward(self, data) -> torch.Tensor:
+        """Pooled graph representation (no adapters): used by pretraining and baselines."""
+        num_graphs = int(data.num_graphs)
+        h, vn = self.encode(data.x, num_graphs)
+        for i in range(self.spec.num_layers):
+            h, vn = self.layer(i, h, vn, data.edge_index, data.edge_attr, data.batch)
+        return self.pool(h, data.batch, num_graphs)
+
+    def node_states(self, data) -> torch.Tensor:
+        num_graphs = int(data.num_graphs)
+        h, vn = self.encode(data.x, num_graphs)
+        for i in range(self.spec.num_layers):
+            h, vn = self.layer(i, h, vn, data.edge_index, data.edge_attr, data.batch)
+        return h

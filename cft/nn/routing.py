@@ -1,0 +1,252 @@
+"""Gated routing between adapters, shaped by the structural prior.
+
+Reference formulation (DESIGN.md, "The model"), per trained part:
+- task embeddings E [T, m] are propagated over the normalised prior: E~ = A_hat^k E;
+- task routes per insertion layer l: R^l = gate_g(softmax(E~ K_l^T / (tau sqrt(m)))), [T, K];
+- per-molecule task relevance, label-free: w(x) = softmax(E~ q(x) / sqrt(m)), q = W_q pool(h);
+- per-molecule adapter weights alpha^l(x) = w(x)^T R^l: one forward pass serves all tasks.
+
+A composed model holds several parts (one per source bundle). Their embedding spaces are not
+comparable, so sharing across parts comes from the graph, with P = A_hat^k over the composed prior
+and B = blockdiag(R_1, ..., R_P) (each part's own routes); each part keeps its own query. Two rules:
+- `propagate` (DESIGN.md's reference): R = gate_g(rownorm(P B)). It also mixes the routes of
+  linked tasks inside a part and gates the parts' own routes, which moved each part's tox21 test
+  ROC-AUC by up to 0.05 (docs/composition.md);
+- `residual` (what `cft compose` writes): a task keeps its own route and gives a share of its
+  route mass to the adapters its linked tasks in other parts use,
+  R_t = (1 - s_t) B_t + s_t gate_g(rownorm(sum_{u in other parts} P_tu B_u)),
+  s_t = mix * sum_{u in other parts} P_tu / sum_u P_tu: the prior decides which adapters a task
+  shares and how much of its graph neighbourhood lies in other parts, `mix` scales that share.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cft.nn.graph import NormalizedAdjacencyCache
+from cft.spec import COMPOSE_RULES, PartSpec
+
+
+def gate(probs: torch.Tensor, threshold: float, top_k: Optional[int] = None) -> torch.Tensor:
+    """Zero weights under `threshold` (and outside the top k), renormalise each row.
+
+    The largest weight of a row is always kept, so no row goes empty. The forward value is
+    the gated matrix; the backward pass is the identity (straight-through estimator), so
+    routes that are currently gated off still receive gradient and can come back.
+    """
+    keep = probs >= threshold
+    keep = keep | (probs == probs.max(dim=-1, keepdim=True).values)
+    if top_k is not None and top_k < probs.size(-1):
+        in_top = torch.zeros_like(keep).scatter_(-1, probs.topk(top_k, dim=-1).indices, True)
+        keep = keep & in_top
+    hard = probs * keep
+    hard = hard / hard.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    return probs + (hard - probs).detach()
+
+
+def row_normalize(matrix: torch.Tensor) -> torch.Tensor:
+    return matrix / matrix.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def routing_entropy(routes: torch.Tensor) -> torch.Tensor:
+    """Mean over tasks of the entropy (nats) of each task's route."""
+    p = routes.clamp_min(1e-12)
+    return -(routes * p.log()).sum(dim=-1).mean()
+
+
+class PartRouter(nn.Module):
+    def __init__(self, spec: PartSpec, hidden: int, relation: np.ndarray):
+        super().__init__()
+        self.spec = spec
+        t, m = len(spec.tasks), spec.embed_dim
+        # a part without adapters, or with uniform routes, has nothing to route: no parameters
+        # (head-only and full fine-tuning bundles then hold exactly what they train)
+        self.routed = bool(spec.layers) and spec.mode == "routed"
+        if self.routed:
+            self.task_embed = nn.Parameter(torch.randn(t, m))
+            self.keys = nn.ParameterDict({str(layer): nn.Parameter(torch.randn(spec.num_adapters, m)) for layer in spec.layers})
+            self.query = nn.Linear(hidden, m)
+        self.register_buffer("relation", torch.as_tensor(relation, dtype=torch.float32).clone())
+        self.normalized = NormalizedAdjacencyCache()
+        if spec.learned_prior and self.routed:
+            # A = softplus(sym(P)) with P chosen so that A starts at the source matrix
+            beta = 10.0
+            start = self.relation.clamp_min(1e-3)
+            self.relation_logit = nn.Parameter(torch.log(torch.expm1(beta * start)) / beta)
+
+    def relation_matrix(self) -> torch.Tensor:
+        if hasattr(self, "relation_logit"):
+            sym = (self.relation_logit + self.relation_logit.t()) / 2
+            return F.softplus(sym, beta=10.0)
+        return self.relation
+
+    def propagated_embeddings(self) -> Optional[torch.Tensor]:
+        if not self.routed:
+            return None
+        emb = self.task_embed
+        if self.spec.prior_steps:
+            a_hat = self.normalized(self.relation_matrix())
+            for _ in range(self.spec.prior_steps):
+                emb = a_hat @ emb
+        return emb
+
+    def routes(self, embeddings: Optional[torch.Tensor] = None) -> dict[int, torch.Tensor]:
+        """Task x adapter routing matrix per insertion layer, [T_p, K_p] each."""
+        spec = self.spec
+        if not spec.layers:
+            return {}
+        if spec.mode == "uniform":
+            t = len(spec.tasks)
+            uniform = self.relation.new_full((t, spec.num_adapters), 1.0 / spec.num_adapters)
+            return {layer: uniform for layer in spec.layers}
+        emb = self.propagated_embeddings() if embeddings is None else embeddings
+        scale = spec.temperature * math.sqrt(spec.embed_dim)
+        return {
+            layer: gate(torch.softmax(emb @ self.keys[str(layer)].t() / scale, dim=-1), spec.threshold, spec.top_k)
+            for layer in spec.layers
+        }
+
+    def relevance(self, state: torch.Tensor, embeddings: Optional[torch.Tensor]) -> torch.Tensor:
+        """w(x): [B, T_p] softmax over this part's tasks, from the pooled query state [B, d]
+        (uniform for a part that does not route: its routes are the same for every task)."""
+        if not self.routed:
+            return state.new_full((state.size(0), len(self.spec.tasks)), 1.0 / len(self.spec.tasks))
+        q = self.query(state)
+        return torch.softmax(q @ embeddings.t() / math.sqrt(self.spec.embed_dim), dim=-1)
+
+    def anchor_penalty(self) -> torch.Tensor:
+        if not hasattr(self, "relation_logit"):
+            return self.relation.new_zeros(())
+        return self.spec.prior_anchor * ((self.relation_matrix() - self.relation) ** 2).mean()
+
+
+class Router(nn.Module):
+    """All parts of a model, plus the union prior used to compose their routes."""
+
+    def __init__(
+        self,
+        parts: list[PartSpec],
+        hidden: int,
+        part_relations: list[np.ndarray],
+        union_relation: Optional[np.ndarray] = None,
+        compose_steps: int = 0,
+        compose_threshold: float = 0.0,
+        compose_rule: str = "propagate",
+        compose_mix: float = 1.0,
+    ):
+        super().__init__()
+        if compose_rule not in COMPOSE_RULES:
+            raise ValueError(f"unknown compose rule {compose_rule!r}")
+        self.part_specs = parts
+        self.parts = nn.ModuleList([PartRouter(p, hidden, r) for p, r in zip(parts, part_relations)])
+        self.compose_steps = compose_steps
+        self.compose_threshold = compose_threshold
+        self.compose_rule = compose_rule
+        self.compose_mix = compose_mix
+        self.tasks = [t for p in parts for t in p.tasks]
+        self.task_offsets = np.cumsum([0] + [len(p.tasks) for p in parts]).tolist()
+        # adapters of each layer: the parts that adapt it, in part order
+        self.layer_sizes: dict[int, int] = {}
+        self.adapter_offsets: list[dict[int, int]] = []
+        for p in parts:
+            offsets = {}
+            for layer in p.layers:
+                offsets[layer] = self.layer_sizes.get(layer, 0)
+                self.layer_sizes[layer] = offsets[layer] + p.num_adapters
+            self.adapter_offsets.append(offsets)
+        self.layers = sorted(self.layer_sizes)
+        if union_relation is None:
+            union_relation = _block_diagonal(part_relations)
+        self.register_buffer("relation", torch.as_tensor(union_relation, dtype=torch.float32).clone())
+        self.normalized = NormalizedAdjacencyCache()
+        # which group (part) serves each task: heads read that group's representation
+        self.register_buffer(
+            "task_group", torch.tensor([g for g, p in enumerate(parts) for _ in p.tasks], dtype=torch.long), persistent=False
+        )
+        self.register_buffer("same_part", self.task_group[:, None] == self.task_group[None, :], persistent=False)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.parts)
+
+    def union_relation(self) -> torch.Tensor:
+        """The relation matrix over all tasks (a single part's own, possibly learned)."""
+        if len(self.parts) == 1 and self.compose_steps == 0:
+            return self.parts[0].relation_matrix()
+        return self.relation
+
+    def routes(self, embeddings: Optional[list[torch.Tensor]] = None) -> dict[int, torch.Tensor]:
+        """Union task x adapter routing matrix per insertion layer, [T, K_l]."""
+        t = len(self.tasks)
+        part_routes = [part.routes(None if embeddings is None else embeddings[i]) for i, part in enumerate(self.parts)]
+        out = {}
+        prop = None
+        if self.compose_steps > 0:
+            a_hat = self.normalized(self.relation)
+            prop = a_hat
+            for _ in range(self.compose_steps - 1):
+                prop = a_hat @ prop
+            if self.compose_rule == "residual":
+                cross_weight = prop.masked_fill(self.same_part, 0.0)
+                outside = cross_weight.sum(dim=1)
+                share = self.compose_mix * outside / prop.sum(dim=1).clamp_min(1e-12)
+        for layer in self.layers:
+            width = self.layer_sizes[layer]
+            blocks = []
+            for g, routes in enumerate(part_routes):
+                if layer in routes:  # place the part's routes in its columns of the union bank
+                    start = self.adapter_offsets[g][layer]
+                    blocks.append(F.pad(routes[layer], (start, width - start - routes[layer].size(1))))
+                else:
+                    blocks.append(self.relation.new_zeros((len(self.part_specs[g].tasks), width)))
+            block_diag = torch.cat(blocks, dim=0) if len(blocks) > 1 else blocks[0]
+            if prop is not None and self.compose_rule == "propagate":
+                block_diag = gate(row_normalize(prop @ block_diag), self.compose_threshold)
+            elif prop is not None:
+                cross = gate(row_normalize(cross_weight @ block_diag), self.compose_threshold)  # zero rows stay zero
+                block_diag = (1.0 - share)[:, None] * block_diag + share[:, None] * cross
+            assert block_diag.shape == (t, self.layer_sizes[layer])
+            out[layer] = block_diag
+        return out
+
+    def alphas(self, query_states: list[torch.Tensor], routes: dict[int, torch.Tensor], embeddings: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Per-molecule adapter weights per layer: [G, B, K_l] (group g serves part g's tasks)."""
+        weights = [part.relevance(state, emb) for part, state, emb in zip(self.parts, query_states, embeddings)]
+        out = {}
+        for layer, r in routes.items():
+            rows = [w @ r[self.task_offsets[g] : self.task_offsets[g + 1]] for g, w in enumerate(weights)]
+            out[layer] = torch.stack(rows, dim=0)
+        return out
+
+    def regularizer(self, routes: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Prior consistency: mean over layers of (1/T) sum_{t,u} A_hat_tu ||R_t - R_u||^2,
+        plus the anchor of learned priors. Zero when linked tasks route identically."""
+        penalty = sum((part.anchor_penalty() for part in self.parts), self.relation.new_zeros(()))
+        if not routes:
+            return penalty
+        union = self.union_relation()
+        a_hat = self.parts[0].normalized(union) if union is self.parts[0].relation else self.normalized(union)
+        degree = a_hat.sum(dim=1)
+        total = self.relation.new_zeros(())
+        for r in routes.values():
+            # sum_{t,u} A_tu ||R_t - R_u||^2 = 2 (sum_t d_t ||R_t||^2 - tr(R^T A R)): O(T^2 K)
+            # without the T x T distance matrix (ToxCast has 617 tasks)
+            value = 2.0 * ((degree * (r * r).sum(dim=1)).sum() - ((a_hat @ r) * r).sum())
+            total = total + value.clamp_min(0.0) / r.size(0)
+        return total / len(routes) + penalty
+
+
+def _block_diagonal(matrices: list[np.ndarray]) -> np.ndarray:
+    n = sum(m.shape[0] for m in matrices)
+    out = np.zeros((n, n), dtype=np.float32)
+    i = 0
+    for m in matrices:
+        out[i : i + m.shape[0], i : i + m.shape[0]] = m
+        i += m.shape[0]
+    return out

@@ -1,0 +1,50 @@
+"""Cross-field rules of a recipe that pydantic field types cannot express.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cft.recipe.schema import DataConfig, Recipe
+
+
+def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
+    """Cross-field rules pydantic field types cannot express: (path, message, value)."""
+    out: list[tuple[tuple, str, Any]] = []
+
+    def data_rules(prefix: tuple, data: DataConfig) -> None:
+        if data.source == "csv" and not data.path:
+            out.append((prefix + ("path",), "required when source is csv", None))
+        if data.source == "ogb":
+            if not data.name:
+                out.append((prefix + ("name",), "required when source is ogb", None))
+            elif not data.name.startswith("ogbg-mol"):
+                out.append((prefix + ("name",), "must be an ogbg-mol* dataset", data.name))
+        if data.split.method == "column" and not data.split.column:
+            out.append((prefix + ("split", "column"), "required when split.method is column", None))
+        if data.split.method == "official" and data.source != "ogb":
+            out.append((prefix + ("split", "method"), "`official` exists only for source: ogb", "official"))
+
+    data_rules(("data",), recipe.data)
+    bb = recipe.backbone
+    if bb.path and bb.pretrain:
+        out.append((("backbone", "pretrain"), "give either backbone.path or backbone.pretrain, not both", None))
+    if bb.pretrain:
+        data_rules(("backbone", "pretrain", "data"), bb.pretrain.data)
+    ad = recipe.adapters
+    if isinstance(ad.layers, list):
+        bad = [layer for layer in ad.layers if layer >= bb.num_layers]
+        if bad:
+            out.append((("adapters", "layers"), f"layer indices must be < backbone.num_layers ({bb.num_layers})", bad))
+    if ad.rank > bb.hidden:
+        out.append((("adapters", "rank"), f"must be <= backbone.hidden ({bb.hidden})", ad.rank))
+    if recipe.routing.top_k is not None and recipe.routing.top_k > ad.num_adapters:
+        out.append((("routing", "top_k"), f"must be <= adapters.num_adapters ({ad.num_adapters})", recipe.routing.top_k))
+    pr = recipe.prior
+    if (pr.source == "file" or (pr.source == "learned" and pr.init == "file")) and not pr.path:
+        out.append((("prior", "path"), "required when the prior comes from a file", None))
+    if recipe.train.trainable == "routing" and not recipe.train.init_bundle:
+        out.append((("train", "init_bundle"), "trainable: routing calibrates an existing bundle; give its path", None))
+    if recipe.eval.metric == "rmse" and recipe.data.source == "builtin":
+        out.append((("eval", "metric"), "the builtin tasks are binary; use ap or rocauc", "rmse"))
+    return out

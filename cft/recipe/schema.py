@@ -1,0 +1,276 @@
+"""The recipe tree: one pydantic model per section, every knob with a default and a docstring.
+
+The docstring is the field's description (shown by `cft recipes show --fields`). Unknown keys
+are rejected. Bounds of everything a bundle also records (backbone, adapters, routing) come
+from `cft.spec`, so a recipe and a bundle's metadata are validated by the same rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cft.spec import (
+    METRICS,
+    PRIOR_METHODS,
+    Activation,
+    BackboneSpec,
+    Dropout,
+    EmbedDim,
+    NonNegative,
+    NumAdapters,
+    Positive,
+    PropagationSteps,
+    Rank,
+    RoutingMode,
+    TaskKind,
+    Threshold,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class SplitConfig(_Strict):
+    method: Literal["auto", "scaffold", "random", "column", "official"] = "auto"
+    """How molecules are split: `auto` (OGB's official split for OGB data, else scaffold),
+    `scaffold` (Bemis-Murcko groups, largest to train, as OGB does),
+    `random` (seeded), `column` (a CSV column holding train/valid/test) or `official` (OGB's split)."""
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train/valid/test fractions for `scaffold` and `random`; they must sum to 1."""
+    column: Optional[str] = None
+    """For `method: column`: the CSV column whose values are train / valid / test."""
+    seed: Optional[int] = None
+    """Seed of the `random` split; defaults to the recipe's seed."""
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in value):
+            raise ValueError("fractions must be non-negative")
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1 (they sum to {sum(value):g})")
+        if value[0] <= 0:
+            raise ValueError("the train fraction must be > 0")
+        return value
+
+
+class DataConfig(_Strict):
+    source: Literal["builtin", "csv", "ogb"] = "builtin"
+    """`builtin` (NCI molecules shipped in the rdkit wheel, labels computed by RDKit; offline),
+    `csv` (chemprop-style CSV: SMILES + task columns) or `ogb` (an `ogbg-mol*` dataset by name)."""
+    path: Optional[str] = None
+    """CSV file (`.csv` or `.csv.gz`) for `source: csv`; relative paths are read from the data root."""
+    name: Optional[str] = None
+    """OGB dataset name for `source: ogb`, e.g. `ogbg-moltox21`."""
+    root: Optional[str] = None
+    """Data root where CSVs and OGB folders live. `--data-root` and `CFT_DATA_ROOT` override it."""
+    smiles_column: Optional[str] = None
+    """SMILES column of a CSV; default: the first column."""
+    tasks: Optional[list[str]] = None
+    """Task columns to use, by name or glob (e.g. `NR-*`); default: every other column."""
+    exclude_columns: list[str] = Field(default_factory=list)
+    """Columns (names or globs) that are not tasks, e.g. an id or a split column."""
+    task_kinds: dict[str, TaskKind] = Field(default_factory=dict)
+    """Override the inferred kind of a task (binary when all labels are 0/1, else regression)."""
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    """How molecules are split into train/valid/test."""
+    strict: bool = False
+    """Fail on SMILES that RDKit cannot parse instead of skipping (and listing) them."""
+    limit: Optional[int] = Field(default=None, ge=1)
+    """Use only the first N rows (quick experiments and tests)."""
+
+
+class PretrainConfig(_Strict):
+    method: Literal["masking", "supervised"] = "masking"
+    """`masking`: self-supervised attribute masking (labels unused); `supervised`: multi-task
+    training on the labels of `data`."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Molecules (and, for `supervised`, labels) to pretrain on."""
+    epochs: int = Field(default=3, ge=1)
+    """Pretraining epochs."""
+    batch_size: int = Field(default=256, ge=1)
+    """Pretraining batch size."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Pretraining learning rate (Adam)."""
+    mask_rate: float = Field(default=0.15, gt=0, lt=1)
+    """Fraction of atoms masked per molecule for `masking`."""
+    cache: bool = True
+    """Reuse a backbone pretrained earlier with the same settings (cache keyed by all of them)."""
+
+
+class BackboneConfig(BackboneSpec):
+    """The architecture fields (and their bounds) are `cft.spec.BackboneSpec`'s; a recipe adds
+    where the weights come from and whether they train."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, use_attribute_docstrings=True, validate_default=True)
+
+    path: Optional[str] = None
+    """Start from this backbone .safetensors file instead of random weights or a pretrain stage."""
+    pretrain: Optional[PretrainConfig] = None
+    """Pretrain the backbone first (saved as backbone.safetensors in the run folder)."""
+    freeze: bool = True
+    """Freeze the backbone (adapter training). `false` trains everything: the full fine-tuning baseline."""
+
+
+class AdapterConfig(_Strict):
+    enabled: bool = True
+    """Insert adapter banks. `false` with a frozen backbone is the head-only baseline."""
+    num_adapters: NumAdapters = 4
+    """K: adapters per insertion layer."""
+    rank: Rank = 8
+    """r: rank of each adapter f(z) = V phi(U z)."""
+    layers: Union[Literal["all"], list[int]] = "all"
+    """Insertion layers (0-based outputs of message-passing layers), or `all`."""
+    activation: Activation = "gelu"
+    """phi between U and V (`identity` makes each adapter a LoRA-style linear update)."""
+    scale: Positive = 1.0
+    """s in h <- h + s * sum_i alpha_i f_i(h)."""
+    dropout: Dropout = 0.0
+    """Dropout on adapter inputs during training."""
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        if value == "all":
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be `all` or a non-empty list of layer indices")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value):
+            raise ValueError("layer indices must be integers >= 0")
+        if len(set(value)) != len(value):
+            raise ValueError("layer indices must not repeat")
+        return sorted(value)
+
+
+class PriorConfig(_Strict):
+    source: Literal["labels", "file", "identity", "learned"] = "labels"
+    """Relation matrix A over tasks: from training `labels`, a `file` (.npy/.csv), `identity`
+    (no structure: the ablation), or `learned` (initialised from `init`, kept near it)."""
+    init: Literal["labels", "file", "identity"] = "labels"
+    """Initial value of a `learned` prior."""
+    path: Optional[str] = None
+    """.npy (allow_pickle=False) or .csv (task names as header and index) for `file`."""
+    method: Literal[PRIOR_METHODS] = "phi"
+    """Label statistic for `labels`: |phi| correlation, Jaccard of positives, or cosine."""
+    min_support: int = Field(default=20, ge=1)
+    """Minimum co-labelled molecules for a task pair to get an edge."""
+    min_value: float = Field(default=0.1, ge=0)
+    """Edges weaker than this are dropped (sparsification)."""
+    top_k: Optional[int] = Field(default=None, ge=1)
+    """Keep only each task's K strongest neighbours (symmetrised)."""
+    steps: PropagationSteps = 2
+    """k: graph-convolution steps of the task embeddings over the normalised prior."""
+    anchor: NonNegative = 1.0
+    """For `learned`: weight of ||A - A_init||^2 that keeps the learned prior near its source."""
+
+
+class RoutingConfig(_Strict):
+    mode: RoutingMode = "routed"
+    """`routed`: gated, prior-shaped routing; `uniform`: every adapter weighted 1/K (ablation)."""
+    temperature: Positive = 1.0
+    """tau: routing temperature of softmax(E K^T / (tau sqrt(m)))."""
+    threshold: Threshold = 0.05
+    """g: routes under this weight are zeroed and the rest renormalised (straight-through)."""
+    top_k: Optional[int] = Field(default=None, ge=1)
+    """Keep only the k largest routes per task (after the threshold)."""
+    embed_dim: EmbedDim = 32
+    """m: size of task embeddings and adapter keys."""
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(default=30, ge=1)
+    """Maximum epochs."""
+    batch_size: int = Field(default=32, ge=1)
+    """Molecules per batch (global, over all processes)."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Peak learning rate (AdamW)."""
+    head_lr: Optional[float] = Field(default=None, gt=0)
+    """Learning rate of the task heads; default: `lr`."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
+    scheduler: Literal["constant", "cosine", "plateau"] = "cosine"
+    """LR schedule: constant, cosine decay (after warm-up) or reduce-on-plateau of the valid metric."""
+    warmup_epochs: int = Field(default=0, ge=0)
+    """Linear warm-up epochs."""
+    grad_clip: Optional[float] = Field(default=5.0, gt=0)
+    """Clip the global gradient norm to this value; null disables."""
+    patience: Optional[int] = Field(default=10, ge=1)
+    """Early stopping: epochs without a better valid metric; null disables."""
+    reg_strength: float = Field(default=0.01, ge=0)
+    """lambda: weight of the prior consistency regulariser in L = L_task + lambda L_reg."""
+    trainable: Literal["auto", "routing"] = "auto"
+    """`auto`: adapters, router and heads (and the backbone unless frozen); `routing`: only
+    router and task embeddings (calibration of a composed bundle)."""
+    max_steps: Optional[int] = Field(default=None, ge=1)
+    """Stop after this many optimiser steps in total (bounded calibration)."""
+    init_bundle: Optional[str] = None
+    """Start from this bundle (e.g. a composed one) instead of fresh adapters."""
+    device: str = "auto"
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """Opt-in torch.compile of the model."""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend for multi-process runs: `auto` is NCCL on CUDA, gloo on CPU."""
+    num_workers: int = Field(default=0, ge=0)
+    """DataLoader worker processes."""
+    threads: Optional[int] = Field(default=None, ge=1)
+    """torch CPU threads; default: torch's choice."""
+
+
+class EvalConfig(_Strict):
+    metric: Literal[("auto",) + METRICS] = "auto"
+    """Validation/test metric; `auto`: the OGB metric of the dataset (ROC-AUC for binary CSV tasks,
+    RMSE for regression)."""
+    batch_size: int = Field(default=256, ge=1)
+    """Batch size for evaluation."""
+
+
+class Recipe(_Strict):
+    description: str = ""
+    """One line shown by `cft recipes list`."""
+    seed: int = 0
+    """Seed for everything (splits, initialisation, shuffling)."""
+    output_dir: Optional[str] = None
+    """Run folder; default runs/<recipe name>. `--output-dir` overrides."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Dataset the adapters are trained and evaluated on."""
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    """The frozen (or fine-tuned) GNN."""
+    adapters: AdapterConfig = Field(default_factory=AdapterConfig)
+    """Low-rank adapter banks."""
+    prior: PriorConfig = Field(default_factory=PriorConfig)
+    """Task relation matrix (structural prior)."""
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    """Gated routing between adapters."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Optimisation."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation."""
+
+
+def field_names(model: type[BaseModel], path: tuple) -> list[str]:
+    """Valid field names at `path` (for 'did you mean' hints)."""
+    current: Any = model
+    for part in path:
+        sub = submodel(current, part)
+        if sub is None:
+            return []
+        current = sub
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def submodel(model: Any, name: Any) -> Optional[type[BaseModel]]:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or name not in model.model_fields:
+        return None
+    annotation = model.model_fields[name].annotation
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

@@ -1,0 +1,179 @@
+"""What a model is, as frozen pydantic models: the one place where the bounds of every knob live.
+
+A recipe (`cft.recipe.schema`) and a bundle's metadata (`cft.files.bundle`) are validated by
+these same models and bounded types, so a bound tightened here is tightened for both. This
+module imports nothing of cft and nothing heavy (no torch): recipes are checked before torch
+is even imported.
+
+- `BackboneSpec`: the GNN's architecture (the recipe's `backbone` section inherits its fields);
+- `PartSpec`: what one trained part contributes (its tasks, adapter banks, routing settings);
+- `ModelSpec`: the whole model (backbone, tasks and kinds, parts, composition settings).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# --------------------------------------------------------------------------- names
+
+TASK_KINDS = ("binary", "regression")
+METRICS = ("rocauc", "ap", "rmse")
+"""Validation/test metrics; every list of metric names in cft is derived from this one."""
+HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False}
+ACTIVATIONS = ("identity", "relu", "gelu", "tanh")
+ROUTING_MODES = ("routed", "uniform")
+COMPOSE_RULES = ("propagate", "residual")
+ARCHS = ("gin", "gcn")
+POOLINGS = ("mean", "sum", "max")
+PRIOR_METHODS = ("phi", "jaccard", "cosine")
+"""Label statistics a relation matrix can be computed with (`cft.prior.relation`)."""
+
+TaskKind = Literal[TASK_KINDS]
+Metric = Literal[METRICS]
+Activation = Literal[ACTIVATIONS]
+RoutingMode = Literal[ROUTING_MODES]
+ComposeRule = Literal[COMPOSE_RULES]
+
+# --------------------------------------------------------------------------- bounded types
+
+NumLayers = Annotated[int, Field(ge=1, le=32)]
+Hidden = Annotated[int, Field(ge=2, le=4096)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+NumAdapters = Annotated[int, Field(ge=1, le=256)]
+Rank = Annotated[int, Field(ge=1, le=1024)]
+EmbedDim = Annotated[int, Field(ge=1, le=1024)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Threshold = Annotated[float, Field(ge=0, lt=1)]
+PropagationSteps = Annotated[int, Field(ge=0, le=16)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+LayerIndex = Annotated[int, Field(ge=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready mapping (what a file's header stores)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, raw: dict):
+        """Validate a mapping read from a file (unknown keys and out-of-range values refused)."""
+        return cls.model_validate(raw)
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+class BackboneSpec(_Frozen):
+    """The architecture of a backbone; a backbone file records it and the fingerprint covers it."""
+
+    arch: Literal[ARCHS] = "gin"
+    """Message-passing layer: GIN (the OGB baseline) or GCN, both with OGB bond features."""
+    virtual_node: bool = True
+    """Add the OGB virtual node (GIN-VN / GCN-VN)."""
+    num_layers: NumLayers = 5
+    """Message-passing layers L."""
+    hidden: Hidden = 300
+    """Hidden size d."""
+    dropout: Dropout = 0.5
+    """Dropout between layers (active only when the backbone is trained)."""
+    pooling: Literal[POOLINGS] = "mean"
+    """Graph pooling."""
+    residual: bool = False
+    """Residual connections between layers (OGB option)."""
+
+    @classmethod
+    def of(cls, config: BaseModel) -> "BackboneSpec":
+        """The architecture part of a richer config (the recipe's `backbone` section)."""
+        return cls.model_validate(config.model_dump(include=set(cls.model_fields)))
+
+
+# --------------------------------------------------------------------------- parts and models
+
+
+class PartSpec(_Frozen):
+    """What one trained part contributes to a model: its tasks, adapter banks and routing settings."""
+
+    name: str
+    tasks: list[str]
+    layers: list[LayerIndex]
+    """Insertion layers of its adapters (empty: no adapters)."""
+    num_adapters: NumAdapters
+    rank: Rank
+    embed_dim: EmbedDim = 32
+    mode: RoutingMode = "routed"
+    temperature: Positive = 1.0
+    threshold: Threshold = 0.05
+    top_k: Optional[Annotated[int, Field(ge=1)]] = None
+    prior_steps: PropagationSteps = 2
+    prior_source: str = "labels"
+    learned_prior: bool = False
+    prior_anchor: NonNegative = 1.0
+    source_hash: Optional[str] = None
+    """sha256 of the bundle it came from, when composed."""
+    extra: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PartSpec":
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"part {self.name!r} repeats an insertion layer")
+        if self.top_k is not None and self.top_k > self.num_adapters:
+            raise ValueError(f"part {self.name!r} has top_k {self.top_k} > num_adapters {self.num_adapters}")
+        return self
+
+    @property
+    def query_layer(self) -> Optional[int]:
+        return min(self.layers) if self.layers else None
+
+
+class ModelSpec(_Frozen):
+    """Everything that decides a model's shape and forward pass, except the backbone's weights."""
+
+    backbone: BackboneSpec
+    tasks: list[str]
+    kinds: list[TaskKind]
+    parts: list[PartSpec]
+    activation: Activation = "gelu"
+    scale: Positive = 1.0
+    adapter_dropout: Dropout = 0.0
+    compose_steps: PropagationSteps = 0
+    compose_threshold: Threshold = 0.0
+    compose_rule: ComposeRule = "propagate"
+    """How composed parts share adapters (`cft.nn.routing.Router`); `cft compose` writes `residual`."""
+    compose_mix: Fraction = 1.0
+    extra: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSpec":
+        problems = []
+        if not self.tasks or not self.parts:
+            problems.append("no tasks or no parts")
+        if len(self.tasks) != len(self.kinds):
+            problems.append(f"{len(self.tasks)} tasks but {len(self.kinds)} task kinds")
+        if [t for p in self.parts for t in p.tasks] != self.tasks:
+            problems.append("its parts' tasks do not add up to its task list")
+        if len(set(self.tasks)) != len(self.tasks):
+            problems.append("duplicate task names")
+        for p in self.parts:
+            if any(layer >= self.backbone.num_layers for layer in p.layers):
+                problems.append(f"part {p.name!r} names insertion layers outside the backbone's {self.backbone.num_layers}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def bank_rank(self) -> int:
+        return max((p.rank for p in self.parts if p.layers), default=0)
+
+
+def describe_invalid(exc: Exception, limit: int = 3) -> str:
+    """The first `limit` problems of a failed validation as one short line (for file errors)."""
+    if isinstance(exc, ValidationError):
+        text = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()[:limit])
+    else:
+        text = str(exc)
+    return text[:300]

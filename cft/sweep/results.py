@@ -1,0 +1,159 @@
+"""A sweep's results: per-run rows, per-variant mean and standard deviation, CSV and Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from cft.files.atomic import atomic_write_text
+from cft.sweep.folder import RunResult, SweepFolder
+from cft.sweep.plan import Plan, Variant, format_value
+
+# as cft.metrics.HIGHER_IS_BETTER says (importing cft.metrics imports ogb and torch: seconds)
+_LOWER_IS_BETTER = {"rmse"}
+
+
+def collect(plan: Plan, folder: SweepFolder) -> list[RunResult]:
+    return [folder.status(v, s) for v, s in plan.runs()]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass
+class VariantStats:
+    variant: Variant
+    runs: list[RunResult]
+    valid: tuple[float, float]
+    test: tuple[float, float]
+    seconds: float
+    trainable: Optional[int]
+    total: Optional[int]
+
+    @property
+    def finished(self) -> int:
+        return sum(r.status == "finished" for r in self.runs)
+
+    @property
+    def failed(self) -> list[RunResult]:
+        return [r for r in self.runs if r.status == "failed"]
+
+
+def variant_stats(plan: Plan, results: list[RunResult]) -> list[VariantStats]:
+    by_name: dict[str, list[RunResult]] = {v.name: [] for v in plan.variants}
+    for r in results:
+        by_name[r.variant.name].append(r)
+    stats = []
+    for variant in plan.variants:
+        runs = by_name[variant.name]
+        done = [r.summary for r in runs if r.status == "finished" and r.summary]
+        secs = [s.get("seconds", {}).get("train") for s in done]
+        secs = [s for s in secs if s is not None]
+        stats.append(VariantStats(
+            variant=variant, runs=runs,
+            valid=mean_std([s["valid"]["mean"] for s in done]),
+            test=mean_std([s["test"]["mean"] for s in done]),
+            seconds=sum(secs) / len(secs) if secs else math.nan,
+            trainable=done[0]["params"]["trainable"] if done else None,
+            total=done[0]["params"]["total"] if done else None,
+        ))
+    return stats
+
+
+def metric_of(results: list[RunResult]) -> Optional[str]:
+    for r in results:
+        if r.summary:
+            return r.summary.get("metric")
+    return None
+
+
+def ranked(stats: list[VariantStats], metric: Optional[str]) -> list[VariantStats]:
+    """Best valid metric first (the OGB protocol selects on valid); variants without a finished run last."""
+    higher = metric not in _LOWER_IS_BETTER
+    scored = [s for s in stats if not math.isnan(s.valid[0])]
+    rest = [s for s in stats if math.isnan(s.valid[0])]
+    scored.sort(key=lambda s: -s.valid[0] if higher else s.valid[0])
+    return scored + rest
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+CSV_FIELDS = ("variant", "seed", "status", "metric", "valid", "test", "trainable_params", "total_params", "trainable_fraction",
+              "seconds", "graphs_per_second", "best_epoch", "error", "run_dir")
+
+
+def write_csv(path: Path, plan: Plan, results: list[RunResult]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    fields = list(CSV_FIELDS)
+    writer.writerow(fields[:1] + plan.keys + fields[1:])
+    for r in results:
+        s = r.summary or {}
+        params = s.get("params", {})
+        row = [r.variant.name, *(format_value(r.variant.knobs[k]) for k in plan.keys), r.seed, r.status, s.get("metric", ""),
+               _num(s.get("valid", {}).get("mean")), _num(s.get("test", {}).get("mean")), _num(params.get("trainable")),
+               _num(params.get("total")), _num(params.get("trainable_fraction")), _num(s.get("seconds", {}).get("train")),
+               _num(s.get("graphs_per_second")), _num(s.get("best_epoch")), r.error, str(r.run_dir or "")]
+        writer.writerow(row)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _pm(pair: tuple[float, float]) -> str:
+    mean, std = pair
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
+    metric = metric_of(results)
+    stats = ranked(variant_stats(plan, results), metric)
+    n_seeds = len(plan.seeds)
+    esc = lambda text: text.replace("|", "\\|")  # noqa: E731
+    lines = [
+        f"# Ablation of `{plan.recipe_path}`",
+        "",
+        f"- command: `{command}`",
+        f"- mode: {plan.mode}" + (f" (preset {plan.preset})" if plan.preset else "") + f"; {len(plan.variants)} variants x {n_seeds} seed(s) {plan.seeds}",
+        "- recipe values of the swept knobs: " + ", ".join(f"`{k}={format_value(v)}`" for k, v in plan.base_knobs.items())
+        + " (values that differ from them are in bold)",
+        f"- {metric or 'metric'}: mean ± std over seeds; sorted by the valid metric, best first (the test metric is not used to rank)",
+        "",
+        "| # | " + " | ".join(plan.keys) + f" | valid {metric or ''} | test {metric or ''} | trainable params | train seconds | runs |",
+        "|---:|" + "---|" * len(plan.keys) + "---:|---:|---:|---:|---|",
+    ]
+    for i, s in enumerate(stats, 1):
+        runs = f"{s.finished}/{len(s.runs)}" + (f", {len(s.failed)} failed" if s.failed else "")
+        params = f"{s.trainable:,} ({100 * s.trainable / s.total:.1f}%)" if s.trainable is not None and s.total else "—"
+        secs = "—" if math.isnan(s.seconds) else f"{s.seconds:.1f}"
+        knobs = [esc(format_value(s.variant.knobs[k])) for k in plan.keys]
+        knobs = [f"**{text}**" if k in s.variant.changes else text for k, text in zip(plan.keys, knobs)]
+        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {_pm(s.valid)} | {_pm(s.test)} | {params} | {secs} | {runs} |")
+    failures = [r for s in stats for r in s.failed]
+    if failures:
+        lines += ["", "## Failed runs", ""]
+        for r in failures:
+            error = r.error.replace("\n", " ")
+            lines.append(f"- {r.variant.label}, seed {r.seed}: {error} (log: `{Path('variants') / r.variant.name / f'seed-{r.seed}.log'}`)")
+    pending = sum(r.status not in ("finished", "failed") for r in results)
+    if pending:
+        lines += ["", f"{pending} run(s) have not finished yet; run the same command again to continue."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""Optimiser (AdamW, separate head learning rate) and learning-rate schedule of a recipe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cft.errors import CftError
+from cft.nn.model import CftModel
+from cft.recipe.schema import Recipe
+from cft.spec import HIGHER_IS_BETTER
+
+
+def make_optimizer(model: CftModel, recipe: Recipe) -> torch.optim.Optimizer:
+    tr = recipe.train
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [g for g in ({"params": rest, "lr": tr.lr}, {"params": head, "lr": tr.head_lr or tr.lr}) if g["params"]]
+    if not groups:
+        raise CftError("Nothing to train: every parameter is frozen.", hint="Enable adapters, unfreeze the backbone, or train the heads.")
+    return torch.optim.AdamW(groups, weight_decay=tr.weight_decay)
+
+
+def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
+    tr = recipe.train
+    if tr.scheduler == "plateau":
+        mode = "max" if HIGHER_IS_BETTER.get(recipe.eval.metric if recipe.eval.metric != "auto" else "rocauc", True) else "min"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=3)
+    warmup = tr.warmup_epochs * steps_per_epoch
+    total = max(tr.epochs * steps_per_epoch, 1)
+    if tr.max_steps:
+        total = min(total, tr.max_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if tr.scheduler == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,145 @@
+"""The optional pretraining stage of a recipe: produces the backbone adapters are trained on.
+
+- `masking`: self-supervised attribute masking (Hu et al., 2020): a fraction of atoms get the
+  'misc' index of every OGB atom feature (the mask token) and the backbone learns to predict
+  their atomic number from the context. Labels are not used.
+- `supervised`: multi-task training on the labels of the pretraining data (train split).
+
+Pretrained backbones are cached by the hash of everything that determines them (settings,
+backbone config, seed, data identity, featuriser), so sweeps do not pretrain again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from ogb.utils.features import get_atom_feature_dims
+from torch import nn
+from torch_geometric.loader import DataLoader
+
+from cft import __version__
+from cft.console import info, progress_bar
+from cft.data.dataset import load_dataset
+from cft.data.graphs import FEATURISER_VERSION, GraphDataset
+from cft.errors import CftError
+from cft.files.atomic import atomic_copy
+from cft.files.backbone import load_backbone, save_backbone
+from cft.files.paths import cache_dir
+from cft.nn.backbone import Backbone
+from cft.recipe.schema import PretrainConfig
+from cft.spec import BackboneSpec
+from cft.training.seeding import seed_everything
+
+
+def pretrain_key(cfg: PretrainConfig, spec: BackboneSpec, seed: int, data_identity: dict) -> str:
+    payload = {
+        "pretrain": cfg.model_dump(mode="json", exclude={"cache"}),
+        "backbone": spec.to_dict(),
+        "seed": seed,
+        "data": data_identity,
+        "featuriser": FEATURISER_VERSION,
+        "torch": torch.__version__.split("+")[0],
+        "cft": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def pretrained_backbone(cfg: PretrainConfig, spec: BackboneSpec, seed: int, data_root: Path, out_path: Path, device: torch.device) -> tuple[Backbone, dict]:
+    """Pretrain (or fetch from the cache) and write the backbone to `out_path`."""
+    dataset = load_dataset(cfg.data, data_root, seed, need_labels=cfg.method == "supervised")
+    key = pretrain_key(cfg, spec, seed, dataset.identity)
+    cached = cache_dir() / "pretrained" / f"{key}.safetensors"
+    if cfg.cache and cached.exists():
+        try:
+            backbone = load_backbone(cached)
+            atomic_copy(cached, out_path)
+            info(f"pretrain: reusing cached backbone {cached.name} ({cfg.method} on {dataset.name})")
+            return backbone, {"cached": True, "key": key, "seconds": 0.0}
+        except CftError:
+            pass  # a damaged cache entry is rebuilt
+    start = time.perf_counter()
+    seed_everything(seed)
+    backbone = Backbone(spec).to(device)
+    if cfg.method == "masking":
+        _pretrain_masking(backbone, dataset, cfg, seed, device)
+    else:
+        _pretrain_supervised(backbone, dataset, cfg, seed, device)
+    backbone = backbone.cpu().eval()
+    seconds = time.perf_counter() - start
+    details = {"method": cfg.method, "data": dataset.identity, "epochs": cfg.epochs, "key": key, "seconds": round(seconds, 1)}
+    save_backbone(backbone, out_path, info=details)
+    if cfg.cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_backbone(backbone, cached, info=details)
+    return backbone, {"cached": False, "key": key, "seconds": seconds}
+
+
+def _loader(dataset, indices, batch_size: int, seed: int, epoch: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(indices), generator=generator).tolist()
+    subset = GraphDataset(dataset.store, dataset.y, [int(indices[i]) for i in order])
+    return DataLoader(subset, batch_size=batch_size, shuffle=False)
+
+
+def _pretrain_masking(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device) -> None:
+    dims = get_atom_feature_dims()
+    mask_token = torch.tensor([d - 1 for d in dims], device=device)  # OGB's 'misc' index per feature
+    head = nn.Linear(backbone.spec.hidden, dims[0]).to(device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    indices = torch.arange(len(dataset))
+    backbone.train()
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(cfg.epochs):
+        loader = _loader(dataset, indices, cfg.batch_size, seed, epoch)
+        total, count = 0.0, 0
+        with progress_bar(f"pretrain (masking) epoch {epoch + 1}/{cfg.epochs}", total=len(loader)) as advance:
+            for batch in loader:
+                batch = batch.to(device)
+                masked = torch.rand(batch.num_nodes, generator=generator).to(device) < cfg.mask_rate
+                if not masked.any():
+                    masked[0] = True
+                x = batch.x.long()
+                target = x[masked, 0]
+                batch.x = torch.where(masked.unsqueeze(1), mask_token.unsqueeze(0), x)
+                logits = head(backbone.node_states(batch)[masked])
+                loss = F.cross_entropy(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item(), count + 1
+                advance(1, loss=total / count)
+        info(f"pretrain (masking) epoch {epoch + 1}/{cfg.epochs}: loss {total / max(count, 1):.4f}")
+
+
+def _pretrain_supervised(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device) -> None:
+    head = nn.Linear(backbone.spec.hidden, len(dataset.tasks)).to(device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    binary = torch.tensor([k == "binary" for k in dataset.kinds], device=device)
+    backbone.train()
+    for epoch in range(cfg.epochs):
+        loader = _loader(dataset, dataset.split["train"], cfg.batch_size, seed, epoch)
+        total, count = 0.0, 0
+        with progress_bar(f"pretrain (supervised) epoch {epoch + 1}/{cfg.epochs}", total=len(loader)) as advance:
+            for batch in loader:
+                batch = batch.to(device)
+                logits = head(backbone(batch))
+                y = batch.y
+                labelled = ~torch.isnan(y)
+                if not labelled.any():
+                    continue
+                target = torch.nan_to_num(y)
+                losses = torch.where(binary, F.binary_cross_entropy_with_logits(logits, target, reduction="none"), (logits - target) ** 2)
+                loss = losses[labelled].mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item(), count + 1
+                advance(1, loss=total / count)
+        info(f"pretrain (supervised) epoch {epoch + 1}/{cfg.epochs}: loss {total / max(count, 1):.4f}")

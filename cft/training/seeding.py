@@ -1,0 +1,45 @@
+"""Seeds and RNG state: runs are deterministic on CPU, and resumable to the same bits.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state_tensors() -> dict[str, torch.Tensor]:
+    """RNG state as plain tensors (checkpoints load with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": torch.tensor([int(np_state[2]), int(np_state[3])], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([float(np_state[4])], dtype=torch.float64),
+        "python": torch.tensor(list(py_state[1]), dtype=torch.int64),
+        "python_version": torch.tensor([int(py_state[0])], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda{i}"] = s
+    return out
+
+
+def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(state["numpy_pos"][0]), int(state["numpy_pos"][1]), float(state["numpy_gauss"][0]))
+    )
+    random.setstate((int(state["python_version"][0]), tuple(int(v) for v in state["python"].tolist()), None))
+    if torch.cuda.is_available():
+        cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda"))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,434 @@
+"""`cft train`: build the model a recipe describes, train it, and write the run folder.
+
+OGB protocol: the model is selected on the validation metric; the reported test score is the
+test score of the best validation epoch. Runs are seeded and deterministic on CPU; the
+checkpoint holds everything that determines the rest of the run (model, optimiser, schedule,
+RNG state, position in the epoch), so `--resume` after a crash or Ctrl-C ends with the same
+metrics and the same bundle bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch_geometric.loader import DataLoader
+
+from cft import __version__
+from cft.console import info, progress_bar
+from cft.data.dataset import MolDataset, load_dataset
+from cft.data.graphs import GraphDataset
+from cft.errors import CftError, TrainingInterrupted
+from cft.files.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+)
+from cft.files.backbone import save_backbone
+from cft.files.bundle import (
+    save_bundle,
+)
+from cft.files.runfolder import RunFolder
+from cft.files.stfile import write_safetensors
+from cft.metrics import better
+from cft.nn.model import CftModel
+from cft.prior.sources import build_relation
+from cft.recipe.schema import Recipe
+from cft.training.build import (
+    backbone_start_path,
+    build_training_model,
+    file_backbone_path,
+    load_backbone_file,
+    obtain_backbone,
+    pick_device,
+    read_init_bundle,
+    resolve_metric,
+    set_trainable,
+)
+from cft.training.distributed import DistContext, single
+from cft.training.inference import autocast, evaluate_split
+from cft.training.optim import make_optimizer, make_scheduler
+from cft.training.seeding import restore_rng_state, rng_state_tensors
+from cft.training.signals import Interrupt
+
+CHECKPOINT_FORMAT = "cft-checkpoint-1"
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # next epoch to run (0-based)
+    batch_in_epoch: int = 0  # batches of `epoch` already done (mid-epoch checkpoint)
+    step: int = 0
+    best_metric: Optional[float] = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    graphs_seen: int = 0
+    history: list = field(default_factory=list)
+    epoch_loss: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0])  # task, reg, total, batches
+    finished: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, run: RunFolder, data_root: Path, device: torch.device, dist: DistContext, resume_command: str):
+        self.recipe, self.run, self.data_root, self.device, self.dist = recipe, run, data_root, device, dist
+        self.resume_command = resume_command
+        self.amp = recipe.train.bf16 and device.type == "cuda"
+
+    # --------------------------------------------------------------- setup
+
+    def load_inputs(self, resume: bool, dataset: Optional[MolDataset] = None) -> None:
+        """Read and check every input the run needs (data, prior, backbone file, init bundle)
+        before anything is written, so a bad input leaves the output folder untouched.
+        `dataset` replaces loading the recipe's data (benchmarks build theirs in memory)."""
+        recipe = self.recipe
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        started = time.perf_counter()
+        self.dataset = dataset if dataset is not None else load_dataset(recipe.data, self.data_root, recipe.seed)
+        self.featurise_seconds = self.dataset.featurise_seconds
+        self.data_seconds = time.perf_counter() - started
+        self.metric = resolve_metric(recipe, self.dataset)
+        self.relation = self.init_bundle_info = self.file_backbone = None
+        if recipe.train.init_bundle:
+            self.init_bundle_info = read_init_bundle(recipe, self.dataset)
+        else:
+            self.relation = build_relation(recipe.prior, self.dataset)
+        if file_backbone_path(recipe) is not None and not (resume and backbone_start_path(recipe, self.run).exists()):
+            self.file_backbone = load_backbone_file(recipe)
+
+    def setup(self, resume: bool) -> None:
+        recipe, dist = self.recipe, self.dist
+        if not hasattr(self, "dataset"):
+            self.load_inputs(resume)
+        if dist.is_main:
+            self._write_skipped()
+        backbone, self.backbone_info = obtain_backbone(recipe, self.run, self.data_root, self.device, resume, dist, self.file_backbone)
+        self.model, self.init_info = build_training_model(recipe, self.dataset, backbone, self.relation, self.init_bundle_info)
+        set_trainable(self.model, recipe)
+        self.model.to(self.device)
+        self.train_model = self._wrap(self.model)
+        self.optimizer = make_optimizer(self.model, recipe)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.dataset.split["train"]) / dist.world_size) / self.local_batch_size)
+        self.scheduler = make_scheduler(self.optimizer, recipe, self.steps_per_epoch)
+        self.state = LoopState()
+        self.best_state = self._snapshot()
+        if resume and self.run.checkpoint.exists():
+            self._load_checkpoint()
+        elif resume:
+            info(f"{self.run.path}: no checkpoint yet; starting from the beginning.")
+
+    def _wrap(self, model: CftModel):
+        wrapped = model
+        if self.recipe.train.compile:
+            wrapped = torch.compile(wrapped)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids, find_unused_parameters=True)
+        return wrapped
+
+    @property
+    def local_batch_size(self) -> int:
+        return max(1, self.recipe.train.batch_size // self.dist.world_size)
+
+    def _write_skipped(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["row", "smiles"])
+        writer.writerows([row + 2, s] for row, s in self.dataset.skipped)
+        atomic_write_text(self.run.file("skipped_smiles.csv"), buffer.getvalue())
+
+    # --------------------------------------------------------------- checkpoints
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        skip_backbone = self.model.freeze_backbone
+        return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items() if not (skip_backbone and k.startswith("backbone."))}
+
+    def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": self.state.to_dict(),
+            "best_state": self.best_state,
+            "rng": rng_state_tensors(),
+        }
+        atomic_write_with(self.run.checkpoint, lambda tmp: torch.save(payload, tmp))
+        self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
+
+    def _load_checkpoint(self) -> None:
+        path = self.run.checkpoint
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"format {payload.get('format')!r}")
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            self.state = LoopState(**payload["state"])
+            self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
+            self.best_state = payload["best_state"]
+            restore_rng_state(payload["rng"])
+        except CftError:
+            raise
+        except Exception as exc:
+            raise CftError(
+                f"Checkpoint {path} cannot be resumed from ({type(exc).__name__}: {str(exc)[:200]}).",
+                hint="It is damaged or from another cft version; start again with --overwrite.",
+            ) from None
+        self.model.to(self.device)
+        info(f"resuming {self.run.path} at epoch {self.state.epoch + 1}" + (f", batch {self.state.batch_in_epoch}" if self.state.batch_in_epoch else ""))
+
+    # --------------------------------------------------------------- epochs
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The same permutation on every rank and every (re)start: seeded by (seed, epoch)."""
+        order = self.dist.epoch_order(self.dataset.split["train"], self.recipe.seed, epoch)
+        bs = self.local_batch_size
+        if len(order) % bs == 1 and len(order) > 1:
+            order = order[:-1]  # a one-graph batch breaks BatchNorm in training mode
+        return order
+
+    def run_epochs(self) -> None:
+        recipe, state = self.recipe, self.state
+        with Interrupt() as interrupt:
+            while state.epoch < recipe.train.epochs and not state.finished:
+                self._train_epoch(interrupt)
+                if state.finished:
+                    break
+                self._end_epoch()
+
+    def _train_epoch(self, interrupt: Interrupt) -> None:
+        recipe, state, model = self.recipe, self.state, self.model
+        order = self._epoch_order(state.epoch)
+        bs = self.local_batch_size
+        start_batch = state.batch_in_epoch
+        loader = DataLoader(
+            GraphDataset(self.dataset.store, self.dataset.y, order[start_batch * bs :]),
+            batch_size=bs, shuffle=False, num_workers=recipe.train.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.train_model.train()
+        lam = recipe.train.reg_strength
+        epoch_started = time.perf_counter()
+        total_batches = math.ceil(len(order) / bs)
+        with progress_bar(f"epoch {state.epoch + 1}/{recipe.train.epochs}", total=total_batches) as advance:
+            advance(start_batch)
+            for batch in loader:
+                batch = batch.to(self.device, non_blocking=True)
+                with autocast(self.device, self.amp):
+                    logits, routes = self._forward(batch)
+                    task_loss = model.task_loss(logits.float(), batch.y)
+                    reg = model.router.regularizer(routes) if lam > 0 else task_loss.new_zeros(())
+                    loss = task_loss + lam * reg
+                loss_value = float(loss.detach())  # one sync per step: a NaN must stop us before the update
+                if not math.isfinite(loss_value):
+                    self._diverged(f"The training loss became {loss_value}", state.batch_in_epoch + 1)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.train.grad_clip)
+                self.optimizer.step()
+                if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step()
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.graphs_seen += int(batch.num_graphs)
+                acc = state.epoch_loss
+                acc[0], acc[1], acc[2], acc[3] = acc[0] + float(task_loss.detach()), acc[1] + float(reg.detach()), acc[2] + loss_value, acc[3] + 1
+                advance(1, loss=acc[2] / acc[3])
+                if recipe.train.max_steps and state.step >= recipe.train.max_steps:
+                    break
+                if self.dist.broadcast_flag(interrupt.requested, self.device):
+                    state.train_seconds += time.perf_counter() - epoch_started
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(
+                        f"Interrupted ({interrupt.signal_name or 'SIGINT'}) at epoch {state.epoch + 1}, batch {state.batch_in_epoch}; "
+                        f"checkpoint saved in {self.run.checkpoint}. Resume with: {self.resume_command}",
+                        exit_code=143 if interrupt.signal_name == "SIGTERM" else 130,
+                    )
+        state.train_seconds += time.perf_counter() - epoch_started
+
+    def _forward(self, batch):
+        # through the wrapper (DDP / compiled) so that gradient hooks see the whole graph
+        return self.train_model(batch, with_routes=True)
+
+    def _diverged(self, what: str, batch: Optional[int] = None) -> None:
+        """Stop a run whose loss or weights stopped being finite. The checkpoint on disk is the
+        last good state (it is written only at the end of an epoch that stayed finite) and is
+        not overwritten; no bundle or summary is written."""
+        state = self.state
+        where = f"epoch {state.epoch + 1}" + (f", batch {batch}" if batch is not None else "")
+        at = getattr(self, "checkpoint_at", None)
+        if at is not None and self.run.checkpoint.exists():
+            when = f"end of epoch {at[0]}" if at[1] == 0 else f"epoch {at[0] + 1}, batch {at[1]}"
+            kept = f"The last good checkpoint ({when}) is kept in {self.run.checkpoint}."
+        else:
+            kept = "No checkpoint was written (it diverged in the first epoch)."
+        tr = self.recipe.train
+        raise CftError(
+            f"{what} at {where}; training stopped. {kept}",
+            hint=f"Lower train.lr (now {tr.lr:g}) or train.reg_strength (now {tr.reg_strength:g})"
+            + ("" if tr.grad_clip else ", or set train.grad_clip")
+            + ", then start the run again with --overwrite (or another --output-dir); --resume continues only the same recipe.",
+        )
+
+    def _end_epoch(self) -> None:
+        recipe, state = self.recipe, self.state
+        broken = [name for name, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p.detach()).all()]
+        if broken:  # the last step of the epoch can overflow the weights while its loss was still finite
+            self._diverged(f"Weights ({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}) became NaN or inf")
+        valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(valid["mean"]):
+            self.scheduler.step(valid["mean"])
+        acc = self.dist.all_reduce_sums(list(state.epoch_loss), self.device)
+        n = max(acc[3], 1)
+        improved = better(self.metric, valid["mean"], state.best_metric)
+        if improved:
+            state.best_metric, state.best_epoch, state.bad_epochs = valid["mean"], state.epoch, 0
+            self.best_state = self._snapshot()
+        else:
+            state.bad_epochs += 1
+        record = {
+            "epoch": state.epoch + 1,
+            "loss": acc[2] / n,
+            "task_loss": acc[0] / n,
+            "reg_loss": acc[1] / n,
+            f"valid_{self.metric}": valid["mean"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "step": state.step,
+            "seconds": state.train_seconds,
+            "routing": self.model.routing_stats(),
+        }
+        state.history.append(record)
+        routes = self.model.routing_matrices()
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        state.epoch_loss = [0.0, 0.0, 0.0, 0]
+        if recipe.train.patience and state.bad_epochs >= recipe.train.patience:
+            state.finished = True
+            info(f"early stopping: no better valid {self.metric} for {recipe.train.patience} epochs")
+        if recipe.train.max_steps and state.step >= recipe.train.max_steps:
+            state.finished = True
+        if self.dist.is_main:
+            self._write_epoch_files(routes)
+            marker = " [green]best[/green]" if improved else ""
+            info(f"epoch {record['epoch']:>3}/{recipe.train.epochs}  loss {record['loss']:.4f}  valid {self.metric} {valid['mean']:.4f}{marker}")
+        self.save_checkpoint()
+
+    def _write_epoch_files(self, routes: dict[int, np.ndarray]) -> None:
+        lines = "".join(json.dumps(r, default=float) + "\n" for r in self.state.history)
+        atomic_write_text(self.run.file("metrics.jsonl"), lines)
+        history_path = self.run.file("routing_history.safetensors")
+        tensors = {}
+        if history_path.exists():
+            from safetensors.torch import load_file
+
+            try:
+                tensors = {k: v for k, v in load_file(str(history_path)).items() if int(k.split("/")[0][5:]) < self.state.epoch}
+            except Exception:
+                tensors = {}
+        for layer, matrix in routes.items():
+            tensors[f"epoch{self.state.epoch:04d}/layer{layer}"] = torch.from_numpy(np.ascontiguousarray(matrix))
+        if tensors:
+            write_safetensors(history_path, tensors, {"format": "cft-routing-history", "tasks": self.model.spec.tasks})
+
+    # --------------------------------------------------------------- the end
+
+    def finish(self) -> dict:
+        recipe, model = self.recipe, self.model
+        model.load_state_dict(self.best_state, strict=False)
+        ev = recipe.eval
+        valid = evaluate_split(model, self.dataset, "valid", self.metric, ev.batch_size, self.device, self.dist, self.amp)
+        test = evaluate_split(model, self.dataset, "test", self.metric, ev.batch_size, self.device, self.dist, self.amp)
+        state = self.state
+        summary = {
+            "metric": self.metric,
+            "best_epoch": state.best_epoch + 1,
+            "epochs_run": state.epoch,
+            "valid": {"mean": valid["mean"], "per_task": valid["per_task"]},
+            "test": {"mean": test["mean"], "per_task": test["per_task"]},
+            "params": model.parameter_counts(),
+            "tasks": list(self.dataset.tasks),
+            "seconds": {"featurise": self.featurise_seconds, "data": self.data_seconds, "train": state.train_seconds},
+            "graphs_per_second": state.graphs_seen * self.dist.world_size / state.train_seconds if state.train_seconds else None,
+            "skipped_smiles": len(self.dataset.skipped),
+            "backbone": self.backbone_info,
+            "world_size": self.dist.world_size,
+            "device": str(self.device),
+            "cft_version": __version__,
+        }
+        summary["params"]["trainable_fraction"] = summary["params"]["trainable"] / summary["params"]["total"]
+        if self.dist.is_main:
+            model.cpu()
+            if not model.freeze_backbone:
+                save_backbone(model.backbone, self.run.file("backbone.safetensors"), info={"source": "fine-tuned", **self.backbone_info})
+            data_meta = {**self.dataset.identity, "config": recipe.data.model_dump(mode="json")}
+            metrics_meta = {"metric": self.metric, "best_epoch": state.best_epoch + 1, "valid": valid["mean"], "test": test["mean"]}
+            provenance = {"kind": "trained", "seed": recipe.seed, **({"init": self.init_info} if self.init_info else {})}
+            save_bundle(self.run.file("bundle.safetensors"), model, data=data_meta, metrics=metrics_meta, provenance=provenance)
+            atomic_write_json(self.run.file("summary.json"), summary)
+            state.finished = True
+            self.save_checkpoint()
+            model.to(self.device)
+        return summary
+
+
+def train_recipe(
+    recipe: Recipe,
+    output_dir: Path,
+    data_root: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: Optional[str] = None,
+    dist: Optional[DistContext] = None,
+    resume_command: str = "",
+    dataset: Optional[MolDataset] = None,
+) -> dict:
+    """Train a recipe into `output_dir`; returns the summary (also written to summary.json).
+    `dataset` replaces loading the recipe's data (benchmarks build theirs in memory)."""
+    dist = dist or single()
+    run = RunFolder(output_dir)
+    target = pick_device(device or recipe.train.device, dist.local_rank)
+    # refusals first, nothing written yet; a refusal on rank 0 stops every rank
+    dist.main_first(lambda: run.check(recipe, resume=resume, overwrite=overwrite), target)
+    trainer = Trainer(recipe, run, data_root, target, dist, resume_command)
+    fresh = False
+    try:
+        trainer.load_inputs(resume, dataset)  # bad data / prior / backbone / init bundle: refused before any write
+        mode = dist.main_first(lambda: run.prepare(recipe, resume=resume, overwrite=overwrite), target)
+        fresh = dist.is_main and mode != "resume"
+        trainer.setup(resume)
+    except BaseException as exc:
+        if fresh and dist.is_main:
+            run.discard()  # a new run that failed before training leaves nothing behind
+        if isinstance(exc, KeyboardInterrupt):
+            if resume and not fresh:
+                raise TrainingInterrupted(f"Interrupted before training resumed; the run folder is unchanged. Resume with: {resume_command}") from None
+            raise TrainingInterrupted(f"Interrupted before training started; nothing was kept in {run.path}. Run the same command again to start.") from None
+        raise
+    if trainer.state.finished and run.file("summary.json").exists():
+        info(f"{run.path} is already finished; its summary is unchanged.")
+        return json.loads(run.file("summary.json").read_text())
+    trainer.run_epochs()
+    try:
+        return trainer.finish()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"Interrupted while writing the results; every epoch is saved. Resume with: {resume_command}") from None
