@@ -10,8 +10,7 @@ from cft.data.dataset import MolDataset, load_dataset
 from cft.errors import CftError
 from cft.files.bundle import BundleInfo, load_bundle, resolve_bundle_path
 from cft.recipe.schema import DataConfig
-from cft.training.build import pick_device
-from cft.training.distributed import single
+from cft.training.distributed import pick_device, single
 from cft.training.inference import evaluate_split
 
 

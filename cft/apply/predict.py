@@ -56,7 +56,7 @@ def predict_csv(
     from cft.data.csvsource import read_frame
     from cft.data.graphs import GraphDataset, featurise
     from cft.files.bundle import load_bundle, resolve_bundle_path
-    from cft.training.build import pick_device
+    from cft.training.distributed import pick_device
     from cft.training.inference import predict_logits
 
     input_csv, output = Path(input_csv), Path(output)

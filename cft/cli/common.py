@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import typer
 
 SetOption = typer.Option(
@@ -17,6 +14,3 @@ DataRootOption = typer.Option(
 )
 DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the recipe's train.device, auto).")
 
-
-def as_path(value: Optional[str]) -> Optional[Path]:
-    return Path(value) if value else None

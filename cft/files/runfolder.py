@@ -13,22 +13,26 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from cft.errors import CftError
 from cft.files.atomic import atomic_write_text
+from cft.files.stfile import write_safetensors
 from cft.recipe.load import recipe_to_yaml
 from cft.recipe.schema import Recipe
 
-# fields that change how a run executes, not what it computes: --resume may differ in them
 # settings that change where or how fast a run executes, not what it computes: a resume may change them
 _EXECUTION_ONLY = {
     ("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("train", "dist_backend"), ("description",),
 }
-
-
 RUN_FILES = (
     "recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors",
     "backbone_start.safetensors", "checkpoint.pt", "routing_history.safetensors", "skipped_smiles.csv", "routing.png",
@@ -46,6 +50,35 @@ class RunFolder:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.pt"
+
+    # ------------------------------------------------------------------ files written during a run
+
+    def write_skipped(self, skipped: list[tuple[int, str]]) -> None:
+        """skipped_smiles.csv: CSV row numbers (header = row 1) and SMILES RDKit could not parse."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["row", "smiles"])
+        writer.writerows([row + 2, s] for row, s in skipped)
+        atomic_write_text(self.file("skipped_smiles.csv"), buffer.getvalue())
+
+    def write_metrics(self, history: list[dict]) -> None:
+        """metrics.jsonl: one JSON line per epoch so far."""
+        atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r, default=float) + "\n" for r in history))
+
+    def write_routing_history(self, epochs_done: int, routes: dict[int, np.ndarray], tasks: list[str]) -> None:
+        """routing_history.safetensors: the task x adapter routes of every layer after each epoch
+        (`epoch0001/layer0`, ...); entries of later epochs (left by an interrupted run) are dropped."""
+        path = self.file("routing_history.safetensors")
+        tensors = {}
+        if path.exists():
+            try:
+                tensors = {k: v for k, v in load_file(str(path)).items() if int(k.split("/")[0][5:]) < epochs_done}
+            except Exception:  # a damaged history is rewritten from this epoch on
+                tensors = {}
+        for layer, matrix in routes.items():
+            tensors[f"epoch{epochs_done:04d}/layer{layer}"] = torch.from_numpy(np.ascontiguousarray(matrix))
+        if tensors:
+            write_safetensors(path, tensors, {"format": "cft-routing-history", "tasks": tasks})
 
     def is_run(self) -> bool:
         return (self.path / "recipe.yaml").exists()

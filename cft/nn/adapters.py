@@ -46,11 +46,3 @@ class AdapterBank(nn.Module):
         z = ACTIVATIONS[self.activation](z)
         z = (z.view(-1, k, r) * alpha.unsqueeze(-1)).view(-1, k * r)
         return z @ self.V.permute(1, 0, 2).reshape(d, k * r).t()  # [N, d]
-
-    def reference_forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Per-adapter loop, for tests only: sum_i alpha_i V_i phi(U_i h)."""
-        act = ACTIVATIONS[self.activation]
-        out = torch.zeros_like(h)
-        for i in range(self.num_adapters):
-            out = out + alpha[:, i : i + 1] * (act(h @ self.U[i].t()) @ self.V[i].t())
-        return out

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from cft.errors import CftError
-from cft.recipe.overrides import apply_override, parse_override
+from cft.recipe.overrides import apply_overrides
 from cft.recipe.rules import semantic_problems
 from cft.recipe.schema import Recipe, field_names
 
@@ -191,10 +191,7 @@ def parse_yaml_text(text: str, source: str) -> tuple[dict, dict[tuple, int]]:
 def load_recipe(path: str | os.PathLike, sets: Optional[list[str]] = None) -> Recipe:
     """Load, override and validate a recipe file; CftError lists every problem at once."""
     raw, lines = read_yaml_file(path)
-    for text in sets or []:
-        parts, value = parse_override(text)
-        apply_override(raw, parts, value)
-        lines.pop(parts, None)  # the value no longer comes from that line
+    apply_overrides(raw, lines, sets or [])
     recipe = validate_raw(raw, str(path), lines)
     if recipe.output_dir is None:
         recipe.output_dir = str(Path("runs") / Path(path).stem)

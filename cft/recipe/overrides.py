@@ -5,7 +5,7 @@ calibration and sweeps all use it). Values are parsed as YAML scalars.
 from __future__ import annotations
 
 import difflib
-from typing import Any, get_origin
+from typing import Any, Iterable, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -65,3 +65,16 @@ def apply_override(raw: dict, parts: tuple[str, ...], value: Any) -> None:
             node[part] = child
         node = child
     node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict, lines: dict[tuple, int], sets: Iterable[str], origin: str = "--set") -> list[tuple[tuple[str, ...], Any]]:
+    """Apply every `key.path=value` of `sets` to a raw recipe mapping, in order (the last one of a
+    key wins), and forget the YAML line of each overridden key (the value no longer comes from
+    that line). Returns the parsed (parts, value) pairs."""
+    applied = []
+    for text in sets:
+        parts, value = parse_override(text, origin)
+        apply_override(raw, parts, value)
+        lines.pop(parts, None)
+        applied.append((parts, value))
+    return applied

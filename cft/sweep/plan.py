@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from cft.errors import CftError
 from cft.recipe.load import read_yaml_file, validate_raw
-from cft.recipe.overrides import apply_override, check_key_path, parse_override
+from cft.recipe.overrides import apply_override, apply_overrides, check_key_path, parse_override
 from cft.recipe.schema import Recipe
 
 PRESETS: dict[str, dict[str, list[Any]]] = {
@@ -196,10 +196,7 @@ def build_plan(
         raise CftError(f"--seeds must be at least 1, got {seeds}.")
     raw, lines = read_yaml_file(recipe_path)
     set_keys: dict[str, str] = {}
-    for text in sets:
-        parts, value = parse_override(text)
-        apply_override(raw, parts, value)
-        lines.pop(parts, None)
+    for text, (parts, _value) in zip(sets, apply_overrides(raw, lines, sets)):
         set_keys[".".join(parts)] = text
     # field types and ranges of the recipe itself; cross-field rules are checked per variant (a
     # sweep may supply what the recipe lacks, e.g. --set prior.source=file --grid prior.path=a.npy,b.npy)

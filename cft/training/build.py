@@ -1,46 +1,28 @@
-"""From a recipe and a dataset to what training needs: device, metric, the backbone (found, loaded,
-pretrained or made in one place: `obtain_backbone`), the model and which of its parameters train.
+"""From a recipe, a dataset and a backbone to the model that trains: the metric, the model spec,
+a fresh model or one started from `train.init_bundle`, and which of its parameters train.
+(Where the backbone comes from is `cft.training.backbones`.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from cft.data.dataset import MolDataset
 from cft.errors import CftError
-from cft.files.atomic import (
-    atomic_copy,
-)
-from cft.files.backbone import backbone_fingerprint, load_backbone, save_backbone
+from cft.files.backbone import backbone_fingerprint
 from cft.files.bundle import (
     build_model,
     load_bundle_tensors,
     read_bundle_info,
 )
-from cft.files.runfolder import RunFolder
 from cft.nn.backbone import Backbone
 from cft.nn.model import CftModel
 from cft.prior.sources import build_relation
 from cft.recipe.schema import Recipe
 from cft.spec import BackboneSpec, ModelSpec, PartSpec
-from cft.training.distributed import DistContext
 from cft.training.seeding import seed_everything
-
-
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise CftError(f"train.device {requested!r} is not a device (use auto, cpu, cuda or cuda:N).") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CftError(f"train.device is {requested!r} but CUDA is not available on this machine.", hint="Use --device cpu or auto.")
-    return device
 
 
 def resolve_metric(recipe: Recipe, dataset: MolDataset) -> str:
@@ -68,70 +50,12 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
     )
 
 
-def backbone_start_path(recipe: Recipe, run: RunFolder) -> Path:
-    return run.file("backbone.safetensors" if recipe.backbone.freeze else "backbone_start.safetensors")
 
 
-def file_backbone_path(recipe: Recipe) -> Optional[Path]:
-    """The backbone file a run starts from: `backbone.path`, or, for a run that starts from a bundle
-    and names neither a path nor a pretrain stage, that bundle's own backbone (found as `cft eval`
-    finds it)."""
-    bb = recipe.backbone
-    if bb.path:
-        return Path(bb.path)
-    if recipe.train.init_bundle and not bb.pretrain:
-        from cft.files.bundle import find_backbone_path
-
-        return Path(find_backbone_path(read_bundle_info(recipe.train.init_bundle)))
-    return None
 
 
-def load_backbone_file(recipe: Recipe) -> Backbone:
-    """The backbone of `backbone.path`, refused when it is not the architecture the recipe describes
-    (a silent mismatch would train adapters on layers that do not exist). An init bundle's own
-    backbone is taken as it is: the bundle, not the recipe, defines that architecture."""
-    bb = recipe.backbone
-    if not bb.path:
-        return load_backbone(file_backbone_path(recipe))
-    backbone = load_backbone(bb.path)
-    wanted = BackboneSpec.of(bb)
-    fields = ["arch", "virtual_node", "num_layers", "hidden", "pooling", "residual"] + ([] if bb.freeze else ["dropout"])
-    differences = [f"{name}: {getattr(backbone.spec, name)!r} in the file, {getattr(wanted, name)!r} in the recipe" for name in fields if getattr(backbone.spec, name) != getattr(wanted, name)]
-    if differences:
-        raise CftError(
-            f"backbone.path {bb.path} is not the backbone the recipe describes ({'; '.join(differences)}).",
-            hint="Set the recipe's backbone section to the file's architecture (backbone.num_layers, backbone.hidden, ...).",
-        )
-    return backbone
 
 
-def obtain_backbone(
-    recipe: Recipe, run: RunFolder, data_root: Path, device: torch.device, resume: bool, dist: DistContext, file_backbone: Optional[Backbone] = None
-) -> tuple[Backbone, dict]:
-    """The starting backbone: a file, a (cached) pretrain stage, or a seeded random one.
-    A copy is kept in the run folder so the run's bundle always finds its backbone."""
-    bb = recipe.backbone
-    start_path = backbone_start_path(recipe, run)
-    if resume and start_path.exists():
-        return load_backbone(start_path), {"source": "run folder"}
-    if bb.path or file_backbone is not None:
-        path = bb.path or file_backbone_path(recipe)
-        backbone = file_backbone if file_backbone is not None else load_backbone_file(recipe)
-        if dist.is_main:
-            atomic_copy(path, start_path)
-        return backbone, {"source": "file", "path": str(path)}
-    spec = BackboneSpec.of(bb)
-    if bb.pretrain:
-        from cft.training.pretrain import pretrained_backbone
-
-        made = dist.main_first(lambda: pretrained_backbone(bb.pretrain, spec, recipe.seed, data_root, start_path, device), device)
-        backbone, details = made if dist.is_main else (load_backbone(start_path), {"source": "pretrain (rank 0)"})
-        return backbone, {"source": "pretrain", "method": bb.pretrain.method, **details}
-    seed_everything(recipe.seed)
-    backbone = Backbone(spec)
-    if dist.is_main:
-        save_backbone(backbone, start_path, info={"source": "random", "seed": recipe.seed})
-    return backbone, {"source": "random"}
 
 
 def read_init_bundle(recipe: Recipe, dataset: MolDataset):

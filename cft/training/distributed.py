@@ -14,6 +14,9 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from cft.console import set_quiet
+from cft.errors import CftError
+
 
 @dataclass
 class DistContext:
@@ -52,10 +55,6 @@ class DistContext:
         torch_dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def barrier(self) -> None:
-        if self.enabled:
-            torch_dist.barrier()
-
     def gather_rows(self, local: np.ndarray, total: int, device: torch.device) -> np.ndarray:
         """Reassemble rows split round-robin (rank r holds rows r, r+world, ...) on every rank.
 
@@ -79,7 +78,6 @@ class DistContext:
 
         Without this a CftError on rank 0 (say, a refused output folder) would leave the other
         ranks waiting at the next collective until the process-group timeout."""
-        from cft.errors import CftError
 
         failure = None
         result = None
@@ -115,7 +113,6 @@ def context_from_env(backend: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return single()
-    from cft.errors import CftError
 
     if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
         raise CftError(
@@ -135,7 +132,6 @@ def context_from_env(backend: str = "auto") -> DistContext:
         torch_dist.init_process_group(backend=backend)
     ctx = DistContext(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(), local_rank=local_rank, initialized_here=True)
     if not ctx.is_main:
-        from cft.console import set_quiet
 
         set_quiet(True)
     return ctx
@@ -145,8 +141,6 @@ def launch_local(nproc: int, argv: list[str], backend: str = "auto") -> None:
     """`cft train --nproc N ...`: start N ranks on this machine through torchrun (standalone)."""
     import subprocess
     import sys
-
-    from cft.errors import CftError
 
     if backend == "nccl" and not torch.cuda.is_available():
         raise CftError("train.dist_backend is nccl, which needs CUDA, and this machine has no CUDA device.", hint="Use gloo (or auto) on CPU.")
@@ -174,3 +168,14 @@ def _strip_nproc(argv: list[str]) -> list[str]:
             continue
         out.append(arg)
     return out
+
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise CftError(f"train.device {requested!r} is not a device (use auto, cpu, cuda or cuda:N).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CftError(f"train.device is {requested!r} but CUDA is not available on this machine.", hint="Use --device cpu or auto.")
+    return device

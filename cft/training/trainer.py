@@ -1,16 +1,18 @@
-"""`cft train`: build the model a recipe describes, train it, and write the run folder.
+"""`cft train`: the training loop of one recipe, and `train_recipe`, which runs it into a run folder.
 
 OGB protocol: the model is selected on the validation metric; the reported test score is the
-test score of the best validation epoch. Runs are seeded and deterministic on CPU; the
-checkpoint holds everything that determines the rest of the run (model, optimiser, schedule,
-RNG state, position in the epoch), so `--resume` after a crash or Ctrl-C ends with the same
-metrics and the same bundle bytes as an uninterrupted run.
+test score of the best validation epoch. Runs are seeded and deterministic on CPU at a fixed
+thread count; the checkpoint holds everything that determines the rest of the run (model,
+optimiser, schedule, RNG state, position in the epoch), so `--resume` after a crash or Ctrl-C
+ends with the same metrics and the same bundle bytes as an uninterrupted run.
+
+The life of a run: `load_inputs` reads and checks every input (nothing is written yet), the
+run folder is prepared, `Trainer` sets up backbone, model, optimiser and schedule (resuming
+from the checkpoint when asked), `run_epochs` trains, `finish` writes bundle and summary.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -20,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.loader import DataLoader
 
 from cft import __version__
@@ -27,43 +30,49 @@ from cft.console import info, progress_bar
 from cft.data.dataset import MolDataset, load_dataset
 from cft.data.graphs import GraphDataset
 from cft.errors import CftError, TrainingInterrupted
-from cft.files.atomic import (
-    atomic_write_json,
-    atomic_write_text,
-    atomic_write_with,
-)
+from cft.files.atomic import atomic_write_json
 from cft.files.backbone import save_backbone
-from cft.files.bundle import (
-    save_bundle,
-)
+from cft.files.bundle import BundleInfo, save_bundle
 from cft.files.runfolder import RunFolder
-from cft.files.stfile import write_safetensors
 from cft.metrics import better
 from cft.nn.model import CftModel
 from cft.prior.sources import build_relation
 from cft.recipe.schema import Recipe
-from cft.training.build import (
-    backbone_start_path,
-    build_training_model,
-    file_backbone_path,
-    load_backbone_file,
-    obtain_backbone,
-    pick_device,
-    read_init_bundle,
-    resolve_metric,
-    set_trainable,
-)
-from cft.training.distributed import DistContext, single
+from cft.training.backbones import BackboneChoice, choose_backbone, obtain_backbone
+from cft.training.build import build_training_model, read_init_bundle, resolve_metric, set_trainable
+from cft.training.checkpoint import read_checkpoint, write_checkpoint
+from cft.training.distributed import DistContext, pick_device, single
 from cft.training.inference import autocast, evaluate_split
 from cft.training.optim import make_optimizer, make_scheduler
-from cft.training.seeding import restore_rng_state, rng_state_tensors
+from cft.training.seeding import restore_rng_state
 from cft.training.signals import Interrupt
 
-CHECKPOINT_FORMAT = "cft-checkpoint-1"
+
+@dataclass
+class EpochLoss:
+    """Running sums of the current epoch's losses (summed over processes at the end of the epoch)."""
+
+    task: float = 0.0
+    reg: float = 0.0
+    total: float = 0.0
+    batches: int = 0
+
+    def add(self, task: float, reg: float, total: float) -> None:
+        self.task, self.reg, self.total, self.batches = self.task + task, self.reg + reg, self.total + total, self.batches + 1
+
+    def as_list(self) -> list[float]:
+        return [self.task, self.reg, self.total, self.batches]
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> "EpochLoss":
+        task, reg, total, batches = values
+        return cls(task, reg, total, int(batches))
 
 
 @dataclass
 class LoopState:
+    """Where the loop stands; saved in every checkpoint (as plain values: loaded with weights_only)."""
+
     epoch: int = 0  # next epoch to run (0-based)
     batch_in_epoch: int = 0  # batches of `epoch` already done (mid-epoch checkpoint)
     step: int = 0
@@ -73,69 +82,80 @@ class LoopState:
     train_seconds: float = 0.0
     graphs_seen: int = 0
     history: list = field(default_factory=list)
-    epoch_loss: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0])  # task, reg, total, batches
+    epoch_loss: EpochLoss = field(default_factory=EpochLoss)
     finished: bool = False
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "epoch_loss": self.epoch_loss.as_list()}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "LoopState":
+        return cls(**{**raw, "epoch_loss": EpochLoss.from_list(raw["epoch_loss"])})
+
+
+@dataclass
+class RunInputs:
+    """Every input of a run, read and checked before anything is written: a bad input leaves the
+    output folder untouched."""
+
+    dataset: MolDataset
+    metric: str
+    backbone: BackboneChoice
+    relation: Optional[np.ndarray] = None  # the prior of a fresh model
+    init_bundle: Optional[BundleInfo] = None  # the header of train.init_bundle
+    data_seconds: float = 0.0
+
+
+def load_inputs(recipe: Recipe, run: RunFolder, data_root: Path, resume: bool, dataset: Optional[MolDataset] = None) -> RunInputs:
+    """Data, metric, prior or init bundle, and the backbone's source. `dataset` replaces loading
+    the recipe's data (benchmarks build theirs in memory)."""
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    started = time.perf_counter()
+    dataset = dataset if dataset is not None else load_dataset(recipe.data, data_root, recipe.seed)
+    data_seconds = time.perf_counter() - started
+    metric = resolve_metric(recipe, dataset)
+    init_bundle = read_init_bundle(recipe, dataset) if recipe.train.init_bundle else None
+    relation = None if init_bundle is not None else build_relation(recipe.prior, dataset)
+    backbone = choose_backbone(recipe, run, resume)
+    return RunInputs(dataset, metric, backbone, relation, init_bundle, data_seconds)
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, run: RunFolder, data_root: Path, device: torch.device, dist: DistContext, resume_command: str):
-        self.recipe, self.run, self.data_root, self.device, self.dist = recipe, run, data_root, device, dist
+    """Set up from a recipe and its checked inputs (torchtune's recipe shape: backbone, model,
+    optimiser and schedule are built in `__init__`; `run_epochs` trains; `finish` writes)."""
+
+    def __init__(
+        self, recipe: Recipe, run: RunFolder, inputs: RunInputs, data_root: Path, device: torch.device, dist: DistContext,
+        resume: bool = False, resume_command: str = "",
+    ):
+        self.recipe, self.run, self.inputs, self.device, self.dist = recipe, run, inputs, device, dist
+        self.dataset, self.metric = inputs.dataset, inputs.metric
         self.resume_command = resume_command
         self.amp = recipe.train.bf16 and device.type == "cuda"
-
-    # --------------------------------------------------------------- setup
-
-    def load_inputs(self, resume: bool, dataset: Optional[MolDataset] = None) -> None:
-        """Read and check every input the run needs (data, prior, backbone file, init bundle)
-        before anything is written, so a bad input leaves the output folder untouched.
-        `dataset` replaces loading the recipe's data (benchmarks build theirs in memory)."""
-        recipe = self.recipe
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
-        started = time.perf_counter()
-        self.dataset = dataset if dataset is not None else load_dataset(recipe.data, self.data_root, recipe.seed)
-        self.featurise_seconds = self.dataset.featurise_seconds
-        self.data_seconds = time.perf_counter() - started
-        self.metric = resolve_metric(recipe, self.dataset)
-        self.relation = self.init_bundle_info = self.file_backbone = None
-        if recipe.train.init_bundle:
-            self.init_bundle_info = read_init_bundle(recipe, self.dataset)
-        else:
-            self.relation = build_relation(recipe.prior, self.dataset)
-        if file_backbone_path(recipe) is not None and not (resume and backbone_start_path(recipe, self.run).exists()):
-            self.file_backbone = load_backbone_file(recipe)
-
-    def setup(self, resume: bool) -> None:
-        recipe, dist = self.recipe, self.dist
-        if not hasattr(self, "dataset"):
-            self.load_inputs(resume)
         if dist.is_main:
-            self._write_skipped()
-        backbone, self.backbone_info = obtain_backbone(recipe, self.run, self.data_root, self.device, resume, dist, self.file_backbone)
-        self.model, self.init_info = build_training_model(recipe, self.dataset, backbone, self.relation, self.init_bundle_info)
+            run.write_skipped(self.dataset.skipped)
+        backbone, self.backbone_info = obtain_backbone(inputs.backbone, recipe, run, data_root, device, dist)
+        self.model, self.init_info = build_training_model(recipe, self.dataset, backbone, inputs.relation, inputs.init_bundle)
         set_trainable(self.model, recipe)
-        self.model.to(self.device)
+        self.model.to(device)
         self.train_model = self._wrap(self.model)
         self.optimizer = make_optimizer(self.model, recipe)
         self.steps_per_epoch = math.ceil(math.ceil(len(self.dataset.split["train"]) / dist.world_size) / self.local_batch_size)
         self.scheduler = make_scheduler(self.optimizer, recipe, self.steps_per_epoch)
         self.state = LoopState()
         self.best_state = self._snapshot()
-        if resume and self.run.checkpoint.exists():
-            self._load_checkpoint()
+        self.checkpoint_at: Optional[tuple[int, int]] = None  # (epoch, batch) of the checkpoint on disk
+        if resume and run.checkpoint.exists():
+            self._resume()
         elif resume:
-            info(f"{self.run.path}: no checkpoint yet; starting from the beginning.")
+            info(f"{run.path}: no checkpoint yet; starting from the beginning.")
 
     def _wrap(self, model: CftModel):
         wrapped = model
         if self.recipe.train.compile:
             wrapped = torch.compile(wrapped)
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = DistributedDataParallel(wrapped, device_ids=ids, find_unused_parameters=True)
         return wrapped
@@ -143,13 +163,6 @@ class Trainer:
     @property
     def local_batch_size(self) -> int:
         return max(1, self.recipe.train.batch_size // self.dist.world_size)
-
-    def _write_skipped(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["row", "smiles"])
-        writer.writerows([row + 2, s] for row, s in self.dataset.skipped)
-        atomic_write_text(self.run.file("skipped_smiles.csv"), buffer.getvalue())
 
     # --------------------------------------------------------------- checkpoints
 
@@ -160,38 +173,25 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "state": self.state.to_dict(),
-            "best_state": self.best_state,
-            "rng": rng_state_tensors(),
-        }
-        atomic_write_with(self.run.checkpoint, lambda tmp: torch.save(payload, tmp))
+        write_checkpoint(self.run.checkpoint, self.model, self.optimizer, self.scheduler, self.state.to_dict(), self.best_state)
         self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
 
-    def _load_checkpoint(self) -> None:
+    def _resume(self) -> None:
         path = self.run.checkpoint
+        payload = read_checkpoint(path)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format {payload.get('format')!r}")
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scheduler.load_state_dict(payload["scheduler"])
-            self.state = LoopState(**payload["state"])
-            self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
+            self.state = LoopState.from_dict(payload["state"])
             self.best_state = payload["best_state"]
             restore_rng_state(payload["rng"])
-        except CftError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # a checkpoint of another model or cft version
             raise CftError(
                 f"Checkpoint {path} cannot be resumed from ({type(exc).__name__}: {str(exc)[:200]}).",
                 hint="It is damaged or from another cft version; start again with --overwrite.",
             ) from None
+        self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
         self.model.to(self.device)
         info(f"resuming {self.run.path} at epoch {self.state.epoch + 1}" + (f", batch {self.state.batch_in_epoch}" if self.state.batch_in_epoch else ""))
 
@@ -250,9 +250,8 @@ class Trainer:
                 state.step += 1
                 state.batch_in_epoch += 1
                 state.graphs_seen += int(batch.num_graphs)
-                acc = state.epoch_loss
-                acc[0], acc[1], acc[2], acc[3] = acc[0] + float(task_loss.detach()), acc[1] + float(reg.detach()), acc[2] + loss_value, acc[3] + 1
-                advance(1, loss=acc[2] / acc[3])
+                state.epoch_loss.add(float(task_loss.detach()), float(reg.detach()), loss_value)
+                advance(1, loss=state.epoch_loss.total / state.epoch_loss.batches)
                 if recipe.train.max_steps and state.step >= recipe.train.max_steps:
                     break
                 if self.dist.broadcast_flag(interrupt.requested, self.device):
@@ -275,7 +274,7 @@ class Trainer:
         not overwritten; no bundle or summary is written."""
         state = self.state
         where = f"epoch {state.epoch + 1}" + (f", batch {batch}" if batch is not None else "")
-        at = getattr(self, "checkpoint_at", None)
+        at = self.checkpoint_at
         if at is not None and self.run.checkpoint.exists():
             when = f"end of epoch {at[0]}" if at[1] == 0 else f"epoch {at[0] + 1}, batch {at[1]}"
             kept = f"The last good checkpoint ({when}) is kept in {self.run.checkpoint}."
@@ -297,7 +296,7 @@ class Trainer:
         valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(valid["mean"]):
             self.scheduler.step(valid["mean"])
-        acc = self.dist.all_reduce_sums(list(state.epoch_loss), self.device)
+        acc = self.dist.all_reduce_sums(state.epoch_loss.as_list(), self.device)
         n = max(acc[3], 1)
         improved = better(self.metric, valid["mean"], state.best_metric)
         if improved:
@@ -320,34 +319,18 @@ class Trainer:
         routes = self.model.routing_matrices()
         state.epoch += 1
         state.batch_in_epoch = 0
-        state.epoch_loss = [0.0, 0.0, 0.0, 0]
+        state.epoch_loss = EpochLoss()
         if recipe.train.patience and state.bad_epochs >= recipe.train.patience:
             state.finished = True
             info(f"early stopping: no better valid {self.metric} for {recipe.train.patience} epochs")
         if recipe.train.max_steps and state.step >= recipe.train.max_steps:
             state.finished = True
         if self.dist.is_main:
-            self._write_epoch_files(routes)
+            self.run.write_metrics(state.history)
+            self.run.write_routing_history(state.epoch, routes, self.model.spec.tasks)
             marker = " [green]best[/green]" if improved else ""
             info(f"epoch {record['epoch']:>3}/{recipe.train.epochs}  loss {record['loss']:.4f}  valid {self.metric} {valid['mean']:.4f}{marker}")
         self.save_checkpoint()
-
-    def _write_epoch_files(self, routes: dict[int, np.ndarray]) -> None:
-        lines = "".join(json.dumps(r, default=float) + "\n" for r in self.state.history)
-        atomic_write_text(self.run.file("metrics.jsonl"), lines)
-        history_path = self.run.file("routing_history.safetensors")
-        tensors = {}
-        if history_path.exists():
-            from safetensors.torch import load_file
-
-            try:
-                tensors = {k: v for k, v in load_file(str(history_path)).items() if int(k.split("/")[0][5:]) < self.state.epoch}
-            except Exception:
-                tensors = {}
-        for layer, matrix in routes.items():
-            tensors[f"epoch{self.state.epoch:04d}/layer{layer}"] = torch.from_numpy(np.ascontiguousarray(matrix))
-        if tensors:
-            write_safetensors(history_path, tensors, {"format": "cft-routing-history", "tasks": self.model.spec.tasks})
 
     # --------------------------------------------------------------- the end
 
@@ -366,7 +349,7 @@ class Trainer:
             "test": {"mean": test["mean"], "per_task": test["per_task"]},
             "params": model.parameter_counts(),
             "tasks": list(self.dataset.tasks),
-            "seconds": {"featurise": self.featurise_seconds, "data": self.data_seconds, "train": state.train_seconds},
+            "seconds": {"featurise": self.dataset.featurise_seconds, "data": self.inputs.data_seconds, "train": state.train_seconds},
             "graphs_per_second": state.graphs_seen * self.dist.world_size / state.train_seconds if state.train_seconds else None,
             "skipped_smiles": len(self.dataset.skipped),
             "backbone": self.backbone_info,
@@ -409,13 +392,12 @@ def train_recipe(
     target = pick_device(device or recipe.train.device, dist.local_rank)
     # refusals first, nothing written yet; a refusal on rank 0 stops every rank
     dist.main_first(lambda: run.check(recipe, resume=resume, overwrite=overwrite), target)
-    trainer = Trainer(recipe, run, data_root, target, dist, resume_command)
     fresh = False
     try:
-        trainer.load_inputs(resume, dataset)  # bad data / prior / backbone / init bundle: refused before any write
+        inputs = load_inputs(recipe, run, data_root, resume, dataset)  # bad data / prior / backbone / init bundle: refused before any write
         mode = dist.main_first(lambda: run.prepare(recipe, resume=resume, overwrite=overwrite), target)
         fresh = dist.is_main and mode != "resume"
-        trainer.setup(resume)
+        trainer = Trainer(recipe, run, inputs, data_root, target, dist, resume=resume, resume_command=resume_command)
     except BaseException as exc:
         if fresh and dist.is_main:
             run.discard()  # a new run that failed before training leaves nothing behind

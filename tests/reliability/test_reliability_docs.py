@@ -7,17 +7,17 @@ import re
 from conftest import REPO
 
 FILES = {
-    "inputs": "test_reliability_inputs.py",
-    "compose_inputs": "test_reliability_compose.py",
-    "faults": "test_reliability_faults.py",
-    "security": "test_reliability_security.py",
-    "fuzz": "test_reliability_fuzz.py",
-    "recipe": "test_recipe.py",
-    "data": "test_data.py",
-    "cli_train": "test_cli_train.py",
-    "cli_ablate": "test_cli_ablate.py",
-    "compose": "test_compose.py",
-    "prior_inspect_predict": "test_prior_inspect_predict.py",
+    "inputs": "reliability/test_reliability_inputs.py",
+    "compose_inputs": "reliability/test_reliability_compose.py",
+    "faults": "reliability/test_reliability_faults.py",
+    "security": "reliability/test_reliability_security.py",
+    "fuzz": "reliability/test_reliability_fuzz.py",
+    "recipe": "recipe/test_recipe.py",
+    "data": "data/test_data.py",
+    "cli_train": "cli/test_cli_train.py",
+    "cli_ablate": "cli/test_cli_ablate.py",
+    "compose": "compose/test_compose.py",
+    "prior_inspect_predict": "cli/test_cli_prior_inspect_predict.py",
 }
 
 

@@ -1,0 +1,63 @@
+"""cft.nn.model: freezing, gradients, masked losses, the paper's parameter budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from model_kit import tiny_batch, tiny_model
+
+from cft.nn.backbone import Backbone
+from cft.nn.model import CftModel
+from cft.spec import BackboneSpec
+
+
+def test_frozen_backbone_receives_no_gradient_and_adapters_do():
+    model = tiny_model()
+    model.train()
+    batch = tiny_batch()
+    logits, routes = model.forward_with_routes(batch)
+    loss = model.task_loss(logits, torch.randint(0, 2, logits.shape).float()) + model.router.regularizer(routes)
+    loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.adapters["0"].V.grad is not None and model.adapters["0"].V.grad.abs().sum() > 0
+    assert model.router.parts[0].task_embed.grad is not None
+    assert model.router.parts[0].query.weight.grad is not None
+    assert not model.backbone.training, "a frozen backbone stays in eval mode"
+
+
+def test_unfrozen_backbone_is_trained():
+    model = tiny_model(freeze=False)
+    model.train()
+    logits, _ = model.forward_with_routes(tiny_batch())
+    model.task_loss(logits, torch.ones_like(logits)).backward()
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+
+
+def test_masked_losses_ignore_missing_labels():
+    model = tiny_model()
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    y = torch.tensor([[1.0, float("nan"), 0.0]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([0.0, -1.0]), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(model.task_loss(logits, y), expected)
+    model.is_binary[:] = torch.tensor([True, True, False])
+    y = torch.tensor([[1.0, float("nan"), 3.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(0.0), torch.tensor(1.0))
+    assert torch.allclose(model.task_loss(logits, y), (bce + 16.0) / 2)
+
+
+def test_molpcba_recipe_fits_the_papers_parameter_budget():
+    from conftest import REPO
+
+    from cft.recipe.load import load_recipe
+    from cft.training.build import model_spec
+
+    recipe = load_recipe(REPO / "recipes" / "molpcba.yaml")
+
+    class FakeData:
+        name, tasks, kinds = "pcba", [f"t{i}" for i in range(128)], ["binary"] * 128
+
+    spec = model_spec(recipe, FakeData(), BackboneSpec.of(recipe.backbone))
+    model = CftModel(Backbone(spec.backbone), spec, [np.eye(128, dtype=np.float32)])
+    counts = model.parameter_counts()
+    assert counts["total"] <= 4_800_000
+    assert counts["trainable"] / counts["total"] < 0.15

@@ -1,0 +1,89 @@
+"""cft.nn.routing: gate, temperature, prior propagation, regulariser, learned prior, per-molecule weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from model_kit import SMILES, tiny_batch, tiny_model
+
+from cft.nn.graph import normalized_adjacency
+from cft.nn.routing import PartRouter, gate
+from cft.spec import PartSpec
+
+
+def test_gate_zeroes_under_threshold_and_renormalises():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.7, 0.1, 0.1, 0.1]], requires_grad=True)
+    routed = gate(probs, threshold=0.12)
+    expected = torch.tensor([[0.5, 0.3, 0.15, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    expected[0] /= expected[0].sum()
+    assert torch.allclose(routed, expected)
+    assert torch.allclose(routed.sum(dim=1), torch.ones(2))
+    # straight-through: gradients reach the gated-off entries too
+    (routed * torch.arange(1.0, 5.0)).sum().backward()
+    assert probs.grad is not None and (probs.grad != 0).all()
+    # top-k keeps the k largest; no row ever goes empty
+    assert (gate(probs.detach(), 0.0, top_k=2) > 0).sum(dim=1).tolist() == [2, 2]
+    assert (gate(probs.detach(), 0.99) > 0).sum(dim=1).tolist() == [1, 1]
+
+
+def test_low_temperature_approaches_argmax():
+    model = tiny_model(temperature=1e-4, threshold=0.0)
+    routes = model.router.routes()
+    for r in routes.values():
+        assert torch.allclose(r.max(dim=1).values, torch.ones(r.size(0)), atol=1e-4)
+    hot = tiny_model(temperature=100.0, threshold=0.0).router.routes()
+    assert all(r.max(dim=1).values.max() < 0.3 for r in hot.values())
+
+
+def test_identity_prior_propagates_nothing_and_a_real_prior_does():
+    eye = np.eye(3, dtype=np.float32)
+    identity = PartRouter(PartSpec(name="p", tasks=["a", "b", "c"], layers=[0], num_adapters=2, rank=2, embed_dim=4, prior_steps=3), 8, eye)
+    assert torch.equal(normalized_adjacency(torch.tensor(eye)), torch.eye(3))
+    assert torch.allclose(identity.propagated_embeddings(), identity.task_embed)
+    linked = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32)
+    router = PartRouter(PartSpec(name="p", tasks=["a", "b", "c"], layers=[0], num_adapters=2, rank=2, embed_dim=4, prior_steps=1), 8, linked)
+    emb = router.propagated_embeddings()
+    e = router.task_embed
+    assert torch.allclose(emb[0], emb[1]) and torch.allclose(emb[0], (e[0] + e[1]) / 2)
+    assert torch.allclose(emb[2], e[2]), "an unlinked task is untouched"
+
+
+def test_regulariser_is_zero_for_identical_routes_and_positive_otherwise():
+    linked = np.ones((3, 3), dtype=np.float32)
+    model = tiny_model(relation=linked, threshold=0.0)
+    router = model.router
+    same = {0: torch.full((3, 4), 0.25, requires_grad=True)}
+    assert float(router.regularizer(same).detach()) == 0.0
+    different = {0: torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0.25] * 4], requires_grad=True)}
+    value = router.regularizer(different)
+    assert float(value.detach()) > 0
+    value.backward()
+    assert different[0].grad is not None and different[0].grad.abs().sum() > 0
+    # with the identity prior no pair is linked: nothing to pull together
+    assert float(tiny_model(threshold=0.0).router.regularizer(different).detach()) == 0.0
+
+
+def test_learned_prior_is_trained_and_anchored():
+    linked = np.array([[1, 0.5, 0], [0.5, 1, 0], [0, 0, 1]], dtype=np.float32)
+    model = tiny_model(relation=linked, learned_prior=True, prior_anchor=1.0)
+    part = model.router.parts[0]
+    assert torch.allclose(part.relation_matrix(), torch.tensor(linked), atol=2e-3)
+    model.train()
+    logits, routes = model.forward_with_routes(tiny_batch())
+    (model.task_loss(logits, torch.ones_like(logits)) + model.router.regularizer(routes)).backward()
+    assert part.relation_logit.grad is not None and part.relation_logit.grad.abs().sum() > 0
+
+
+def test_one_forward_pass_serves_all_tasks_with_per_molecule_weights():
+    model = tiny_model(tasks=5, threshold=0.0)
+    batch = tiny_batch()
+    model.eval()
+    with torch.no_grad():
+        h, vn = model.backbone.encode(batch.x, batch.num_graphs)
+        state = model.backbone.pool(h, batch.batch, batch.num_graphs)
+        emb = [p.propagated_embeddings() for p in model.router.parts]
+        alphas = model.router.alphas([state], model.router.routes(emb), emb)
+    a = alphas[0]
+    assert a.shape == (1, len(SMILES), 4)
+    assert torch.allclose(a.sum(dim=-1), torch.ones(1, len(SMILES)), atol=1e-5), "convex mix of task routes"
+    assert not torch.allclose(a[0, 0], a[0, 1]), "weights differ between molecules"
