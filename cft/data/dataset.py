@@ -66,7 +66,7 @@ def default_metric(kinds: list[str], source: str, path: str) -> str:
 def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: bool = True) -> MolDataset:
     """Load, featurise (cached) and split a dataset as the recipe's `data` section says."""
     if cfg.source == "ogb":
-        return _load_ogb(cfg, root, need_labels)
+        return _load_ogb(cfg, root, seed, need_labels)
     if cfg.source == "builtin":
         from cft.data.builtin import BUILTIN_VERSION, builtin_smiles_path, read_builtin
 
@@ -146,7 +146,7 @@ def _check_train_labels(labels: np.ndarray, train: np.ndarray, tasks: list[str],
         )
 
 
-def _load_ogb(cfg: DataConfig, root: Path, need_labels: bool) -> MolDataset:
+def _load_ogb(cfg: DataConfig, root: Path, seed: int, need_labels: bool) -> MolDataset:
     from cft.data.ogbsource import load_ogb
 
     ogb = load_ogb(cfg.name or "", root)
@@ -166,7 +166,7 @@ def _load_ogb(cfg: DataConfig, root: Path, need_labels: bool) -> MolDataset:
         split = {k: v[v < cfg.limit] for k, v in split.items()}
         n = cfg.limit
     if cfg.split.method in ("scaffold", "random"):
-        split = _split(cfg, ogb.smiles[:n], None, cfg.split.seed or 0, str(ogb.folder))
+        split = _split(cfg, ogb.smiles[:n], None, seed, str(ogb.folder))  # _split uses split.seed, else the recipe seed
     check_nonempty(split, str(ogb.folder))
     if need_labels:
         _check_train_labels(labels, split["train"], tasks, str(ogb.folder))

@@ -206,3 +206,14 @@ def test_ogb_recipe_through_the_cli(ogb_root, tmp_path):
     result = run_cli("train", recipe, "--data-root", ogb_root, "-o", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_ogb_random_split_follows_the_recipe_seed(ogb_root):
+    """`data.split.seed` defaults to the recipe's seed for OGB data too (it was fixed at 0)."""
+    cfg = DataConfig(source="ogb", name="ogbg-moltox21", split={"method": "random"})
+    seed0, seed1 = (load_dataset(cfg, ogb_root, seed).split["train"] for seed in (0, 1))
+    assert not np.array_equal(seed0, seed1), "the recipe seed changes the random split"
+    again = load_dataset(cfg, ogb_root, 1).split["train"]
+    assert np.array_equal(seed1, again)
+    pinned = DataConfig(source="ogb", name="ogbg-moltox21", split={"method": "random", "seed": 0})
+    assert np.array_equal(load_dataset(pinned, ogb_root, 1).split["train"], seed0), "an explicit split.seed wins"
