@@ -48,7 +48,7 @@ for b in NR SR ALL NR_SR.safetensors NR_SR_cal.safetensors NR_SR_k0.safetensors 
 done
 
 # the tradeoff: route mass given to the other bundle's adapters against each part's test ROC-AUC;
-# the residual rule (cft compose's) over --compose-mix, and DESIGN.md's reference rule (propagate)
+# the residual rule (cft compose's) over --compose-mix, and the reference rule of docs/method.md (propagate)
 sweep() {  # name, compose options...
   local name=$1; shift
   "${cft[@]}" compose "$out/NR" "$out/SR" --prior "$out/prior.npy" "$@" -o "$out/sweep_$name.safetensors" > /dev/null

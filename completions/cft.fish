@@ -29,7 +29,7 @@ complete -c cft -n '__fish_seen_subcommand_from compose' -l weights -r -F -d 'Me
 complete -c cft -n '__fish_seen_subcommand_from compose' -l rename -r -F -d 'Rename a task (in bundle N, or in the later bundles holding it); repeatable'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l compose-steps -r -F -d 'k: propagation steps of the parts'\'' routes over the composed prior (0: each part routes only to its own adapters)'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l compose-threshold -r -F -d 'Gate threshold on the routes a task gives to other bundles'\'' adapters'
-complete -c cft -n '__fish_seen_subcommand_from compose' -l compose-rule -r -F -d 'residual (each part keeps its routes; a prior-derived share goes to other bundles) or propagate (DESIGN.md'\''s reference rule)'
+complete -c cft -n '__fish_seen_subcommand_from compose' -l compose-rule -r -F -d 'residual (each part keeps its routes; a prior-derived share goes to other bundles) or propagate (the reference rule of docs/method.md)'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l compose-mix -r -F -d 'residual: scales the share of route mass a task gives to other bundles (0: none, 1: its prior neighbourhood'\''s share)'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l method -r -F -d '--prior-from statistic: phi, jaccard or cosine'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l min-support -r -F -d '--prior-from: minimum co-labelled molecules for an edge'

@@ -1,1 +1,1 @@
-"""apply"""
+"""Applying a trained bundle to molecules: `cft eval` and `cft predict`."""

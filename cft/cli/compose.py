@@ -27,7 +27,7 @@ def compose_command(
     rename: Optional[List[str]] = typer.Option(None, "--rename", metavar="[N:]OLD=NEW", help="Rename a task (in bundle N, or in the later bundles holding it); repeatable."),
     compose_steps: Optional[int] = typer.Option(None, "--compose-steps", min=0, help="k: propagation steps of the parts' routes over the composed prior (0: each part routes only to its own adapters)."),
     compose_threshold: Optional[float] = typer.Option(None, "--compose-threshold", help="Gate threshold on the routes a task gives to other bundles' adapters."),
-    compose_rule: Optional[str] = typer.Option(None, "--compose-rule", help="residual (each part keeps its routes; a prior-derived share goes to other bundles) or propagate (DESIGN.md's reference rule)."),
+    compose_rule: Optional[str] = typer.Option(None, "--compose-rule", help="residual (each part keeps its routes; a prior-derived share goes to other bundles) or propagate (the reference rule of docs/method.md)."),
     compose_mix: Optional[float] = typer.Option(None, "--compose-mix", help="residual: scales the share of route mass a task gives to other bundles (0: none, 1: its prior neighbourhood's share)."),
     method: str = typer.Option("phi", "--method", help="--prior-from statistic: phi, jaccard or cosine."),
     min_support: int = typer.Option(20, "--min-support", min=1, help="--prior-from: minimum co-labelled molecules for an edge."),

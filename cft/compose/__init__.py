@@ -1,1 +1,1 @@
-"""compose"""
+"""`cft compose`: bundles trained separately become one bundle predicting all of their tasks."""

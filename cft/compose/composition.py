@@ -9,7 +9,7 @@ activation cft offers), with the source's adapter scale folded into V so the res
 With `compose_steps = 0` (or `compose_mix = 0`) the composed bundle reproduces each source
 exactly; with k > 0 the composed prior A decides the cross-bundle routes (cft/routing.py): by
 default (`residual`) each task keeps its own route and gives a mix-scaled share of its route mass
-to the adapters that its linked tasks in other bundles use; `propagate` is DESIGN.md's reference
+to the adapters that its linked tasks in other bundles use; `propagate` is the reference rule of docs/method.md
 R = gate(rownorm(A_hat^k blockdiag(R_1, ..., R_P))). Embedding spaces of separate runs are not
 comparable, so cross-bundle sharing comes from the graph alone.
 

@@ -1,6 +1,6 @@
 """Gated routing between adapters, shaped by the structural prior.
 
-Reference formulation (DESIGN.md, "The model"), per trained part:
+Reference formulation (docs/method.md), per trained part:
 - task embeddings E [T, m] are propagated over the normalised prior: E~ = A_hat^k E;
 - task routes per insertion layer l: R^l = gate_g(softmax(E~ K_l^T / (tau sqrt(m)))), [T, K];
 - per-molecule task relevance, label-free: w(x) = softmax(E~ q(x) / sqrt(m)), q = W_q pool(h);
@@ -9,7 +9,7 @@ Reference formulation (DESIGN.md, "The model"), per trained part:
 A composed model holds several parts (one per source bundle). Their embedding spaces are not
 comparable, so sharing across parts comes from the graph, with P = A_hat^k over the composed prior
 and B = blockdiag(R_1, ..., R_P) (each part's own routes); each part keeps its own query. Two rules:
-- `propagate` (DESIGN.md's reference): R = gate_g(rownorm(P B)). It also mixes the routes of
+- `propagate` (the reference rule of docs/method.md): R = gate_g(rownorm(P B)). It also mixes the routes of
   linked tasks inside a part and gates the parts' own routes, which moved each part's tox21 test
   ROC-AUC by up to 0.05 (docs/composition.md);
 - `residual` (what `cft compose` writes): a task keeps its own route and gives a share of its

@@ -1,1 +1,1 @@
-"""training"""
+"""Training: backbone source, model building, optimiser, the loop, checkpoints, pretraining, processes."""

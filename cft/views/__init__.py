@@ -1,1 +1,1 @@
-"""views"""
+"""Terminal heatmaps and PNGs of routes and priors."""
