@@ -9,6 +9,9 @@ and compare the printed lines (they are sorted by tensor name)::
          <(python scripts/bundle_hashes.py --bundle /tmp/qs-after/bundle.safetensors)
 
 Only ``safetensors`` and ``numpy`` are read here: the hashes do not depend on cft's own code.
+Training runs with one CPU thread by default: at two threads some kernel's results differ in the
+last bits from run to run (they depend on memory layout), so two runs of the same commit need
+not agree there.
 """
 from __future__ import annotations
 
@@ -36,13 +39,14 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, help="hash an existing bundle instead of training")
     parser.add_argument("--recipe", default="recipes/quickstart.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="train.threads of the run (1: deterministic)")
     args = parser.parse_args()
     bundle = args.bundle
     if bundle is None:
         if args.out is None:
             parser.error("give --out (train) or --bundle (hash only)")
         cmd = [sys.executable, "-m", "cft", "train", args.recipe, "-o", str(args.out),
-               "--overwrite", "--set", f"seed={args.seed}"]
+               "--overwrite", "--set", f"seed={args.seed}", "--set", f"train.threads={args.threads}"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         bundle = args.out / "bundle.safetensors"
     for name, line in tensor_hashes(bundle).items():
