@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.linalg import block_diag
 
 from cft.errors import CftError
 from cft.files.bundle import (
@@ -19,7 +20,6 @@ from cft.files.bundle import (
     resolve_bundle_path,
 )
 from cft.nn.model import CftModel
-from cft.nn.routing import _block_diagonal
 from cft.prior.files import read_relation
 from cft.prior.relation import check_relation
 from cft.spec import ModelSpec
@@ -172,7 +172,7 @@ def choose_prior(
             method=method, min_support=min_support, min_value=min_value, top_k=top_k,
         )
         return PriorChoice(matrix, {"source": "labels", **details})
-    matrix = _block_diagonal([source_relation(s) for s in sources])
+    matrix = block_diag(*[source_relation(s) for s in sources]).astype(np.float32)
     message = None
     if len(sources) > 1:
         message = (

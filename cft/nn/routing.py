@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.linalg import block_diag
 from torch import nn
 
 from cft.nn.graph import NormalizedAdjacencyCache
@@ -54,10 +55,15 @@ def row_normalize(matrix: torch.Tensor) -> torch.Tensor:
     return matrix / matrix.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def task_entropy(routes: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each task's route: routes [T, K] -> [T]."""
+    p = routes.clamp_min(1e-12)
+    return -(routes * p.log()).sum(dim=-1)
+
+
 def routing_entropy(routes: torch.Tensor) -> torch.Tensor:
     """Mean over tasks of the entropy (nats) of each task's route."""
-    p = routes.clamp_min(1e-12)
-    return -(routes * p.log()).sum(dim=-1).mean()
+    return task_entropy(routes).mean()
 
 
 class PartRouter(nn.Module):
@@ -162,7 +168,7 @@ class Router(nn.Module):
             self.adapter_offsets.append(offsets)
         self.layers = sorted(self.layer_sizes)
         if union_relation is None:
-            union_relation = _block_diagonal(part_relations)
+            union_relation = block_diag(*part_relations).astype(np.float32)
         self.register_buffer("relation", torch.as_tensor(union_relation, dtype=torch.float32).clone())
         self.normalized = NormalizedAdjacencyCache()
         # which group (part) serves each task: heads read that group's representation
@@ -240,13 +246,3 @@ class Router(nn.Module):
             value = 2.0 * ((degree * (r * r).sum(dim=1)).sum() - ((a_hat @ r) * r).sum())
             total = total + value.clamp_min(0.0) / r.size(0)
         return total / len(routes) + penalty
-
-
-def _block_diagonal(matrices: list[np.ndarray]) -> np.ndarray:
-    n = sum(m.shape[0] for m in matrices)
-    out = np.zeros((n, n), dtype=np.float32)
-    i = 0
-    for m in matrices:
-        out[i : i + m.shape[0], i : i + m.shape[0]] = m
-        i += m.shape[0]
-    return out

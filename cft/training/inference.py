@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch_geometric.loader import DataLoader
@@ -30,10 +28,9 @@ def predict_logits(model: CftModel, dataset: GraphDataset, batch_size: int, devi
     return torch.cat(outputs).numpy()
 
 
-def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast on CUDA when enabled; a disabled autocast (a no-op) otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def evaluate_split(model: CftModel, dataset: MolDataset, split: str, metric: str, batch_size: int, device: torch.device, dist: DistContext, amp: bool = False) -> dict:

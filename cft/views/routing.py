@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from rich.text import Text
 
 from cft.errors import CftError
+from cft.nn.routing import task_entropy as routing_task_entropy
 from cft.views.heatmap import (
     Heat,
     Panel,
@@ -78,8 +80,8 @@ def load_report(target: str | Path) -> RoutingReport:
 
 
 def task_entropy(routes: np.ndarray) -> np.ndarray:
-    p = np.clip(routes, 1e-12, None)
-    return -(routes * np.log(p)).sum(axis=1)
+    """Entropy (nats) of each task's route, [T, K] -> [T] (the model's own definition)."""
+    return routing_task_entropy(torch.from_numpy(np.asarray(routes, dtype=np.float64))).numpy()
 
 
 def active_count(routes: np.ndarray) -> np.ndarray:
