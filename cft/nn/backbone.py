@@ -11,8 +11,6 @@ after any layer without copying the backbone. Saving, loading and fingerprints l
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
@@ -90,14 +88,14 @@ class Backbone(nn.Module):
     def num_layers(self) -> int:
         return self.spec.num_layers
 
-    def encode(self, x: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def encode(self, x: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.atom_encoder(x.long())  # features are stored as uint8
         vn = self.vn_embedding.weight.expand(num_graphs, -1) if self.spec.virtual_node else None
         return h, vn
 
     def layer(
-        self, index: int, h: torch.Tensor, vn: Optional[torch.Tensor], edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self, index: int, h: torch.Tensor, vn: torch.Tensor | None, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Layer `index`: returns (node states after it, virtual node for the next layer)."""
         h_in = h + vn[batch] if vn is not None else h
         out = self.norms[index](self.convs[index](h_in, edge_index, edge_attr))

@@ -15,15 +15,14 @@ own group's representation. A trained bundle has one group: no replication.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cft.nn.adapters import AdapterBank
 from cft.nn.backbone import Backbone
+from cft.nn.losses import masked_multitask_loss
 from cft.nn.routing import Router, routing_entropy
 from cft.spec import ModelSpec
 
@@ -34,7 +33,7 @@ class CftModel(nn.Module):
         backbone: Backbone,
         spec: ModelSpec,
         part_relations: list[np.ndarray],
-        union_relation: Optional[np.ndarray] = None,
+        union_relation: np.ndarray | None = None,
         freeze_backbone: bool = True,
     ):
         super().__init__()
@@ -57,7 +56,7 @@ class CftModel(nn.Module):
             self.backbone.requires_grad_(False)
         self.train(False)
 
-    def train(self, mode: bool = True) -> "CftModel":
+    def train(self, mode: bool = True) -> CftModel:
         super().train(mode)
         if self.freeze_backbone:
             # a frozen backbone is a fixed function: BatchNorm uses its running statistics
@@ -121,15 +120,7 @@ class CftModel(nn.Module):
 
     def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Masked BCE (binary tasks) + masked MSE (regression), averaged over labelled entries."""
-        labelled = ~torch.isnan(y)
-        if not labelled.any():
-            return logits.sum() * 0.0
-        target = torch.nan_to_num(y, nan=0.0)
-        binary = self.is_binary.view(1, -1).expand_as(y)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        mse = (logits - target) ** 2
-        weight = labelled.to(logits.dtype)  # a multiply, not a boolean gather: cheap with 600+ tasks
-        return (torch.where(binary, bce, mse) * weight).sum() / weight.sum()
+        return masked_multitask_loss(logits, y, self.is_binary)
 
     # ------------------------------------------------------------------ read-outs
 

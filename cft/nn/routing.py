@@ -22,7 +22,6 @@ and B = blockdiag(R_1, ..., R_P) (each part's own routes); each part keeps its o
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ from cft.nn.graph import NormalizedAdjacencyCache
 from cft.spec import COMPOSE_RULES, PartSpec
 
 
-def gate(probs: torch.Tensor, threshold: float, top_k: Optional[int] = None) -> torch.Tensor:
+def gate(probs: torch.Tensor, threshold: float, top_k: int | None = None) -> torch.Tensor:
     """Zero weights under `threshold` (and outside the top k), renormalise each row.
 
     The largest weight of a row is always kept, so no row goes empty. The forward value is
@@ -92,7 +91,7 @@ class PartRouter(nn.Module):
             return F.softplus(sym, beta=10.0)
         return self.relation
 
-    def propagated_embeddings(self) -> Optional[torch.Tensor]:
+    def propagated_embeddings(self) -> torch.Tensor | None:
         if not self.routed:
             return None
         emb = self.task_embed
@@ -102,7 +101,7 @@ class PartRouter(nn.Module):
                 emb = a_hat @ emb
         return emb
 
-    def routes(self, embeddings: Optional[torch.Tensor] = None) -> dict[int, torch.Tensor]:
+    def routes(self, embeddings: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Task x adapter routing matrix per insertion layer, [T_p, K_p] each."""
         spec = self.spec
         if not spec.layers:
@@ -118,7 +117,7 @@ class PartRouter(nn.Module):
             for layer in spec.layers
         }
 
-    def relevance(self, state: torch.Tensor, embeddings: Optional[torch.Tensor]) -> torch.Tensor:
+    def relevance(self, state: torch.Tensor, embeddings: torch.Tensor | None) -> torch.Tensor:
         """w(x): [B, T_p] softmax over this part's tasks, from the pooled query state [B, d]
         (uniform for a part that does not route: its routes are the same for every task)."""
         if not self.routed:
@@ -140,7 +139,7 @@ class Router(nn.Module):
         parts: list[PartSpec],
         hidden: int,
         part_relations: list[np.ndarray],
-        union_relation: Optional[np.ndarray] = None,
+        union_relation: np.ndarray | None = None,
         compose_steps: int = 0,
         compose_threshold: float = 0.0,
         compose_rule: str = "propagate",
@@ -187,7 +186,7 @@ class Router(nn.Module):
             return self.parts[0].relation_matrix()
         return self.relation
 
-    def routes(self, embeddings: Optional[list[torch.Tensor]] = None) -> dict[int, torch.Tensor]:
+    def routes(self, embeddings: list[torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
         """Union task x adapter routing matrix per insertion layer, [T, K_l]."""
         t = len(self.tasks)
         part_routes = [part.routes(None if embeddings is None else embeddings[i]) for i, part in enumerate(self.parts)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -40,8 +40,8 @@ class BackboneChoice:
     """The source of the starting backbone, decided and checked before anything is written."""
 
     source: Source
-    path: Optional[Path] = None  # the file to load or copy (run folder, file)
-    loaded: Optional[Backbone] = None  # the checked backbone of a `file` source
+    path: Path | None = None  # the file to load or copy (run folder, file)
+    loaded: Backbone | None = None  # the checked backbone of a `file` source
 
 
 def start_path(recipe: Recipe, run: RunFolder) -> Path:

@@ -5,8 +5,6 @@ a fresh model or one started from `train.init_bundle`, and which of its paramete
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from cft.data.dataset import MolDataset
@@ -73,7 +71,7 @@ def read_init_bundle(recipe: Recipe, dataset: MolDataset):
 
 
 def build_training_model(
-    recipe: Recipe, dataset: MolDataset, backbone: Backbone, relation: Optional[np.ndarray] = None, init_info=None
+    recipe: Recipe, dataset: MolDataset, backbone: Backbone, relation: np.ndarray | None = None, init_info=None
 ) -> tuple[CftModel, dict]:
     """A fresh model, or (train.init_bundle) a bundle's model, e.g. a composed one to calibrate.
     `relation` / `init_info`: the prior or bundle header, when already read and checked."""

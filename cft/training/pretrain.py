@@ -31,6 +31,7 @@ from cft.files.atomic import atomic_copy
 from cft.files.backbone import load_backbone, save_backbone
 from cft.files.paths import cache_dir
 from cft.nn.backbone import Backbone
+from cft.nn.losses import masked_multitask_loss
 from cft.recipe.schema import PretrainConfig
 from cft.spec import BackboneSpec
 from cft.training.seeding import seed_everything
@@ -134,9 +135,7 @@ def _pretrain_supervised(backbone: Backbone, dataset, cfg: PretrainConfig, seed:
                 labelled = ~torch.isnan(y)
                 if not labelled.any():
                     continue
-                target = torch.nan_to_num(y)
-                losses = torch.where(binary, F.binary_cross_entropy_with_logits(logits, target, reduction="none"), (logits - target) ** 2)
-                loss = losses[labelled].mean()
+                loss = masked_multitask_loss(logits, y, binary)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

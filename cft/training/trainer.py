@@ -18,7 +18,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -64,7 +63,7 @@ class EpochLoss:
         return [self.task, self.reg, self.total, self.batches]
 
     @classmethod
-    def from_list(cls, values: list[float]) -> "EpochLoss":
+    def from_list(cls, values: list[float]) -> EpochLoss:
         task, reg, total, batches = values
         return cls(task, reg, total, int(batches))
 
@@ -76,7 +75,7 @@ class LoopState:
     epoch: int = 0  # next epoch to run (0-based)
     batch_in_epoch: int = 0  # batches of `epoch` already done (mid-epoch checkpoint)
     step: int = 0
-    best_metric: Optional[float] = None
+    best_metric: float | None = None
     best_epoch: int = -1
     bad_epochs: int = 0
     train_seconds: float = 0.0
@@ -89,7 +88,7 @@ class LoopState:
         return {**self.__dict__, "epoch_loss": self.epoch_loss.as_list()}
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "LoopState":
+    def from_dict(cls, raw: dict) -> LoopState:
         return cls(**{**raw, "epoch_loss": EpochLoss.from_list(raw["epoch_loss"])})
 
 
@@ -101,12 +100,12 @@ class RunInputs:
     dataset: MolDataset
     metric: str
     backbone: BackboneChoice
-    relation: Optional[np.ndarray] = None  # the prior of a fresh model
-    init_bundle: Optional[BundleInfo] = None  # the header of train.init_bundle
+    relation: np.ndarray | None = None  # the prior of a fresh model
+    init_bundle: BundleInfo | None = None  # the header of train.init_bundle
     data_seconds: float = 0.0
 
 
-def load_inputs(recipe: Recipe, run: RunFolder, data_root: Path, resume: bool, dataset: Optional[MolDataset] = None) -> RunInputs:
+def load_inputs(recipe: Recipe, run: RunFolder, data_root: Path, resume: bool, dataset: MolDataset | None = None) -> RunInputs:
     """Data, metric, prior or init bundle, and the backbone's source. `dataset` replaces loading
     the recipe's data (benchmarks build theirs in memory)."""
     if recipe.train.threads:
@@ -145,7 +144,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, recipe, self.steps_per_epoch)
         self.state = LoopState()
         self.best_state = self._snapshot()
-        self.checkpoint_at: Optional[tuple[int, int]] = None  # (epoch, batch) of the checkpoint on disk
+        self.checkpoint_at: tuple[int, int] | None = None  # (epoch, batch) of the checkpoint on disk
         if resume and run.checkpoint.exists():
             self._resume()
         elif resume:
@@ -268,7 +267,7 @@ class Trainer:
         # through the wrapper (DDP / compiled) so that gradient hooks see the whole graph
         return self.train_model(batch, with_routes=True)
 
-    def _diverged(self, what: str, batch: Optional[int] = None) -> None:
+    def _diverged(self, what: str, batch: int | None = None) -> None:
         """Stop a run whose loss or weights stopped being finite. The checkpoint on disk is the
         last good state (it is written only at the end of an epoch that stayed finite) and is
         not overwritten; no bundle or summary is written."""
@@ -380,10 +379,10 @@ def train_recipe(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    device: Optional[str] = None,
-    dist: Optional[DistContext] = None,
+    device: str | None = None,
+    dist: DistContext | None = None,
     resume_command: str = "",
-    dataset: Optional[MolDataset] = None,
+    dataset: MolDataset | None = None,
 ) -> dict:
     """Train a recipe into `output_dir`; returns the summary (also written to summary.json).
     `dataset` replaces loading the recipe's data (benchmarks build theirs in memory)."""
