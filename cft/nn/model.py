@@ -66,12 +66,22 @@ class CftModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, data, with_routes: bool = False):
-        """Logits [B, T]; with_routes=True also returns the routes (for the regulariser)."""
-        logits, routes = self.forward_with_routes(data)
+    def forward(self, data, with_routes: bool = False, prefix: tuple | None = None):
+        """Logits [B, T]; with_routes=True also returns the routes (for the regulariser).
+        `prefix`: see `forward_with_routes`."""
+        logits, routes = self.forward_with_routes(data, prefix)
         return (logits, routes) if with_routes else logits
 
-    def forward_with_routes(self, data) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def prefix_layer(self) -> int | None:
+        """The layer up to which the forward pass is a fixed function of the molecule (the first
+        insertion layer of a frozen backbone in eval mode), or None when there is none."""
+        layers = self.router.layers
+        return layers[0] if layers and self.freeze_backbone and not self.backbone.training else None
+
+    def forward_with_routes(self, data, prefix: tuple | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """`prefix` = (layer, h [N, d], vn [B, d] or None): the unadapted node and virtual-node
+        states entering `layer` (= `prefix_layer()`), computed earlier (cft.training.prefix);
+        the forward pass then starts there instead of at the atom encoder."""
         bb, router = self.backbone, self.router
         num_graphs = int(data.num_graphs)
         x, edge_index, edge_attr, batch = data.x, data.edge_index, data.edge_attr, data.batch
@@ -81,9 +91,14 @@ class CftModel(nn.Module):
         first = layers[0]
         frozen_prefix = torch.no_grad() if self.freeze_backbone else contextlib.nullcontext()
         with frozen_prefix:
-            h, vn = bb.encode(x, num_graphs)
-            for i in range(first):
-                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
+            if prefix is not None:
+                if prefix[0] != first or not self.freeze_backbone:
+                    raise ValueError(f"a cached prefix to layer {prefix[0]} does not fit this model (first insertion layer {first}, frozen {self.freeze_backbone})")
+                h, vn = prefix[1], prefix[2]
+            else:
+                h, vn = bb.encode(x, num_graphs)
+                for i in range(first):
+                    h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
             query_states = self._query_states(h, vn, first, edge_index, edge_attr, batch, num_graphs)
 
         embeddings = [part.propagated_embeddings() for part in router.parts]
