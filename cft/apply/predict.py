@@ -28,21 +28,6 @@ class PredictResult:
     invalid_rows: list[int]  # 1-based data rows (the header is row 1 of the file, so file line = row + 1)
 
 
-def pick_smiles_column(frame: pd.DataFrame, requested: Optional[str], path: Path) -> str:
-    columns = [str(c) for c in frame.columns]
-    if requested is not None:
-        if requested not in columns:
-            raise CftError(
-                f"{path} has no column {requested!r}; its columns are: {', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''}.",
-                hint="Pass the SMILES column with --smiles-column.",
-            )
-        return requested
-    for c in columns:
-        if c.lower() in ("smiles", "smi", "canonical_smiles", "mol"):
-            return c
-    return columns[0]
-
-
 def predict_csv(
     target: str | Path,
     input_csv: str | Path,
@@ -55,6 +40,7 @@ def predict_csv(
 ) -> PredictResult:
     from cft.data.csvsource import read_frame
     from cft.data.graphs import GraphDataset, featurise
+    from cft.data.select import pick_smiles_column
     from cft.files.bundle import load_bundle, resolve_bundle_path
     from cft.training.distributed import pick_device
     from cft.training.inference import predict_logits
@@ -65,7 +51,7 @@ def predict_csv(
     bundle = resolve_bundle_path(target)
     model, info = load_bundle(bundle, backbone_path=backbone_path)
     frame = read_frame(input_csv)
-    column = pick_smiles_column(frame, smiles_column, input_csv)
+    column = pick_smiles_column(list(frame.columns), smiles_column, input_csv, option="--smiles-column")
     smiles = [str(s).strip() for s in frame[column].tolist()]
     store, valid, _, _ = featurise(smiles, label=input_csv.name)
     if not valid.any():

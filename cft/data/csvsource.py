@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -10,6 +9,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from cft.data.select import pick_smiles_column, select
 from cft.errors import CftError
 from cft.recipe.schema import DataConfig
 
@@ -49,48 +49,21 @@ def read_frame(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _select(columns: list[str], patterns: list[str]) -> list[str]:
-    return [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
-
-
-def pick_smiles_column(frame: pd.DataFrame, cfg: DataConfig, path: Path) -> str:
-    columns = list(frame.columns)
-    if cfg.smiles_column is None:
-        return columns[0]
-    if cfg.smiles_column not in columns:
-        raise CftError(
-            f"{path} has no SMILES column {cfg.smiles_column!r}; its columns are: {', '.join(columns[:20])}"
-            + (" ..." if len(columns) > 20 else "")
-            + ".",
-            hint="Set data.smiles_column to one of them.",
-        )
-    return cfg.smiles_column
-
-
 def read_csv_table(cfg: DataConfig, root: Path) -> Table:
     path = resolve_csv_path(cfg, root)
     frame = read_frame(path)
     if cfg.limit:
         frame = frame.iloc[: cfg.limit]
-    smiles_col = pick_smiles_column(frame, cfg, path)
+    smiles_col = pick_smiles_column(list(frame.columns), cfg.smiles_column, path)
     columns = [c for c in frame.columns if c != smiles_col]
-    excluded = set(_select(columns, cfg.exclude_columns))
+    excluded = {columns[i] for i in select(columns, cfg.exclude_columns)}
     split_col = cfg.split.column if cfg.split.method == "column" else None
     if split_col is not None:
         if split_col not in frame.columns:
             raise CftError(f"{path} has no split column {split_col!r} (data.split.column).")
         excluded.add(split_col)
     if cfg.tasks:
-        tasks = []
-        for pattern in cfg.tasks:
-            matched = _select(columns, [pattern])
-            if not matched:
-                raise CftError(
-                    f"{path}: data.tasks entry {pattern!r} matches no column; columns are: {', '.join(columns[:20])}"
-                    + (" ..." if len(columns) > 20 else "")
-                    + "."
-                )
-            tasks.extend(m for m in matched if m not in tasks and m not in excluded)
+        tasks = [columns[i] for i in select(columns, cfg.tasks, source=str(path)) if columns[i] not in excluded]
     else:
         tasks = [c for c in columns if c not in excluded]
     if not tasks:

@@ -13,6 +13,7 @@ import torch
 
 from cft.console import info, warn
 from cft.data.graphs import GraphDataset, GraphStore, featurise
+from cft.data.select import select
 from cft.data.split import (
     check_nonempty,
     column_split,
@@ -74,7 +75,7 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
         if cfg.limit:
             smiles, labels = smiles[: cfg.limit], labels[: cfg.limit]
         kinds = ["binary"] * len(tasks)
-        tasks, labels, kinds = _select_builtin_tasks(cfg, tasks, labels, kinds)
+        tasks, labels, kinds = _select_tasks(cfg, tasks, labels, kinds, "the builtin dataset")
         identity = {"source": "builtin", "version": BUILTIN_VERSION, "rdkit": rdkit.__version__, "file": Path(builtin_smiles_path()).name}
         split_values, source_name, display = None, builtin_smiles_path(), "builtin"
     else:
@@ -114,14 +115,11 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
     )
 
 
-def _select_builtin_tasks(cfg: DataConfig, tasks, labels, kinds):
+def _select_tasks(cfg: DataConfig, tasks: list[str], labels: np.ndarray, kinds: list[str], source: str):
+    """The tasks `data.tasks` chooses (all when unset), in the order of its patterns."""
     if not cfg.tasks:
         return tasks, labels, kinds
-    import fnmatch
-
-    chosen = [i for i, t in enumerate(tasks) if any(fnmatch.fnmatchcase(t, p) for p in cfg.tasks)]
-    if not chosen:
-        raise CftError(f"data.tasks {cfg.tasks} match none of the builtin tasks: {', '.join(tasks)}.")
+    chosen = select(tasks, cfg.tasks, source=source)
     return [tasks[i] for i in chosen], labels[:, chosen], [kinds[i] for i in chosen]
 
 
@@ -151,13 +149,7 @@ def _load_ogb(cfg: DataConfig, root: Path, seed: int, need_labels: bool) -> MolD
 
     ogb = load_ogb(cfg.name or "", root)
     labels, tasks, kinds, store = ogb.labels, ogb.tasks, ogb.kinds, ogb.store
-    if cfg.tasks:
-        import fnmatch
-
-        chosen = [i for i, t in enumerate(tasks) if any(fnmatch.fnmatchcase(t, p) for p in cfg.tasks)]
-        if not chosen:
-            raise CftError(f"data.tasks {cfg.tasks} match none of {cfg.name}'s tasks.")
-        labels, tasks, kinds = labels[:, chosen], [tasks[i] for i in chosen], [kinds[i] for i in chosen]
+    tasks, labels, kinds = _select_tasks(cfg, tasks, labels, kinds, str(cfg.name))
     split = ogb.split
     n = len(store)
     if cfg.limit and cfg.limit < n:

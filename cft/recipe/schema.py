@@ -68,9 +68,11 @@ class DataConfig(_Strict):
     root: Optional[str] = None
     """Data root where CSVs and OGB folders live. `--data-root` and `CFT_DATA_ROOT` override it."""
     smiles_column: Optional[str] = None
-    """SMILES column of a CSV; default: the first column."""
+    """SMILES column of a CSV; default: the first column named like SMILES (`smiles`, `smi`,
+    `canonical_smiles`, `isomeric_smiles` or `mol`, in any case), else the first column."""
     tasks: Optional[list[str]] = None
-    """Task columns to use, by name or glob (e.g. `NR-*`); default: every other column."""
+    """Task columns to use, by name or glob (e.g. `NR-*`), in the order given; each entry must match
+    a column. Default: every other column."""
     exclude_columns: list[str] = Field(default_factory=list)
     """Columns (names or globs) that are not tasks, e.g. an id or a split column."""
     task_kinds: dict[str, TaskKind] = Field(default_factory=dict)

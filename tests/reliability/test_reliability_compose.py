@@ -271,7 +271,7 @@ PREDICT_INPUTS = {
     "empty_file": ("", (), "is empty"),
     "header_only": ("smiles,id\n", (), "has a header but no data rows"),
     "binary_garbage": (b"smiles\n" + b"\xff\xfe\xfa,\x00\n" * 5, (), "not a readable CSV"),
-    "no_such_column": ("smiles,id\nCCO,1\n", ("--smiles-column", "structure"), "has no column 'structure'"),
+    "no_such_column": ("smiles,id\nCCO,1\n", ("--smiles-column", "structure"), "has no SMILES column 'structure'"),
     "no_smiles_column": ("id,name\n1,ethanol\n2,benzene\n", (), "no SMILES could be parsed"),
     "no_smiles_parses": ("smiles\nnot_a_molecule\nC1CC\n", (), "no SMILES could be parsed"),
     "output_is_input": ("smiles\nCCO\n", ("SAME",), "is the input file"),
