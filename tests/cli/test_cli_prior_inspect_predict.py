@@ -29,11 +29,16 @@ def test_prior_build_from_data_writes_matrix_names_and_png(tiny_parts, tmp_path)
     assert "8 tasks" in result.stdout and "training molecules" in result.stdout
     assert (tmp_path / "rel.png").stat().st_size > 5_000
     assert _widest(result.stdout) <= 80
-    # jaccard with top-k: sparser, still symmetric
+    # jaccard with --top-k 1: fewer links than without (at most T*k), still symmetric
+    dense = run_cli_inprocess("prior", "build", "--data", tiny_parts["recipe"], "-o", tmp_path / "jac_all.csv", "--method", "jaccard", "--min-support", "5")
     sparse = run_cli_inprocess("prior", "build", "--data", tiny_parts["recipe"], "-o", tmp_path / "jac.csv", "--method", "jaccard", "--top-k", "1", "--min-support", "5")
-    assert sparse.returncode == 0, sparse.stderr
+    assert dense.returncode == 0 and sparse.returncode == 0, dense.stderr + sparse.stderr
     frame = pd.read_csv(tmp_path / "jac.csv", index_col=0)
     assert list(frame.columns) == list(frame.index) == names
+    links = {name: int(((m := pd.read_csv(tmp_path / name, index_col=0).to_numpy()) > 0).sum() - (np.diag(m) > 0).sum()) // 2
+             for name in ("jac_all.csv", "jac.csv")}
+    assert links["jac.csv"] < links["jac_all.csv"], f"--top-k 1 should drop links: {links}"
+    assert links["jac.csv"] <= len(names) * 1, f"top-1 keeps at most T undirected links: {links}"
     assert np.allclose(frame.to_numpy(), frame.to_numpy().T)
     # --tasks selects label columns (globs), --min-value drops weak edges; --max-rows clusters the display
     some = run_cli_inprocess("prior", "build", "--data", tiny_parts["recipe"], "-o", tmp_path / "some.npy", "--tasks", names[0],
