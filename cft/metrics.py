@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 from ogb.graphproppred import Evaluator
 
+from cft.spec import HIGHER_IS_BETTER, METRIC_TASK_KIND, METRICS
+
 # an OGB dataset whose official metric is each of ours, so the Evaluator scores it for us
 _EVALUATOR_FOR = {"rocauc": "ogbg-molhiv", "ap": "ogbg-molpcba", "rmse": "ogbg-molesol"}
-HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False}
+assert set(_EVALUATOR_FOR) == set(METRICS), "every metric of cft.spec.METRICS needs an OGB evaluator"
 
 
 def _evaluator(metric: str) -> Evaluator:
@@ -31,7 +33,7 @@ def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray, tasks: Sequence[s
     for j, task in enumerate(tasks):
         truth, pred = y_true[:, j : j + 1], y_pred[:, j : j + 1]
         labelled = ~np.isnan(truth[:, 0])
-        if metric in ("rocauc", "ap"):
+        if METRIC_TASK_KIND[metric] == "binary":
             observed = truth[labelled, 0]
             if not ((observed == 1).any() and (observed == 0).any()):
                 per_task[task] = None

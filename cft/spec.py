@@ -22,9 +22,15 @@ TASK_KINDS = ("binary", "regression")
 METRICS = ("rocauc", "ap", "rmse")
 """Validation/test metrics; every list of metric names in cft is derived from this one."""
 HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False}
+METRIC_TASK_KIND = {"rocauc": "binary", "ap": "binary", "rmse": "regression"}
+"""The kind of task each metric scores."""
 ACTIVATIONS = ("identity", "relu", "gelu", "tanh")
 ROUTING_MODES = ("routed", "uniform")
 COMPOSE_RULES = ("propagate", "residual")
+READOUTS = ("task", "mixture")
+"""How tasks read the adapted representation (`ModelSpec.readout`): `task` (each task reads the
+experts of the last insertion layer through its own gates) or `mixture` (every task reads one
+representation adapted with the per-molecule mixture over all task routes)."""
 ARCHS = ("gin", "gcn")
 POOLINGS = ("mean", "sum", "max")
 PRIOR_METHODS = ("phi", "jaccard", "cosine")
@@ -35,6 +41,7 @@ Metric = Literal[METRICS]
 Activation = Literal[ACTIVATIONS]
 RoutingMode = Literal[ROUTING_MODES]
 ComposeRule = Literal[COMPOSE_RULES]
+Readout = Literal[READOUTS]
 
 # --------------------------------------------------------------------------- bounded types
 
@@ -110,6 +117,9 @@ class PartSpec(_Frozen):
     threshold: Threshold = 0.05
     top_k: Optional[Annotated[int, Field(ge=1)]] = None
     prior_steps: PropagationSteps = 2
+    prior_restart: Fraction = 0.0
+    """a: restart (teleport) weight of the propagation E <- (1 - a) A_hat E + a E_0 (APPNP); 0 is plain
+    graph convolution E~ = A_hat^k E_0 (and what a header without the field means)."""
     prior_source: str = "labels"
     learned_prior: bool = False
     prior_anchor: NonNegative = 1.0
@@ -145,6 +155,11 @@ class ModelSpec(_Frozen):
     compose_rule: ComposeRule = "propagate"
     """How composed parts share adapters (`cft.nn.routing.Router`); `cft compose` writes `residual`."""
     compose_mix: Fraction = 1.0
+    readout: Readout = "mixture"
+    """`task`: the adapters of the last insertion layer are experts, each pooled once, and task t reads
+    sum_k R_tk z_k(x) through its own gates R_t; `mixture`: every task reads the one representation
+    adapted with alpha(x) = w(x)^T R (`cft.nn.model`). A header without the field is `mixture`, so
+    bundles written before it existed predict as they did; recipes default to `task`."""
     extra: dict = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -139,7 +139,7 @@ def _print_plan(plan, folder: Path) -> None:
 
 def _print_results(outcome, folder: Path) -> None:
     from cft.sweep.plan import format_value
-    from cft.sweep.results import metric_of, ranked, variant_stats
+    from cft.sweep.results import format_mean_std, metric_of, ranked, variant_stats
 
     metric = metric_of(outcome.results)
     stats = ranked(variant_stats(outcome.plan, outcome.results), metric)
@@ -152,19 +152,13 @@ def _print_results(outcome, folder: Path) -> None:
     for name in (f"valid {metric or ''}", f"test {metric or ''}", "trainable", "runs"):
         table.add_column(name, justify="right")
 
-    def pm(pair):
-        mean, std = pair
-        if math.isnan(mean):
-            return "—"
-        return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
-
     for i, s in enumerate(stats, 1):
         runs = f"{s.finished}/{len(s.runs)}" + (f" ({len(s.failed)} failed)" if s.failed else "")
         if per_knob:
             knobs = [f"[bold]{format_value(s.variant.knobs[k])}[/bold]" if k in s.variant.changes else format_value(s.variant.knobs[k]) for k in outcome.plan.keys]
         else:
             knobs = [s.variant.label]
-        table.add_row(str(i), *knobs, pm(s.valid), pm(s.test), f"{s.trainable:,}" if s.trainable is not None else "—", runs)
+        table.add_row(str(i), *knobs, format_mean_std(s.valid), format_mean_std(s.test), f"{s.trainable:,}" if s.trainable is not None else "—", runs)
     out.print(table)
     out.print(f"ran {outcome.ran} run(s); wrote {folder / 'ablation.csv'}, {folder / 'ablation.md'}"
               + (f" and {len(outcome.plots)} plot(s) in {folder / 'plots'}" if outcome.plots else ""), highlight=False)

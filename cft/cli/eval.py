@@ -30,11 +30,12 @@ def eval_command(
     """Score a bundle per task on a split of its data and print a table (and JSON)."""
     from cft.apply.evaluate import evaluate_bundle
     from cft.errors import CftError
+    from cft.spec import METRICS
 
     if split not in ("train", "valid", "test"):
         raise CftError(f"--split {split!r}: choose train, valid or test.")
-    if metric not in (None, "rocauc", "ap", "rmse"):
-        raise CftError(f"--metric {metric!r}: choose rocauc, ap or rmse.")
+    if metric not in (None, *METRICS):
+        raise CftError(f"--metric {metric!r}: choose {', '.join(METRICS)}.")
     result = evaluate_bundle(
         target, data_root=resolve_data_root(data_root, None), split=split, backbone_path=str(backbone) if backbone else None,
         data_override=data, metric=metric, device=device or "auto", batch_size=batch_size,

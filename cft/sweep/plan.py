@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from pydantic import ValidationError
 
 from cft.errors import CftError
 from cft.recipe.load import read_yaml_file, validate_raw
-from cft.recipe.overrides import apply_override, apply_overrides, check_key_path, parse_override
+from cft.recipe.overrides import apply_override, apply_overrides, check_key_path
 from cft.recipe.schema import Recipe
 
 PRESETS: dict[str, dict[str, list[Any]]] = {
@@ -53,33 +54,21 @@ class Grid:
     coerced: list[Any] = field(default_factory=list)  # as the recipe holds them (set by build_plan)
 
 
-def split_values(text: str, origin: str) -> list[str]:
-    """Split `V1,V2,...` on commas that are outside brackets, braces, parentheses and quotes,
-    so `adapters.layers=[0,1],all` gives `[0,1]` and `all`."""
-    pieces, depth, quote, current = [], 0, None, []
-    for ch in text:
-        if quote:
-            current.append(ch)
-            if ch == quote:
-                quote = None
-            continue
-        if ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-            if depth < 0:
-                raise CftError(f"{origin}: unbalanced `{ch}` in {text!r}.", hint="Brackets group a list value, e.g. adapters.layers=[0,1],all.")
-        elif ch == "," and depth == 0:
-            pieces.append("".join(current).strip())
-            current = []
-            continue
-        current.append(ch)
-    if quote or depth:
-        raise CftError(f"{origin}: unclosed {'quote' if quote else 'bracket'} in {text!r}.", hint="Brackets group a list value, e.g. adapters.layers=[0,1],all.")
-    pieces.append("".join(current).strip())
-    return pieces
+def parse_values(text: str, origin: str) -> list[Any]:
+    """`V1,V2,...` read as a YAML flow sequence (`[V1,V2,...]`), each value as `--set` reads one:
+    `adapters.layers=[0,1],all` gives `[0, 1]` and `all`; quotes keep a comma inside a value."""
+    try:
+        values = yaml.safe_load(f"[{text}]")
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CftError(
+            f"{origin}: cannot read {text!r} as a comma-separated list of values ({problem}): an empty value "
+            "(two commas in a row), an unclosed bracket or an unclosed quote is the usual cause.",
+            hint="Brackets group a list value and quotes keep a comma inside one, e.g. adapters.layers=[0,1],all or prior.path='a,b.npy'.",
+        ) from None
+    if not isinstance(values, list):  # `a]` closes the sequence early
+        raise CftError(f"{origin}: cannot read {text!r} as a comma-separated list of values (unbalanced bracket).")
+    return values
 
 
 def parse_grid(text: str) -> Grid:
@@ -93,11 +82,8 @@ def parse_grid(text: str) -> Grid:
         raise CftError(f"{origin}: `{key}` cannot be swept: {_NOT_KNOBS[key]}.")
     if not values_text:
         raise CftError(f"{origin}: the list of values is empty.", hint=f"Give at least one value, e.g. --grid {key}=V1,V2.")
-    texts = split_values(values_text, origin)
-    if any(not t for t in texts):
-        raise CftError(f"{origin}: empty value in {values_text!r} (two commas in a row, or a trailing comma).")
-    values = [parse_override(f"{key}={t}", "--grid")[1] for t in texts]
-    return Grid(key=key, parts=parts, texts=texts, values=values)
+    values = parse_values(values_text, origin)
+    return Grid(key=key, parts=parts, texts=[format_value(v) for v in values], values=values)
 
 
 def preset_grids(name: str) -> list[Grid]:

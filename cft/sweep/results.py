@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cft.files.atomic import atomic_write_text
+from cft.spec import HIGHER_IS_BETTER
 from cft.sweep.folder import RunResult, SweepFolder
 from cft.sweep.plan import Plan, Variant, format_value
-
-# as cft.metrics.HIGHER_IS_BETTER says (importing cft.metrics imports ogb and torch: seconds)
-_LOWER_IS_BETTER = {"rmse"}
 
 
 def collect(plan: Plan, folder: SweepFolder) -> list[RunResult]:
@@ -81,7 +79,7 @@ def metric_of(results: list[RunResult]) -> Optional[str]:
 
 def ranked(stats: list[VariantStats], metric: Optional[str]) -> list[VariantStats]:
     """Best valid metric first (the OGB protocol selects on valid); variants without a finished run last."""
-    higher = metric not in _LOWER_IS_BETTER
+    higher = HIGHER_IS_BETTER.get(metric, True)
     scored = [s for s in stats if not math.isnan(s.valid[0])]
     rest = [s for s in stats if math.isnan(s.valid[0])]
     scored.sort(key=lambda s: -s.valid[0] if higher else s.valid[0])
@@ -116,7 +114,8 @@ def write_csv(path: Path, plan: Plan, results: list[RunResult]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _pm(pair: tuple[float, float]) -> str:
+def format_mean_std(pair: tuple[float, float]) -> str:
+    """`0.7123 ± 0.0045` (sample std over seeds); the mean alone for one seed; `—` for none."""
     mean, std = pair
     if math.isnan(mean):
         return "—"
@@ -146,7 +145,7 @@ def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
         secs = "—" if math.isnan(s.seconds) else f"{s.seconds:.1f}"
         knobs = [esc(format_value(s.variant.knobs[k])) for k in plan.keys]
         knobs = [f"**{text}**" if k in s.variant.changes else text for k, text in zip(plan.keys, knobs)]
-        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {_pm(s.valid)} | {_pm(s.test)} | {params} | {secs} | {runs} |")
+        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {format_mean_std(s.valid)} | {format_mean_std(s.test)} | {params} | {secs} | {runs} |")
     failures = [r for s in stats for r in s.failed]
     if failures:
         lines += ["", "## Failed runs", ""]

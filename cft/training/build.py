@@ -19,17 +19,17 @@ from cft.nn.backbone import Backbone
 from cft.nn.model import CftModel
 from cft.prior.sources import build_relation
 from cft.recipe.schema import Recipe
-from cft.spec import BackboneSpec, ModelSpec, PartSpec
+from cft.spec import METRIC_TASK_KIND, BackboneSpec, ModelSpec, PartSpec
 from cft.training.seeding import seed_everything
 
 
 def resolve_metric(recipe: Recipe, dataset: MolDataset) -> str:
     metric = dataset.metric if recipe.eval.metric == "auto" else recipe.eval.metric
     kinds = set(dataset.kinds)
-    if metric == "rmse" and kinds != {"regression"}:
-        raise CftError(f"eval.metric rmse needs regression tasks, but {dataset.name}'s tasks are binary.", hint="Use rocauc or ap.")
-    if metric in ("rocauc", "ap") and kinds != {"binary"}:
-        raise CftError(f"eval.metric {metric} needs binary tasks, but {dataset.name} has regression tasks.", hint="Use rmse.")
+    needed = METRIC_TASK_KIND[metric]
+    if kinds != {needed}:
+        fits = ", ".join(m for m, kind in METRIC_TASK_KIND.items() if kinds == {kind}) or "a dataset with one kind of task"
+        raise CftError(f"eval.metric {metric} needs {needed} tasks, but {dataset.name} has {' and '.join(sorted(kinds))} tasks.", hint=f"Use {fits}.")
     return metric
 
 
@@ -39,12 +39,12 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
     part = PartSpec(
         name=dataset.name, tasks=list(dataset.tasks), layers=layers, num_adapters=ad.num_adapters, rank=ad.rank,
         embed_dim=rt.embed_dim, mode=rt.mode, temperature=rt.temperature, threshold=rt.threshold, top_k=rt.top_k,
-        prior_steps=pr.steps, prior_source=pr.source if pr.source != "learned" else f"learned:{pr.init}",
+        prior_steps=pr.steps, prior_restart=pr.restart, prior_source=pr.source if pr.source != "learned" else f"learned:{pr.init}",
         learned_prior=pr.source == "learned", prior_anchor=pr.anchor,
     )
     return ModelSpec(
         backbone=backbone_spec, tasks=list(dataset.tasks), kinds=list(dataset.kinds), parts=[part],
-        activation=ad.activation, scale=ad.scale, adapter_dropout=ad.dropout,
+        activation=ad.activation, scale=ad.scale, adapter_dropout=ad.dropout, readout=rt.readout,
     )
 
 

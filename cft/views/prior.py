@@ -47,7 +47,7 @@ def prior_terminal(
     else:
         w = len(str(t))
         heat = Heat(off, [f"{i + 1:>{w}} {n}" for i, n in enumerate(names)], [str(i + 1) for i in range(t)], list(groups), list(groups), vmax=vmax, col_reduce="mean")
-    lines.append(Text(f"cells: link / strongest link x 100 (· = none); the diagonal (self) is left blank; columns numbered as rows", style="dim"))
+    lines.append(Text("cells: link / strongest link x 100 (· = none); the diagonal (self) is left blank; columns numbered as rows", style="dim"))
     heat, note = summarise_columns(heat, width)
     if note:
         lines.append(Text(note, style="yellow"))

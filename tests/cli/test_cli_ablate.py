@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, TINY_RECIPE, assert_user_error, run_cli
 
 from cft.errors import CftError
-from cft.sweep.plan import split_values, variant_name
+from cft.sweep.plan import parse_values, variant_name
 from cft.sweep.scheduler import pick_gpu, visible_gpus
 
 
@@ -36,11 +36,12 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def test_values_split_on_commas_outside_brackets_and_quotes():
-    assert split_values("[0,1],all,[2]", "--grid x") == ["[0,1]", "all", "[2]"]
-    assert split_values("'a,b.npy', c.npy", "--grid x") == ["'a,b.npy'", "c.npy"]
-    assert split_values("{a: 1, b: 2},3", "--grid x") == ["{a: 1, b: 2}", "3"]
-    with pytest.raises(CftError, match="unclosed bracket"):
-        split_values("[0,1", "--grid x")
+    assert parse_values("[0,1],all,[2]", "--grid x") == [[0, 1], "all", [2]]
+    assert parse_values("'a,b.npy', c.npy", "--grid x") == ["a,b.npy", "c.npy"]
+    assert parse_values("{a: 1, b: 2},3", "--grid x") == [{"a": 1, "b": 2}, 3]
+    for broken in ("[0,1", "0,1]", "a,,b", "'a,b"):
+        with pytest.raises(CftError, match="cannot read .* as a comma-separated list"):
+            parse_values(broken, "--grid x")
 
 
 def test_variant_names_are_stable_and_readable():
@@ -69,7 +70,7 @@ def test_one_gpu_per_job_where_there_are_several():
         (["--grid", "adapters.rnak=1,2"], ["--grid adapters.rnak", "did you mean `rank`"]),
         (["--grid", "adapters.rank=4,abc"], ["--grid adapters.rank=abc", "must be an integer"]),
         (["--grid", "routing.temperature="], ["--grid routing.temperature", "empty"]),
-        (["--grid", "prior.source=labels,,identity"], ["--grid prior.source", "empty value"]),
+        (["--grid", "prior.source=labels,,identity"], ["--grid prior.source", "two commas in a row"]),
         (["--grid", "adapters.rank=4,64"], ["adapters.rank=64", "adapters.rank: must be <= backbone.hidden (32)"]),
         (["--grid", "adapters.layers=[0,1"], ["--grid adapters.layers", "unclosed bracket"]),
         (["--grid", "seed=1,2"], ["--grid seed", "--seeds"]),
