@@ -277,9 +277,9 @@ def labelled_csv(path: Path, n: int = 120) -> Path:
 
 # the names of bad_csvs()'s cases, spelled out so that tests can parametrise over them
 CSV_CASES = [
-    "all_labels_missing", "binary_garbage", "binary_kind_mismatch", "bad_split_value", "empty_file", "empty_test", "empty_valid",
+    "all_labels_missing_strict", "binary_garbage", "binary_kind_mismatch", "bad_split_value", "empty_file", "empty_test", "empty_valid",
     "header_only", "infinite_label", "missing_file", "missing_split_column", "mixed_kinds", "no_smiles_column", "no_smiles_parse",
-    "no_task_column", "no_train_labels", "non_numeric_label", "task_glob_matches_nothing", "unparseable_strict",
+    "no_task_column", "no_train_labels", "non_numeric_label", "repeated_header", "task_glob_matches_nothing", "unparseable_strict",
 ]
 
 
@@ -298,10 +298,11 @@ def bad_csvs(out: Path) -> dict[str, tuple[str | bytes | None, dict, str]]:
         "no_task_column": ("smiles\n" + "".join(f"{s}\n" for s in good), {}, "no task columns"),
         "non_numeric_label": ("smiles,a\n" + body + "CCO,maybe\n", {}, "label 'maybe' is not a number"),
         "infinite_label": ("smiles,a\n" + body + "CCO,inf\n", {}, "found inf"),
-        "all_labels_missing": ("smiles,a,b\n" + "".join(f"{s},{i % 2},\n" for i, s in enumerate(good)), {}, "every label is missing"),
+        "all_labels_missing_strict": ("smiles,a,b\n" + "".join(f"{s},{i % 2},\n" for i, s in enumerate(good)), {"strict": True}, "1 task column(s) have no label in any row: b"),
+        "repeated_header": ("smiles,a,b,a\n" + "".join(f"{s},{i % 2},1,0\n" for i, s in enumerate(good)), {}, "the header repeats 1 column name(s): 'a' in columns 2, 4"),
         "no_smiles_parse": ("smiles,a\n" + "".join(f"notasmiles{i},{i % 2}\n" for i in range(20)), {}, "no SMILES could be parsed"),
         "unparseable_strict": ("smiles,a\n" + body + "C1CC,1\nnot_a_molecule,0\n", {"strict": True}, "2 SMILES cannot be parsed by RDKit (row 42: 'C1CC'; row 43: 'not_a_molecule')"),
-        "no_train_labels": ("smiles,a,b,split\n" + no_train_labels, {"split": {"method": "column", "column": "split"}}, "b have no labels in the training split"),
+        "no_train_labels": ("smiles,a,b,split\n" + no_train_labels, {"split": {"method": "column", "column": "split"}, "strict": True}, "b have no labels in the training split (data.strict: true refuses them)"),
         "empty_valid": ("smiles,a,split\n" + split, {"split": {"method": "column", "column": "split"}}, "leaves valid empty"),
         "empty_test": ("smiles,a\n" + body, {"split": {"method": "random", "fractions": [0.9, 0.1, 0.0]}}, "leaves test empty"),
         "bad_split_value": ("smiles,a,split\n" + split.replace(",test\n", ",tst\n", 1), {"split": {"method": "column", "column": "split"}}, "split value 'tst' is not train, valid or test"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +21,7 @@ class Table:
     labels: np.ndarray  # [n, T] float32, NaN = missing
     kinds: list[str]
     split_values: Optional[list[object]]  # the split column, when the split is given
+    dropped: list[str] = field(default_factory=list)  # task columns without a single label (left out)
 
 
 def resolve_csv_path(cfg: DataConfig, root: Path) -> Path:
@@ -46,7 +47,29 @@ def read_frame(path: Path) -> pd.DataFrame:
         raise CftError(f"{path} is not a readable CSV: {first}.", hint="Check the file is a comma-separated CSV (optionally .gz).") from None
     if frame.shape[0] == 0:
         raise CftError(f"{path} has a header but no data rows.")
+    _check_unique_header(path)
     return frame
+
+
+def _check_unique_header(path: Path) -> None:
+    """Refuse a header that repeats a name. pandas would rename the copies (`t1`, `t1.1`) and
+    train on both, so the names are read again without that renaming (header=None)."""
+    try:
+        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, na_values=[]).iloc[0].tolist()
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError):
+        return  # the full read above succeeded; nothing more to learn here
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(raw):
+        positions.setdefault(str(name).strip(), []).append(i + 1)
+    repeated = {name: cols for name, cols in positions.items() if len(cols) > 1}
+    if repeated:
+        listed = "; ".join(f"{name or '(empty name)'!r} in columns {', '.join(map(str, cols))}" for name, cols in list(repeated.items())[:10])
+        first = next(iter(repeated)) or "NAME"
+        raise CftError(
+            f"{path}: the header repeats {len(repeated)} column name(s): {listed}{' ...' if len(repeated) > 10 else ''}. "
+            f"cft will not guess which copy is meant (pandas would silently rename the copies to {first}.1, {first}.2, ... and train on each).",
+            hint=f"Rename the repeated columns so that every header name is unique (e.g. {first}_a, {first}_b), or delete the copies you do not want.",
+        )
 
 
 def read_csv_table(cfg: DataConfig, root: Path) -> Table:
@@ -68,12 +91,26 @@ def read_csv_table(cfg: DataConfig, root: Path) -> Table:
         tasks = [c for c in columns if c not in excluded]
     if not tasks:
         raise CftError(f"{path}: no task columns (only {smiles_col!r}).", hint="A CSV needs a SMILES column and at least one label column.")
+    columns_values = {task: _numeric_column(frame[task], path, task) for task in tasks}
+    dropped = [task for task, values in columns_values.items() if np.isnan(values).all()]
+    if dropped and cfg.strict:
+        raise CftError(
+            f"{path}: {len(dropped)} task column(s) have no label in any row: {', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''} "
+            "(data.strict: true refuses them).",
+            hint="Set data.strict: false to drop them (they are listed in dropped_tasks.json of the run), or leave them out with data.exclude_columns.",
+        )
+    tasks = [task for task in tasks if task not in dropped]
+    if not tasks:
+        raise CftError(
+            f"{path}: every task column ({len(dropped)}) is empty: no labels to train on.",
+            hint="Check data.smiles_column and the file: labels are numbers, an empty cell is a missing label.",
+        )
     labels = np.empty((len(frame), len(tasks)), dtype=np.float32)
     kinds = []
     for j, task in enumerate(tasks):
-        labels[:, j] = _numeric_column(frame[task], path, task)
+        labels[:, j] = columns_values[task]
         kinds.append(_kind(labels[:, j], cfg.task_kinds.get(task), path, task))
-    unknown = sorted(set(cfg.task_kinds) - set(tasks))
+    unknown = sorted(set(cfg.task_kinds) - set(tasks) - set(dropped))
     if unknown:
         raise CftError(f"data.task_kinds names tasks that are not selected: {', '.join(unknown)}.")
     return Table(
@@ -82,6 +119,7 @@ def read_csv_table(cfg: DataConfig, root: Path) -> Table:
         labels=labels,
         kinds=kinds,
         split_values=frame[split_col].tolist() if split_col else None,
+        dropped=dropped,
     )
 
 
@@ -99,11 +137,6 @@ def _numeric_column(column: pd.Series, path: Path, task: str) -> np.ndarray:
     out = values.to_numpy(dtype=np.float32)
     if not np.isfinite(out[~np.isnan(out)]).all():
         raise CftError(f"{path}, column {task!r}: labels must be finite numbers (found inf).")
-    if np.isnan(out).all():
-        raise CftError(
-            f"{path}, column {task!r}: every label is missing.",
-            hint="Drop the column, or exclude it with data.exclude_columns / choose data.tasks.",
-        )
     return out
 
 

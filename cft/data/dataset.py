@@ -40,6 +40,7 @@ class MolDataset:
     metric: str
     identity: dict
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    dropped_tasks: dict[str, str] = field(default_factory=dict)  # task columns left out: {task: reason}
     featurise_seconds: float = 0.0
     cache_hit: bool = False
 
@@ -51,6 +52,22 @@ class MolDataset:
 
     def labels(self, name: str) -> np.ndarray:
         return self.y[torch.as_tensor(self.split[name])].numpy()
+
+    def unscorable(self, metric: str, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, str]:
+        """{task: reason} for the tasks `metric` cannot score on one of `splits`, by the rule
+        `cft.metrics.score` applies: ROC-AUC and AP need both classes among the labelled
+        molecules, RMSE one labelled molecule. Such a task is left out of that split's mean."""
+        reasons: dict[str, list[str]] = {}
+        for name in splits:
+            labels = self.labels(name)
+            for j, task in enumerate(self.tasks):
+                observed = labels[:, j][~np.isnan(labels[:, j])]
+                if observed.size == 0:
+                    reasons.setdefault(task, []).append(f"{name}: no labelled molecule")
+                elif metric in ("rocauc", "ap") and not ((observed == 1).any() and (observed == 0).any()):
+                    only = "positive (1)" if (observed == 1).any() else "negative (0)"
+                    reasons.setdefault(task, []).append(f"{name}: only {only} labels among {observed.size} labelled molecules")
+        return {task: "; ".join(why) for task, why in reasons.items()}
 
 
 def default_metric(kinds: list[str], source: str, path: str) -> str:
@@ -78,12 +95,14 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
         tasks, labels, kinds = _select_tasks(cfg, tasks, labels, kinds, "the builtin dataset")
         identity = {"source": "builtin", "version": BUILTIN_VERSION, "rdkit": rdkit.__version__, "file": Path(builtin_smiles_path()).name}
         split_values, source_name, display = None, builtin_smiles_path(), "builtin"
+        dropped = {}
     else:
         from cft.data.csvsource import read_csv_table, resolve_csv_path
 
         table = read_csv_table(cfg, root)
         path = resolve_csv_path(cfg, root)
         smiles, tasks, labels, kinds, split_values = table.smiles, table.tasks, table.labels, table.kinds, table.split_values
+        dropped = {task: "no label in any row of the input" for task in table.dropped}
         identity = {"source": "csv", "path": cfg.path, "sha256": sha256_file(path)}
         source_name, display = str(path), Path(cfg.path).name.split(".")[0]
 
@@ -106,11 +125,12 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
     split = _split(cfg, kept_smiles, [split_values[i] for i in rows] if split_values else None, seed, source_name)
     check_nonempty(split, source_name)
     if need_labels:
-        _check_train_labels(labels, split["train"], tasks, source_name)
+        labels, tasks, kinds = _drop_untrained_tasks(labels, split["train"], tasks, kinds, dropped, cfg.strict, source_name)
+    _warn_dropped(display, dropped)
     identity.update({"tasks": tasks, "n_molecules": int(len(rows)), "split": cfg.split.model_dump(mode="json")})
     return MolDataset(
         name=display, tasks=tasks, kinds=kinds, smiles=kept_smiles, rows=rows, y=torch.from_numpy(labels),
-        store=store, split=split, metric=metric, identity=identity, skipped=skipped,
+        store=store, split=split, metric=metric, identity=identity, skipped=skipped, dropped_tasks=dropped,
         featurise_seconds=seconds, cache_hit=hit,
     )
 
@@ -134,14 +154,37 @@ def _split(cfg: DataConfig, smiles: list[str], split_values: Optional[list], see
     raise CftError(f"data.split.method {method!r} is not available for {cfg.source} data.")
 
 
-def _check_train_labels(labels: np.ndarray, train: np.ndarray, tasks: list[str], source: str) -> None:
+def _drop_untrained_tasks(labels: np.ndarray, train: np.ndarray, tasks: list[str], kinds: list[str], dropped: dict[str, str], strict: bool, source: str):
+    """Leave out the tasks without a label in the training split (added to `dropped`);
+    `data.strict: true` refuses them instead. Every task without training labels: refused."""
     counts = (~np.isnan(labels[train])).sum(axis=0)
     empty = [t for t, c in zip(tasks, counts) if c == 0]
-    if empty:
+    if empty and (strict or len(empty) == len(tasks)):
         raise CftError(
-            f"{source}: task(s) {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''} have no labels in the training split.",
-            hint="Remove them with data.tasks / data.exclude_columns, or use another split.",
+            f"{source}: task(s) {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''} have no labels in the training split"
+            + (" (data.strict: true refuses them)." if strict and len(empty) < len(tasks) else "; no task is left to train."),
+            hint="Remove them with data.tasks / data.exclude_columns, or use another split"
+            + (", or set data.strict: false to leave them out (listed in dropped_tasks.json of the run)." if strict else "."),
         )
+    if not empty:
+        return labels, tasks, kinds
+    keep = [j for j, c in enumerate(counts) if c > 0]
+    dropped.update({t: "no label in the training split" for t in empty})
+    return labels[:, keep], [tasks[j] for j in keep], [kinds[j] for j in keep]
+
+
+def _warn_dropped(display: str, dropped: dict[str, str]) -> None:
+    if not dropped:
+        return
+    names = list(dropped)
+    counts = {}
+    for reason in dropped.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    why = "; ".join(f"{n} with {reason}" for reason, n in counts.items())
+    warn(
+        f"{display}: left out {len(names)} task column(s) ({why}): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}; "
+        "`cft train` lists them all in dropped_tasks.json of the run (data.strict: true refuses them instead)."
+    )
 
 
 def _load_ogb(cfg: DataConfig, root: Path, seed: int, need_labels: bool) -> MolDataset:
@@ -160,12 +203,14 @@ def _load_ogb(cfg: DataConfig, root: Path, seed: int, need_labels: bool) -> MolD
     if cfg.split.method in ("scaffold", "random"):
         split = _split(cfg, ogb.smiles[:n], None, seed, str(ogb.folder))  # _split uses split.seed, else the recipe seed
     check_nonempty(split, str(ogb.folder))
+    dropped: dict[str, str] = {}
     if need_labels:
-        _check_train_labels(labels, split["train"], tasks, str(ogb.folder))
+        labels, tasks, kinds = _drop_untrained_tasks(labels, split["train"], tasks, kinds, dropped, cfg.strict, str(ogb.folder))
+    _warn_dropped(cfg.name or "ogb", dropped)
     identity = {"source": "ogb", "name": cfg.name, "version": ogb.version, "tasks": tasks, "n_molecules": n, "split": cfg.split.model_dump(mode="json")}
     info(f"{cfg.name}: {n} molecules, {len(tasks)} tasks, official metric {ogb.metric}")
     return MolDataset(
         name=cfg.name or "ogb", tasks=tasks, kinds=kinds, smiles=ogb.smiles[:n], rows=np.arange(n),
         y=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)), store=store, split=split,
-        metric=ogb.metric, identity=identity,
+        metric=ogb.metric, identity=identity, dropped_tasks=dropped,
     )

@@ -8,6 +8,7 @@
     checkpoint.pt              last checkpoint (torch.save, loaded with weights_only=True)
     routing_history.safetensors  task x adapter routes per epoch and layer
     skipped_smiles.csv         rows whose SMILES RDKit could not parse
+    dropped_tasks.json         task columns left out because no row labels them
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _EXECUTION_ONLY = {
 RUN_FILES = (
     "recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors",
     "backbone_start.safetensors", "checkpoint.pt", "routing_history.safetensors", "skipped_smiles.csv", "routing.png",
+    "dropped_tasks.json",
 )
 
 
@@ -60,6 +62,12 @@ class RunFolder:
         writer.writerow(["row", "smiles"])
         writer.writerows([row + 2, s] for row, s in skipped)
         atomic_write_text(self.file("skipped_smiles.csv"), buffer.getvalue())
+
+    def write_dropped_tasks(self, dropped: dict[str, str]) -> None:
+        """dropped_tasks.json: the task columns of the input left out of the run, each with its reason
+        (no label in any row, or none in the training split)."""
+        payload = {"count": len(dropped), "tasks": list(dropped), "reasons": dict(dropped)}
+        atomic_write_text(self.file("dropped_tasks.json"), json.dumps(payload, indent=1) + "\n")
 
     def write_metrics(self, history: list[dict]) -> None:
         """metrics.jsonl: one JSON line per epoch so far."""

@@ -103,7 +103,8 @@ CSV_ERRORS = {
     "header only": ("smiles,a\n", "has a header but no data rows"),
     "no smiles column": ("mol,a\nCCO,1\n", "has no SMILES column 'smiles'"),
     "non numeric label": ("smiles,a\nCCO,1\nCCN,yes\n", "column 'a', row 3: label 'yes' is not a number"),
-    "all missing task": ("smiles,a,b\nCCO,1,\nCCN,0,\n", "column 'b': every label is missing"),
+    "all missing task": ("smiles,a,b\nCCO,1,\nCCN,0,\n", "1 task column(s) have no label in any row: b (data.strict: true refuses them)"),
+    "repeated header": ("smiles,t1,t2,t1\nCCO,1,0,1\nCCN,0,1,0\n", "the header repeats 1 column name(s): 't1' in columns 2, 4"),
 }
 
 
@@ -115,7 +116,7 @@ def test_csv_errors_are_clear(tmp_path, case):
         path.write_text(text)
     smiles = "smiles" if case == "no smiles column" else None
     with pytest.raises(CftError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        load_dataset(DataConfig(source="csv", path=str(path), smiles_column=smiles), tmp_path)
+        load_dataset(DataConfig(source="csv", path=str(path), smiles_column=smiles, strict=case == "all missing task"), tmp_path)
 
 
 def test_csv_errors_through_the_cli(tmp_path):
@@ -128,8 +129,11 @@ def test_csv_errors_through_the_cli(tmp_path):
 def test_task_without_training_labels_is_refused(tmp_path):
     rows = ["smiles,a,b,split", "CCO,1,,train", "CCN,0,,train", "CCC,1,1,valid", "CCCl,0,0,test"]
     path = _csv(tmp_path, "\n".join(rows) + "\n")
-    with pytest.raises(CftError, match="b have no labels in the training split"):
-        load_dataset(DataConfig(source="csv", path=str(path), split=SplitConfig(method="column", column="split")), tmp_path)
+    cfg = DataConfig(source="csv", path=str(path), split=SplitConfig(method="column", column="split"))
+    with pytest.raises(CftError, match=r"b have no labels in the training split \(data.strict: true refuses them\)"):
+        load_dataset(cfg.model_copy(update={"strict": True}), tmp_path)
+    data = load_dataset(cfg, tmp_path)  # without strict: left out, with its reason
+    assert data.tasks == ["a"] and data.dropped_tasks == {"b": "no label in the training split"}
 
 
 def test_split_that_leaves_test_empty_is_refused(tmp_path):
@@ -217,3 +221,85 @@ def test_ogb_random_split_follows_the_recipe_seed(ogb_root):
     assert np.array_equal(seed1, again)
     pinned = DataConfig(source="ogb", name="ogbg-moltox21", split={"method": "random", "seed": 0})
     assert np.array_equal(load_dataset(pinned, ogb_root, 1).split["train"], seed0), "an explicit split.seed wins"
+
+
+# ------------------------------------------------------------------ wide, sparse, badly headed CSVs
+
+WIDE_RECIPE = """
+seed: 0
+data:
+  source: csv
+  path: {path}
+  split:
+    method: random
+backbone:
+  num_layers: 1
+  hidden: 16
+adapters:
+  num_adapters: 2
+  rank: 2
+train:
+  epochs: 1
+  batch_size: 64
+eval:
+  metric: rocauc
+"""
+
+
+def _wide_sparse_csv(data_root: Path, out: Path, rows: int = 300, added: int = 20) -> tuple[Path, list[str]]:
+    """The first `rows` molecules of ToxCast (617 sparse assay columns) with `added` empty columns
+    spread among them: 637 task columns, of which every one without a label is returned."""
+    import pandas as pd
+
+    frame = pd.read_csv(data_root / "toxcast.csv.gz", dtype=str, keep_default_na=False).iloc[:rows]
+    for k in range(added):
+        frame.insert(1 + 31 * k, f"EMPTY_{k:02d}", "")
+    empty = [c for c in frame.columns[1:] if (frame[c].str.strip() == "").all()]
+    frame.to_csv(out, index=False)
+    return out, empty
+
+
+def test_wide_sparse_csv_drops_empty_tasks_and_reports_unscored(data_root, tmp_path):
+    csv, empty = _wide_sparse_csv(data_root, tmp_path / "wide.csv")
+    header = csv.read_text().splitlines()[0].split(",")
+    assert len(header) - 1 == 637 and len(empty) > 20, "ToxCast's first rows leave more columns empty than the ones added"
+    recipe = _csv(tmp_path, WIDE_RECIPE.format(path=csv), "r.yaml")
+    result = run_cli("train", recipe, "-o", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    dropped = json.loads((tmp_path / "run" / "dropped_tasks.json").read_text())
+    assert [t for t, why in dropped["reasons"].items() if why == "no label in any row of the input"] == empty
+    untrained = [t for t, why in dropped["reasons"].items() if why == "no label in the training split"]
+    assert untrained, "a random split of 300 molecules leaves some sparse assays without a training label"
+    assert dropped["count"] == len(dropped["tasks"]) == len(empty) + len(untrained)
+    assert result.stderr.count("task column(s) (") == 1, "one warning"
+    assert (f"left out {dropped['count']} task column(s) ({len(empty)} with no label in any row of the input; "
+            f"{len(untrained)} with no label in the training split)") in result.stderr, result.stderr
+    assert "dropped_tasks.json" in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dropped_tasks"] == dropped["count"]
+    assert len(summary["tasks"]) == 637 - dropped["count"] and not set(dropped["tasks"]) & set(summary["tasks"])
+    # with 30 test molecules many sparse assays hold one class only: named, with the reason, never silently
+    unscored = summary["unscored"]
+    assert unscored and set(unscored) <= set(summary["tasks"])
+    for task, why in unscored.items():
+        assert summary["valid"]["per_task"][task] is None or summary["test"]["per_task"][task] is None, task
+        assert any(part in why for part in ("only positive (1) labels", "only negative (0) labels", "no labelled molecule")), why
+    scored_out = {t for t in summary["tasks"] if summary["test"]["per_task"][t] is None or summary["valid"]["per_task"][t] is None}
+    assert scored_out == set(unscored), "every task left out of a mean is in unscored, and only those"
+    assert f"{len(unscored)} task(s) cannot be scored by rocauc" in result.stderr
+    # data.strict: true refuses instead, naming the count, and writes nothing
+    refused = run_cli("train", recipe, "-o", tmp_path / "strict", "--set", "data.strict=true")
+    assert_user_error(refused, f"{len(empty)} task column(s) have no label in any row: {empty[0]}", "data.strict: false")
+    assert not (tmp_path / "strict").exists()
+
+
+def test_repeated_header_is_refused_through_the_cli(tmp_path):
+    body = "".join(f"{s},{i % 2},{(i + 1) % 2},{i % 2}\n" for i, s in enumerate(["CCO", "CCN", "CCC", "CCCl", "c1ccccc1"] * 8))
+    csv = _csv(tmp_path, "smiles,t1,t2,t1\n" + body)
+    recipe = _csv(tmp_path, WIDE_RECIPE.format(path=csv), "r.yaml")
+    result = run_cli("train", recipe, "-o", tmp_path / "run")
+    assert_user_error(result, "the header repeats 1 column name(s): 't1' in columns 2, 4", "Rename the repeated columns")
+    assert "t1.1" in result.stderr, "the message says what pandas would have done"
+    assert not (tmp_path / "run").exists()
