@@ -64,11 +64,15 @@ def compose_route(
         parts.append(p.model_copy(update={"rank": _effective_rank(s, g, p)}) if p.layers else p)
     tasks = [t for p in parts for t in p.tasks]
     kinds = [k for s in sources for k in s.spec.kinds]
-    activation = next((s.spec.activation for s in sources if any(p.layers for p in s.spec.parts)), sources[0].spec.activation)
+    adapted = [s for s in sources if any(p.layers for p in s.spec.parts)]
+    activation = adapted[0].spec.activation if adapted else sources[0].spec.activation
+    # one read-out (check_readouts made the adapted sources agree); parts without adapters read
+    # the unadapted representation under either
+    readout = adapted[0].spec.readout if adapted else sources[0].spec.readout
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
-        compose_rule=compose_rule, compose_mix=compose_mix,
+        compose_rule=compose_rule, compose_mix=compose_mix, readout=readout,
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
     model = _new_model(spec, part_relations, union)

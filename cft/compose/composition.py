@@ -46,6 +46,7 @@ from cft.compose.sources import (
     Source,
     apply_renames,
     check_compatible,
+    check_readouts,
     choose_prior,
     load_sources,
     shared_data,
@@ -106,6 +107,8 @@ def compose(
     sources = load_sources(targets)
     apply_renames(sources, renames)
     check_compatible(sources)
+    if mode == "route":
+        check_readouts(sources)
     if mode == "route" and weights is not None:
         raise CftError("--weights applies to the merge modes (linear, svd, cat); --mode route keeps every adapter.")
     weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]

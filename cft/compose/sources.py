@@ -138,6 +138,34 @@ def check_compatible(sources: list[Source]) -> None:
             owner[t] = i
 
 
+def check_readouts(sources: list[Source]) -> None:
+    """Route mode keeps every adapter, so the composed model has one read-out: the bundles with
+    adapters must share theirs (the merge modes fold the adapters into one and need not); under the
+    task read-out their experts (the adapters of each part's last insertion layer) must sit at one
+    layer, the composed model's last insertion layer, or a part's tasks would read other experts."""
+    with_adapters = [s for s in sources if any(p.layers for p in s.spec.parts)]
+    if not with_adapters:
+        return
+    first = with_adapters[0]
+    for s in with_adapters[1:]:
+        if s.spec.readout != first.spec.readout:
+            raise CftError(
+                f"{s.path} reads its adapters with routing.readout {s.spec.readout!r} but {first.path} with {first.spec.readout!r}; "
+                "a composed bundle has one read-out.",
+                hint="Train both with the same routing.readout (bundles written before the field existed use `mixture`), or merge them with --mode cat.",
+            )
+    if first.spec.readout != "task":
+        return
+    last = {(s.path, p.name): max(p.layers) for s in with_adapters for p in s.spec.parts if p.layers}
+    if len(set(last.values())) > 1:
+        listing = ", ".join(f"{path} ({name}): layer {layer}" for (path, name), layer in last.items())
+        raise CftError(
+            f"Under routing.readout task each part's experts are the adapters of its last insertion layer, and these differ ({listing}); "
+            "a composed bundle reads every part's experts at one layer.",
+            hint="Train the bundles with the same last entry in adapters.layers, or merge them with --mode cat.",
+        )
+
+
 def union_tasks(sources: list[Source]) -> list[str]:
     return [t for s in sources for t in s.tasks]
 

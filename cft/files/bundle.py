@@ -43,7 +43,11 @@ from cft.nn.model import CftModel
 from cft.spec import METRICS, ModelSpec, describe_invalid
 
 BUNDLE_FORMAT = "cft-bundle"
-BUNDLE_FORMAT_VERSION = "1"
+BUNDLE_FORMAT_VERSION = "2"
+READABLE_BUNDLE_VERSIONS = ("1", "2")
+"""Version 2 added `spec.readout` and `spec.parts[].prior_restart`. A version 1 header has neither,
+and the spec's defaults for them (`mixture`, 0) are what version 1 computed: such a bundle loads and
+predicts as it did. A version 2 bundle read by a cft that knows only version 1 is refused by version."""
 
 
 @dataclass
@@ -93,9 +97,9 @@ def read_bundle_info(path: str | Path) -> BundleInfo:
         hint = "That is a backbone; pass a bundle." if kind == "cft-backbone" else "Pass a bundle written by cft train or cft compose."
         raise CftError(f"{path} is not a cft bundle (format {kind!r}).", hint=hint)
     version = header.get("format_version")
-    if version != BUNDLE_FORMAT_VERSION:
+    if version not in READABLE_BUNDLE_VERSIONS:
         raise CftError(
-            f"{path} has bundle format version {version!r}; this cft ({__version__}) reads version {BUNDLE_FORMAT_VERSION}.",
+            f"{path} has bundle format version {version!r}; this cft ({__version__}) reads versions {', '.join(READABLE_BUNDLE_VERSIONS)}.",
             hint="Use the cft version that wrote it, or re-create the bundle.",
         )
     try:

@@ -37,12 +37,24 @@ class AdapterBank(nn.Module):
         bound = 1.0 / math.sqrt(hidden)
         nn.init.uniform_(self.U, -bound, bound)
 
-    def forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """h: [N, d] node states; alpha: [N, K] per-node adapter weights. Returns the update [N, d]."""
+    def activations(self, h: torch.Tensor) -> torch.Tensor:
+        """phi(U_i h) of every adapter: h [M, d] -> [M, K, r] (one matrix product)."""
         if self.dropout and self.training:
             h = F.dropout(h, self.dropout, training=True)
         k, r, d = self.num_adapters, self.rank, self.hidden
-        z = h @ self.U.reshape(k * r, d).t()  # [N, K*r]
-        z = ACTIVATIONS[self.activation](z)
-        z = (z.view(-1, k, r) * alpha.unsqueeze(-1)).view(-1, k * r)
+        z = h @ self.U.reshape(k * r, d).t()  # [M, K*r]
+        return ACTIVATIONS[self.activation](z).view(-1, k, r)
+
+    def forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """h: [N, d] node states; alpha: [N, K] per-node adapter weights. Returns the update
+        sum_i alpha_i f_i(h), [N, d]."""
+        k, r, d = self.num_adapters, self.rank, self.hidden
+        z = (self.activations(h) * alpha.unsqueeze(-1)).view(-1, k * r)
         return z @ self.V.permute(1, 0, 2).reshape(d, k * r).t()  # [N, d]
+
+    def expert_updates(self, activations: torch.Tensor) -> torch.Tensor:
+        """Each adapter's own output V_i a_i from its activations: [M, K, r] -> [M, K, d].
+
+        With M = nodes this is f_i(h) per node; with M = graphs and activations pooled first, it is
+        pool(f_i(h)) for a linear pooling (V_i is linear), at K*r instead of K*d values per node."""
+        return torch.einsum("mkr,kdr->mkd", activations, self.V)

@@ -4,17 +4,31 @@ Forward pass (one pass serves every task):
 1. the backbone runs unadapted up to the first insertion layer (under no_grad when frozen);
    the pooled state there is each part's query q(x);
 2. routes R^l and per-molecule weights alpha^l(x) = w(x)^T R^l come from the router;
-3. the remaining layers run with h <- h + s * bank_l(h, alpha^l) after each insertion layer;
-4. one logit per task from the pooled, adapted representation.
+3. the remaining layers run with h <- h + s * bank_l(h, alpha^l) after each insertion layer
+   (for `readout: task`, each insertion layer below the last one, L*);
+4. the read-out, by `spec.readout`:
+   - `mixture`: one logit per task from the pooled adapted representation, logit = W pool(h) + c;
+   - `task`: the K adapters of L* are experts. Expert k's pooled output is
+     z_k(x) = pool(F(h + s f_k(h))), F = the backbone layers after L*, and z_0(x) = pool(F(h)) the
+     unadapted one; with D_k = z_k - z_0 ([B, K, d]) task t reads
+         r_t(x) = z_0(x) + sum_k R_tk D_k(x) = (1 - sum_k R_tk) z_0 + sum_k R_tk z_k,
+         logit_t(x) = w_t . r_t(x) + c_t,
+     with R_t its own gates (the routes of L*, [T, K]). All T logits are one einsum,
+     logits = z_0 W^T + einsum("bkt,tk->bt", D W^T, R) + c: no loop over tasks (`expert_readout`).
+     When L* is the backbone's last layer and pooling is linear (mean, sum), F is the identity and
+     D_k = s V_k pool(phi(U_k h)): the [N, K*r] activations are pooled to [B, K*r] first, then K
+     small products. Otherwise the layers after L* run on K + 1 stacked copies of the batch.
 
 A composed model has several groups (one per source bundle, each with its own query); the
 adapted layers then run once per group on a replicated batch, and each task's head reads its
-own group's representation. A trained bundle has one group: no replication.
+own group's representation (under `task`, its own group's experts, through its row of the
+composed routes). A trained bundle has one group: no replication.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import numpy as np
 import torch
@@ -41,7 +55,8 @@ class CftModel(nn.Module):
         self.backbone = backbone
         hidden = backbone.spec.hidden
         self.router = Router(
-            spec.parts, hidden, part_relations, union_relation, spec.compose_steps, spec.compose_threshold, spec.compose_rule, spec.compose_mix
+            spec.parts, hidden, part_relations, union_relation, spec.compose_steps, spec.compose_threshold, spec.compose_rule, spec.compose_mix,
+            spec.readout,
         )
         self.adapters = nn.ModuleDict(
             {
@@ -108,8 +123,12 @@ class CftModel(nn.Module):
         groups = router.num_groups
         if groups > 1:
             h, vn, edge_index, edge_attr, batch = _replicate(h, vn, edge_index, edge_attr, batch, groups, num_graphs)
+        expert = router.expert_layer
         for i in range(first, bb.num_layers):
             h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
+            if i == expert:
+                base, deltas = self._expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
+                return self._task_readout(base.view(groups, num_graphs, -1), deltas.unflatten(0, (groups, num_graphs)), routes[i]), routes
             if i in alphas:
                 alpha = alphas[i].reshape(groups * num_graphs, -1)[batch]
                 h = h + self.spec.scale * self.adapters[str(i)](h, alpha)
@@ -120,6 +139,44 @@ class CftModel(nn.Module):
             index = router.task_group.view(1, 1, -1).expand(1, num_graphs, -1)
             logits = logits.gather(0, index).squeeze(0)
         return logits, routes
+
+    def _expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The experts of the task read-out at `layer` (= L*), from the node states h [N, d] after it.
+
+        Returns z_0 [B, d] (the pooled state without L*'s adapters) and D [B, K, d], D_k = z_k - z_0
+        (B counts every group's copy of the batch)."""
+        bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
+        if layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum"):
+            # pooling commutes with V_k: pool the K*r activations, then K small products
+            act = bank.activations(h)  # [N, K, r]
+            pooled = bb.pool(act.flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, bank.rank)
+            return bb.pool(h, batch, num_graphs), scale * bank.expert_updates(pooled)
+        return self._stacked_expert_outputs(h, vn, layer, edge_index, edge_attr, batch, num_graphs)
+
+    def _stacked_expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_expert_outputs` for any layer and pooling: h + s f_k(h) for k = 1..K and h itself (k = 0)
+        are stacked as K + 1 copies of the batch and run through the layers after `layer` once."""
+        bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
+        act = bank.activations(h)  # [N, K, r]
+        copies = bank.num_adapters + 1  # copy 0 is the unadapted path z_0
+        states = torch.cat([h.unsqueeze(0), h.unsqueeze(0) + scale * bank.expert_updates(act).transpose(0, 1)]).flatten(0, 1)
+        vn, edge_index, edge_attr, batch = _replicate_graph(h.size(0), vn, edge_index, edge_attr, batch, copies, num_graphs)
+        for i in range(layer + 1, bb.num_layers):
+            states, vn = bb.layer(i, states, vn, edge_index, edge_attr, batch)
+        z = bb.pool(states, batch, copies * num_graphs).view(copies, num_graphs, -1)
+        return z[0], (z[1:] - z[0]).transpose(0, 1)
+
+    def _task_readout(self, base: torch.Tensor, deltas: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T] of the task read-out. base [G, B, d], deltas [G, B, K, d], gates [T, K]:
+        the tasks of group g (one contiguous block per part) read group g's experts."""
+        weight, bias = self.head.weight, self.head.bias
+        if base.size(0) == 1:
+            return expert_readout(base[0], deltas[0], weight, bias, gates)
+        offsets = self.router.task_offsets
+        return torch.cat(
+            [expert_readout(base[g], deltas[g], weight[a:b], bias[a:b], gates[a:b]) for g, (a, b) in enumerate(itertools.pairwise(offsets))],
+            dim=1,
+        )
 
     def _query_states(self, h, vn, first, edge_index, edge_attr, batch, num_graphs) -> list[torch.Tensor]:
         """Pooled unadapted state at each part's query layer (its first insertion layer)."""
@@ -162,15 +219,27 @@ class CftModel(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
 
+def expert_readout(base: torch.Tensor, deltas: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """logit[b, t] = w_t . (z_0[b] + sum_k R_tk D[b, k]) + c_t for every task at once.
+
+    base z_0 [B, d], deltas D [B, K, d], weight W [T, d], bias c [T], gates R [T, K] -> [B, T].
+    Computed as z_0 W^T + c + einsum("bkt,tk->bt", D W^T, R): B*K*d*T multiply-adds for the
+    [B, K, T] expert logits (K times the mixture read-out's B*d*T), no [B, T, d] tensor."""
+    return torch.nn.functional.linear(base, weight, bias) + torch.einsum("bkt,tk->bt", deltas @ weight.t(), gates)
+
+
+def _replicate_graph(num_nodes: int, vn, edge_index, edge_attr, batch, copies: int, num_graphs: int):
+    """The graph structure (virtual node, edges, batch vector) of `copies` stacked copies of a batch."""
+    node_shift = (torch.arange(copies, device=edge_index.device) * num_nodes).repeat_interleave(edge_index.size(1))
+    graph_shift = (torch.arange(copies, device=batch.device) * num_graphs).repeat_interleave(num_nodes)
+    return (
+        vn.repeat(copies, 1) if vn is not None else None,
+        edge_index.repeat(1, copies) + node_shift,
+        edge_attr.repeat(copies, 1),
+        batch.repeat(copies) + graph_shift,
+    )
+
+
 def _replicate(h, vn, edge_index, edge_attr, batch, groups: int, num_graphs: int):
     """Stack `groups` copies of a batch (each group is routed by its own part)."""
-    n = h.size(0)
-    node_shift = (torch.arange(groups, device=h.device) * n).repeat_interleave(edge_index.size(1))
-    graph_shift = (torch.arange(groups, device=h.device) * num_graphs).repeat_interleave(n)
-    return (
-        h.repeat(groups, 1),
-        vn.repeat(groups, 1) if vn is not None else None,
-        edge_index.repeat(1, groups) + node_shift,
-        edge_attr.repeat(groups, 1),
-        batch.repeat(groups) + graph_shift,
-    )
+    return (h.repeat(groups, 1), *_replicate_graph(h.size(0), vn, edge_index, edge_attr, batch, groups, num_graphs))

@@ -1,10 +1,14 @@
 """Gated routing between adapters, shaped by the structural prior.
 
 Reference formulation (docs/method.md), per trained part:
-- task embeddings E [T, m] are propagated over the normalised prior: E~ = A_hat^k E;
+- task embeddings E_0 [T, m] are propagated k steps over the normalised prior, with an optional
+  restart (APPNP) of weight a: E <- (1 - a) A_hat E + a E_0, so E~ = A_hat^k E_0 when a = 0;
 - task routes per insertion layer l: R^l = gate_g(softmax(E~ K_l^T / (tau sqrt(m)))), [T, K];
 - per-molecule task relevance, label-free: w(x) = softmax(E~ q(x) / sqrt(m)), q = W_q pool(h);
 - per-molecule adapter weights alpha^l(x) = w(x)^T R^l: one forward pass serves all tasks.
+- `readout: task` (`cft.nn.model`): the routes of the last insertion layer L* are the per-task
+  gates of its adapters, read as experts (task t reads sum_k R^{L*}_tk z_k(x)); alpha is then
+  needed only below L*, and the regulariser acts on R^{L*}, which decides each task's path.
 
 A composed model holds several parts (one per source bundle). Their embedding spaces are not
 comparable, so sharing across parts comes from the graph, with P = A_hat^k over the composed prior
@@ -30,7 +34,7 @@ from scipy.linalg import block_diag
 from torch import nn
 
 from cft.nn.graph import NormalizedAdjacencyCache
-from cft.spec import COMPOSE_RULES, PartSpec
+from cft.spec import COMPOSE_RULES, READOUTS, PartSpec
 
 
 def gate(probs: torch.Tensor, threshold: float, top_k: int | None = None) -> torch.Tensor:
@@ -94,11 +98,17 @@ class PartRouter(nn.Module):
     def propagated_embeddings(self) -> torch.Tensor | None:
         if not self.routed:
             return None
-        emb = self.task_embed
+        """E~ [T, m]: E <- (1 - a) A_hat E + a E_0, k times from E_0 (a = `prior_restart`, k = `prior_steps`).
+
+        With a = 0 this is k steps of graph convolution, A_hat^k E_0, which smooths the embeddings
+        of a connected graph towards one another as k grows; a > 0 keeps a share a of every task's
+        own embedding at each step (personalised PageRank truncated at k), so routes stay task-specific."""
+        emb0 = emb = self.task_embed
+        restart = self.spec.prior_restart
         if self.spec.prior_steps:
             a_hat = self.normalized(self.relation_matrix())
             for _ in range(self.spec.prior_steps):
-                emb = a_hat @ emb
+                emb = a_hat @ emb if restart == 0 else (1.0 - restart) * (a_hat @ emb) + restart * emb0
         return emb
 
     def routes(self, embeddings: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
@@ -144,10 +154,14 @@ class Router(nn.Module):
         compose_threshold: float = 0.0,
         compose_rule: str = "propagate",
         compose_mix: float = 1.0,
+        readout: str = "mixture",
     ):
         super().__init__()
         if compose_rule not in COMPOSE_RULES:
             raise ValueError(f"unknown compose rule {compose_rule!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown read-out {readout!r}")
+        self.readout = readout
         self.part_specs = parts
         self.parts = nn.ModuleList([PartRouter(p, hidden, r) for p, r in zip(parts, part_relations)])
         self.compose_steps = compose_steps
@@ -166,6 +180,8 @@ class Router(nn.Module):
                 self.layer_sizes[layer] = offsets[layer] + p.num_adapters
             self.adapter_offsets.append(offsets)
         self.layers = sorted(self.layer_sizes)
+        # task read-out: the last insertion layer's adapters are the experts every task gates
+        self.expert_layer: int | None = self.layers[-1] if readout == "task" and self.layers else None
         if union_relation is None:
             union_relation = block_diag(*part_relations).astype(np.float32)
         self.register_buffer("relation", torch.as_tensor(union_relation, dtype=torch.float32).clone())
@@ -221,18 +237,28 @@ class Router(nn.Module):
         return out
 
     def alphas(self, query_states: list[torch.Tensor], routes: dict[int, torch.Tensor], embeddings: list[torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Per-molecule adapter weights per layer: [G, B, K_l] (group g serves part g's tasks)."""
+        """Per-molecule adapter weights per mixture layer: [G, B, K_l] (group g serves part g's tasks).
+        The expert layer of the task read-out has none: there each task uses its own gates."""
+        mixed = {layer: r for layer, r in routes.items() if layer != self.expert_layer}
+        if not mixed:
+            return {}
         weights = [part.relevance(state, emb) for part, state, emb in zip(self.parts, query_states, embeddings)]
         out = {}
-        for layer, r in routes.items():
+        for layer, r in mixed.items():
             rows = [w @ r[self.task_offsets[g] : self.task_offsets[g + 1]] for g, w in enumerate(weights)]
             out[layer] = torch.stack(rows, dim=0)
         return out
 
     def regularizer(self, routes: dict[int, torch.Tensor]) -> torch.Tensor:
         """Prior consistency: mean over layers of (1/T) sum_{t,u} A_hat_tu ||R_t - R_u||^2,
-        plus the anchor of learned priors. Zero when linked tasks route identically."""
+        plus the anchor of learned priors. Zero when linked tasks route identically.
+
+        The layers are those whose routes decide a task's path: every insertion layer for the
+        mixture read-out; for the task read-out the expert layer only (its rows R_t are the gates
+        task t reads the experts with; the lower layers' routes enter a mixture shared by all tasks)."""
         penalty = sum((part.anchor_penalty() for part in self.parts), self.relation.new_zeros(()))
+        if self.expert_layer is not None and self.expert_layer in routes:
+            routes = {self.expert_layer: routes[self.expert_layer]}
         if not routes:
             return penalty
         union = self.union_relation()

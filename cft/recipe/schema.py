@@ -18,11 +18,13 @@ from cft.spec import (
     BackboneSpec,
     Dropout,
     EmbedDim,
+    Fraction,
     NonNegative,
     NumAdapters,
     Positive,
     PropagationSteps,
     Rank,
+    Readout,
     RoutingMode,
     TaskKind,
     Threshold,
@@ -167,6 +169,10 @@ class PriorConfig(_Strict):
     """Keep only each task's K strongest neighbours (symmetrised)."""
     steps: PropagationSteps = 2
     """k: graph-convolution steps of the task embeddings over the normalised prior."""
+    restart: Fraction = 0.0
+    """a: restart weight of each step, E <- (1 - a) A_hat E + a E_0 (APPNP); 0 is plain graph
+    convolution (E~ = A_hat^k E_0), larger keeps more of each task's own embedding, so routes do not
+    smooth out over a large, dense prior."""
     anchor: NonNegative = 1.0
     """For `learned`: weight of ||A - A_init||^2 that keeps the learned prior near its source."""
 
@@ -182,6 +188,11 @@ class RoutingConfig(_Strict):
     """Keep only the k largest routes per task (after the threshold)."""
     embed_dim: EmbedDim = 32
     """m: size of task embeddings and adapter keys."""
+    readout: Readout = "task"
+    """`task`: the adapters of the last insertion layer are experts, pooled once, and task t reads
+    sum_k R_tk z_k(x) through its own gates R_t, so its prediction depends on its own route;
+    `mixture`: every task reads one representation adapted with alpha(x) = w(x)^T R (the first
+    formulation, kept for the ablation; bundles without the field use it)."""
 
 
 class TrainConfig(_Strict):
