@@ -235,6 +235,13 @@ class TrainConfig(_Strict):
     """DataLoader worker processes."""
     threads: Optional[int] = Field(default=None, ge=1)
     """torch CPU threads; default: torch's choice."""
+    prefix_cache: Literal["memory", "disk", "recompute"] = "memory"
+    """Frozen backbone: the node and virtual-node states entering the first insertion layer are
+    computed once per molecule and reused every epoch (`memory`), also kept under
+    `$CFT_CACHE_DIR/prefix/` for later runs (`disk`), or recomputed every step (`recompute`). Costs
+    4 x hidden bytes per atom and per molecule (float32); nothing when adapters start at layer 0."""
+    prefix_cache_bf16: bool = False
+    """Keep the cached prefix states in bf16: half the memory, not bit-identical to `recompute`."""
 
 
 class EvalConfig(_Strict):

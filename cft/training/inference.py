@@ -5,24 +5,33 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch_geometric.loader import DataLoader
+from torch.utils.data import DataLoader
 
 from cft.data.dataset import MolDataset
 from cft.data.graphs import GraphDataset
 from cft.metrics import score
 from cft.nn.model import CftModel
 from cft.training.distributed import DistContext
+from cft.training.prefix import PrefixCache, StoreBatches, as_is
 
 
 @torch.no_grad()
-def predict_logits(model: CftModel, dataset: GraphDataset, batch_size: int, device: torch.device, amp: bool = False) -> np.ndarray:
+def predict_logits(
+    model: CftModel, dataset: GraphDataset, batch_size: int, device: torch.device, amp: bool = False, prefix: PrefixCache | None = None
+) -> np.ndarray:
+    """Logits [n, T] of the dataset's molecules, in batches sliced from its compact store; `prefix`:
+    the frozen-prefix cache of `model` over that store (cft.training.prefix), or None."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    if model.prefix_layer() is None:
+        prefix = None
+    batches = StoreBatches(dataset.store, dataset.y, dataset.indices_, batch_size, with_index=prefix is not None)
+    loader = DataLoader(batches, batch_size=None, shuffle=False, collate_fn=as_is)
     outputs = []
     for batch in loader:
+        states = prefix.take(batch, device) if prefix is not None else None
         batch = batch.to(device, non_blocking=True)
         with autocast(device, amp):
-            outputs.append(model(batch).float().cpu())
+            outputs.append((model(batch, prefix=states) if states is not None else model(batch)).float().cpu())
     if not outputs:
         return np.zeros((0, len(model.spec.tasks)), dtype=np.float32)
     return torch.cat(outputs).numpy()
@@ -33,8 +42,11 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
-def evaluate_split(model: CftModel, dataset: MolDataset, split: str, metric: str, batch_size: int, device: torch.device, dist: DistContext, amp: bool = False) -> dict:
+def evaluate_split(
+    model: CftModel, dataset: MolDataset, split: str, metric: str, batch_size: int, device: torch.device, dist: DistContext, amp: bool = False,
+    prefix: PrefixCache | None = None,
+) -> dict:
     indices = dataset.split[split]
-    logits = predict_logits(model, GraphDataset(dataset.store, dataset.y, dist.shard(indices)), batch_size, device, amp)
+    logits = predict_logits(model, GraphDataset(dataset.store, dataset.y, dist.shard(indices)), batch_size, device, amp, prefix)
     logits = dist.gather_rows(logits, len(indices), device)
     return score(metric, dataset.labels(split), logits, dataset.tasks)
