@@ -44,38 +44,36 @@ def read_relation(path: str | Path, tasks: Sequence[str]) -> np.ndarray:
 
 
 def read_npy(path: Path) -> np.ndarray:
-    """A numeric 2-D array from .npy. The header is checked first: a file declaring Python
-    objects is refused without reading its data (so nothing in it is ever unpickled), and a
-    header whose shape the file cannot hold is refused before any memory is allocated."""
+    """A numeric square array from .npy, memory-mapped first so nothing is read before it is checked.
+
+    ``np.load(mmap_mode="r", allow_pickle=False)`` refuses a file declaring Python objects without
+    unpickling anything, and a header whose shape the file cannot hold before any memory is allocated;
+    the dtype and shape are then checked on the map and only a valid matrix is copied into memory."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-            offset = fh.tell()
-    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, ...
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        text = str(exc)
+        if "pickled data" in text:  # no .npy magic: numpy would take the file for a pickle
+            raise CftError(f"{path} is not a .npy array (cft never unpickles a file; its data was not read).",
+                           hint="Save a plain numeric array with np.save(path, array).") from None
+        if "object" in text.lower():  # an object dtype: the array's data would be pickles
+            raise CftError(
+                f"{path} holds pickled Python objects; cft refuses to unpickle it (its data was not read).",
+                hint="Save a plain numeric array with np.save(path, array).",
+            ) from None
+        if "mmap length" in text or "larger than" in text:
+            raise CftError(f"{path} is truncated: its header declares an array larger than the file holds.") from None
+        raise CftError(f"{path} is not a valid .npy array ({text[:200] or type(exc).__name__}).", hint="Save a plain numeric array with np.save(path, array).") from None
+    except Exception as exc:  # numpy's header parser raises SyntaxError, tokenize.TokenError, EOFError, OSError, ...
         raise CftError(f"{path} is not a valid .npy array ({str(exc)[:200] or type(exc).__name__}).", hint="Save a plain numeric array with np.save(path, array).") from None
-    if dtype.hasobject:
-        raise CftError(
-            f"{path} holds pickled Python objects; cft refuses to unpickle it (its data was not read).",
-            hint="Save a plain numeric array with np.save(path, array).",
-        )
+    if not isinstance(mapped, np.ndarray):  # an .npz archive or another format np.load also accepts
+        raise CftError(f"{path} is not a single .npy array.", hint="Save a plain numeric array with np.save(path, array).")
+    dtype, shape = mapped.dtype, mapped.shape
     if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
         raise CftError(f"{path}: a relation matrix must hold numbers, not {dtype}.")
     if len(shape) != 2 or shape[0] != shape[1]:
         raise CftError(f"{path}: a relation matrix must be square (T x T), got shape {tuple(shape)}.")
-    if shape[0] * shape[1] * dtype.itemsize > size - offset:
-        raise CftError(f"{path} is truncated: its header declares a {shape[0]}x{shape[1]} {dtype} array, more than the file holds.")
-    try:
-        with open(path, "rb") as fh:
-            return np.load(fh, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CftError(f"{path} is not a valid .npy array ({str(exc)[:200]}).") from None
+    return np.array(mapped)
 
 
 def read_sidecar(path: Path) -> Optional[list[str]]:
