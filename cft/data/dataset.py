@@ -15,9 +15,12 @@ from cft.console import info, warn
 from cft.data.graphs import GraphDataset, GraphStore, featurise
 from cft.data.select import select
 from cft.data.split import (
+    chemprop_splits,
     check_nonempty,
     column_split,
     random_split,
+    read_splits_file,
+    rows_to_split,
     scaffold_split,
 )
 from cft.errors import CftError
@@ -52,6 +55,22 @@ class MolDataset:
 
     def labels(self, name: str) -> np.ndarray:
         return self.y[torch.as_tensor(self.split[name])].numpy()
+
+    def chemprop_splits(self) -> list[dict[str, list[int]]]:
+        """The split in chemprop's `--splits-file` format (input-row indices; skipped rows in none)."""
+        return chemprop_splits(self.split, self.rows)
+
+    def split_column(self) -> list[tuple[int, str, str]]:
+        """(input row, SMILES, train|val|test) for every input row in input order, the value
+        chemprop's `--splits-column` reads; "" for rows that are in no split (unparsable SMILES)."""
+        names = {"train": "train", "valid": "val", "test": "test"}
+        by_row = {int(row): (smiles, "") for row, smiles in self.skipped}
+        for name, indices in self.split.items():
+            for k in indices:
+                by_row[int(self.rows[k])] = (self.smiles[k], names[name])
+        for k, row in enumerate(self.rows):
+            by_row.setdefault(int(row), (self.smiles[k], ""))
+        return [(row, smiles, split) for row, (smiles, split) in sorted(by_row.items())]
 
     def unscorable(self, metric: str, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, str]:
         """{task: reason} for the tasks `metric` cannot score on one of `splits`, by the rule
@@ -122,7 +141,10 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
     kept_smiles = [str(smiles[i]) for i in rows]
     labels = labels[valid]
     metric = default_metric(kinds, cfg.source, source_name)
-    split = _split(cfg, kept_smiles, [split_values[i] for i in rows] if split_values else None, seed, source_name)
+    if cfg.split.method == "file":
+        split = rows_to_split(read_splits_file(_split_file(cfg, root), len(smiles)), rows)
+    else:
+        split = _split(cfg, kept_smiles, [split_values[i] for i in rows] if split_values else None, seed, source_name)
     check_nonempty(split, source_name)
     if need_labels:
         labels, tasks, kinds = _drop_untrained_tasks(labels, split["train"], tasks, kinds, dropped, cfg.strict, source_name)
@@ -141,6 +163,12 @@ def _select_tasks(cfg: DataConfig, tasks: list[str], labels: np.ndarray, kinds: 
         return tasks, labels, kinds
     chosen = select(tasks, cfg.tasks, source=source)
     return [tasks[i] for i in chosen], labels[:, chosen], [kinds[i] for i in chosen]
+
+
+def _split_file(cfg: DataConfig, root: Path) -> Path:
+    """data.split.path, read from the data root when relative (as data.path is)."""
+    path = Path(cfg.split.path or "").expanduser()
+    return path if path.is_absolute() else root / path
 
 
 def _split(cfg: DataConfig, smiles: list[str], split_values: Optional[list], seed: int, source: str) -> dict[str, np.ndarray]:
@@ -202,6 +230,8 @@ def _load_ogb(cfg: DataConfig, root: Path, seed: int, need_labels: bool) -> MolD
         n = cfg.limit
     if cfg.split.method in ("scaffold", "random"):
         split = _split(cfg, ogb.smiles[:n], None, seed, str(ogb.folder))  # _split uses split.seed, else the recipe seed
+    elif cfg.split.method == "file":
+        split = rows_to_split(read_splits_file(_split_file(cfg, root), n), np.arange(n))
     check_nonempty(split, str(ogb.folder))
     dropped: dict[str, str] = {}
     if need_labels:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -97,3 +98,87 @@ def check_nonempty(split: dict[str, np.ndarray], source: str) -> None:
                 f"{source}: the split leaves {name} empty ({', '.join(f'{k}={len(v)}' for k, v in split.items())} molecules).",
                 hint="Use more molecules (data.limit), other data.split.fractions, or another split method.",
             )
+
+
+# ------------------------------------------------------------------ chemprop's split files
+
+CHEMPROP_KEYS = {"train": "train", "val": "valid", "test": "test"}  # chemprop's key -> cft's split name
+
+
+def _parse_indices(value: object, path: str, key: str) -> list[int]:
+    """chemprop's index lists: a list of ints, or a string of ints and ranges ('0-2,4' = 0, 1, 2, 4)."""
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    if isinstance(value, str):
+        out: list[int] = []
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            try:
+                out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+            except ValueError:
+                raise CftError(f"{path}, key {key!r}: {part!r} is not a row index or a range like '0-2'.") from None
+        return out
+    raise CftError(
+        f"{path}, key {key!r}: expected a list of row indices (integers) or a string like '0-2,4', got {type(value).__name__}.",
+        hint="Write the split as chemprop does: [{\"train\": [0, 1, ...], \"val\": [...], \"test\": [...]}].",
+    )
+
+
+def read_splits_file(path: Path, n_rows: int) -> dict[str, np.ndarray]:
+    """A chemprop `splits.json` (`--splits-file`): a JSON list holding one object with the keys
+    `train`, `val` and `test`, each a list of 0-based data-row indices of the input CSV (the
+    header is not a row). Returns cft's split names -> sorted row indices. Refused, naming the
+    file and the key: a missing key, an index outside 0..n_rows-1, a row in two splits, more
+    than one split in the list."""
+    where = str(path)
+    if not path.is_file():
+        raise CftError(f"Split file {path} does not exist (data.split.path).", hint="Relative paths are read from the data root, like data.path.")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CftError(f"{where} is not readable JSON ({str(exc)[:120]}).", hint="data.split.path must name a chemprop splits.json.") from None
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw or not all(isinstance(d, dict) for d in raw):
+        raise CftError(f"{where}: expected a JSON list of objects with the keys train, val and test (chemprop's --splits-file format).")
+    if len(raw) > 1:
+        raise CftError(
+            f"{where} holds {len(raw)} splits (folds); cft trains one split per run.",
+            hint="Write each fold to its own file (a list with one object) and train one run per file.",
+        )
+    entry = raw[0]
+    out: dict[str, np.ndarray] = {}
+    seen: dict[int, str] = {}
+    for key, name in CHEMPROP_KEYS.items():
+        if key not in entry:
+            raise CftError(
+                f"{where}: key {key!r} is missing (it has {', '.join(map(repr, entry)) or 'no keys'}).",
+                hint="chemprop's split files have the keys 'train', 'val' and 'test'.",
+            )
+        indices = _parse_indices(entry[key], where, key)
+        bad = [i for i in indices if not 0 <= i < n_rows]
+        if bad:
+            raise CftError(
+                f"{where}, key {key!r}: row index {bad[0]} is outside the input's {n_rows} data rows (0..{n_rows - 1}; {len(bad)} such indices).",
+                hint="The indices count the data rows of the CSV from 0 (the header is not a row); was the file made for another CSV?",
+            )
+        for i in indices:
+            if i in seen and seen[i] != key:
+                raise CftError(f"{where}: row {i} is in both {seen[i]!r} and {key!r}; a molecule belongs to one split.")
+            seen[i] = key
+        out[name] = np.unique(np.asarray(indices, dtype=np.int64))
+    return out
+
+
+def rows_to_split(row_split: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Map a split over input rows onto the kept molecules (`rows[k]` is molecule k's input row);
+    rows that were skipped (unparsable SMILES) or that no list names are in no split."""
+    position = {int(r): k for k, r in enumerate(rows)}
+    return {name: np.array(sorted(position[int(r)] for r in row_split[name] if int(r) in position), dtype=np.int64) for name in SPLITS}
+
+
+def chemprop_splits(split: dict[str, np.ndarray], rows: np.ndarray) -> list[dict[str, list[int]]]:
+    """The split in chemprop's `--splits-file` format: one object, input-row indices per key."""
+    return [{key: sorted(int(rows[k]) for k in split[name]) for key, name in CHEMPROP_KEYS.items()}]

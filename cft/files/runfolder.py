@@ -9,6 +9,8 @@
     routing_history.safetensors  task x adapter routes per epoch and layer
     skipped_smiles.csv         rows whose SMILES RDKit could not parse
     dropped_tasks.json         task columns left out because no row labels them
+    splits.json                the split in chemprop's --splits-file format (input-row indices)
+    split.csv                  row, smiles, split (train/val/test) per input row: chemprop's --splits-column
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ _EXECUTION_ONLY = {
 RUN_FILES = (
     "recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors",
     "backbone_start.safetensors", "checkpoint.pt", "routing_history.safetensors", "skipped_smiles.csv", "routing.png",
-    "dropped_tasks.json",
+    "dropped_tasks.json", "splits.json", "split.csv",
 )
 
 
@@ -68,6 +70,17 @@ class RunFolder:
         (no label in any row, or none in the training split)."""
         payload = {"count": len(dropped), "tasks": list(dropped), "reasons": dict(dropped)}
         atomic_write_text(self.file("dropped_tasks.json"), json.dumps(payload, indent=1) + "\n")
+
+    def write_splits(self, splits: list[dict[str, list[int]]], column: list[tuple[int, str, str]]) -> None:
+        """splits.json (chemprop's --splits-file format: a list with one {"train", "val", "test"}
+        object of 0-based input-row indices) and split.csv (row, smiles, split for every input row,
+        in input order: the column chemprop's --splits-column reads)."""
+        atomic_write_text(self.file("splits.json"), json.dumps(splits) + "\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["row", "smiles", "split"])
+        writer.writerows(column)
+        atomic_write_text(self.file("split.csv"), buffer.getvalue())
 
     def write_metrics(self, history: list[dict]) -> None:
         """metrics.jsonl: one JSON line per epoch so far."""

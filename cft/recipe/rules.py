@@ -22,6 +22,8 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
                 out.append((prefix + ("name",), "must be an ogbg-mol* dataset", data.name))
         if data.split.method == "column" and not data.split.column:
             out.append((prefix + ("split", "column"), "required when split.method is column", None))
+        if data.split.method == "file" and not data.split.path:
+            out.append((prefix + ("split", "path"), "required when split.method is file", None))
         if data.split.method == "official" and data.source != "ogb":
             out.append((prefix + ("split", "method"), "`official` exists only for source: ogb", "official"))
 

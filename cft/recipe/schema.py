@@ -36,14 +36,18 @@ class _Strict(BaseModel):
 
 
 class SplitConfig(_Strict):
-    method: Literal["auto", "scaffold", "random", "column", "official"] = "auto"
+    method: Literal["auto", "scaffold", "random", "column", "file", "official"] = "auto"
     """How molecules are split: `auto` (OGB's official split for OGB data, else scaffold),
     `scaffold` (Bemis-Murcko groups, largest to train, as OGB does),
-    `random` (seeded), `column` (a CSV column holding train/valid/test) or `official` (OGB's split)."""
+    `random` (seeded), `column` (a CSV column holding train/valid/test), `file` (a chemprop
+    `splits.json` at `path`, such as the one every run folder holds) or `official` (OGB's split)."""
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """Train/valid/test fractions for `scaffold` and `random`; they must sum to 1."""
     column: Optional[str] = None
     """For `method: column`: the CSV column whose values are train / valid / test."""
+    path: Optional[str] = None
+    """For `method: file`: a chemprop splits.json (a list with one object of `train`, `val`, `test`
+    lists of 0-based data-row indices of the input); relative paths are read from the data root."""
     seed: Optional[int] = None
     """Seed of the `random` split; defaults to the recipe's seed."""
 
@@ -82,7 +86,9 @@ class DataConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     """How molecules are split into train/valid/test."""
     strict: bool = False
-    """Fail on SMILES that RDKit cannot parse instead of skipping (and listing) them."""
+    """Refuse instead of leaving out: SMILES that RDKit cannot parse (else skipped and listed in
+    skipped_smiles.csv) and task columns without a label, or without one in the training split
+    (else left out and listed in dropped_tasks.json)."""
     limit: Optional[int] = Field(default=None, ge=1)
     """Use only the first N rows (quick experiments and tests)."""
 

@@ -159,6 +159,7 @@ class Trainer:
         if dist.is_main:
             run.write_skipped(self.dataset.skipped)
             run.write_dropped_tasks(self.dataset.dropped_tasks)
+            run.write_splits(self.dataset.chemprop_splits(), self.dataset.split_column())
             if self.unscored:
                 names = list(self.unscored)
                 warn(f"{len(names)} task(s) cannot be scored by {self.metric} on valid or test and are left out of that mean: "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_inprocess
 
 from cft.data.dataset import load_dataset
 from cft.errors import CftError
@@ -303,3 +303,92 @@ def test_repeated_header_is_refused_through_the_cli(tmp_path):
     assert_user_error(result, "the header repeats 1 column name(s): 't1' in columns 2, 4", "Rename the repeated columns")
     assert "t1.1" in result.stderr, "the message says what pandas would have done"
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ splits in chemprop's format, both ways
+
+
+def _split_csv(tmp_path: Path) -> Path:
+    """120 labelled molecules with two unparsable SMILES among them (rows 5 and 50)."""
+    from reliability_kit import molecules
+
+    smiles = molecules(120)
+    smiles[5], smiles[50] = "C1CC", "not_a_molecule"
+    rows = ["id,smiles,has_N,has_O"] + [f"m{i},{s},{int('N' in s)},{int('O' in s)}" for i, s in enumerate(smiles)]
+    return _csv(tmp_path, "\n".join(rows) + "\n")
+
+
+def test_splits_round_trip_through_chemprop_format(tmp_path):
+    import json
+
+    import pandas as pd
+
+    csv = _split_csv(tmp_path)
+    recipe = _csv(tmp_path, WIDE_RECIPE.format(path=csv).replace("method: random", "method: random\n    seed: 3"), "r.yaml")
+    first = run_cli("train", recipe, "-o", tmp_path / "a", "--set", "data.exclude_columns=[id]")
+    assert first.returncode == 0, first.stderr
+    splits = json.loads((tmp_path / "a" / "splits.json").read_text())
+    assert isinstance(splits, list) and len(splits) == 1 and set(splits[0]) == {"train", "val", "test"}
+    parts = splits[0]
+    every = parts["train"] + parts["val"] + parts["test"]
+    assert sorted(every) == [i for i in range(120) if i not in (5, 50)], "input rows, each once; unparsable rows in no split"
+    assert len(parts["train"]) == 94 and all(isinstance(i, int) for i in every)
+    # the split column: one line per input row, in input order, chemprop's values
+    column = pd.read_csv(tmp_path / "a" / "split.csv", keep_default_na=False)
+    assert column["row"].tolist() == list(range(120))
+    assert column["smiles"].tolist() == pd.read_csv(csv)["smiles"].tolist()
+    assert column["split"].iloc[5] == "" and column["split"].iloc[50] == ""
+    assert sorted(column.index[column["split"] == "val"]) == sorted(parts["val"])
+    # a second run reads the file (chemprop's --splits-file format) and trains on the identical split
+    second = run_cli("train", recipe, "-o", tmp_path / "b", "--set", "data.exclude_columns=[id]",
+                     "--set", "data.split.method=file", "--set", f"data.split.path={tmp_path / 'a' / 'splits.json'}")
+    assert second.returncode == 0, second.stderr
+    assert json.loads((tmp_path / "b" / "splits.json").read_text()) == splits
+    assert (tmp_path / "b" / "split.csv").read_text() == (tmp_path / "a" / "split.csv").read_text()
+    # the split column read back by cft's own column split gives the same split too
+    data = pd.read_csv(csv)
+    data["split"] = column["split"].replace("", "test")  # cft needs a value on every row; unparsable rows are skipped anyway
+    data.to_csv(tmp_path / "with_split.csv", index=False)
+    cfg = DataConfig(source="csv", path=str(tmp_path / "with_split.csv"), exclude_columns=["id"], split=SplitConfig(method="column", column="split"))
+    loaded = load_dataset(cfg, tmp_path)
+    assert loaded.chemprop_splits() == splits
+
+
+def test_chemprop_ranges_and_a_bare_object_are_read(tmp_path):
+    import json
+
+    csv = _split_csv(tmp_path)
+    (tmp_path / "s.json").write_text(json.dumps({"train": "0-79", "val": "80-99", "test": list(range(100, 120))}))
+    cfg = DataConfig(source="csv", path=str(csv), exclude_columns=["id"], split=SplitConfig(method="file", path="s.json"))
+    data = load_dataset(cfg, tmp_path)  # a relative split path is read from the data root
+    assert data.chemprop_splits() == [{"train": [i for i in range(80) if i != 5 and i != 50], "val": list(range(80, 100)), "test": list(range(100, 120))}]
+
+
+SPLIT_FILE_ERRORS = {
+    "missing key": ([{"train": [0, 1], "test": [2]}], "key 'val' is missing"),
+    "out of range": ([{"train": [0, 1, 120], "val": [3], "test": [4]}], "key 'train': row index 120 is outside the input's 120 data rows"),
+    "overlap": ([{"train": [0, 1, 2], "val": [2], "test": [4]}], "row 2 is in both 'train' and 'val'"),
+    "several folds": ([{"train": [0], "val": [1], "test": [2]}] * 2, "holds 2 splits (folds)"),
+    "not indices": ([{"train": [0.5], "val": [1], "test": [2]}], "key 'train': expected a list of row indices"),
+    "not json": ("[{", "is not readable JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_FILE_ERRORS))
+def test_bad_split_file_is_refused_naming_file_and_key(tmp_path, case):
+    import json
+
+    content, expected = SPLIT_FILE_ERRORS[case]
+    split_file = tmp_path / "splits.json"
+    split_file.write_text(content if isinstance(content, str) else json.dumps(content))
+    csv = _split_csv(tmp_path)
+    recipe = _csv(tmp_path, WIDE_RECIPE.format(path=csv), "r.yaml")
+    result = run_cli_inprocess("train", recipe, "-o", tmp_path / "run", "--set", "data.exclude_columns=[id]",
+                               "--set", "data.split.method=file", "--set", f"data.split.path={split_file}")
+    assert_user_error(result, str(split_file), expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_split_method_file_needs_a_path(tmp_path):
+    recipe = _csv(tmp_path, WIDE_RECIPE.format(path="x.csv"), "r.yaml")
+    assert_user_error(run_cli_inprocess("recipes", "validate", recipe, "--set", "data.split.method=file"), "data.split.path", "required when split.method is file")
