@@ -19,7 +19,10 @@ def inspect_routing_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every route, entropy and active count as JSON."),
     max_rows: int = typer.Option(40, "--max-rows", min=2, help="More tasks than this are shown as clusters of similar tasks."),
 ) -> None:
-    """Show which adapters each task routes to, per layer: rows tasks, columns adapters by source bundle."""
+    """Show which adapters each task routes to, per layer: rows tasks, columns adapters by source bundle.
+
+    Under routing.readout task the last insertion layer's rows are each task's gates over the
+    experts it reads; lower layers (and every layer of a mixture bundle) feed a mixture all tasks share."""
     from cft.files.atomic import atomic_paths, atomic_write_json
     from cft.views.routing import (
         load_report,

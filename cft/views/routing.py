@@ -1,7 +1,10 @@
 """`cft inspect-routing`: which adapters each task uses, per insertion layer.
 
 The routes R^l (rows: tasks, columns: adapters) do not depend on the molecules, so they are read
-from a bundle without its backbone. Tasks are grouped by the part (source bundle) that serves them
+from a bundle without its backbone. Under the task read-out (`routing.readout: task`) the routes of
+the last insertion layer are each task's gates over the experts it reads (its prediction is
+w_t . (z_0 + sum_k R_tk (z_k - z_0))), and the lower layers' routes feed the per-molecule mixture
+alpha(x) = w(x)^T R that all tasks share; under the mixture read-out every layer is such a mixture. Tasks are grouped by the part (source bundle) that serves them
 and adapters by the part that owns them; for a composed bundle the cross-part block is the
 sharing that the composed prior induced. Many tasks (ToxCast's 617) are clustered by their routes
 (hierarchical clustering, average linkage) into at most `max_rows` rows, and the output says so.
@@ -44,6 +47,12 @@ class RoutingReport:
     provenance: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # metrics.jsonl lines of a run folder
     part_modes: list[str] = field(default_factory=list)
+    readout: str = "mixture"
+    expert_layer: int | None = None  # the layer whose routes are the per-task expert gates
+
+    def role(self, layer: int) -> str:
+        """What a layer's routes do: the per-task expert gates, or a mixture shared by all tasks."""
+        return "expert gates, one row per task" if layer == self.expert_layer else "shared mixture"
 
 
 def load_report(target: str | Path) -> RoutingReport:
@@ -76,6 +85,7 @@ def load_report(target: str | Path) -> RoutingReport:
     return RoutingReport(
         target=target, bundle=bundle, tasks=list(info.spec.tasks), parts=parts, layers=sorted(routes), routes=routes,
         adapter_groups=groups, provenance=info.provenance, history=history, part_modes=[p.mode for p in info.spec.parts],
+        readout=info.spec.readout, expert_layer=router.expert_layer,
     )
 
 
@@ -168,7 +178,11 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
         head += f"; composed routes: {prov['compose_rule']}, k={prov.get('compose_steps')}, g={prov.get('compose_threshold')}"
         head += f", mix={prov.get('compose_mix')}" if prov["compose_rule"] == "residual" else ""
         head += f"; prior: {prov.get('prior', {}).get('source', '?')}"
+    head += f"; read-out: {report.readout}" + (f" (experts: layer {report.expert_layer})" if report.expert_layer is not None else "")
     out.append(Text(head, style="bold"))
+    if report.expert_layer is not None:
+        out.append(Text(f"task read-out: task t reads the experts of layer {report.expert_layer} with its own gates (that layer's row t); "
+                        "the routes of lower layers mix into one per-molecule alpha(x) = w(x)^T R that all tasks share", style="dim"))
     out.append(Text("cells: route weight x 100, shaded on a square-root scale (· = 0); rows: tasks; columns: adapters grouped by source bundle; "
                     "H = routing entropy (nats); act = active adapters" + ("; x% = route mass on other bundles' adapters x 100" if len(report.parts) > 1 else ""), style="dim"))
     if plan.clustered:
@@ -198,8 +212,8 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
         heat = Heat(values, plan.labels, col_labels, plan.groups, groups, extra, 1.0, "sum")
         heat, note = summarise_columns(heat, width)
         out.append(Text(""))
-        out.append(Text(f"layer {layer}: {r.shape[0]} tasks x {r.shape[1]} adapters, mean entropy {ent.mean():.2f}, "
-                        f"active {100 * (r > 0).mean():.0f}%", style="bold"))
+        out.append(Text(f"layer {layer} ({report.role(layer)}): {r.shape[0]} tasks x {r.shape[1]} adapters, "
+                        f"mean entropy {ent.mean():.2f} (ln K = {math.log(r.shape[1]):.2f}), active {100 * (r > 0).mean():.0f}%", style="bold"))
         if note:
             out.append(Text(note, style="yellow"))
         out.extend(render_heat(heat))
@@ -211,6 +225,13 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
                 cells = " · ".join(f"{q} {mass[p, j]:.3f}" for j, q in enumerate(names) if any(g[0] == q for g in report.adapter_groups[layer]))
                 out.append(Text(f"  {name} tasks -> {cells}"))
     return out
+
+
+def _panel_title(report: RoutingReport, layer: int) -> str:
+    r = report.routes[layer]
+    entropy = float(task_entropy(r).mean())
+    kind = "expert gates" if layer == report.expert_layer else "shared mixture"
+    return f"layer {layer}: {kind}\nmean entropy {entropy:.2f} (ln K = {math.log(r.shape[1]):.2f})"
 
 
 def write_png(report: RoutingReport, path: str | Path, layers: list[int], max_label_rows: int = 60) -> None:
@@ -230,9 +251,9 @@ def write_png(report: RoutingReport, path: str | Path, layers: list[int], max_la
                     ticks.append((pos + (len(m) - 1) / 2, label))
                     pos += len(m)
                 row_groups.append((name, start, pos))
-            panels.append(Panel(ordered, f"layer {layer}", None, col_labels, row_groups, groups, ticks, 1.0, "route weight"))
+            panels.append(Panel(ordered, _panel_title(report, layer), None, col_labels, row_groups, groups, ticks, 1.0, "route weight"))
         else:
-            panels.append(Panel(r, f"layer {layer}", list(report.tasks), col_labels, list(report.parts), groups, None, 1.0, "route weight"))
+            panels.append(Panel(r, _panel_title(report, layer), list(report.tasks), col_labels, list(report.parts), groups, None, 1.0, "route weight"))
         if len(report.parts) > 1:  # the cross-bundle mass in the panel title
             mass = cross_mass(report, layer)
             names = [n for n, _, _ in report.parts]
@@ -268,6 +289,8 @@ def to_json(report: RoutingReport, layers: list[int], max_rows: int) -> dict:
         "tasks": list(report.tasks),
         "parts": [{"name": n, "tasks": report.tasks[a:b]} for n, a, b in report.parts],
         "provenance": {k: v for k, v in report.provenance.items() if k in ("kind", "mode", "compose_rule", "compose_steps", "compose_threshold", "compose_mix", "prior")},
+        "readout": report.readout,
+        "expert_layer": report.expert_layer,
         "layers": {},
     }
     if plan.clustered:
@@ -275,6 +298,7 @@ def to_json(report: RoutingReport, layers: list[int], max_rows: int) -> dict:
     for layer in layers:
         r = report.routes[layer]
         entry = {
+            "role": "expert gates" if layer == report.expert_layer else "mixture",
             "adapters": [{"part": name, "index": i} for name, a, b in report.adapter_groups[layer] for i in range(b - a)],
             "routes": r.round(6).tolist(),
             "entropy": task_entropy(r).round(6).tolist(),

@@ -102,3 +102,20 @@ def test_task_readout_parts_need_their_experts_at_one_layer():
     with pytest.raises(CftError, match="last insertion layer") as err:
         check_readouts([_fake("a", "task", [[0, 2]]), _fake("b", "task", [[0, 1]])])
     assert "a (p0): layer 2" in str(err.value) and "b (p0): layer 1" in str(err.value)
+
+
+def test_inspect_routing_shows_the_per_task_expert_gates(tiny_parts, tmp_path):
+    ab = tmp_path / "AB.safetensors"
+    assert run_cli_inprocess("compose", tiny_parts["A"], tiny_parts["B"], "--prior-from", tiny_parts["recipe"], "-o", ab).returncode == 0
+    for target in (tiny_parts["A"], ab):
+        shown = run_cli_inprocess("inspect-routing", target, "--png", tmp_path / "r.png", "--json", tmp_path / "r.json")
+        assert shown.returncode == 0, shown.stderr
+        text = " ".join(shown.stdout.split())
+        assert "read-out: task (experts: layer 1)" in text and "layer 1 (expert gates, one row per task)" in text
+        assert "layer 0 (shared mixture)" in text
+        routes = json.loads((tmp_path / "r.json").read_text())
+        assert routes["readout"] == "task" and routes["expert_layer"] == 1
+        assert routes["layers"]["1"]["role"] == "expert gates" and routes["layers"]["0"]["role"] == "mixture"
+        gates = np.array(routes["layers"]["1"]["routes"])
+        assert gates.shape[0] == len(routes["tasks"]) and np.allclose(gates.sum(axis=1), 1.0, atol=1e-5)
+        assert (tmp_path / "r.png").stat().st_size > 10_000
