@@ -25,21 +25,27 @@ def relation_suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
 
 
-def read_relation(path: str | Path, tasks: Sequence[str]) -> np.ndarray:
-    """Read a relation matrix for `tasks` from .npy (never unpickled) or labelled .csv."""
+def read_labelled_relation(path: str | Path) -> tuple[np.ndarray, Optional[list[str]]]:
+    """(matrix, its task names) from a .npy (names from the `.tasks.json` sidecar, None without
+    one) or a labelled .csv (names from the header, which must equal the index)."""
     path = Path(path)
     if not path.exists():
         raise CftError(f"Prior file {path} does not exist.", hint="Check prior.path / --prior; `cft prior build` writes one.")
     suffix = relation_suffix(path)
     if suffix == ".npy":
-        matrix = read_npy(path)
-        names = read_sidecar(path)
-        if names is not None:
-            matrix = _reorder(matrix, names, tasks, f"{path} (task names from {tasks_sidecar(path).name})")
-    elif suffix in (".csv", ".csv.gz"):
-        matrix = _read_csv(path, tasks)
-    else:
-        raise CftError(f"Prior file {path}: expected .npy or .csv, got {path.suffix or 'no suffix'}.")
+        return read_npy(path), read_sidecar(path)
+    if suffix in (".csv", ".csv.gz"):
+        return _read_csv(path)
+    raise CftError(f"Prior file {path}: expected .npy or .csv, got {path.suffix or 'no suffix'}.")
+
+
+def read_relation(path: str | Path, tasks: Sequence[str]) -> np.ndarray:
+    """The relation matrix of a file for `tasks`, rows and columns in their order."""
+    path = Path(path)
+    matrix, names = read_labelled_relation(path)
+    if names is not None:
+        source = str(path) if relation_suffix(path) != ".npy" else f"{path} (task names from {tasks_sidecar(path).name})"
+        matrix = _reorder(matrix, names, tasks, source)
     return check_relation(matrix, len(tasks), str(path))
 
 
@@ -89,7 +95,7 @@ def read_sidecar(path: Path) -> Optional[list[str]]:
     return names
 
 
-def _read_csv(path: Path, tasks: Sequence[str]) -> np.ndarray:
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
     try:
         frame = pd.read_csv(path, index_col=0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
@@ -102,7 +108,7 @@ def _read_csv(path: Path, tasks: Sequence[str]) -> np.ndarray:
         values = frame.to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
         raise CftError(f"{path}: every cell of a relation matrix must be a number.") from None
-    return _reorder(values, header, tasks, str(path))
+    return values, header
 
 
 def _reorder(matrix: np.ndarray, names: Sequence[str], tasks: Sequence[str], source: str) -> np.ndarray:

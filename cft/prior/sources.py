@@ -9,21 +9,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
+from cft.data.csvsource import resolve_csv_path
 from cft.data.dataset import MolDataset, load_dataset
 from cft.errors import CftError
-from cft.files.bundle import (
-    read_bundle_info,
-)
-from cft.prior.files import (
-    read_npy,
-    read_relation,
-    read_sidecar,
-    relation_suffix,
-    tasks_sidecar,
-)
+from cft.files.bundle import bundle_label, load_bundle_shell, read_bundle_info, resolve_bundle_path
+from cft.prior.files import read_labelled_relation, read_relation, relation_suffix, tasks_sidecar
 from cft.prior.relation import check_relation, identity_relation, relation_from_labels
-from cft.recipe.schema import PriorConfig
+from cft.recipe.load import load_recipe
+from cft.recipe.schema import DataConfig, PriorConfig
 
 
 def build_relation(cfg: PriorConfig, dataset: MolDataset) -> np.ndarray:
@@ -39,9 +34,6 @@ def build_relation(cfg: PriorConfig, dataset: MolDataset) -> np.ndarray:
 def _data_config(data: Optional[str], tasks: Optional[Sequence[str]], base: Optional[dict], patterns: Optional[Sequence[str]] = None):
     """A DataConfig for `data`: a CSV path (split settings from `base`, a bundle's recorded data
     config, when given) or a recipe YAML (its data section)."""
-    from cft.recipe.load import load_recipe
-    from cft.recipe.schema import DataConfig
-
     if data is None:  # the data a bundle recorded, as it recorded it
         cfg = dict(base or {})
     elif data.endswith((".yaml", ".yml")):
@@ -55,7 +47,7 @@ def _data_config(data: Optional[str], tasks: Optional[Sequence[str]], base: Opti
         cfg["tasks"] = list(patterns)
     try:
         return DataConfig.model_validate(cfg)
-    except Exception as exc:  # pydantic ValidationError: recorded settings this cft cannot read
+    except ValidationError as exc:  # recorded settings this cft cannot read
         raise CftError(f"{data}: cannot build data settings for it ({str(exc)[:200]}).") from None
 
 
@@ -63,8 +55,6 @@ def _check_columns(cfg, root: Path, tasks: Sequence[str]) -> None:
     """Name every task the CSV lacks (before featurising anything)."""
     if cfg.source != "csv":
         return
-    from cft.data.csvsource import resolve_csv_path
-
     path = resolve_csv_path(cfg, root)
     if not path.exists():
         raise CftError(f"Data file {path} does not exist.", hint="Check the path and --data-root.")
@@ -125,8 +115,6 @@ def relation_for_bundles(
 ) -> tuple[np.ndarray, list[str], dict]:
     """Relation over the union of the bundles' tasks, in bundle order, from training labels of
     `data` or, by default, of the data the bundles record (which must be one dataset)."""
-    from cft.files.bundle import bundle_label, resolve_bundle_path
-
     infos = [read_bundle_info(resolve_bundle_path(b)) for b in bundles]
     tasks = [t for i in infos for t in i.spec.tasks]
     groups, start = [], 0
@@ -154,8 +142,6 @@ def relation_of_target(target: str | Path) -> tuple[np.ndarray, list[str], str, 
     or a bundle; the groups are a composed bundle's parts (name, first task, end), else empty."""
     path = Path(target)
     if path.is_dir() or path.suffix == ".safetensors":
-        from cft.files.bundle import load_bundle_shell, resolve_bundle_path
-
         bundle = resolve_bundle_path(path)
         model, info = load_bundle_shell(bundle)
         matrix = model.router.union_relation().detach().cpu().numpy()
@@ -165,19 +151,11 @@ def relation_of_target(target: str | Path) -> tuple[np.ndarray, list[str], str, 
         return matrix, list(info.spec.tasks), f"{kind} of {bundle}", groups if len(groups) > 1 else []
     if not path.exists():
         raise CftError(f"{path} does not exist.", hint="Pass a .npy/.csv relation matrix, a run folder or a bundle.")
-    suffix = relation_suffix(path)
-    if suffix == ".npy":
-        matrix = read_npy(path)
-        names = read_sidecar(path)
-        size = matrix.shape[0] if matrix.ndim >= 1 else 0
-        names = names if names is not None else [f"task{i}" for i in range(size)]
-        if matrix.ndim == 2 and len(names) != matrix.shape[0]:
-            raise CftError(f"{path}: {len(names)} task names in {tasks_sidecar(path).name} for a {matrix.shape[0]}-row matrix.")
-        return check_relation(matrix, len(names), str(path)), names, str(path), []
-    if suffix in (".csv", ".csv.gz"):
-        try:
-            header = [str(c) for c in pd.read_csv(path, index_col=0, nrows=0).columns]
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
-            raise CftError(f"{path} is not a readable CSV relation matrix ({exc}).") from None
-        return read_relation(path, header), header, str(path), []
-    raise CftError(f"{path}: expected a .npy or .csv relation matrix, a run folder or a bundle .safetensors.")
+    if relation_suffix(path) not in (".npy", ".csv", ".csv.gz"):
+        raise CftError(f"{path}: expected a .npy or .csv relation matrix, a run folder or a bundle .safetensors.")
+    matrix, names = read_labelled_relation(path)
+    if names is None:  # an .npy without its sidecar: number the tasks
+        names = [f"task{i}" for i in range(matrix.shape[0])]
+    elif len(names) != matrix.shape[0]:
+        raise CftError(f"{path}: {len(names)} task names in {tasks_sidecar(path).name} for a {matrix.shape[0]}-row matrix.")
+    return check_relation(matrix, len(names), str(path)), names, str(path), []
