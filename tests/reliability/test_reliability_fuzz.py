@@ -202,14 +202,45 @@ def test_recipe_set_overrides(sets):
         _load_recipe_file(folder, TINY_RECIPE.encode(), sets)
 
 
-def test_recipe_alias_bomb_is_fast():
-    """Nested YAML aliases (a 'billion laughs' recipe) are refused in linear time."""
+def _alias_bomb(tail: str) -> str:
+    """9 levels of 9 aliases each: 9**9 (~387 million) leaves if anything expands it."""
     levels = ["a: &a [" + ", ".join(["x"] * 9) + "]"]
     for i in range(1, 9):
         prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
         levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(levels) + "\n" + tail
+
+
+def test_recipe_alias_bomb_is_refused_fast_with_a_bounded_message():
+    """Nested YAML aliases (a 'billion laughs' recipe) are refused as a CftError naming the file and
+    the field, within a few seconds and with a short message (the line map walks each node once,
+    values are shown through a bounded repr)."""
+    import time
+
+    from cft.errors import CftError
+
     with scratch() as folder:
-        _load_recipe_file(folder, ("\n".join(levels) + "\ntrain:\n  epochs: *i\n").encode())
+        start = time.perf_counter()
+        result = _load_recipe_file(folder, _alias_bomb("train:\n  epochs: *i\n").encode())  # (itself under a 30 s limit)
+        elapsed = time.perf_counter() - start
+        assert isinstance(result, CftError), f"the alias bomb was accepted: {result!r}"
+        message = result.render()
+        assert str(folder / "recipe.yaml") in message and "train.epochs (line 11): must be an integer" in message, message
+        assert "a (line 1): unknown field" in message, message
+        assert max(map(len, message.splitlines())) < 300 and len(message) < 6000, f"message of {len(message)} characters"
+        assert elapsed < 5, f"took {elapsed:.1f}s"
+
+
+def test_recipe_alias_bomb_through_the_cli_exits_2(tmp_path):
+    from conftest import assert_user_error, run_cli_inprocess
+
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(_alias_bomb("data:\n  tasks: *i\n"))
+    with time_limit(20):
+        result = run_cli_inprocess("train", recipe, "-o", tmp_path / "run")
+    assert_user_error(result, str(recipe), "data.tasks")
+    assert max(map(len, result.stderr.splitlines())) < 300 and len(result.stderr) < 6000, result.stderr[:2000]
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- CSV datasets

@@ -151,21 +151,32 @@ def test_a_pickled_bundle_or_backbone_is_not_read(tiny_run, tmp_path):
     assert not canary.exists()
 
 
-def test_ogb_loading_forces_weights_only(monkeypatch):
-    """ogb calls torch.load(path) with no weights_only (the unsafe default before torch 2.6): cft's
-    guard adds weights_only=True whatever torch is installed."""
-    from cft.data.ogbsource import _ogb_guard
+@pytest.mark.parametrize("planted", ["pre_transform.pt", "geometric_data_processed.pt"])
+def test_a_pickle_planted_in_an_ogb_folder_is_not_run(data_root, tmp_path, planted):
+    """The real OGB path: PyG reads processed/pre_transform.pt with torch.load(weights_only=False) and ogb
+    reads geometric_data_processed.pt with torch.load(path); cft's guard makes both weights-only, so a
+    pickle planted there is refused (CftError naming the folder) and never runs."""
+    from ogb_layout import write_ogb_folder
 
-    seen = {}
+    from cft.data.dataset import load_dataset
+    from cft.errors import CftError
+    from cft.recipe.schema import DataConfig
 
-    def fake_load(*args, **kwargs):
-        seen.update(kwargs)
-        return "ok"
-
-    monkeypatch.setattr(torch, "load", fake_load)
-    with _ogb_guard():
-        assert torch.load("processed.pt") == "ok"
-    assert seen.get("weights_only") is True
+    root = tmp_path / "ogb"
+    folder = write_ogb_folder(data_root / "tox21.csv", root, limit=60)
+    config = DataConfig(source="ogb", name="ogbg-moltox21")
+    assert len(load_dataset(config, root)) > 0  # processes the raw files once: processed/ now exists
+    canary = tmp_path / "canary"
+    target = folder / "processed" / planted
+    assert target.exists()
+    torch.save(_Canary(canary), target)
+    try:
+        load_dataset(config, root)
+        refused = None
+    except CftError as exc:
+        refused = exc.render()
+    assert not canary.exists(), f"the pickle planted in processed/{planted} ran"
+    assert refused is not None and "ogb could not load" in refused and str(folder) in refused, refused
 
 
 # ------------------------------------------------------------------ writes stay inside the output folder
