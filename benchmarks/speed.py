@@ -1,18 +1,27 @@
 """Speed benchmarks: ratios measured side by side, in one run, on the same data and batch size.
 
     python benchmarks/speed.py [--quick] [--data ../shared/data] [--json results/speed.json]
+                               [--sections throughput,featurisation,scaling,time-to-result] [--ttr-epochs 30]
 
 Every measurement runs in its own subprocess (so peak resident memory is that mode's alone), in
 interleaved order (A, B, C, A, B, C, ...), and the median over repetitions is reported:
 
-- training graphs/s: cft adapters (K=4, r=8, every layer) vs cft full fine-tuning of the same
-  GIN-VN 300x5 (target >= 1.5x); K=8 routed vs one adapter of the same rank vs no adapter
-  (target: routing adds at most 15%), and one adapter of rank 64 (K=8 r=8's bank width, so the
-  same adapter FLOPs: what routing alone costs); cft full fine-tuning vs a plain PyG loop of the OGB
-  example GIN-VN (benchmarks/reference_ginvn.py; target >= 1.0x);
+- training graphs/s: cft adapters as in the default recipe (K=4, r=8, every layer) vs cft full
+  fine-tuning of the same GIN-VN 300x5 (target >= 2.0x); adapters in the top two layers only, with
+  the frozen prefix (layers 0-2) cached and recomputed; K=8 routed vs one adapter of the same rank
+  vs no adapter, and one adapter of rank 64 (K=8 r=8's bank width, so the same adapter FLOPs: the
+  target is K=8 routed at most 1.1x its step time); cft full fine-tuning vs a plain PyG loop of the
+  OGB example GIN-VN (benchmarks/reference_ginvn.py; target >= 1.0x);
 - inference graphs/s and peak resident memory of each mode;
 - featurisation cold vs cached (target >= 20x);
-- time per epoch against molecules (MUV subsets) and tasks (ToxCast task subsets).
+- time per epoch against molecules (MUV subsets) and tasks (ToxCast task subsets);
+- time to a result: `recipes/tox21.yaml` (cft's default recipe) and chemprop with its defaults,
+  trained on the same split file (cft's scaffold split written as a `split` column / a chemprop
+  `--splits-file`) for the same epochs, one after the other: wall clock and test ROC-AUC (both
+  scored by cft.metrics from the test predictions). chemprop runs from its own environment,
+  benchmarks/.venv-peers (`python3 -m venv benchmarks/.venv-peers && benchmarks/.venv-peers/bin/pip
+  install torch==2.13.0 chemprop`), never from cft's. The backbone's one-off masking pretraining
+  is timed apart (it is cached and shared by every later run).
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ MODES = {
     # name: --set overrides of the base recipe (frozen GIN-VN 300x5, Tox21)
     "cft full fine-tuning": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
     "cft adapters K=4 r=8 (routed)": [],
+    # adapters in the top two layers: layers 0-2 are a fixed function, run once per molecule
+    "cft adapters K=4 r=8, layers 3-4, prefix cached": ["adapters.layers=[3,4]"],
+    "cft adapters K=4 r=8, layers 3-4, prefix recomputed": ["adapters.layers=[3,4]", "train.prefix_cache=recompute"],
     "cft adapters K=8 r=8 (routed)": ["adapters.num_adapters=8"],
     "cft one adapter K=1 r=8": ["adapters.num_adapters=1", "routing.mode=uniform"],
     # same bank width as K=8 r=8 (64 columns, same adapter FLOPs) without routing: isolates what
@@ -49,9 +61,11 @@ MODES = {
 
 # training-throughput ratios: name -> (numerator mode, denominator mode)
 RATIOS = {
-    "adapters K=4 / full fine-tuning (target >= 1.5)": ("cft adapters K=4 r=8 (routed)", "cft full fine-tuning"),
-    "one adapter K=1 / K=8 routed (routing overhead; target <= 1.15)": ("cft one adapter K=1 r=8", "cft adapters K=8 r=8 (routed)"),
-    "one adapter K=1 r=64 / K=8 r=8 routed (routing alone, same bank FLOPs)": ("cft one adapter K=1 r=64", "cft adapters K=8 r=8 (routed)"),
+    "default-recipe adapters K=4 (every layer) / full fine-tuning (target >= 2.0)": ("cft adapters K=4 r=8 (routed)", "cft full fine-tuning"),
+    "adapters K=4 in layers 3-4, prefix cached / full fine-tuning": ("cft adapters K=4 r=8, layers 3-4, prefix cached", "cft full fine-tuning"),
+    "layers 3-4: prefix cached / recomputed": ("cft adapters K=4 r=8, layers 3-4, prefix cached", "cft adapters K=4 r=8, layers 3-4, prefix recomputed"),
+    "one adapter K=1 / K=8 routed (routing overhead)": ("cft one adapter K=1 r=8", "cft adapters K=8 r=8 (routed)"),
+    "K=8 r=8 routed step time / one adapter K=1 r=64 (same bank width; target <= 1.1)": ("cft one adapter K=1 r=64", "cft adapters K=8 r=8 (routed)"),
     "no adapter / K=8 routed": ("cft no adapter (head only)", "cft adapters K=8 r=8 (routed)"),
     "cft full fine-tuning / plain PyG loop (target >= 1.0)": ("cft full fine-tuning", "plain PyG loop (OGB example GIN-VN)"),
 }
@@ -93,8 +107,10 @@ def child_cft(overrides: list[str], steps: int, data: Path) -> dict:
         start = time.perf_counter()
         predict_logits(model, subset, 256, torch.device("cpu"))
         infer = len(subset) / (time.perf_counter() - start)
+    seconds = summary["seconds"]
     return {"train_graphs_per_s": summary["graphs_per_second"], "infer_graphs_per_s": infer, "peak_rss_mib": peak_rss_mib(),
-            "trainable": summary["params"]["trainable"], "total": summary["params"]["total"]}
+            "trainable": summary["params"]["trainable"], "total": summary["params"]["total"], "prefix_seconds": seconds.get("prefix", 0.0),
+            "train_seconds": seconds["train"]}
 
 
 def child_reference(steps: int, data: Path) -> dict:
@@ -155,6 +171,95 @@ def child_featurise(data: Path) -> dict:
     return {"molecules": len(smiles), "cold_seconds": cold, "cached_seconds": cached, "ratio": cold / cached}
 
 
+TTR_TASKS = ["NR-AR", "NR-AR-LBD", "NR-AhR", "NR-Aromatase", "NR-ER", "NR-ER-LBD", "NR-PPAR-gamma", "SR-ARE", "SR-ATAD5", "SR-HSE", "SR-MMP", "SR-p53"]
+PEERS_PYTHON = REPO / "benchmarks" / ".venv-peers" / "bin" / "python"
+
+
+def ttr_recipe_overrides(split_csv: Path, epochs: int) -> list[str]:
+    """recipes/tox21.yaml as it is, on the split file, for `epochs` epochs (no early stop: the same epochs as chemprop)."""
+    return [f"data.path={split_csv}", "data.split.method=column", "data.split.column=split", f"train.epochs={epochs}", "train.patience=null"]
+
+
+def write_split_files(data: Path, folder: Path) -> tuple[Path, Path]:
+    """cft's scaffold split of tox21.csv (the default recipe's) as one CSV with a `split` column
+    (the rows cft keeps, in input order) and the same rows' indices as chemprop's --splits-file."""
+    import pandas as pd
+
+    from cft.data.dataset import load_dataset
+    from cft.recipe.load import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "tox21.yaml")
+    dataset = load_dataset(recipe.data, data, recipe.seed)
+    frame = pd.read_csv(data / "tox21.csv")
+    which = {}
+    for name, indices in dataset.split.items():
+        for k in indices:
+            which[int(dataset.rows[k])] = name
+    rows = sorted(which)
+    out = frame.iloc[rows].reset_index(drop=True)
+    out["split"] = [which[r] for r in rows]
+    split_csv = folder / "tox21_split.csv"
+    out.to_csv(split_csv, index=False)
+    splits = [{"train": [], "val": [], "test": []}]
+    for i, name in enumerate(out["split"]):
+        splits[0]["val" if name == "valid" else name].append(i)
+    splits_json = folder / "tox21_splits.json"
+    splits_json.write_text(json.dumps(splits))
+    return split_csv, splits_json
+
+
+def child_ttr_pretrain(data: Path, folder: str) -> dict:
+    """The default recipe's backbone (masking pretraining on HIV), made once and cached: timed apart."""
+    from cft.recipe.load import load_recipe
+    from cft.training.trainer import train_recipe
+
+    start = time.perf_counter()
+    recipe = load_recipe(REPO / "recipes" / "tox21.yaml", ["train.epochs=1", "train.max_steps=1", "train.patience=null"])
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train_recipe(recipe, Path(tmp) / "run", data)
+    return {"seconds": time.perf_counter() - start, "backbone": summary["backbone"]}
+
+
+def child_ttr_cft(data: Path, folder: str, epochs: int) -> dict:
+    from cft.recipe.load import load_recipe
+    from cft.training.trainer import train_recipe
+
+    start = time.perf_counter()
+    recipe = load_recipe(REPO / "recipes" / "tox21.yaml", ttr_recipe_overrides(Path(folder) / "tox21_split.csv", epochs))
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train_recipe(recipe, Path(tmp) / "run", data)
+    wall = time.perf_counter() - start
+    return {"wall_seconds": wall, "train_seconds": summary["seconds"]["train"], "test_rocauc": summary["test"]["mean"],
+            "valid_rocauc": summary["valid"]["mean"], "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+            "backbone_from_cache": summary["backbone"].get("cached", None), "peak_rss_mib": peak_rss_mib()}
+
+
+def ttr_chemprop(folder: Path, epochs: int, env: dict) -> dict:
+    """chemprop's defaults (`chemprop train`), on the same rows and split, from benchmarks/.venv-peers."""
+    import numpy as np
+    import pandas as pd
+
+    from cft.metrics import score
+
+    out = folder / "chemprop"
+    cmd = [str(PEERS_PYTHON.parent / "chemprop"), "train", "--data-path", str(folder / "tox21_split.csv"), "--task-type", "classification",
+           "--smiles-columns", "smiles", "--target-columns", *TTR_TASKS, "--splits-file", str(folder / "tox21_splits.json"),
+           "--epochs", str(epochs), "--metrics", "roc", "--output-dir", str(out), "--num-workers", "0", "--accelerator", "cpu", "--devices", "1"]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"chemprop failed:\n{result.stderr[-3000:]}")
+    frame = pd.read_csv(folder / "tox21_split.csv")
+    test = frame[frame["split"] == "test"].reset_index(drop=True)
+    predictions = pd.read_csv(next(out.rglob("test_predictions.csv")))
+    logits = predictions[TTR_TASKS].to_numpy(dtype=np.float64)
+    logits = np.log(np.clip(logits, 1e-7, 1 - 1e-7)) - np.log(np.clip(1 - logits, 1e-7, 1))  # probabilities -> logits (same ranking)
+    metric = score("rocauc", test[TTR_TASKS].to_numpy(dtype=np.float32), logits, TTR_TASKS)
+    version = subprocess.run([str(PEERS_PYTHON), "-c", "import chemprop; print(chemprop.__version__)"], capture_output=True, text=True, check=False)
+    return {"wall_seconds": wall, "test_rocauc": metric["mean"], "epochs": epochs, "chemprop": version.stdout.strip()}
+
+
 def run_child(kind: str, payload: dict, data: Path, env: dict) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--payload", json.dumps(payload), "--data", str(data)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -192,6 +297,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/speed.json, speed_quick.json with --quick)")
     parser.add_argument("--repetitions", type=positive_int, help="interleaved repetitions of each throughput mode (default 3, 1 with --quick)")
+    parser.add_argument("--sections", default="throughput,featurisation,scaling,time-to-result",
+                        help="which parts to run (comma-separated): throughput, featurisation, scaling, time-to-result")
+    parser.add_argument("--ttr-epochs", type=positive_int, default=30, help="epochs of the time-to-result row, both tools (default 30)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,66 +314,104 @@ def main() -> None:
             "reference": lambda: child_reference(payload["steps"], data),
             "epoch": lambda: child_epoch(payload["overrides"], data),
             "featurise": lambda: child_featurise(data),
+            "ttr_pretrain": lambda: child_ttr_pretrain(data, payload["folder"]),
+            "ttr_cft": lambda: child_ttr_cft(data, payload["folder"], payload["epochs"]),
         }
         print(json.dumps(handlers[args.child]()))
         return
 
     env = {**os.environ, "CFT_QUIET": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    unknown = sections - {"throughput", "featurisation", "scaling", "time-to-result"}
+    if unknown:
+        parser.error(f"unknown --sections {', '.join(sorted(unknown))}")
     steps, reps = (60, 1) if args.quick else (200, 3)
     reps = args.repetitions or reps
     started = time.perf_counter()
-    result = {"machine": machine(), "quick": args.quick, "batch_size": BATCH, "steps": steps, "repetitions": reps,
-              "command": " ".join(["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else [])
-                                 + ([f"--repetitions {args.repetitions}"] if args.repetitions else []))}
+    command = ["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else []) + ([f"--repetitions {args.repetitions}"] if args.repetitions else [])
+    command += [f"--sections {args.sections}"] if args.sections != parser.get_default("sections") else []
+    command += [f"--ttr-epochs {args.ttr_epochs}"] if "time-to-result" in sections else []
+    result = {"machine": machine(), "quick": args.quick, "batch_size": BATCH, "steps": steps, "repetitions": reps, "command": " ".join(command)}
     print(f"machine: {result['machine']}", flush=True)
 
-    # warm the featurisation cache for every dataset used below, then measure featurisation
-    result["featurisation"] = run_child("featurise", {}, data, env)
-    print(f"featurisation: {result['featurisation']}", flush=True)
+    if "featurisation" in sections or "throughput" in sections:
+        # warm the featurisation cache for every dataset used below, then measure featurisation
+        result["featurisation"] = run_child("featurise", {}, data, env)
+        print(f"featurisation: {result['featurisation']}", flush=True)
 
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
-    for rep in range(reps):
-        for mode, overrides in MODES.items():
-            if overrides is None:
-                runs[mode].append(run_child("reference", {"steps": steps}, data, env))
-            else:
-                runs[mode].append(run_child("cft", {"overrides": overrides, "steps": steps}, data, env))
-            last = runs[mode][-1]
-            print(f"[rep {rep + 1}] {mode}: train {last['train_graphs_per_s']:.0f} g/s, infer {last['infer_graphs_per_s']:.0f} g/s, rss {last['peak_rss_mib']:.0f} MiB", flush=True)
-    result["modes"] = {
-        mode: {key: statistics.median(r[key] for r in values) for key in values[0] if isinstance(values[0][key], (int, float))} | {"all_train": [r["train_graphs_per_s"] for r in values]}
-        for mode, values in runs.items()
-    }
-    m = result["modes"]
-    gps = lambda name: m[name]["train_graphs_per_s"]  # noqa: E731
-    result["ratios"] = {
-        **{name: gps(num) / gps(den) for name, (num, den) in RATIOS.items()},
-        "featurisation cold / cached (target >= 20)": result["featurisation"]["ratio"],
-    }
+    if "throughput" in sections:
+        runs: dict[str, list[dict]] = {m: [] for m in MODES}
+        for rep in range(reps):
+            for mode, overrides in MODES.items():
+                if overrides is None:
+                    runs[mode].append(run_child("reference", {"steps": steps}, data, env))
+                else:
+                    runs[mode].append(run_child("cft", {"overrides": overrides, "steps": steps}, data, env))
+                last = runs[mode][-1]
+                print(f"[rep {rep + 1}] {mode}: train {last['train_graphs_per_s']:.0f} g/s, infer {last['infer_graphs_per_s']:.0f} g/s, "
+                      f"rss {last['peak_rss_mib']:.0f} MiB" + (f", prefix {last['prefix_seconds']:.1f} s" if last.get("prefix_seconds") else ""), flush=True)
+        result["modes"] = {
+            mode: {key: statistics.median(r[key] for r in values) for key in values[0] if isinstance(values[0][key], (int, float))} | {"all_train": [r["train_graphs_per_s"] for r in values]}
+            for mode, values in runs.items()
+        }
+        m = result["modes"]
+        gps = lambda name: m[name]["train_graphs_per_s"]  # noqa: E731
+        result["ratios"] = {name: gps(num) / gps(den) for name, (num, den) in RATIOS.items()}
+        result["ratios"]["featurisation cold / cached (target >= 20)"] = result["featurisation"]["ratio"]
+        _write(args.json, result, started)
 
-    # scaling: epoch time against molecules (MUV) and tasks (ToxCast)
-    sizes = [1000, 4000] if args.quick else [1000, 5000, 20000, 93087]
-    result["scaling_molecules"] = []
-    for n in sizes:
-        row = run_child("epoch", {"overrides": ["data.path=muv.csv.gz", f"data.limit={n}", "eval.metric=ap"]}, data, env)
-        row["limit"] = n
-        result["scaling_molecules"].append(row)
-        print(f"MUV {n}: {row}", flush=True)
-    import pandas as pd
+    if "scaling" in sections:
+        # scaling: epoch time against molecules (MUV) and tasks (ToxCast)
+        sizes = [1000, 4000] if args.quick else [1000, 5000, 20000, 93087]
+        result["scaling_molecules"] = []
+        for n in sizes:
+            row = run_child("epoch", {"overrides": ["data.path=muv.csv.gz", f"data.limit={n}", "eval.metric=ap"]}, data, env)
+            row["limit"] = n
+            result["scaling_molecules"].append(row)
+            print(f"MUV {n}: {row}", flush=True)
+        import pandas as pd
 
-    toxcast_tasks = [c for c in pd.read_csv(data / "toxcast.csv.gz", nrows=1).columns if c != "smiles"]
-    limit = 2000 if args.quick else 8576
-    result["scaling_tasks"] = []
-    for t in (12, 100, len(toxcast_tasks)):
-        tasks = json.dumps(toxcast_tasks[:t])
-        row = run_child("epoch", {"overrides": ["data.path=toxcast.csv.gz", f"data.limit={limit}", f"data.tasks={tasks}"]}, data, env)
-        result["scaling_tasks"].append(row)
-        print(f"ToxCast {t} tasks: {row}", flush=True)
-    result["seconds"] = time.perf_counter() - started
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result["ratios"], indent=2))
+        toxcast_tasks = [c for c in pd.read_csv(data / "toxcast.csv.gz", nrows=1).columns if c != "smiles"]
+        limit = 2000 if args.quick else 8576
+        result["scaling_tasks"] = []
+        for t in (12, 100, len(toxcast_tasks)):
+            tasks = json.dumps(toxcast_tasks[:t])
+            row = run_child("epoch", {"overrides": ["data.path=toxcast.csv.gz", f"data.limit={limit}", f"data.tasks={tasks}"]}, data, env)
+            result["scaling_tasks"].append(row)
+            print(f"ToxCast {t} tasks: {row}", flush=True)
+        _write(args.json, result, started)
+
+    if "time-to-result" in sections:
+        result["time_to_result"] = time_to_result(data, env, args.ttr_epochs)
+        _write(args.json, result, started)
+    print(json.dumps(result.get("ratios", {}), indent=2))
     print(f"total {result['seconds']:.0f}s; wrote {args.json}")
+
+
+def time_to_result(data: Path, env: dict, epochs: int) -> dict:
+    """cft's default recipe against chemprop's defaults on one split file, one after the other."""
+    if not PEERS_PYTHON.exists():
+        print(f"time to result: {PEERS_PYTHON} is missing; skipped (see the module docstring to create it)", flush=True)
+        return {"skipped": f"{PEERS_PYTHON.relative_to(REPO)} missing"}
+    folder = Path(tempfile.mkdtemp(prefix="cft-ttr-"))
+    write_split_files(data, folder)
+    row: dict = {"epochs": epochs, "split": "cft's scaffold split of tox21.csv (recipes/tox21.yaml, seed 0) as one split file"}
+    row["cft_backbone_pretraining"] = run_child("ttr_pretrain", {"folder": str(folder)}, data, env)
+    print(f"time to result: backbone pretraining (one-off, cached after) {row['cft_backbone_pretraining']['seconds']:.0f} s", flush=True)
+    row["cft"] = run_child("ttr_cft", {"folder": str(folder), "epochs": epochs}, data, env)
+    print(f"time to result: cft {row['cft']}", flush=True)
+    peers_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    row["chemprop"] = ttr_chemprop(folder, epochs, peers_env)
+    print(f"time to result: chemprop {row['chemprop']}", flush=True)
+    row["wall_clock_cft_over_chemprop"] = row["cft"]["wall_seconds"] / row["chemprop"]["wall_seconds"]
+    return row
+
+
+def _write(path: Path, result: dict, started: float) -> None:
+    """Write what is measured so far (a long run keeps its finished sections if a later one fails)."""
+    result["seconds"] = time.perf_counter() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
