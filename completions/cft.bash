@@ -26,7 +26,7 @@ _cft() {
         "compose") words="--output -o --prior --prior-from --mode --weights --rename --compose-steps --compose-threshold --compose-rule --compose-mix --method --min-support --min-value --top-k --calibrate --set -s --calibrate-dir --data-root --backbone --device --help -h" ;;
         "eval") words="--data-root --split --json --backbone --data --metric --device --batch-size --help -h" ;;
         "inspect-routing") words="--layer --png --json --max-rows --help -h" ;;
-        "predict") words="--input -i --output -o --smiles-column --backbone --device --batch-size --help -h" ;;
+        "predict") words="--input -i --output -o --smiles-column --keep-columns --backbone --device --batch-size --help -h" ;;
         "prior") words="build show --help -h" ;;
         "prior build") words="--bundles --data --output -o --tasks --method --min-support --min-value --top-k --png --data-root --max-rows --help -h" ;;
         "prior show") words="--png --max-rows --help -h" ;;

@@ -138,7 +138,7 @@ def test_predict_scores_every_task_and_flags_unparsable_smiles(tiny_parts, tmp_p
     assert result.returncode == 0, result.stderr
     assert "1 SMILES could not be parsed" in result.stdout and "rows 3" in result.stdout
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["smiles", *TINY_PART_TASKS[0], "invalid_smiles"]
+    assert list(frame.columns) == ["smiles", "id", *TINY_PART_TASKS[0], "invalid_smiles"]
     assert frame["invalid_smiles"].tolist() == [0, 0, 1, 0, 0, 0]
     scores = frame[TINY_PART_TASKS[0]].to_numpy()
     assert np.isnan(scores[2]).all() and ((scores[[0, 1, 3, 4, 5]] > 0) & (scores[[0, 1, 3, 4, 5]] < 1)).all(), "probabilities"
@@ -146,6 +146,29 @@ def test_predict_scores_every_task_and_flags_unparsable_smiles(tiny_parts, tmp_p
     other.write_text("id,structure\n1,CCO\n2,C1CC\n")
     named = run_cli_inprocess("predict", tiny_parts["A"], "--input", other, "--smiles-column", "structure", "-o", tmp_path / "n.csv")
     assert named.returncode == 0 and "1 SMILES could not be parsed" in named.stdout
-    assert_user_error(run_cli("predict", tiny_parts["A"], "--input", other, "--smiles-column", "smi", "-o", tmp_path / "x.csv"), "no column 'smi'")
+    assert_user_error(run_cli("predict", tiny_parts["A"], "--input", other, "--smiles-column", "smi", "-o", tmp_path / "x.csv"), "no SMILES column 'smi'")
     assert_user_error(run_cli_inprocess("predict", tiny_parts["A"], "--input", tmp_path / "none.csv", "-o", tmp_path / "x.csv"), "does not exist")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_predict_keeps_the_input_columns_or_the_chosen_ones(tiny_parts, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("id,smiles,note,has_Cl\n007,CCCl,a,1\n008,C1CC,\"b, c\",0\n009,c1ccccc1O,d,\n")
+    out = tmp_path / "scores.csv"
+    result = run_cli("predict", tiny_parts["A"], "--input", source, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "input column(s) has_Cl replaced by the scores of the same name" in " ".join(result.stdout.split())
+    frame = pd.read_csv(out, dtype={"id": str, "note": str}, keep_default_na=False)
+    assert list(frame.columns) == ["id", "smiles", "note", *TINY_PART_TASKS[0], "invalid_smiles"]
+    assert frame["id"].tolist() == ["007", "008", "009"], "an ID column comes back unchanged (leading zeros too)"
+    assert frame["note"].tolist() == ["a", "b, c", "d"]
+    assert frame["invalid_smiles"].tolist() == [0, 1, 0] and frame["has_Cl"].iloc[1] == ""
+    chosen = run_cli_inprocess("predict", tiny_parts["A"], "--input", source, "--keep-columns", "id", "-o", tmp_path / "chosen.csv")
+    assert chosen.returncode == 0, chosen.stderr
+    assert list(pd.read_csv(tmp_path / "chosen.csv").columns) == ["smiles", "id", *TINY_PART_TASKS[0], "invalid_smiles"]
+    # a bad choice is refused before anything is written; an existing output stays as it was
+    before = out.read_bytes()
+    refused = run_cli_inprocess("predict", tiny_parts["A"], "--input", source, "--keep-columns", "id,name", "-o", out)
+    assert_user_error(refused, "--keep-columns names 'name'", "its columns are: id, smiles, note, has_Cl")
+    assert out.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file left"

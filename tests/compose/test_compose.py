@@ -45,7 +45,7 @@ def test_route_mode_without_propagation_reproduces_each_part_exactly(parts, tmp_
     got = _predict(ab, parts["smiles"], tmp_path / "ab.csv", runner=run_cli)
     pa = _predict(parts["A"], parts["smiles"], tmp_path / "a.csv")
     pb = _predict(parts["B"], parts["smiles"], tmp_path / "b.csv")
-    assert list(got.columns) == ["smiles", *A_TASKS, *B_TASKS, "invalid_smiles"]
+    assert list(got.columns) == ["smiles", "id", *A_TASKS, *B_TASKS, "invalid_smiles"]  # the input's id column is kept
     for frame, tasks in ((pa, A_TASKS), (pb, B_TASKS)):
         for t in tasks:
             assert np.allclose(got[t].to_numpy(), frame[t].to_numpy(), atol=2e-6, equal_nan=True), t
