@@ -299,6 +299,8 @@ def main() -> None:
     parser.add_argument("--repetitions", type=positive_int, help="interleaved repetitions of each throughput mode (default 3, 1 with --quick)")
     parser.add_argument("--sections", default="throughput,featurisation,scaling,time-to-result",
                         help="which parts to run (comma-separated): throughput, featurisation, scaling, time-to-result")
+    parser.add_argument("--modes", help="throughput modes to run: comma-separated parts of their names (default: all)")
+    parser.add_argument("--steps", type=positive_int, help="training steps per throughput measurement (default 200, 60 with --quick)")
     parser.add_argument("--ttr-epochs", type=positive_int, default=30, help="epochs of the time-to-result row, both tools (default 30)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
@@ -326,10 +328,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --sections {', '.join(sorted(unknown))}")
     steps, reps = (60, 1) if args.quick else (200, 3)
-    reps = args.repetitions or reps
+    reps, steps = args.repetitions or reps, args.steps or steps
+    wanted = [w.strip() for w in args.modes.split(",")] if args.modes else None
+    modes = {m: o for m, o in MODES.items() if wanted is None or any(w in m for w in wanted)}
     started = time.perf_counter()
     command = ["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else []) + ([f"--repetitions {args.repetitions}"] if args.repetitions else [])
     command += [f"--sections {args.sections}"] if args.sections != parser.get_default("sections") else []
+    command += ([f"--steps {args.steps}"] if args.steps else []) + ([f"--modes '{args.modes}'"] if args.modes else [])
     command += [f"--ttr-epochs {args.ttr_epochs}"] if "time-to-result" in sections else []
     result = {"machine": machine(), "quick": args.quick, "batch_size": BATCH, "steps": steps, "repetitions": reps, "command": " ".join(command)}
     print(f"machine: {result['machine']}", flush=True)
@@ -340,9 +345,9 @@ def main() -> None:
         print(f"featurisation: {result['featurisation']}", flush=True)
 
     if "throughput" in sections:
-        runs: dict[str, list[dict]] = {m: [] for m in MODES}
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
         for rep in range(reps):
-            for mode, overrides in MODES.items():
+            for mode, overrides in modes.items():
                 if overrides is None:
                     runs[mode].append(run_child("reference", {"steps": steps}, data, env))
                 else:
@@ -356,7 +361,7 @@ def main() -> None:
         }
         m = result["modes"]
         gps = lambda name: m[name]["train_graphs_per_s"]  # noqa: E731
-        result["ratios"] = {name: gps(num) / gps(den) for name, (num, den) in RATIOS.items()}
+        result["ratios"] = {name: gps(num) / gps(den) for name, (num, den) in RATIOS.items() if num in m and den in m}
         result["ratios"]["featurisation cold / cached (target >= 20)"] = result["featurisation"]["ratio"]
         _write(args.json, result, started)
 
