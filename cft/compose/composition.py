@@ -58,6 +58,7 @@ from cft.files.bundle import (
     save_bundle,
 )
 from cft.nn.model import CftModel
+from cft.spec import COMPOSE_RULES
 
 
 @dataclass
@@ -98,8 +99,6 @@ def compose(
         raise CftError(f"--compose-steps must be >= 0, got {compose_steps}.")
     if not 0.0 <= compose_threshold < 1.0:
         raise CftError(f"--compose-threshold must be in [0, 1), got {compose_threshold}.")
-    from cft.spec import COMPOSE_RULES
-
     if compose_rule not in COMPOSE_RULES:
         raise CftError(f"--compose-rule {compose_rule!r}: choose one of {', '.join(COMPOSE_RULES)}.")
     if not 0.0 <= compose_mix <= 1.0:

@@ -22,6 +22,7 @@ from cft.files.bundle import (
 from cft.nn.model import CftModel
 from cft.prior.files import read_relation
 from cft.prior.relation import check_relation
+from cft.prior.sources import relation_from_dataset
 from cft.spec import ModelSpec
 
 
@@ -193,8 +194,6 @@ def choose_prior(
         matrix = read_relation(prior, tasks)
         return PriorChoice(matrix, {"source": "file", "path": str(prior)})
     if prior_from:
-        from cft.prior.sources import relation_from_dataset
-
         matrix, details = relation_from_dataset(
             prior_from, tasks, data_root, base=sources[0].info.data.get("config"), seed=int(sources[0].info.provenance.get("seed", 0)),
             method=method, min_support=min_support, min_value=min_value, top_k=top_k,

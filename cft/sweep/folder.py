@@ -11,6 +11,7 @@ from typing import Optional
 
 from cft.errors import CftError
 from cft.files.atomic import atomic_write_json, atomic_write_text
+from cft.files.runfolder import RunFolder
 from cft.recipe.load import recipe_to_yaml
 from cft.sweep.plan import Plan, Variant, seeded
 
@@ -46,8 +47,6 @@ class SweepFolder:
 
     def check(self, plan: Plan) -> None:
         """Refuse a folder that is not a sweep, or whose runs were made from other recipes."""
-        from cft.files.runfolder import RunFolder
-
         path = self.path
         if path.exists() and not path.is_dir():
             raise CftError(f"Output path {path} is a file, not a folder.", hint="Choose another --output-dir.")
@@ -115,7 +114,7 @@ class SweepFolder:
 @contextlib.contextmanager
 def sweep_lock(path: Path):
     """One sweep at a time per output folder (two would train into the same run folders)."""
-    import fcntl
+    import fcntl  # POSIX only: imported where the lock is taken, so the module imports anywhere
 
     path.mkdir(parents=True, exist_ok=True)
     handle = open(path / ".lock", "a+")  # atomic: an empty lock file, only flock()ed, never read

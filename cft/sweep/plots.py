@@ -34,7 +34,7 @@ def plot_knobs(plan: Plan, results: list[RunResult], folder: Path) -> list[Path]
     metric = metric_of(results)
     if metric is None:
         return []
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib costs ~0.5 s to import, only plots pay it
 
     per_run = {(r.variant.name, r.seed): r for r in results}
     written = []

@@ -8,11 +8,14 @@ metrics are computed, and only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from torch.utils.data import DistributedSampler
 
 from cft.console import set_quiet
 from cft.errors import CftError
@@ -42,8 +45,6 @@ class DistContext:
 
         torch's DistributedSampler: the same seeded permutation on every rank (and on every
         restart), padded so that every rank runs the same number of steps."""
-        from torch.utils.data import DistributedSampler
-
         sampler = DistributedSampler(range(len(indices)), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
         return indices[np.fromiter(iter(sampler), dtype=np.int64)]
@@ -139,9 +140,6 @@ def context_from_env(backend: str = "auto") -> DistContext:
 
 def launch_local(nproc: int, argv: list[str], backend: str = "auto") -> None:
     """`cft train --nproc N ...`: start N ranks on this machine through torchrun (standalone)."""
-    import subprocess
-    import sys
-
     if backend == "nccl" and not torch.cuda.is_available():
         raise CftError("train.dist_backend is nccl, which needs CUDA, and this machine has no CUDA device.", hint="Use gloo (or auto) on CPU.")
     limit = torch.cuda.device_count() if torch.cuda.is_available() else (os.cpu_count() or 1)

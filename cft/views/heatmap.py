@@ -36,7 +36,7 @@ class Heat:
 
 
 def _rgb(value: float, vmax: float) -> tuple[int, int, int]:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib costs ~0.5 s to import: only PNG and colour paths pay it
 
     x = 0.0 if vmax <= 0 else min(max(value / vmax, 0.0), 1.0) ** 0.5  # square-root shading, as in the PNGs
     r, g, b, _ = colormaps["viridis"](x)
@@ -194,7 +194,7 @@ def save_png(
     """One heatmap panel per entry (with group boundaries and a colour bar), plus, when given,
     line plots of `history` = {"epochs": [...], "series": {name: {label: [...]}}} and a bar chart
     `bars` = {"title", "labels" (or None), "values", "groups": [(name, start, end)]}."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: see _rgb
     from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

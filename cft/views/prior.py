@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from rich.text import Text
+
+from cft.views.heatmap import Heat, Panel, cluster_rows, render_heat, save_png, summarise_columns
 
 
 def _cluster_blocks(matrix: np.ndarray, names: Sequence[str], max_rows: int):
     """Order (and, past max_rows, cluster) tasks by their relation rows."""
-    from cft.views.heatmap import cluster_rows
-
     order, cluster = cluster_rows(matrix, max_rows)
     if len(set(cluster.tolist())) == len(names):
         return order, [[int(i)] for i in order]
@@ -24,10 +25,6 @@ def prior_terminal(
     matrix: np.ndarray, names: Sequence[str], description: str, width: int, max_rows: int = 40, groups: Sequence[tuple[str, int, int]] = ()
 ) -> list:
     """Terminal heatmap of a relation matrix; more than `max_rows` tasks are clustered into blocks."""
-    from rich.text import Text
-
-    from cft.views.heatmap import Heat, render_heat, summarise_columns
-
     a = np.asarray(matrix, dtype=np.float64)
     t = len(names)
     off = a - np.diag(np.diag(a))
@@ -58,8 +55,6 @@ def prior_terminal(
 def prior_png(
     matrix: np.ndarray, names: Sequence[str], description: str, path: str | Path, max_labels: int = 60, groups: Sequence[tuple[str, int, int]] = ()
 ) -> None:
-    from cft.views.heatmap import Panel, save_png
-
     a = np.asarray(matrix, dtype=np.float64)
     off = a - np.diag(np.diag(a))
     t = len(names)
