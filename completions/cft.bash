@@ -34,7 +34,7 @@ _cft() {
         "recipes list") words="--dir --help -h" ;;
         "recipes show") words="--set -s --help -h" ;;
         "recipes validate") words="--set -s --help -h" ;;
-        "train") words="--set -s --output-dir -o --data-root --resume --overwrite --device --nproc --help -h" ;;
+        "train") words="--data -i --smiles-column --tasks --task-type -t --set -s --output-dir -o --data-root --resume --overwrite --device --nproc --help -h" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
     if [[ ${#COMPREPLY[@]} -eq 0 ]]; then COMPREPLY=($(compgen -f -- "$cur")); fi

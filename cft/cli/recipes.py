@@ -11,15 +11,10 @@ from rich.table import Table
 from cft.cli import app
 from cft.cli.common import SetOption
 from cft.console import out
+from cft.recipe.shipped import resolve_recipe, shipped_recipes_dir
 
 recipes_app = typer.Typer(help="List, validate and show recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
-
-
-def shipped_recipes_dir() -> Path:
-    """recipes/ of the source tree (an editable install) or of the working directory."""
-    here = Path(__file__).resolve().parents[2] / "recipes"
-    return here if here.is_dir() else Path("recipes")
 
 
 def _description(path: Path) -> str:
@@ -68,9 +63,12 @@ def validate_command(files: List[Path] = typer.Argument(..., help="Recipe files.
         raise typer.Exit(2)
 
 
-@recipes_app.command("show", epilog="Example: cft recipes show recipes/tox21.yaml --set adapters.rank=4")
-def show_command(file: Path = typer.Argument(..., help="Recipe file."), sets: Optional[List[str]] = SetOption) -> None:
+@recipes_app.command("show", epilog="Example: cft recipes show recipes/tox21.yaml --set adapters.rank=4   |   cft recipes show default")
+def show_command(
+    file: Path = typer.Argument(..., help="Recipe file, or the name of a shipped recipe (e.g. `default`, the recipe of `cft train --data CSV`)."),
+    sets: Optional[List[str]] = SetOption,
+) -> None:
     """Print the resolved recipe (defaults filled in, overrides applied)."""
     from cft.recipe.load import load_recipe, recipe_to_yaml
 
-    out.print(recipe_to_yaml(load_recipe(file, sets or [])), highlight=False, markup=False)
+    out.print(recipe_to_yaml(load_recipe(resolve_recipe(file), sets or [])), highlight=False, markup=False)

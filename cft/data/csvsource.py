@@ -109,7 +109,7 @@ def read_csv_table(cfg: DataConfig, root: Path) -> Table:
     kinds = []
     for j, task in enumerate(tasks):
         labels[:, j] = columns_values[task]
-        kinds.append(_kind(labels[:, j], cfg.task_kinds.get(task), path, task))
+        kinds.append(_kind(labels[:, j], cfg.task_kinds.get(task) or _TYPE_KIND.get(cfg.task_type), path, task))
     unknown = sorted(set(cfg.task_kinds) - set(tasks) - set(dropped))
     if unknown:
         raise CftError(f"data.task_kinds names tasks that are not selected: {', '.join(unknown)}.")
@@ -140,9 +140,15 @@ def _numeric_column(column: pd.Series, path: Path, task: str) -> np.ndarray:
     return out
 
 
+_TYPE_KIND = {"classification": "binary", "regression": "regression"}  # data.task_type -> a task's kind
+
+
 def _kind(values: np.ndarray, override: Optional[str], path: Path, task: str) -> str:
     observed = values[~np.isnan(values)]
     is_binary = bool(np.isin(observed, (0.0, 1.0)).all())
     if override == "binary" and not is_binary:
-        raise CftError(f"{path}, column {task!r}: data.task_kinds says binary but the labels are not all 0/1.")
+        raise CftError(
+            f"{path}, column {task!r}: data.task_kinds (or data.task_type / --task-type classification) says binary but the labels are not all 0/1.",
+            hint="Use regression for this column (data.task_kinds), or fix its labels.",
+        )
     return override or ("binary" if is_binary else "regression")

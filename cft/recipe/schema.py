@@ -83,6 +83,9 @@ class DataConfig(_Strict):
     """Columns (names or globs) that are not tasks, e.g. an id or a split column."""
     task_kinds: dict[str, TaskKind] = Field(default_factory=dict)
     """Override the inferred kind of a task (binary when all labels are 0/1, else regression)."""
+    task_type: Literal["auto", "classification", "regression"] = "auto"
+    """Kind of every task not named in `task_kinds`: `auto` (inferred per task), `classification`
+    (binary: labels must be 0/1) or `regression` (chemprop's `-t`; `cft train --task-type`)."""
     split: SplitConfig = Field(default_factory=SplitConfig)
     """How molecules are split into train/valid/test."""
     strict: bool = False

@@ -1,0 +1,61 @@
+"""`cft train --data CSV` without a recipe: the shipped `default` recipe, chemprop-style options, --set on top."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import assert_user_error, run_cli, run_cli_inprocess
+
+# small enough for a test: the default recipe's model and pretraining, shrunk by --set
+SMALL = ["--set", "backbone.num_layers=2", "--set", "backbone.hidden=16", "--set", "backbone.pretrain.epochs=1",
+         "--set", "adapters.rank=2", "--set", "adapters.num_adapters=2", "--set", "train.epochs=2", "--set", "data.split.method=random"]
+
+
+@pytest.fixture(scope="module")
+def csv(tmp_path_factory) -> Path:
+    from reliability_kit import molecules
+
+    path = tmp_path_factory.mktemp("csv") / "mine.csv"
+    rows = ["structure,has_N,has_O,size"] + [f"{s},{int('N' in s)},{int('O' in s)},{len(s) / 10:.1f}" for s in molecules(160)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_recipes_show_default_prints_the_shipped_default():
+    result = run_cli_inprocess("recipes", "show", "default")
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["data"]["source"] == "csv" and shown["backbone"]["pretrain"]["data"]["source"] == "builtin"
+    listed = run_cli_inprocess("recipes", "list")
+    assert "default.yaml" in listed.stdout
+
+
+def test_train_a_csv_without_a_recipe(csv, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", csv, "--smiles-column", "structure", "--tasks", "has_N,has_O", "--task-type", "classification",
+                     "-o", run, *SMALL)
+    assert result.returncode == 0, result.stderr
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["data"]["path"] == str(csv.resolve()) and recipe["data"]["smiles_column"] == "structure"
+    assert recipe["data"]["tasks"] == ["has_N", "has_O"] and recipe["data"]["task_type"] == "classification"
+    assert recipe["train"]["epochs"] == 2 and recipe["backbone"]["hidden"] == 16, "every --set still applies"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metric"] == "rocauc" and summary["tasks"] == ["has_N", "has_O"] and summary["epochs_run"] == 2
+    assert (run / "splits.json").exists() and "test rocauc" in result.stdout
+    # regression by --task-type (chemprop's -t), the other columns left out with --set
+    reg = run_cli("train", "-i", csv, "-t", "regression", "--tasks", "size", "-o", tmp_path / "reg", *SMALL)
+    assert reg.returncode == 0, reg.stderr
+    summary = json.loads((tmp_path / "reg" / "summary.json").read_text())
+    assert summary["metric"] == "rmse" and summary["tasks"] == ["size"]
+
+
+def test_train_csv_refusals(csv, tmp_path):
+    assert_user_error(run_cli_inprocess("train"), "needs a RECIPE or --data CSV")
+    assert_user_error(run_cli_inprocess("train", "recipes/quickstart.yaml", "--tasks", "a"), "--smiles-column, --tasks and --task-type apply to --data CSV")
+    refused = run_cli_inprocess("train", "--data", csv, "-t", "classification", "--tasks", "size", "-o", tmp_path / "x", *SMALL)
+    assert_user_error(refused, "column 'size'", "says binary but the labels are not all 0/1")
+    assert_user_error(run_cli_inprocess("train", "--data", tmp_path / "nope.csv", "-o", tmp_path / "y"), "nope.csv does not exist")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
