@@ -11,6 +11,7 @@ from typing import Optional
 
 from cft.errors import CftError
 from cft.files.atomic import atomic_write_json, atomic_write_text
+from cft.files.paths import safe_join
 from cft.files.runfolder import RunFolder
 from cft.recipe.load import recipe_to_yaml
 from cft.sweep.plan import Plan, Variant, seeded
@@ -31,7 +32,8 @@ class SweepFolder:
         self.path = Path(path)
 
     def variant_dir(self, variant: Variant) -> Path:
-        return self.path / "variants" / variant.name
+        # the name comes from --grid values (a path value can hold `/`): one plain component, never outside
+        return safe_join(self.path / "variants", variant.name, what="variant name")
 
     def run_dir(self, variant: Variant, seed: int) -> Path:
         return self.variant_dir(variant) / f"seed-{seed}"

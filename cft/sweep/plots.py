@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cft.files.atomic import atomic_write_with
+from cft.files.paths import safe_join
 from cft.sweep.folder import RunResult
 from cft.sweep.plan import Plan, Variant, format_value, is_numeric
 from cft.sweep.results import mean_std, metric_of
@@ -87,7 +88,7 @@ def plot_knobs(plan: Plan, results: list[RunResult], folder: Path) -> list[Path]
             axes[1].legend(fontsize=7)
         fig.suptitle(f"cft ablate {plan.recipe_path.name}: {key}")
         fig.tight_layout()
-        target = folder / "plots" / f"{key}.png"
+        target = safe_join(folder / "plots", f"{key}.png", what="plot name")
         atomic_write_with(target, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         written.append(target)
     return written

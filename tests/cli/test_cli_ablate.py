@@ -64,6 +64,23 @@ def test_one_gpu_per_job_where_there_are_several():
     assert pick_gpu(gpus, ["1", "0", "1"]) == "0" and pick_gpu([], ["0"]) is None
 
 
+def test_variant_folders_stay_inside_the_sweep(tmp_path):
+    from cft.sweep.folder import SweepFolder
+    from cft.sweep.plan import Variant
+
+    folder = SweepFolder(tmp_path / "sweep")
+    assert folder.variant_dir(Variant("adapters.rank=4", {}, {}, None)) == tmp_path / "sweep" / "variants" / "adapters.rank=4"
+    for name in ("../escape", "a/b", ".."):
+        with pytest.raises(CftError, match="cannot be used as a file name"):
+            folder.variant_dir(Variant(name, {}, {}, None))
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "sweep" / "variants").mkdir()
+    (tmp_path / "sweep" / "variants" / "base").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CftError, match="outside"):
+        folder.variant_dir(Variant("base", {}, {}, None))
+
+
 @pytest.mark.parametrize(
     "grid, fragments",
     [
