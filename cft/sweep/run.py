@@ -68,7 +68,8 @@ def run_ablation(
     note: Callable[[str], None] = lambda m: None,
 ) -> SweepOutcome:
     """Run every unfinished (variant, seed) of `plan` into `output_dir`, then write the CSV,
-    the markdown table and the plots. Raises TrainingInterrupted after a SIGINT/SIGTERM."""
+    the markdown table and the plots. Raises TrainingInterrupted after a SIGINT/SIGTERM/SIGHUP
+    (exit code 128 + the signal number: 130, 143, 129)."""
     folder = SweepFolder(output_dir)
     folder.check(plan)
     with sweep_lock(folder.path):
@@ -93,6 +94,7 @@ def run_ablation(
             name = signal.Signals(sweep.stop_signal).name
             raise TrainingInterrupted(
                 f"Sweep interrupted ({name}): {done} of {len(results)} runs finished; interrupted runs keep their checkpoints. "
-                f"Run the same command again to continue: {command}"
+                f"Run the same command again to continue: {command}",
+                exit_code=128 + int(sweep.stop_signal),  # as shells report a signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
             )
     return SweepOutcome(plan, results, plots, ran)

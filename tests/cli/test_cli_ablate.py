@@ -6,15 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RECIPE, assert_user_error, run_cli
+from conftest import TINY_RECIPE, assert_user_error, run_cli
 
 from cft.errors import CftError
 from cft.sweep.plan import parse_values, variant_name
@@ -122,29 +118,27 @@ def test_variant_counts(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path):
+    """SIGTERM to the sweep while its second variant is in its second epoch, made deterministic: a hook
+    in that run (and only in its first attempt) sends SIGTERM to the sweep after its 15th optimiser
+    step (epoch 1 has 10) and waits until the sweep has forwarded SIGINT back. The sweep exits 143,
+    the same command then runs only the interrupted variant, from its checkpoint."""
+    from signal_hook import fired, signal_at_step_env
+
     recipe = _recipe(tmp_path, epochs=3)
     out = tmp_path / "sweep"
     args = ["ablate", str(recipe), "--grid", "train.lr=0.005,0.01", "--one-at-a-time", "--set", "train.threads=1", "-o", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "cft", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hook = tmp_path / "hook"
+    env = signal_at_step_env(hook, step=15, sig="SIGTERM", target="parent", argv_has=("train.lr=0.01", "train"), wait_for_sigint=True)
     first = out / "variants" / "base" / "seed-0" / "summary.json"
     second = out / "variants" / "train.lr=0.01" / "seed-0"
-    deadline = time.time() + 600
-    # interrupt while the second variant is training (its first epoch is done, so there is a
-    # checkpoint to resume; a run stopped before its first epoch starts over): the first has finished
-    log = second.parent / "seed-0.log"
-
-    def second_is_training() -> bool:
-        return log.exists() and "epoch   1/3" in log.read_text(errors="replace")
-
-    while time.time() < deadline and not second_is_training() and proc.poll() is None:
-        time.sleep(0.05)
-    assert first.exists(), proc.communicate()[1] if proc.poll() is not None else "timed out"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    if proc.returncode == 0:
-        pytest.skip("the sweep finished before the signal arrived (machine too fast for this timing)")
-    assert proc.returncode == 130, err
-    assert "Run the same command again to continue" in err and "Traceback" not in err
+    stopped = run_cli(*args, env=env)
+    assert [(f["step"], f["signal"], f["to"]) for f in fired(hook)] == [(15, "SIGTERM", "parent")], fired(hook)
+    err = stopped.stderr
+    assert stopped.returncode == 143, f"exit {stopped.returncode}\n{err}"
+    assert "Sweep interrupted (SIGTERM)" in err and "Run the same command again to continue" in err and "Traceback" not in err, err
+    assert first.exists() and (second / "checkpoint.pt").exists() and not (second / "bundle.safetensors").exists()
+    log = (second.parent / "seed-0.log").read_text()
+    assert "Interrupted (SIGINT) at epoch 2" in " ".join(log.split()), log[-2000:]
     rows = {r["variant"]: r for r in _rows(out)}
     assert rows["base"]["status"] == "finished" and rows["train.lr=0.01"]["status"] == "pending"
     assert json.loads((second.parent / "seed-0.json").read_text())["status"] == "interrupted"
@@ -153,8 +147,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path)
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert "ran 1 run(s)" in " ".join(resumed.stdout.split())
-    attempts = [line for line in (second.parent / "seed-0.log").read_text().splitlines() if line.startswith("=== attempt")]
+    log = (second.parent / "seed-0.log").read_text()
+    attempts = [line for line in log.splitlines() if line.startswith("=== attempt")]
     assert len(attempts) == 2 and "--resume" in attempts[1], attempts
+    assert "at epoch 2, batch" in " ".join(log.split("=== attempt")[-1].split()), "the second attempt resumed mid-epoch 2"
+    assert [json.loads(line)["epoch"] for line in (second / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert first.stat().st_mtime_ns == stamp, "the finished variant was run again"
     rows = _rows(out)
     assert [(r["variant"], r["train.lr"], r["seed"], r["status"]) for r in rows] == [
