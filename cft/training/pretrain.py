@@ -15,11 +15,13 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from ogb.utils.features import get_atom_feature_dims
 from torch import nn
+from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
 from cft import __version__
@@ -88,57 +90,55 @@ def _loader(dataset, indices, batch_size: int, seed: int, epoch: int) -> DataLoa
 
 
 def _pretrain_masking(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device) -> None:
+    """Attribute masking: predict the atom type of `mask_rate` of the atoms from their masked graph."""
     dims = get_atom_feature_dims()
     mask_token = torch.tensor([d - 1 for d in dims], device=device)  # OGB's 'misc' index per feature
     head = nn.Linear(backbone.spec.hidden, dims[0]).to(device)
-    params = list(backbone.parameters()) + list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    indices = torch.arange(len(dataset))
-    backbone.train()
     generator = torch.Generator().manual_seed(seed)
-    for epoch in range(cfg.epochs):
-        loader = _loader(dataset, indices, cfg.batch_size, seed, epoch)
-        total, count = 0.0, 0
-        with progress_bar(f"pretrain (masking) epoch {epoch + 1}/{cfg.epochs}", total=len(loader)) as advance:
-            for batch in loader:
-                batch = batch.to(device)
-                masked = torch.rand(batch.num_nodes, generator=generator).to(device) < cfg.mask_rate
-                if not masked.any():
-                    masked[0] = True
-                x = batch.x.long()
-                target = x[masked, 0]
-                batch.x = torch.where(masked.unsqueeze(1), mask_token.unsqueeze(0), x)
-                logits = head(backbone.node_states(batch)[masked])
-                loss = F.cross_entropy(logits, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, count = total + loss.item(), count + 1
-                advance(1, loss=total / count)
-        info(f"pretrain (masking) epoch {epoch + 1}/{cfg.epochs}: loss {total / max(count, 1):.4f}")
+
+    def loss_of(batch) -> torch.Tensor:
+        masked = torch.rand(batch.num_nodes, generator=generator).to(device) < cfg.mask_rate
+        if not masked.any():
+            masked[0] = True
+        x = batch.x.long()
+        target = x[masked, 0]
+        batch.x = torch.where(masked.unsqueeze(1), mask_token.unsqueeze(0), x)
+        return F.cross_entropy(head(backbone.node_states(batch)[masked]), target)
+
+    _fit(backbone, head, dataset, torch.arange(len(dataset)), cfg, seed, device, loss_of)
 
 
 def _pretrain_supervised(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device) -> None:
+    """Supervised multi-task pretraining on the training split's labels (the masked task loss)."""
     head = nn.Linear(backbone.spec.hidden, len(dataset.tasks)).to(device)
-    params = list(backbone.parameters()) + list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
     binary = torch.tensor([k == "binary" for k in dataset.kinds], device=device)
+
+    def loss_of(batch) -> torch.Tensor | None:
+        if torch.isnan(batch.y).all():
+            return None  # no label in this batch: no step (a zero-gradient Adam step would still move the weights)
+        return masked_multitask_loss(head(backbone(batch)), batch.y, binary)
+
+    _fit(backbone, head, dataset, dataset.split["train"], cfg, seed, device, loss_of)
+
+
+def _fit(backbone: Backbone, head: nn.Module, dataset, indices, cfg: PretrainConfig, seed: int, device: torch.device,
+         loss_of: Callable[[Batch], torch.Tensor | None]) -> None:
+    """The one pretraining loop: Adam on backbone + head over `indices`, reshuffled per epoch, with a
+    progress bar per epoch; `loss_of(batch)` is the objective (None skips the batch)."""
+    optimizer = torch.optim.Adam(list(backbone.parameters()) + list(head.parameters()), lr=cfg.lr)
     backbone.train()
     for epoch in range(cfg.epochs):
-        loader = _loader(dataset, dataset.split["train"], cfg.batch_size, seed, epoch)
+        loader = _loader(dataset, indices, cfg.batch_size, seed, epoch)
         total, count = 0.0, 0
-        with progress_bar(f"pretrain (supervised) epoch {epoch + 1}/{cfg.epochs}", total=len(loader)) as advance:
+        with progress_bar(f"pretrain ({cfg.method}) epoch {epoch + 1}/{cfg.epochs}", total=len(loader)) as advance:
             for batch in loader:
-                batch = batch.to(device)
-                logits = head(backbone(batch))
-                y = batch.y
-                labelled = ~torch.isnan(y)
-                if not labelled.any():
+                loss = loss_of(batch.to(device))
+                if loss is None:
+                    advance(1)
                     continue
-                loss = masked_multitask_loss(logits, y, binary)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total, count = total + loss.item(), count + 1
                 advance(1, loss=total / count)
-        info(f"pretrain (supervised) epoch {epoch + 1}/{cfg.epochs}: loss {total / max(count, 1):.4f}")
+        info(f"pretrain ({cfg.method}) epoch {epoch + 1}/{cfg.epochs}: loss {total / max(count, 1):.4f}")
