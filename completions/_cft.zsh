@@ -7,6 +7,7 @@ _cft() {
             ":ablate") path="ablate" ;;
             ":compose") path="compose" ;;
             ":eval") path="eval" ;;
+            ":fingerprint") path="fingerprint" ;;
             ":inspect-routing") path="inspect-routing" ;;
             ":predict") path="predict" ;;
             ":prior") path="prior" ;;
@@ -21,7 +22,7 @@ _cft() {
     done
     case "$path" in
         "")
-            local -a commands; commands=('ablate:Train every variant of a recipe (knob grid x seeds) as real `cft train` runs; write ablation.csv,' 'compose:Compose bundles trained on different tasks into one bundle that predicts all of them' 'eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'inspect-routing:Show which adapters each task routes to, per layer  rows tasks, columns adapters by source bundle' 'predict:Score molecules with a bundle  the input'\''s columns, then one column per task (probabilities for binary tasks), then invalid_smiles' 'prior:Build and show task relation matrices (the structural prior)' 'recipes:List, validate and show recipes' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle. With')
+            local -a commands; commands=('ablate:Train every variant of a recipe (knob grid x seeds) as real `cft train` runs; write ablation.csv,' 'compose:Compose bundles trained on different tasks into one bundle that predicts all of them' 'eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'fingerprint:Write each molecule'\''s pooled adapted representation (input row order; unparsable rows flagged)' 'inspect-routing:Show which adapters each task routes to, per layer  rows tasks, columns adapters by source bundle' 'predict:Score molecules with a bundle  the input'\''s columns, then one column per task (probabilities for binary tasks), then invalid_smiles' 'prior:Build and show task relation matrices (the structural prior)' 'recipes:List, validate and show recipes' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle. With')
             _describe 'command' commands
             _arguments '--version[Print the version and exit]' '--help[Show help and exit]' '-h[Show help and exit]'
             ;;
@@ -33,6 +34,9 @@ _cft() {
             ;;
         "eval")
             _arguments '--data-root[Where CSVs and OGB folders live (default  $CFT_DATA_ROOT, then the recipe'\''s data.root, then '\''.'\'')]:value:_files' '--split[train, valid or test]:value:_files' '--json[Also write the result as JSON here]:value:_files' '--backbone[Backbone file (default  found by fingerprint next to the bundle)]:value:_files' '--data[Evaluate on this CSV instead of the bundle'\''s recorded data (same split settings)]:value:_files' '--metric[rocauc, ap or rmse (default  the bundle'\''s)]:value:_files' '--device[auto, cpu, cuda or cuda N (default  the recipe'\''s train.device, auto)]:value:_files' '--batch-size[]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
+            ;;
+        "fingerprint")
+            _arguments '--input[CSV with a SMILES column]:value:_files' '-i[CSV with a SMILES column]:value:_files' '--output[emb.npy ((N, d), or (N, parts, d); NaN rows for unparsable SMILES, mask in emb.valid.npy) or emb.csv (SMILES, valid, fp_0 ...)]:value:_files' '-o[emb.npy ((N, d), or (N, parts, d); NaN rows for unparsable SMILES, mask in emb.valid.npy) or emb.csv (SMILES, valid, fp_0 ...)]:value:_files' '--smiles-column[The SMILES column (default  one named like smiles, e.g. SMILES or smi, any case; else the first)]:value:_files' '--backbone[Backbone file (default  found by fingerprint next to the bundle)]:value:_files' '--device[auto, cpu, cuda or cuda N (default  the recipe'\''s train.device, auto)]:value:_files' '--batch-size[]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
             ;;
         "inspect-routing")
             _arguments '--layer[Only this insertion layer (default  all)]:value:_files' '--png[Also draw one labelled heatmap per layer (plus the epoch history of a run folder)]:value:_files' '--json[Also write every route, entropy and active count as JSON]:value:_files' '--max-rows[More tasks than this are shown as clusters of similar tasks]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'

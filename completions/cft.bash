@@ -7,6 +7,7 @@ _cft() {
             ":ablate") path="ablate" ;;
             ":compose") path="compose" ;;
             ":eval") path="eval" ;;
+            ":fingerprint") path="fingerprint" ;;
             ":inspect-routing") path="inspect-routing" ;;
             ":predict") path="predict" ;;
             ":prior") path="prior" ;;
@@ -21,10 +22,11 @@ _cft() {
     done
     local words
     case "$path" in
-        "") words="ablate compose eval inspect-routing predict prior recipes train --version --help -h" ;;
+        "") words="ablate compose eval fingerprint inspect-routing predict prior recipes train --version --help -h" ;;
         "ablate") words="--grid -g --one-at-a-time --preset --seeds --jobs -j --output-dir -o --set -s --data-root --device --dry-run --help -h" ;;
         "compose") words="--output -o --prior --prior-from --mode --weights --rename --compose-steps --compose-threshold --compose-rule --compose-mix --method --min-support --min-value --top-k --calibrate --set -s --calibrate-dir --data-root --backbone --device --help -h" ;;
         "eval") words="--data-root --split --json --backbone --data --metric --device --batch-size --help -h" ;;
+        "fingerprint") words="--input -i --output -o --smiles-column --backbone --device --batch-size --help -h" ;;
         "inspect-routing") words="--layer --png --json --max-rows --help -h" ;;
         "predict") words="--input -i --output -o --smiles-column --keep-columns --backbone --device --batch-size --help -h" ;;
         "prior") words="build show --help -h" ;;

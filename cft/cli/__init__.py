@@ -64,7 +64,7 @@ def _root(
     """
 
 
-_COMMAND_MODULES = ("train", "eval", "recipes", "compose", "prior", "inspect", "predict", "ablate")
+_COMMAND_MODULES = ("train", "eval", "recipes", "compose", "prior", "inspect", "predict", "fingerprint", "ablate")
 
 
 def _register() -> None:

@@ -1,0 +1,100 @@
+"""`cft fingerprint`: the pooled adapted representation of each molecule (chemprop's `fingerprint`).
+
+One vector of the backbone's width d per molecule and part (a trained bundle has one part, a
+composed bundle one per source bundle), in the input's row order. Rows whose SMILES RDKit cannot
+parse are NaN and flagged: `valid` is 0 in a CSV, False in the `<name>.valid.npy` mask beside an
+.npy. The representation is defined in `cft.training.inference.capture_representations`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cft.errors import CftError
+
+FORMATS = (".npy", ".csv")
+
+
+@dataclass
+class FingerprintResult:
+    output: Path
+    mask: Path | None  # the .valid.npy beside an .npy output
+    rows: int
+    invalid_rows: list[int]  # 1-based data rows
+    parts: list[str]
+    width: int
+
+
+def mask_path(output: Path) -> Path:
+    return output.with_name(output.name[: -len(".npy")] + ".valid.npy")
+
+
+def fingerprint_csv(
+    target: str | Path,
+    input_csv: str | Path,
+    output: str | Path,
+    *,
+    smiles_column: str | None = None,
+    backbone_path: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> FingerprintResult:
+    from cft.data.csvsource import read_frame
+    from cft.data.graphs import GraphDataset, featurise
+    from cft.data.select import pick_smiles_column
+    from cft.files.atomic import atomic_write_text, atomic_write_with
+    from cft.files.bundle import load_bundle, resolve_bundle_path
+    from cft.training.distributed import pick_device
+    from cft.training.inference import predict_representations
+
+    input_csv, output = Path(input_csv), Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in FORMATS:
+        raise CftError(f"-o {output}: the output must end in .npy (an array) or .csv (a table).", hint="e.g. -o emb.npy or -o emb.csv")
+    if output.resolve() == input_csv.resolve():
+        raise CftError(f"-o {output} is the input file; write the fingerprints elsewhere.")
+    model, info = load_bundle(resolve_bundle_path(target), backbone_path=backbone_path)
+    frame = read_frame(input_csv)
+    column = pick_smiles_column(list(frame.columns), smiles_column, input_csv, option="--smiles-column")
+    smiles = [str(s).strip() for s in frame[column].tolist()]
+    store, valid, _, _ = featurise(smiles, label=input_csv.name)
+    if not valid.any():
+        raise CftError(
+            f"{input_csv}: no SMILES could be parsed in column {column!r} ({len(smiles)} rows); is it the SMILES column?",
+            hint="Pass the SMILES column with --smiles-column.",
+        )
+    dev = pick_device(device)
+    model.to(dev)
+    n_valid = int(valid.sum())
+    reps = predict_representations(model, GraphDataset(store, torch.zeros(n_valid, len(info.spec.tasks)), np.arange(n_valid)), batch_size, dev)
+    parts = [p.name for p in info.spec.parts] if reps.shape[1] == len(info.spec.parts) else ["model"]
+    table = np.full((len(smiles), *reps.shape[1:]), np.nan, dtype=np.float32)
+    table[valid] = reps
+    mask = None
+    if suffix == ".npy":
+        array = table[:, 0] if table.shape[1] == 1 else table  # [N, d], or [N, P, d] for a composed bundle
+
+        def save(tmp: Path, data: np.ndarray) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a bare temp name
+                np.save(fh, data, allow_pickle=False)
+
+        mask = mask_path(output)
+        atomic_write_with(mask, lambda tmp: save(tmp, valid.astype(bool)))
+        atomic_write_with(output, lambda tmp: save(tmp, array))
+    else:
+        width = table.shape[2]
+        names = [f"fp_{j}" for j in range(width)] if len(parts) == 1 else [f"{p}:fp_{j}" for p in parts for j in range(width)]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow([column, "valid", *names])
+        for i, row in enumerate(table.reshape(len(smiles), -1)):
+            writer.writerow([frame[column].iloc[i], int(valid[i]), *("" if not valid[i] else f"{v:.7g}" for v in row)])
+        atomic_write_text(output, buffer.getvalue())
+    bad = [int(i) + 1 for i in np.flatnonzero(~valid)]
+    return FingerprintResult(output=output, mask=mask, rows=len(smiles), invalid_rows=bad, parts=parts, width=int(table.shape[2]))
