@@ -144,7 +144,7 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
     if cfg.split.method == "file":
         split = rows_to_split(read_splits_file(_split_file(cfg, root), len(smiles)), rows)
     else:
-        split = _split(cfg, kept_smiles, [split_values[i] for i in rows] if split_values else None, seed, source_name)
+        split = _split(cfg, kept_smiles, [split_values[i] for i in rows] if split_values else None, seed, source_name, rows)
     check_nonempty(split, source_name)
     if need_labels:
         labels, tasks, kinds = _drop_untrained_tasks(labels, split["train"], tasks, kinds, dropped, cfg.strict, source_name)
@@ -171,14 +171,14 @@ def _split_file(cfg: DataConfig, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def _split(cfg: DataConfig, smiles: list[str], split_values: Optional[list], seed: int, source: str) -> dict[str, np.ndarray]:
+def _split(cfg: DataConfig, smiles: list[str], split_values: Optional[list], seed: int, source: str, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     method = cfg.split.method
     if method in ("scaffold", "auto"):
         return scaffold_split(smiles, cfg.split.fractions)
     if method == "random":
         return random_split(len(smiles), cfg.split.fractions, cfg.split.seed if cfg.split.seed is not None else seed)
     if method == "column":
-        return column_split(split_values or [], source, cfg.split.column or "")
+        return column_split(split_values or [], source, cfg.split.column or "", rows)
     raise CftError(f"data.split.method {method!r} is not available for {cfg.source} data.")
 
 

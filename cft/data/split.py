@@ -77,14 +77,16 @@ def random_split(n: int, fractions: Sequence[float], seed: int) -> dict[str, np.
     return {k: np.sort(v) for k, v in zip(SPLITS, (order[:a], order[a:b], order[b:]))}
 
 
-def column_split(values: Sequence[object], source: str, column: str) -> dict[str, np.ndarray]:
+def column_split(values: Sequence[object], source: str, column: str, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Split by a column's values (train, valid/val/validation, test). `rows[i]`: the input data
+    row of value i (0-based), for messages: without it, value i is data row i."""
     aliases = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
     buckets: dict[str, list[int]] = {k: [] for k in SPLITS}
     for i, value in enumerate(values):
         key = aliases.get(str(value).strip().lower())
         if key is None:
             raise CftError(
-                f"{source}, column {column!r}, row {i + 2}: split value {value!r} is not train, valid or test.",
+                f"{source}, column {column!r}, row {(int(rows[i]) if rows is not None else i) + 2}: split value {value!r} is not train, valid or test.",
                 hint="Fix that cell or choose another split method.",
             )
         buckets[key].append(i)

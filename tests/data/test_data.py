@@ -392,3 +392,10 @@ def test_bad_split_file_is_refused_naming_file_and_key(tmp_path, case):
 def test_split_method_file_needs_a_path(tmp_path):
     recipe = _csv(tmp_path, WIDE_RECIPE.format(path="x.csv"), "r.yaml")
     assert_user_error(run_cli_inprocess("recipes", "validate", recipe, "--set", "data.split.method=file"), "data.split.path", "required when split.method is file")
+
+
+def test_bad_split_value_names_the_input_row_after_skipped_smiles(tmp_path):
+    rows = ["smiles,a,split", "not_a_molecule,1,train", "CCO,1,train", "CCN,0,valid", "CCC,1,tst"]
+    path = _csv(tmp_path, "\n".join(rows) + "\n")
+    with pytest.raises(CftError, match=r"column 'split', row 5: split value 'tst'"):
+        load_dataset(DataConfig(source="csv", path=str(path), split=SplitConfig(method="column", column="split")), tmp_path)
