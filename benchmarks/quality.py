@@ -1,6 +1,11 @@
 """Quality benchmark: cft's methods side by side on Tox21, ToxCast and MUV (scaffold split).
 
-    python benchmarks/quality.py [--quick] [--data ../shared/data] [--backbone FILE] [--jobs 2]
+    python benchmarks/quality.py [--quick | --protocol routing] [--data ../shared/data] [--backbone FILE] [--jobs 2]
+
+`--protocol methods` (the default) ranks every method at short, equal budgets; `--protocol routing`
+compares the task-specific read-out under the label and the identity prior with the shared mixture
+read-out, trained to convergence (up to 50 epochs, early stopping with patience 10, 3 seeds) on
+ToxCast and Tox21, and writes benchmarks/results/routing.json after every finished run.
 
 Every run is a real `cft train` of recipes/<dataset>.yaml with `--set` overrides, in its own
 run folder under benchmarks/results/quality/<dataset>/<method>/seed<k>; finished runs are
@@ -18,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +46,15 @@ METHODS = {
 # methods at equal, short budgets, it does not reproduce the paper's numbers.
 FULL = {"tox21": ("recipes/tox21.yaml", 6, 3), "toxcast": ("recipes/toxcast.yaml", 2, 3), "muv": ("recipes/muv.yaml", 1, 1)}
 QUICK = {"tox21": ("recipes/tox21.yaml", 2, 1)}
+
+# the routing study: does a task's own route (and the prior that shapes it) matter once training converges?
+ROUTING_METHODS = {
+    "task read-out, label prior": ["routing.readout=task", "prior.source=labels"],
+    "task read-out, identity prior": ["routing.readout=task", "prior.source=identity"],
+    "mixture read-out, label prior": ["routing.readout=mixture", "prior.source=labels"],
+}
+ROUTING = {"toxcast": ("recipes/toxcast.yaml", 50, 3), "tox21": ("recipes/tox21.yaml", 50, 3)}
+ROUTING_PATIENCE = 10
 QUICK_LIMIT = 1500
 
 
@@ -51,18 +65,19 @@ def shared_overrides(backbone: Path, extra: list[str]) -> list[str]:
     return ["backbone.pretrain=null", f"backbone.path={backbone}"] + [e for e in extra if not e.startswith("backbone.pretrain.")]
 
 
-def method_overrides(method: str, shared: list[str], seed: int, epochs: int, threads: int) -> list[str]:
+def method_overrides(method: str, shared: list[str], seed: int, epochs: int, threads: int, methods: dict = METHODS, patience: int | None = None) -> list[str]:
     """The --set list of one run. `--set` is last-wins, so the method's own overrides come after
     the shared ones: "GIN-VN from scratch" must undo the shared `backbone.path` (an earlier
     ordering silently trained every scratch run from the pretrained backbone)."""
-    return shared + METHODS[method] + [f"seed={seed}", f"train.epochs={epochs}", f"train.threads={threads}", "train.patience=null"]
+    return shared + methods[method] + [f"seed={seed}", f"train.epochs={epochs}", f"train.threads={threads}", f"train.patience={patience if patience else 'null'}"]
 
 
-def run_one(dataset: str, recipe: str, method: str, seed: int, epochs: int, extra: list[str], out: Path, data: Path, threads: int) -> dict:
+def run_one(dataset: str, recipe: str, method: str, seed: int, epochs: int, extra: list[str], out: Path, data: Path, threads: int,
+            methods: dict = METHODS, patience: int | None = None) -> dict:
     folder = out / dataset / method.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "") / f"seed{seed}"
     summary_path = folder / "summary.json"
     if not summary_path.exists():
-        sets = method_overrides(method, extra, seed, epochs, threads)
+        sets = method_overrides(method, extra, seed, epochs, threads, methods, patience)
         cmd = [sys.executable, "-m", "cft", "train", str(REPO / recipe), "--data-root", str(data), "-o", str(folder)]
         cmd += sum((["--set", s] for s in sets), [])
         if (folder / "checkpoint.pt").exists():
@@ -81,6 +96,7 @@ def run_one(dataset: str, recipe: str, method: str, seed: int, epochs: int, extr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=("methods", "routing"), default="methods", help="which study to run (see above)")
     parser.add_argument("--quick", action="store_true", help="Tox21 only, 1 seed, 2 epochs, small backbone, 1,500 molecules (~10 minutes)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality")
@@ -88,14 +104,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores // jobs threads)")
     parser.add_argument("--datasets", help="comma-separated subset of the protocol's datasets (default: all)")
     args = parser.parse_args()
-    data, out = args.data.resolve(), args.out.resolve()
-    protocol = QUICK if args.quick else FULL
+    routing = args.protocol == "routing"
+    protocol = ROUTING if routing else QUICK if args.quick else FULL
+    methods, patience = (ROUTING_METHODS, ROUTING_PATIENCE) if routing else (METHODS, None)
+    if routing:
+        args.out = args.out.parent / "routing" if args.out == REPO / "benchmarks" / "results" / "quality" else args.out
     if args.datasets:
         wanted = args.datasets.split(",")
         unknown = [d for d in wanted if d not in protocol]
         if unknown:
             parser.error(f"--datasets: {', '.join(unknown)} not in the protocol ({', '.join(protocol)})")
         protocol = {d: protocol[d] for d in wanted}
+    data, out = args.data.resolve(), args.out.resolve()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     extra = []
@@ -110,22 +130,46 @@ def main() -> None:
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CFT_QUIET": "1"})
         backbone = folder / "backbone.safetensors"
     base = shared_overrides(backbone, extra)
-    jobs = [(name, recipe, method, seed, epochs) for name, (recipe, epochs, seeds) in protocol.items() for seed in range(seeds) for method in METHODS]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda j: run_one(j[0], j[1], j[2], j[3], j[4], base, out, data, threads), jobs))
-    summary = summarise(rows)
+    # seed by seed, so that a stopped benchmark leaves every method with the same seeds done
+    max_seeds = max(v[2] for v in protocol.values())
+    jobs = [(name, recipe, method, seed, epochs) for seed in range(max_seeds) for name, (recipe, epochs, seeds) in protocol.items() if seed < seeds for method in methods]
     sys.path.insert(0, str(REPO / "benchmarks"))
     from speed import machine
 
-    result = {"machine": machine(), "protocol": {k: {"recipe": v[0], "epochs": v[1], "seeds": v[2]} for k, v in protocol.items()}, "backbone": str(backbone),
-              "quick": args.quick, "rows": rows, "summary": summary, "seconds": time.perf_counter() - started,
-              "jobs": args.jobs, "train_seconds_all_runs": sum(r.get("train_seconds", 0.0) for r in rows),
-              "command": " ".join(["python", "benchmarks/quality.py"] + (["--quick"] if args.quick else []) + ([f"--datasets {args.datasets}"] if args.datasets else []))}
-    (out.parent / ("quality_quick.json" if args.quick else "quality.json")).write_text(json.dumps(result, indent=2))
+    command = " ".join(["python", "benchmarks/quality.py"] + (["--protocol routing"] if routing else []) + (["--quick"] if args.quick else [])
+                       + ([f"--datasets {args.datasets}"] if args.datasets else []))
+    target = out.parent / ("routing.json" if routing else "quality_quick.json" if args.quick else "quality.json")
+    rows: list[dict] = []
+
+    def write(partial: bool) -> dict:
+        """The result file, rewritten after every finished run (written to a temporary name, then renamed)."""
+        result = {"machine": machine(), "protocol": {k: {"recipe": v[0], "epochs": v[1], "seeds": v[2], "patience": patience} for k, v in protocol.items()},
+                  "backbone": str(backbone), "quick": args.quick, "commit": _commit(), "partial": partial, "runs_planned": len(jobs),
+                  "rows": sorted(rows, key=lambda r: (r["dataset"], r["method"], r["seed"])), "summary": summarise(rows),
+                  "seconds": time.perf_counter() - started, "jobs": args.jobs, "train_seconds_all_runs": sum(r.get("train_seconds", 0.0) for r in rows),
+                  "command": command}
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(target)
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_one, j[0], j[1], j[2], j[3], j[4], base, out, data, threads, methods, patience) for j in jobs]
+        for future in as_completed(futures):
+            rows.append(future.result())
+            write(partial=len(rows) < len(jobs))
+    result = write(partial=False)
+    summary = result["summary"]
     for key, s in summary.items():
         dataset, method = key.split("|")
         print(f"{dataset:8s} {method:34s} test {s['test_mean']:.4f} ± {s['test_std']:.4f}  valid {s['valid_mean']:.4f}  trainable {s['trainable']:,}  {s['train_seconds']:.0f}s")
     print(f"total {result['seconds']:.0f}s")
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "cft", "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return done.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -139,6 +183,7 @@ def summarise(rows: list[dict]) -> dict:
     for key, rs in groups.items():
         tests, valids = [r["test"] for r in rs], [r["valid"] for r in rs]
         out[key] = {"metric": rs[0]["metric"], "seeds": len(rs), "test_mean": statistics.mean(tests), "test_std": statistics.pstdev(tests),
+                    "test_sample_std": statistics.stdev(tests) if len(tests) > 1 else None, "best_epochs": [r["best_epoch"] for r in rs],
                     "valid_mean": statistics.mean(valids), "trainable": rs[0]["trainable"], "total": rs[0]["total"],
                     "train_seconds": statistics.mean(r["train_seconds"] for r in rs), "graphs_per_second": statistics.mean(r["graphs_per_second"] for r in rs)}
     return {f"{dataset}|{method}": v for (dataset, method), v in out.items()}
