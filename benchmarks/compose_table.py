@@ -1,6 +1,10 @@
 """Markdown tables for docs/composition.md from the files benchmarks/compose_tox21.sh writes.
 
-    python benchmarks/compose_table.py OUT_DIR
+    python benchmarks/compose_table.py OUT_DIR [--json RESULT.json]
+
+The residual rule's mix is chosen on the **validation** split: the largest mix whose largest
+per-task ROC-AUC change against the task's own bundle stays within TOLERANCE on valid; only then
+is its test change reported. The test split never chooses anything.
 """
 
 from __future__ import annotations
@@ -16,7 +20,29 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())["per_task"]
 
 
-def main(out: Path) -> None:
+TOLERANCE = 0.005
+
+
+def choose_mix(out: Path) -> dict | None:
+    """{"mix", "valid_max_abs_delta", "test_max_abs_delta", "candidates"} for the residual rule at k=1, g=0.1."""
+    if not (out / "valid_NR.json").exists():
+        return None
+    alone_valid = {**load(out / "valid_NR.json"), **load(out / "valid_SR.json")}
+    alone_test = {**load(out / "eval_NR.json"), **load(out / "eval_SR.json")}
+    candidates = []
+    for path in sorted(out.glob("valid_sweep_residual_k1_g0.1_m*.json")):
+        name = path.name.removeprefix("valid_").removesuffix(".json")
+        mix = float(name.rsplit("_m", 1)[1])
+        valid, test = load(path), load(out / f"eval_{name}.json")
+        dv = max(abs(valid[t] - alone_valid[t]) for t in alone_valid if valid.get(t) is not None and alone_valid[t] is not None)
+        dt = max(abs(test[t] - alone_test[t]) for t in alone_test if test.get(t) is not None and alone_test[t] is not None)
+        candidates.append({"mix": mix, "valid_max_abs_delta": dv, "test_max_abs_delta": dt})
+    within = [c for c in candidates if c["valid_max_abs_delta"] <= TOLERANCE]
+    best = max(within, key=lambda c: c["mix"]) if within else None
+    return {"tolerance": TOLERANCE, "chosen": best, "candidates": sorted(candidates, key=lambda c: c["mix"])}
+
+
+def main(out: Path, json_path: Path | None = None) -> None:
     nr, sr = load(out / "eval_NR.json"), load(out / "eval_SR.json")
     alone = {**nr, **sr}
     rows = [
@@ -53,6 +79,26 @@ def main(out: Path) -> None:
         print(f"| {rule} | {k[1:]} | {g[1:]} | {mix[0][1:] if mix else '–'} | {np.mean(dn):+.4f} | {np.max(np.abs(dn)):.4f} | "
               f"{np.mean(ds):+.4f} | {np.max(np.abs(ds)):.4f} | {mass[0][1]:.3f} | {mass[1][0]:.3f} |")
 
+    choice = choose_mix(out)
+    if choice is not None:
+        c = choice["chosen"]
+        print()
+        print(f"residual mix chosen on valid (largest with max |delta| <= {TOLERANCE}): "
+              + (f"{c['mix']} (valid {c['valid_max_abs_delta']:.4f}, test {c['test_max_abs_delta']:.4f})" if c else "none within the tolerance"))
+    if json_path is not None:
+        per_bundle = {name: load(out / f"eval_{name}.json") for _, name in rows if (out / f"eval_{name}.json").exists()}
+        result = {"out_dir": str(out), "commit": _commit(), "test_per_task": per_bundle, "mix_choice": choice}
+        tmp = json_path.with_name(f".{json_path.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(json_path)
+
+
+def _commit() -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    return done.stdout.strip()
+
 
 def _sweep_key(path: Path) -> tuple:
     parts = path.name.removeprefix("eval_sweep_").removesuffix(".json").split("_")
@@ -60,4 +106,6 @@ def _sweep_key(path: Path) -> tuple:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    args = sys.argv[1:]
+    target = Path(args[args.index("--json") + 1]) if "--json" in args else None
+    main(Path(args[0]), target)

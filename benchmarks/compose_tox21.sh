@@ -43,6 +43,10 @@ train "$out/ALL"
 "${cft[@]}" compose "$out/NR" "$out/SR" --prior "$out/prior.npy" --mode cat -o "$out/NR_SR_cat.safetensors"
 "${cft[@]}" compose "$out/NR" "$out/SR" --prior "$out/prior.npy" --mode linear -o "$out/NR_SR_linear.safetensors"
 
+# the validation split, to choose compose defaults on (never on test)
+for b in NR SR; do
+  "${cft[@]}" eval "$out/$b" --split valid --json "$out/valid_${b}.json" > /dev/null
+done
 for b in NR SR ALL NR_SR.safetensors NR_SR_cal.safetensors NR_SR_k0.safetensors NR_SR_cat.safetensors NR_SR_linear.safetensors; do
   "${cft[@]}" eval "$out/$b" --split test --json "$out/eval_${b%.safetensors}.json" > /dev/null
 done
@@ -53,6 +57,7 @@ sweep() {  # name, compose options...
   local name=$1; shift
   "${cft[@]}" compose "$out/NR" "$out/SR" --prior "$out/prior.npy" "$@" -o "$out/sweep_$name.safetensors" > /dev/null
   "${cft[@]}" eval "$out/sweep_$name.safetensors" --split test --json "$out/eval_sweep_$name.json" > /dev/null
+  "${cft[@]}" eval "$out/sweep_$name.safetensors" --split valid --json "$out/valid_sweep_$name.json" > /dev/null
   "${cft[@]}" inspect-routing "$out/sweep_$name.safetensors" --json "$out/routing_sweep_$name.json" > /dev/null
 }
 for m in 0.02 0.05 0.1 0.2 0.5 1; do
@@ -66,4 +71,4 @@ for k in 1 2; do
 done
 
 COLUMNS=80 "${cft[@]}" inspect-routing "$out/NR_SR.safetensors" --png "$out/routing.png" --json "$out/routing.json" | tee "$out/routing.txt"
-"${PYTHON:-python}" benchmarks/compose_table.py "$out"
+"${PYTHON:-python}" benchmarks/compose_table.py "$out" --json benchmarks/results/compose_tox21.json
