@@ -87,7 +87,7 @@ def peak_rss_mib() -> float:
 # ----------------------------------------------------------------- children (one measurement each)
 
 
-def child_cft(overrides: list[str], steps: int, data: Path) -> dict:
+def child_cft(overrides: list[str], steps: int, data: Path, infer: bool = True) -> dict:
     import torch
 
     from cft.data.dataset import load_dataset
@@ -101,12 +101,15 @@ def child_cft(overrides: list[str], steps: int, data: Path) -> dict:
         recipe_path.write_text(BASE_RECIPE % (BATCH, steps))
         recipe = load_recipe(recipe_path, overrides)
         summary = train_recipe(recipe, Path(tmp) / "run", data)
-        model, _ = load_bundle(Path(tmp) / "run" / "bundle.safetensors")
-        dataset = load_dataset(recipe.data, data, 0)
-        subset = dataset.subset("train")
-        start = time.perf_counter()
-        predict_logits(model, subset, 256, torch.device("cpu"))
-        infer = len(subset) / (time.perf_counter() - start)
+        if infer:
+            model, _ = load_bundle(Path(tmp) / "run" / "bundle.safetensors")
+            dataset = load_dataset(recipe.data, data, 0)
+            subset = dataset.subset("train")
+            start = time.perf_counter()
+            predict_logits(model, subset, 256, torch.device("cpu"))
+            infer = len(subset) / (time.perf_counter() - start)
+        else:
+            infer = float("nan")
     seconds = summary["seconds"]
     return {"train_graphs_per_s": summary["graphs_per_second"], "infer_graphs_per_s": infer, "peak_rss_mib": peak_rss_mib(),
             "trainable": summary["params"]["trainable"], "total": summary["params"]["total"], "prefix_seconds": seconds.get("prefix", 0.0),
@@ -301,6 +304,7 @@ def main() -> None:
                         help="which parts to run (comma-separated): throughput, featurisation, scaling, time-to-result")
     parser.add_argument("--modes", help="throughput modes to run: comma-separated parts of their names (default: all)")
     parser.add_argument("--steps", type=positive_int, help="training steps per throughput measurement (default 200, 60 with --quick)")
+    parser.add_argument("--no-inference", action="store_true", help="throughput: measure training only (no inference pass)")
     parser.add_argument("--ttr-epochs", type=positive_int, default=30, help="epochs of the time-to-result row, both tools (default 30)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
@@ -312,7 +316,7 @@ def main() -> None:
     if args.child:
         payload = json.loads(args.payload)
         handlers = {
-            "cft": lambda: child_cft(payload["overrides"], payload["steps"], data),
+            "cft": lambda: child_cft(payload["overrides"], payload["steps"], data, payload.get("infer", True)),
             "reference": lambda: child_reference(payload["steps"], data),
             "epoch": lambda: child_epoch(payload["overrides"], data),
             "featurise": lambda: child_featurise(data),
@@ -334,7 +338,7 @@ def main() -> None:
     started = time.perf_counter()
     command = ["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else []) + ([f"--repetitions {args.repetitions}"] if args.repetitions else [])
     command += [f"--sections {args.sections}"] if args.sections != parser.get_default("sections") else []
-    command += ([f"--steps {args.steps}"] if args.steps else []) + ([f"--modes '{args.modes}'"] if args.modes else [])
+    command += ([f"--steps {args.steps}"] if args.steps else []) + (["--no-inference"] if args.no_inference else []) + ([f"--modes '{args.modes}'"] if args.modes else [])
     command += [f"--ttr-epochs {args.ttr_epochs}"] if "time-to-result" in sections else []
     result = {"machine": machine(), "quick": args.quick, "batch_size": BATCH, "steps": steps, "repetitions": reps, "command": " ".join(command)}
     print(f"machine: {result['machine']}", flush=True)
@@ -351,7 +355,7 @@ def main() -> None:
                 if overrides is None:
                     runs[mode].append(run_child("reference", {"steps": steps}, data, env))
                 else:
-                    runs[mode].append(run_child("cft", {"overrides": overrides, "steps": steps}, data, env))
+                    runs[mode].append(run_child("cft", {"overrides": overrides, "steps": steps, "infer": not args.no_inference}, data, env))
                 last = runs[mode][-1]
                 print(f"[rep {rep + 1}] {mode}: train {last['train_graphs_per_s']:.0f} g/s, infer {last['infer_graphs_per_s']:.0f} g/s, "
                       f"rss {last['peak_rss_mib']:.0f} MiB" + (f", prefix {last['prefix_seconds']:.1f} s" if last.get("prefix_seconds") else ""), flush=True)
