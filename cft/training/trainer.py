@@ -45,6 +45,7 @@ from cft.training.optim import make_optimizer, make_scheduler
 from cft.training.prefix import PrefixCache, StoreBatches, as_is, prefix_cache_for
 from cft.training.seeding import restore_rng_state
 from cft.training.signals import Interrupt
+from cft.training.tensorboard import TensorBoardLog
 
 
 @dataclass
@@ -179,6 +180,8 @@ class Trainer:
             self._resume()
         elif resume:
             info(f"{run.path}: no checkpoint yet; starting from the beginning.")
+        # TensorBoard events on the main process only; a resumed run drops the events after its checkpoint
+        self.tensorboard = TensorBoardLog(run.path, recipe.train.tensorboard if dist.is_main else False, resume_epoch=self.state.epoch)
         started = time.perf_counter()
         # frozen backbone: its layers below the first insertion layer run once per molecule, here
         self.prefix: PrefixCache | None = prefix_cache_for(self.model, self.dataset.store, device, recipe.train.prefix_cache, recipe.train.prefix_cache_bf16)
@@ -209,6 +212,14 @@ class Trainer:
         write_checkpoint(self.run.checkpoint, self.model, self.optimizer, self.scheduler, self.state.to_dict(), self.best_state)
         self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
 
+    def _gather_epoch_loss(self) -> None:
+        """Before a mid-epoch checkpoint of a multi-process run (every rank calls it): rank 0, whose
+        state is the one saved, takes the loss sums of every rank and the others restart from zero,
+        so the epoch's logged loss counts each batch once, interrupted or not."""
+        if self.dist.enabled:
+            summed = self.dist.all_reduce_sums(self.state.epoch_loss.as_list(), self.device)
+            self.state.epoch_loss = EpochLoss.from_list(summed) if self.dist.is_main else EpochLoss()
+
     def _resume(self) -> None:
         path = self.run.checkpoint
         payload = read_checkpoint(path)
@@ -217,6 +228,8 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scheduler.load_state_dict(payload["scheduler"])
             self.state = LoopState.from_dict(payload["state"])
+            if not self.dist.is_main:  # rank 0's checkpoint holds the loss sums of every rank (_gather_epoch_loss)
+                self.state.epoch_loss = EpochLoss()
             self.best_state = payload["best_state"]
             restore_rng_state(payload["rng"])
         except Exception as exc:  # a checkpoint of another model or cft version
@@ -291,6 +304,7 @@ class Trainer:
                 if self.dist.broadcast_flag(interrupt.requested, self.device):
                     self._check_losses(pending, advance)
                     state.train_seconds += time.perf_counter() - epoch_started
+                    self._gather_epoch_loss()
                     self.save_checkpoint()
                     raise TrainingInterrupted(
                         f"Interrupted ({interrupt.signal_name or 'SIGINT'}) at epoch {state.epoch + 1}, batch {state.batch_in_epoch}; "
@@ -383,6 +397,7 @@ class Trainer:
         if self.dist.is_main:
             self.run.write_metrics(state.history)
             self.run.write_routing_history(state.epoch, routes, self.model.spec.tasks)
+            self.tensorboard.log_epoch(record, self.metric, valid["per_task"], routes)
             marker = " [green]best[/green]" if improved else ""
             info(f"epoch {record['epoch']:>3}/{recipe.train.epochs}  loss {record['loss']:.4f}  valid {self.metric} {valid['mean']:.4f}{marker}")
         self.save_checkpoint()
@@ -391,6 +406,7 @@ class Trainer:
 
     def finish(self) -> dict:
         recipe, model = self.recipe, self.model
+        self.tensorboard.close()
         model.load_state_dict(self.best_state, strict=False)
         ev = recipe.eval
         valid = evaluate_split(model, self.dataset, "valid", self.metric, ev.batch_size, self.device, self.dist, self.amp, self.prefix)
