@@ -9,6 +9,7 @@ around the blocks is written by hand and kept.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import sys
@@ -42,23 +43,42 @@ def paired_ratio(result: dict, name: str) -> str:
 
 
 def speed_tables(result: dict) -> str:
-    lines = [machine_line(result), "", f"Batch {result['batch_size']}, {result['steps']} training steps per measurement, "
-             + (f"median of {result['repetitions']} interleaved repetitions" if result["repetitions"] > 1 else "one repetition") + ", each in its own process. Tox21 (6,258 training molecules), GIN-VN 300×5.", ""]
-    lines += ["| mode | train graphs/s | inference graphs/s | peak RSS (MiB) | trainable / total params |", "|---|---:|---:|---:|---:|"]
-    for mode, r in result["modes"].items():
-        params = f"{int(r['trainable']):,} / {int(r['total']):,}" if "trainable" in r else "all"
-        lines.append(f"| {mode} | {r['train_graphs_per_s']:.0f} | {r['infer_graphs_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {params} |")
-    lines += ["", "| ratio | of the medians | median of the per-repetition ratios (min-max) |", "|---|---:|---:|"]
-    for name, value in result["ratios"].items():
-        lines.append(f"| {name} | {value:.2f}× | {paired_ratio(result, name)} |")
-    f = result["featurisation"]
-    lines += ["", f"Featurisation of {f['molecules']:,} Tox21 SMILES: {f['cold_seconds']:.2f} s cold, {f['cached_seconds']:.3f} s from the cache.", ""]
-    lines += ["Time per training epoch against molecules (MUV, adapters K=4 r=8, 17 tasks):", "", "| molecules in file | training molecules | epoch seconds | seconds per 1k molecules | peak RSS (MiB) |", "|---:|---:|---:|---:|---:|"]
-    for r in result["scaling_molecules"]:
-        lines.append(f"| {r['limit']:,} | {r['train_molecules']:,} | {r['epoch_seconds']:.1f} | {1000 * r['epoch_seconds'] / max(r['train_molecules'], 1):.2f} | {r['peak_rss_mib']:.0f} |")
-    lines += ["", "Time per training epoch against tasks (ToxCast, same molecules):", "", "| tasks | training molecules | epoch seconds |", "|---:|---:|---:|"]
-    for r in result["scaling_tasks"]:
-        lines.append(f"| {r['tasks']} | {r['train_molecules']:,} | {r['epoch_seconds']:.1f} |")
+    """The sections a run measured (speed.py --sections): throughput, featurisation, scaling, time to result."""
+    lines = [machine_line(result), ""]
+    if "modes" in result:
+        lines += [f"Batch {result['batch_size']}, {result['steps']} training steps per measurement, "
+                  + (f"median of {result['repetitions']} interleaved repetitions" if result["repetitions"] > 1 else "one repetition")
+                  + ", each in its own process. Tox21 (6,258 training molecules), GIN-VN 300×5.", ""]
+        lines += ["| mode | train graphs/s | per repetition | inference graphs/s | prefix cache s | peak RSS (MiB) | trainable / total params |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for mode, r in result["modes"].items():
+            params = f"{int(r['trainable']):,} / {int(r['total']):,}" if "trainable" in r else "all"
+            infer = r["infer_graphs_per_s"]
+            infer = "—" if math.isnan(infer) else f"{infer:.0f}"  # NaN: not measured (--no-inference)
+            reps = ", ".join(f"{v:.0f}" for v in r.get("all_train", []))
+            lines.append(f"| {mode} | {r['train_graphs_per_s']:.0f} | {reps} | {infer} | {r.get('prefix_seconds', 0):.1f} | {r['peak_rss_mib']:.0f} | {params} |")
+        lines += ["", "| ratio | of the medians | median of the per-repetition ratios (min-max) |", "|---|---:|---:|"]
+        for name, value in result["ratios"].items():
+            lines.append(f"| {name} | {value:.2f}× | {paired_ratio(result, name)} |")
+    if "featurisation" in result:
+        f = result["featurisation"]
+        lines += ["", f"Featurisation of {f['molecules']:,} Tox21 SMILES: {f['cold_seconds']:.2f} s cold, {f['cached_seconds']:.3f} s from the cache.", ""]
+    if "scaling_molecules" in result:
+        lines += ["Time per training epoch against molecules (MUV, adapters K=4 r=8, 17 tasks):", "", "| molecules in file | training molecules | epoch seconds | seconds per 1k molecules | peak RSS (MiB) |", "|---:|---:|---:|---:|---:|"]
+        for r in result["scaling_molecules"]:
+            lines.append(f"| {r['limit']:,} | {r['train_molecules']:,} | {r['epoch_seconds']:.1f} | {1000 * r['epoch_seconds'] / max(r['train_molecules'], 1):.2f} | {r['peak_rss_mib']:.0f} |")
+    if "scaling_tasks" in result:
+        lines += ["", "Time per training epoch against tasks (ToxCast, same molecules):", "", "| tasks | training molecules | epoch seconds |", "|---:|---:|---:|"]
+        for r in result["scaling_tasks"]:
+            lines.append(f"| {r['tasks']} | {r['train_molecules']:,} | {r['epoch_seconds']:.1f} |")
+    ttr = result.get("time_to_result")
+    if ttr and "cft" in ttr:
+        c, p = ttr["cft"], ttr["chemprop"]
+        lines += ["", f"Time to a result on Tox21 ({ttr['epochs']} epochs each, {ttr['split']}):", "",
+                  "| tool | training wall clock (s) | test ROC-AUC |", "|---|---:|---:|",
+                  f"| cft recipes/tox21.yaml | {c['wall_seconds']:.0f} | {c['test_rocauc']:.4f} |",
+                  f"| chemprop {p.get('chemprop', '')} defaults | {p['wall_seconds']:.0f} | {p['test_rocauc']:.4f} |", "",
+                  f"cft's one-off backbone pretraining (cached, shared by later runs): {ttr['cft_backbone_pretraining']['seconds']:.0f} s."]
     return "\n".join(lines)
 
 
