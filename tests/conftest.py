@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from skip_guard import pytest_collectreport, pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 (hooks)
 
 # Tiny test models gain nothing from several threads, and on a small shared machine OpenMP threads
 # that spin against each other made a 1-second run take 15 s. Runs are bit-identical either way
