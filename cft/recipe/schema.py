@@ -251,6 +251,10 @@ class TrainConfig(_Strict):
     4 x hidden bytes per atom and per molecule (float32); nothing when adapters start at layer 0."""
     prefix_cache_bf16: bool = False
     """Keep the cached prefix states in bf16: half the memory, not bit-identical to `recompute`."""
+    tensorboard: Optional[bool] = None
+    """TensorBoard event files in `<run>/tensorboard/` (losses, valid metric per task and mean, lr,
+    routing entropy and routing matrices per epoch): null writes them when the `tensorboard`
+    package is installed (`pip install 'cft[tensorboard]'`), true requires it, false never."""
 
 
 class EvalConfig(_Strict):

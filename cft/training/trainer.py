@@ -46,6 +46,7 @@ from cft.training.prefix import PrefixCache, StoreBatches, as_is, prefix_cache_f
 from cft.training.seeding import restore_rng_state
 from cft.training.signals import Interrupt
 from cft.training.tensorboard import TensorBoardLog
+from cft.training.tensorboard import TensorBoardLog
 
 
 @dataclass
@@ -180,6 +181,8 @@ class Trainer:
             self._resume()
         elif resume:
             info(f"{run.path}: no checkpoint yet; starting from the beginning.")
+        # TensorBoard events on the main process only; a resumed run drops the events after its checkpoint
+        self.tensorboard = TensorBoardLog(run.path, recipe.train.tensorboard if dist.is_main else False, resume_epoch=self.state.epoch)
         # TensorBoard events on the main process only; a resumed run drops the events after its checkpoint
         self.tensorboard = TensorBoardLog(run.path, recipe.train.tensorboard if dist.is_main else False, resume_epoch=self.state.epoch)
         started = time.perf_counter()
@@ -398,6 +401,7 @@ class Trainer:
             self.run.write_metrics(state.history)
             self.run.write_routing_history(state.epoch, routes, self.model.spec.tasks)
             self.tensorboard.log_epoch(record, self.metric, valid["per_task"], routes)
+            self.tensorboard.log_epoch(record, self.metric, valid["per_task"], routes)
             marker = " [green]best[/green]" if improved else ""
             info(f"epoch {record['epoch']:>3}/{recipe.train.epochs}  loss {record['loss']:.4f}  valid {self.metric} {valid['mean']:.4f}{marker}")
         self.save_checkpoint()
@@ -406,6 +410,7 @@ class Trainer:
 
     def finish(self) -> dict:
         recipe, model = self.recipe, self.model
+        self.tensorboard.close()
         self.tensorboard.close()
         model.load_state_dict(self.best_state, strict=False)
         ev = recipe.eval
