@@ -38,25 +38,37 @@ def ablate_command(
     sets: Optional[List[str]] = SetOption,
     data_root: Optional[str] = DataRootOption,
     device: Optional[str] = DeviceOption,
+    storage: Optional[str] = typer.Option(
+        None, "--storage", metavar="URL",
+        help="The sweep's Optuna study: a database URL that several machines share (postgresql://..., mysql://..., sqlite:////shared/path.db); default: study.db in the sweep folder.",
+    ),
+    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="Study name in --storage (default: the sweep folder's name)."),
+    worker: bool = typer.Option(False, "--worker", help="Join a sweep started elsewhere with the same command and --storage: run waiting runs, then exit."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the variants and how many runs are left, and run nothing."),
 ) -> None:
     """Train every variant of a recipe (knob grid x seeds) as real `cft train` runs; write ablation.csv,
-    ablation.md and plots. Finished runs are skipped when the command is run again."""
+    ablation.md and plots. The runs are the trials of an Optuna study (--storage: one database for many
+    machines, each running the same command with --worker); finished runs are never run again."""
+    from cft.errors import CftError
     from cft.sweep.plan import build_plan
     from cft.sweep.run import run_ablation
 
     plan = build_plan(recipe, list(grids or []), list(sets or []), one_at_a_time=one_at_a_time, preset=preset, seeds=seeds)
     folder = Path(output_dir) if output_dir else Path("runs") / f"{recipe.stem}-ablation"
+    if worker and not storage:
+        raise CftError("--worker needs --storage URL: the database of the sweep it joins.",
+                       hint="Give the same --storage as the machine that started the sweep, e.g. --storage postgresql://user:password@host/sweeps.")
     if dry_run:
-        _print_plan(plan, folder)
+        _print_plan(plan, folder, storage, study)
         return
     command = shlex.join(["cft", *sys.argv[1:]])
-    info(f"cft ablate: {len(plan.variants)} variants x {len(plan.seeds)} seed(s) = {len(plan.runs())} runs, {jobs} at a time, in {folder}")
+    where = "worker of the sweep in " + storage if worker else f"study in {storage or folder / 'study.db'}"
+    info(f"cft ablate: {len(plan.variants)} variants x {len(plan.seeds)} seed(s) = {len(plan.runs())} runs, {jobs} at a time, in {folder} ({where})")
     live = _LiveTable(plan) if err.is_terminal and not is_quiet() else None
     note = live.note if live else info
     with live if live else contextlib.nullcontext():
         outcome = run_ablation(plan, folder, jobs=jobs, data_root=data_root, device=device, command=command,
-                               on_change=live.update if live else (lambda p: None), note=note)
+                               storage=storage, study_name=study, worker=worker, on_change=live.update if live else (lambda p: None), note=note)
     _print_results(outcome, folder)
     failed = [r for r in outcome.results if r.status == "failed"]
     if failed:
@@ -119,17 +131,21 @@ class _LiveTable:
         return Group(table, *self.lines)
 
 
-def _print_plan(plan, folder: Path) -> None:
+def _print_plan(plan, folder: Path, storage: Optional[str], study: Optional[str]) -> None:
     from cft.sweep.folder import SweepFolder
+    from cft.sweep.results import collect
+    from cft.sweep.run import open_queue
 
     sweep = SweepFolder(folder)
+    queue = open_queue(plan, sweep, storage=storage, study_name=study, worker=False, create=False)  # an existing study only
+    status = {(r.variant.name, r.seed): r.status for r in collect(plan, sweep, queue)}
     table = Table(title=f"cft ablate --dry-run: {plan.recipe_path} ({plan.mode})", title_justify="left")
     table.add_column("variant")
     table.add_column("folder")
     table.add_column("finished runs", justify="right")
     finished = 0
     for variant in plan.variants:
-        done = sum(sweep.status(variant, s).status == "finished" for s in plan.seeds)
+        done = sum(status[(variant.name, s)] == "finished" for s in plan.seeds)
         finished += done
         table.add_row(variant.label, variant.name, f"{done}/{len(plan.seeds)}")
     out.print(table)

@@ -1,9 +1,8 @@
-"""A sweep's folder: one run folder per variant and seed, the plan, and the lock.
+"""A sweep's folder: one run folder per variant and seed, and the plan.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ class SweepFolder:
         path = self.path
         if path.exists() and not path.is_dir():
             raise CftError(f"Output path {path} is a file, not a folder.", hint="Choose another --output-dir.")
-        if path.exists() and any(p.name != ".lock" for p in path.iterdir()) and not self.is_sweep():
+        if path.exists() and any(p.name not in (".lock", "study.db") for p in path.iterdir()) and not self.is_sweep():
             raise CftError(
                 f"Output folder {path} is not empty and does not hold a cft ablation; cft will not write into it.",
                 hint="Choose another --output-dir (or an empty folder).",
@@ -111,20 +110,3 @@ class SweepFolder:
             "seeds": plan.seeds,
             "variants": [{"name": v.name, "knobs": v.knobs, "changes": v.changes} for v in plan.variants],
         })
-
-
-@contextlib.contextmanager
-def sweep_lock(path: Path):
-    """One sweep at a time per output folder (two would train into the same run folders)."""
-    import fcntl  # POSIX only: imported where the lock is taken, so the module imports anywhere
-
-    path.mkdir(parents=True, exist_ok=True)
-    handle = open(path / ".lock", "a+")  # atomic: an empty lock file, only flock()ed, never read
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CftError(f"Another `cft ablate` is running in {path}.", hint="Wait for it to end, or use another --output-dir.") from None
-        yield
-    finally:
-        handle.close()

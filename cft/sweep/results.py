@@ -16,8 +16,69 @@ from cft.sweep.folder import RunResult, SweepFolder
 from cft.sweep.plan import Plan, Variant, format_value
 
 
-def collect(plan: Plan, folder: SweepFolder) -> list[RunResult]:
-    return [folder.status(v, s) for v, s in plan.runs()]
+def summary_attrs(summary: dict) -> dict:
+    """What the tables and plots need of a run's summary.json, kept in its trial (so that a machine
+    that did not train a run can still tabulate it)."""
+    params = summary.get("params", {})
+    return {
+        "metric": summary.get("metric"),
+        "valid": {"mean": summary.get("valid", {}).get("mean")},
+        "test": {"mean": summary.get("test", {}).get("mean")},
+        "params": {k: params.get(k) for k in ("trainable", "total", "trainable_fraction")},
+        "seconds": {"train": summary.get("seconds", {}).get("train")},
+        "graphs_per_second": summary.get("graphs_per_second"),
+        "best_epoch": summary.get("best_epoch"),
+    }
+
+
+def study_outcomes(plan: Plan, folder: SweepFolder, queue) -> dict[tuple[str, int], RunResult]:
+    """Each run's state from its trials in the study: finished (a COMPLETE trial), running, pending
+    (WAITING, or interrupted), failed (the last attempt failed). Runs without a trial are absent."""
+    from optuna.trial import TrialState
+
+    from cft.sweep.study import RUN_ATTR, is_duplicate
+
+    by_name = {v.name: v for v in plan.variants}
+    trials: dict[str, list] = {}
+    for t in queue.trials() if queue is not None else []:
+        key = t.user_attrs.get(RUN_ATTR)
+        if key is not None and not is_duplicate(t):
+            trials.setdefault(key, []).append(t)
+    out: dict[tuple[str, int], RunResult] = {}
+    for variant, seed in plan.runs():
+        found = trials.get(f"{variant.name}/seed-{seed}")
+        if not found:
+            continue
+        local = folder.run_dir(variant, seed)
+        done = [t for t in found if t.state == TrialState.COMPLETE]
+        if done:
+            t = done[0]
+            run_dir = Path(t.user_attrs.get("run_dir") or local)
+            out[(variant.name, seed)] = RunResult(by_name[variant.name], seed, "finished", t.user_attrs.get("summary"), run_dir=run_dir)
+        elif any(t.state == TrialState.RUNNING for t in found):
+            out[(variant.name, seed)] = RunResult(variant, seed, "running", run_dir=local)
+        elif any(t.state == TrialState.WAITING for t in found):
+            out[(variant.name, seed)] = RunResult(variant, seed, "pending", run_dir=local)
+        else:
+            last = max(found, key=lambda t: t.number)
+            if last.user_attrs.get("outcome") == "failed":
+                out[(variant.name, seed)] = RunResult(variant, seed, "failed", error=str(last.user_attrs.get("error", "")), run_dir=local)
+            else:
+                out[(variant.name, seed)] = RunResult(variant, seed, "pending", run_dir=local)
+    return out
+
+
+def collect(plan: Plan, folder: SweepFolder, queue=None) -> list[RunResult]:
+    """One result per run of the plan: from the study where it has a trial, else from its run folder."""
+    outcomes = study_outcomes(plan, folder, queue) if queue is not None else {}
+    results = []
+    for v, s in plan.runs():
+        result = outcomes.get((v.name, s))
+        if result is None or result.status == "running":
+            local = folder.status(v, s)
+            result = local if result is None or local.status == "finished" else result
+        results.append(result)
+    return results
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

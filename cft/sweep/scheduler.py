@@ -1,4 +1,5 @@
-"""Running a sweep's variants as `cft train` subprocesses, several at once (CPU cores, GPUs).
+"""Running a sweep's runs as `cft train` subprocesses, several at once (CPU cores, GPUs), pulled
+from the sweep's Optuna study (cft.sweep.study), so that processes on several machines share one sweep.
 """
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from typing import Any, Callable, Optional
 from cft.files.atomic import atomic_write_json
 from cft.sweep.folder import RunResult, SweepFolder
 from cft.sweep.plan import Plan, Variant
+from cft.sweep.study import heartbeat_settings
 
 _TERMINAL_WAIT_S = 600.0  # how long interrupted runs get to write their checkpoint
 
@@ -64,6 +67,8 @@ class _Job:
     record: dict
     started: float
     gpu: Optional[str]
+    trial_id: int = -1  # the study's trial this run is
+    attrs: dict = field(default_factory=dict)  # the trial's user attributes (enqueued again after an interrupt)
     forwarded: Optional[float] = None  # when SIGINT was forwarded to it
 
 
@@ -107,25 +112,43 @@ def _error_from_log(path: Path, returncode: int) -> str:
     return f"{message} ({exit_what})" if message else f"cft train ended with {exit_what}"
 
 
-class Sweep:
-    def __init__(self, plan: Plan, folder: SweepFolder, *, jobs: int, data_root: Optional[str], device: Optional[str],
-                 on_change: Callable[[Progress], None], note: Callable[[str], None]):
-        self.plan, self.folder, self.jobs = plan, folder, max(1, jobs)
-        self.data_root, self.device = data_root, device
-        self.on_change, self.note = on_change, note
-        self.progress = Progress(plan)
+def train_command(recipe_file: Path, seed: int, run_dir: Path, *, threads: Optional[int], data_root: Optional[str],
+                  device: Optional[str]) -> list[str]:
+    """`python -m cft train RECIPE --set seed=S [--set train.threads=T] -o RUN [--resume] ...`; --resume
+    when the run folder already holds a run (it continues from its checkpoint)."""
+    cmd = [sys.executable, "-m", "cft", "train", str(recipe_file), "--set", f"seed={seed}"]
+    if threads is not None:
+        cmd += ["--set", f"train.threads={threads}"]
+    cmd += ["--output-dir", str(run_dir)]
+    if (run_dir / "recipe.yaml").exists():
+        cmd.append("--resume")
+    if data_root:
+        cmd += ["--data-root", data_root]
+    if device:
+        cmd += ["--device", device]
+    return cmd
+
+
+def start_train(cmd: list[str], log_path: Path, threads: int, gpu: Optional[str]) -> tuple[subprocess.Popen, Any]:
+    """Start one `cft train` in its own session (a Ctrl-C in the terminal reaches only the sweep,
+    which forwards exactly one), its output appended to `log_path`."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "a", encoding="utf-8")  # atomic: an append-only log; a crash can only cut its last line
+    log.write(f"\n=== attempt {_now()}: {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    return proc, log
+
+
+class StopSignals:
+    """SIGINT/SIGTERM/SIGHUP set `stop_signal` (a second one sets `hard_stop`) instead of raising."""
+
+    def __init__(self):
         self.stop_signal: Optional[int] = None
         self.hard_stop = False
-        self.threads = max(1, available_cores() // self.jobs)
-        self._gpus: Optional[list[str]] = None
-
-    @property
-    def gpus(self) -> list[str]:
-        if self._gpus is None:  # imports torch: only once there is something to run
-            self._gpus = visible_gpus(self.device or self.plan.base.train.device)
-        return self._gpus
-
-    # ------------------------------------------------------------ signals
 
     def _handler(self, signum, frame):
         if self.stop_signal is not None:
@@ -133,7 +156,7 @@ class Sweep:
         self.stop_signal = signum
 
     @contextlib.contextmanager
-    def _signals(self):
+    def installed(self):
         previous = {}
         wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
         try:
@@ -147,57 +170,92 @@ class Sweep:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+
+class Sweep:
+    """Pulls the plan's runs from the study (`Queue`), J at a time on this machine, each a `cft train`
+    subprocess; tells the study each run's outcome. A leader (not `worker`) also waits for runs that
+    other machines are training, so that its tables are complete; a worker stops when nothing is waiting."""
+
+    def __init__(self, plan: Plan, folder: SweepFolder, queue, *, jobs: int, data_root: Optional[str], device: Optional[str],
+                 on_change: Callable[[Progress], None], note: Callable[[str], None], worker: bool = False,
+                 outcomes: Callable[[], dict[tuple[str, int], RunResult]] = dict):
+        self.plan, self.folder, self.queue, self.jobs = plan, folder, queue, max(1, jobs)
+        self.data_root, self.device, self.worker = data_root, device, worker
+        self.on_change, self.note, self.outcomes = on_change, note, outcomes
+        self.progress = Progress(plan)
+        self.signals = StopSignals()
+        self.threads = max(1, available_cores() // self.jobs)
+        self._gpus: Optional[list[str]] = None
+        self._by_name = {v.name: v for v in plan.variants}
+
+    @property
+    def stop_signal(self) -> Optional[int]:
+        return self.signals.stop_signal
+
+    @property
+    def hard_stop(self) -> bool:
+        return self.signals.hard_stop
+
+    @property
+    def gpus(self) -> list[str]:
+        if self._gpus is None:  # imports torch: only once there is something to run
+            self._gpus = visible_gpus(self.device or self.plan.base.train.device)
+        return self._gpus
+
     # ------------------------------------------------------------ one run
 
-    def _command(self, variant: Variant, seed: int) -> list[str]:
+    def _start(self, pulled, running: list[_Job]) -> Optional[_Job]:
+        variant = self._by_name.get(pulled.user_attrs.get("variant"))
+        seed = pulled.user_attrs.get("seed")
+        if variant is None or seed not in self.plan.seeds:  # checked when the worker joined: a study edited meanwhile
+            self.queue.finish(pulled.trial_id, value=None, attrs={"error": "not a run of this sweep's plan", "outcome": "failed"})
+            return None
         run_dir = self.folder.run_dir(variant, seed)
-        cmd = [sys.executable, "-m", "cft", "train", str(self.folder.variant_dir(variant) / "recipe.yaml"), "--set", f"seed={seed}"]
-        if variant.recipe.train.threads is None:
-            cmd += ["--set", f"train.threads={self.threads}"]
-        cmd += ["--output-dir", str(run_dir)]
-        if (run_dir / "recipe.yaml").exists():
-            cmd.append("--resume")
-        if self.data_root:
-            cmd += ["--data-root", self.data_root]
-        if self.device:
-            cmd += ["--device", self.device]
-        return cmd
+        local = self.folder.status(variant, seed)
+        if local.status == "finished" and local.summary:  # trained by a process that died before it could tell the study
+            from cft.sweep.results import summary_attrs
 
-    def _start(self, variant: Variant, seed: int, running: list[_Job]) -> _Job:
-        cmd = self._command(variant, seed)
+            summary = summary_attrs(local.summary)
+            self.queue.finish(pulled.trial_id, value=summary["valid"]["mean"],
+                              attrs={"summary": summary, "run_dir": str(run_dir), "host": socket.gethostname(), "outcome": "finished"})
+            self.progress.set(local)
+            return None
         threads = variant.recipe.train.threads or self.threads
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+        cmd = train_command(self.folder.variant_dir(variant) / "recipe.yaml", seed, run_dir,
+                            threads=None if variant.recipe.train.threads else self.threads, data_root=self.data_root, device=self.device)
         gpu = pick_gpu(self.gpus, [j.gpu for j in running])
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        log_path = self.folder.log(variant, seed)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "a", encoding="utf-8")  # atomic: an append-only log; a crash can only cut its last line
-        log.write(f"\n=== attempt {_now()}: {' '.join(cmd)}\n")
-        log.flush()
-        record = {"status": "running", "variant": variant.name, "seed": seed, "knobs": variant.knobs, "command": cmd,
+        record = {"status": "running", "variant": variant.name, "seed": seed, "knobs": variant.knobs, "command": cmd, "trial": pulled.number,
                   "threads": threads, "cuda_visible_devices": gpu, "started": _now(), "ended": None, "returncode": None, "error": None}
         atomic_write_json(self.folder.record(variant, seed), record)
-        # its own session: a Ctrl-C in the terminal reaches only the sweep, which forwards exactly one
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc, log = start_train(cmd, self.folder.log(variant, seed), threads, gpu)
+        self.queue.beat([pulled.trial_id])
         self.progress.started_at[(variant.name, seed)] = time.time()
-        self.progress.set(RunResult(variant, seed, "running", run_dir=self.folder.run_dir(variant, seed)))
-        return _Job(variant, seed, proc, log, record, time.time(), gpu)
+        self.progress.set(RunResult(variant, seed, "running", run_dir=run_dir))
+        return _Job(variant, seed, proc, log, record, time.time(), gpu, trial_id=pulled.trial_id, attrs=pulled.user_attrs)
 
     def _finish(self, job: _Job) -> RunResult:
+        from cft.sweep.results import summary_attrs
+
         job.log.close()
         code = job.proc.returncode
         result = self.folder.status(job.variant, job.seed)
         record = {**job.record, "ended": _now(), "returncode": code, "seconds": round(time.time() - job.started, 3)}
+        attrs = {"run_dir": str(result.run_dir), "host": socket.gethostname(), "returncode": code}
         if code == 0 and result.status == "finished":
             record["status"] = "finished"
+            summary = summary_attrs(result.summary or {})
+            self.queue.finish(job.trial_id, value=summary["valid"]["mean"], attrs={**attrs, "summary": summary, "outcome": "finished"})
         elif self.stop_signal is not None:
             record["status"] = "interrupted"
             result = RunResult(job.variant, job.seed, "interrupted", run_dir=result.run_dir)
+            # the run keeps its checkpoint; its copy waits in the study for the next process (here or elsewhere)
+            self.queue.finish(job.trial_id, value=None, attrs={**attrs, "outcome": "interrupted"})
+            self.queue.enqueue(job.attrs)
         else:
             error = _error_from_log(self.folder.log(job.variant, job.seed), code)
             record.update(status="failed", error=error)
             result = RunResult(job.variant, job.seed, "failed", error=error, run_dir=result.run_dir)
+            self.queue.finish(job.trial_id, value=None, attrs={**attrs, "outcome": "failed", "error": error})
         atomic_write_json(self.folder.record(job.variant, job.seed), record)
         self.progress.set(result)
         return result
@@ -205,28 +263,40 @@ class Sweep:
     # ------------------------------------------------------------ the loop
 
     def run(self, on_result: Callable[[RunResult], None]) -> None:
-        todo = []
+        outcomes = self.outcomes()
         for variant, seed in self.plan.runs():
-            result = self.folder.status(variant, seed)
-            self.progress.set(result if result.status == "finished" else RunResult(variant, seed, "pending", run_dir=result.run_dir))
-            if result.status != "finished":
-                todo.append((variant, seed))
+            self.progress.set(outcomes.get((variant.name, seed)) or RunResult(variant, seed, "pending"))
         # the first run goes alone until it has its data and backbone (both cached on disk), so
         # J jobs do not featurise the same dataset or pretrain the same backbone J times
-        warm = len(todo) < len(self.plan.runs())
+        warm = any(r.status == "finished" for r in self.progress.results.values())
+        interval, _grace = heartbeat_settings()
         running: list[_Job] = []
+        last_beat = last_poll = last_check = 0.0
+        empty = False
         self.on_change(self.progress)
-        with self._signals(), self._no_orphans(running):
-            while (todo and self.stop_signal is None) or running:
+        with self.signals.installed(), self._no_orphans(running):
+            while True:
+                now = time.time()
                 if self.stop_signal is not None:
                     self._forward(running)
+                if now - last_beat >= interval:
+                    self.queue.beat(j.trial_id for j in running)
+                    self.queue.fail_stale()  # runs whose process died anywhere are failed and enqueued again
+                    last_beat = now
                 capacity = self.jobs if warm else 1
-                while todo and self.stop_signal is None and len(running) < capacity:
-                    variant, seed = todo.pop(0)
-                    job = self._start(variant, seed, running)
-                    running.append(job)
-                    self.note(f"started {variant.label}, seed {seed}" + (f" on GPU {job.gpu}" if job.gpu else ""))
-                    self.on_change(self.progress)
+                if self.stop_signal is None and len(running) < capacity and (not empty or now - last_poll >= 2.0):
+                    last_poll, empty = now, False
+                    while self.stop_signal is None and len(running) < capacity:
+                        pulled = self.queue.pop()
+                        if pulled is None:
+                            empty = True
+                            break
+                        job = self._start(pulled, running)
+                        if job is None:
+                            continue
+                        running.append(job)
+                        self.note(f"started {job.variant.label}, seed {job.seed}" + (f" on GPU {job.gpu}" if job.gpu else ""))
+                        self.on_change(self.progress)
                 for job in list(running):
                     if job.proc.poll() is None:
                         continue
@@ -237,6 +307,20 @@ class Sweep:
                     self.on_change(self.progress)
                 if not warm and any(self._has_started_training(j) for j in running):
                     warm = True
+                if not running and (self.stop_signal is not None or (empty and self.worker)):
+                    break
+                if not running and empty and now - last_check >= 2.0:
+                    # nothing waits: done, unless runs are still in flight on other machines (wait for them)
+                    last_check = now
+                    outcomes = self.outcomes()
+                    for variant, seed in self.plan.runs():
+                        result = outcomes.get((variant.name, seed))
+                        if result is not None:
+                            self.progress.set(result)
+                    self.on_change(self.progress)
+                    if all(r.status in ("finished", "failed") for r in (outcomes.get((v.name, s)) for v, s in self.plan.runs()) if r is not None) \
+                            and all((v.name, s) in outcomes for v, s in self.plan.runs()):
+                        break
                 time.sleep(0.2)
         self.on_change(self.progress)
 

@@ -253,7 +253,114 @@ def test_tables_and_plots_of_a_product_over_seeds(tmp_path):
 
 
 def test_metric_direction_matches_cft_metrics():
-    from cft.spec import HIGHER_IS_BETTER
-    from cft.sweep.results import _LOWER_IS_BETTER
+    from cft.spec import HIGHER_IS_BETTER, METRICS
 
-    assert {m for m, higher in HIGHER_IS_BETTER.items() if not higher} == _LOWER_IS_BETTER
+    assert set(HIGHER_IS_BETTER) == set(METRICS)
+
+
+# --------------------------------------------------------------------------- one study, several processes
+
+
+def _trials(db: Path, name: str) -> list:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+
+
+def _wait_for_study(db: Path, name: str, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if db.exists():
+            try:
+                if any(t.state.name == "WAITING" or t.state.name == "RUNNING" for t in _trials(db, name)):
+                    return
+            except KeyError:
+                pass
+        time.sleep(0.5)
+    raise AssertionError(f"no study {name} in {db} after {timeout} s")
+
+
+def test_two_workers_on_one_study_train_every_run_exactly_once(tmp_path):
+    """A sweep started on one 'machine' (folder A) and a --worker on another (folder B), sharing one
+    --storage database: every run is trained by exactly one of them, and A's table lists all."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    recipe = _recipe(tmp_path, epochs=1)
+    db = tmp_path / "shared" / "sweeps.db"
+    storage = f"sqlite:///{db}"
+    grid = ["--grid", "train.lr=0.001,0.002,0.005,0.01,0.02,0.05", "--set", "train.threads=1", "--storage", storage, "--study", "lr-sweep"]
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "cft", "ablate", str(recipe), *grid]
+    a = subprocess.Popen([*command, "-o", str(tmp_path / "A")], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_study(db, "lr-sweep")
+        b = subprocess.run([*command, "--worker", "-o", str(tmp_path / "B")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        a_out, a_err = a.communicate(timeout=900)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert b.returncode == 0, b.stdout + b.stderr
+    assert a.returncode == 0, a_out + a_err
+    trained = {side: sorted(p.parent.parent.name for p in (tmp_path / side / "variants").glob("*/seed-0/summary.json")) for side in "AB"}
+    runs = ["base", "train.lr=0.001", "train.lr=0.002", "train.lr=0.01", "train.lr=0.02", "train.lr=0.05"]
+    assert sorted(trained["A"] + trained["B"]) == runs, trained  # each run once, in one of the two folders
+    assert trained["A"] and trained["B"], f"both processes should have trained some runs: {trained}"
+    trials = _trials(db, "lr-sweep")
+    complete = sorted(t.user_attrs["cft_run"] for t in trials if t.state.name == "COMPLETE")
+    assert complete == sorted(f"{r}/seed-0" for r in runs), [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert all(t.state.name == "COMPLETE" for t in trials), "no duplicate, failed or waiting trial"
+    rows = _rows(tmp_path / "A")  # the leader waited for B's runs and tabulates them from the study
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"finished"}, rows
+    assert all(0.0 <= float(r["valid"]) <= 1.0 for r in rows)
+    # a worker whose command differs from the study's sweep is refused before anything runs
+    other = run_cli("ablate", recipe, "--grid", "train.lr=0.001,0.3", "--set", "train.threads=1", "--storage", storage, "--study", "lr-sweep",
+                    "--worker", "-o", tmp_path / "C")
+    assert_user_error(other, "--worker", "run(s) differ", "adding --worker")
+    # and one that names no study there
+    missing = run_cli("ablate", recipe, *grid[:-2], "--study", "nope", "--worker", "-o", tmp_path / "D")
+    assert_user_error(missing, "no study 'nope'", "without --worker")
+
+
+def test_a_run_whose_sweep_was_killed_is_retried_after_its_heartbeat_stops(tmp_path):
+    """SIGKILL (no handler can run) to the sweep while a run is in flight: its trial stays RUNNING in
+    the study. Run again, the heartbeat check finds it stale after the grace period, Optuna's retry
+    callback enqueues it again and it is trained once more (with --resume); the finished run is not."""
+    import signal as signals
+    import time
+
+    from signal_hook import fired, signal_at_step_env
+
+    recipe = _recipe(tmp_path, epochs=2)
+    out = tmp_path / "sweep"
+    args = ["ablate", str(recipe), "--grid", "train.lr=0.005,0.01", "--one-at-a-time", "--set", "train.threads=1", "-o", str(out)]
+    hook = tmp_path / "hook"
+    env = {**signal_at_step_env(hook, step=5, sig="SIGKILL", target="parent", argv_has=("train.lr=0.01", "train")), "CFT_SWEEP_HEARTBEAT": "1,3"}
+    killed = run_cli(*args, env=env)
+    assert killed.returncode == -signals.SIGKILL, killed.stderr
+    child = fired(hook)[0]["pid"]
+    with pytest.raises(ProcessLookupError):  # the orphaned run (its own session) is stopped by hand, as a lost machine would be
+        for _ in range(100):
+            os.kill(child, signals.SIGKILL)
+            time.sleep(0.1)
+    states = {t.user_attrs["cft_run"]: t.state.name for t in _trials(out / "study.db", "sweep")}
+    assert states == {"base/seed-0": "COMPLETE", "train.lr=0.01/seed-0": "RUNNING"}, states
+    stamp = (out / "variants" / "base" / "seed-0" / "summary.json").stat().st_mtime_ns
+    time.sleep(3.5)  # past the grace period
+
+    resumed = run_cli(*args, env={"CFT_SWEEP_HEARTBEAT": "1,3"})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "ran 1 run(s)" in " ".join(resumed.stdout.split())
+    assert (out / "variants" / "base" / "seed-0" / "summary.json").stat().st_mtime_ns == stamp
+    trials = [(t.number, t.state.name, t.user_attrs["cft_run"], t.system_attrs.get("failed_trial")) for t in _trials(out / "study.db", "sweep")]
+    assert sorted(trials) == [(0, "COMPLETE", "base/seed-0", None), (1, "FAIL", "train.lr=0.01/seed-0", None),
+                              (2, "COMPLETE", "train.lr=0.01/seed-0", 1)], trials
+    log = (out / "variants" / "train.lr=0.01" / "seed-0.log").read_text()
+    attempts = [line for line in log.splitlines() if line.startswith("=== attempt")]
+    assert len(attempts) == 2 and "--resume" in attempts[1], attempts
+    assert {r["status"] for r in _rows(out)} == {"finished"}
