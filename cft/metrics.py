@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 from ogb.graphproppred import Evaluator
+from sklearn.metrics import mean_absolute_error
 
 from cft.spec import HIGHER_IS_BETTER, METRIC_TASK_KIND, METRICS
 
@@ -45,7 +46,20 @@ def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray, tasks: Sequence[s
         per_task[task] = float(value)
     valid = [v for v in per_task.values() if v is not None and not math.isnan(v)]
     mean = float(np.mean(valid)) if valid else float("nan")
-    return {"mean": mean, "per_task": per_task, "scored_tasks": len(valid)}
+    result = {"mean": mean, "per_task": per_task, "scored_tasks": len(valid)}
+    if METRIC_TASK_KIND[metric] == "regression":  # practitioners read MAE beside RMSE
+        result["mae"] = _mae(y_true, y_pred, tasks)
+    return result
+
+
+def _mae(y_true: np.ndarray, y_pred: np.ndarray, tasks: Sequence[str]) -> dict:
+    """{"mean", "per_task"}: mean absolute error per task over its labelled molecules (label units)."""
+    per_task: dict[str, float | None] = {}
+    for j, task in enumerate(tasks):
+        labelled = ~np.isnan(y_true[:, j])
+        per_task[task] = float(mean_absolute_error(y_true[labelled, j], y_pred[labelled, j])) if labelled.any() else None
+    scored = [v for v in per_task.values() if v is not None]
+    return {"mean": float(np.mean(scored)) if scored else float("nan"), "per_task": per_task}
 
 
 def better(metric: str, new: float, old: float | None) -> bool:

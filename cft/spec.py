@@ -12,6 +12,7 @@ is even imported.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -160,11 +161,31 @@ class ModelSpec(_Frozen):
     sum_k R_tk z_k(x) through its own gates R_t; `mixture`: every task reads the one representation
     adapted with alpha(x) = w(x)^T R (`cft.nn.model`). A header without the field is `mixture`, so
     bundles written before it existed predict as they did; recipes default to `task`."""
+    target_mean: Optional[list[float]] = None
+    target_std: Optional[list[float]] = None
+    """Per task, the training split's label mean and standard deviation (regression tasks; 0 and 1
+    for binary ones): the head predicts standardised targets u and the model outputs
+    y_hat = std * u + mean, in the label's units. None (no regression task, or a header written
+    before the fields existed) is the identity."""
     extra: dict = Field(default_factory=dict)
+
+    @property
+    def target_affine(self) -> tuple[list[float], list[float]]:
+        """(mean, std) per task, the identity where the spec records none."""
+        n = len(self.tasks)
+        return (list(self.target_mean) if self.target_mean is not None else [0.0] * n, list(self.target_std) if self.target_std is not None else [1.0] * n)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":
         problems = []
+        for name in ("target_mean", "target_std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.tasks):
+                problems.append(f"{name} has {len(values)} values for {len(self.tasks)} tasks")
+            if values is not None and not all(math.isfinite(v) for v in values):
+                problems.append(f"{name} holds a value that is not finite")
+        if self.target_std is not None and any(v <= 0 for v in self.target_std):
+            problems.append("target_std must be > 0 for every task")
         if not self.tasks or not self.parts:
             problems.append("no tasks or no parts")
         if len(self.tasks) != len(self.kinds):
@@ -183,6 +204,14 @@ class ModelSpec(_Frozen):
     @property
     def bank_rank(self) -> int:
         return max((p.rank for p in self.parts if p.layers), default=0)
+
+
+def concatenated_target_affine(specs: list[ModelSpec]) -> dict:
+    """`target_mean`/`target_std` for a model whose tasks are the specs' tasks in order (composition,
+    merges); {} when none of them standardises, so such headers stay as they were."""
+    if all(s.target_mean is None and s.target_std is None for s in specs):
+        return {}
+    return {"target_mean": [m for s in specs for m in s.target_affine[0]], "target_std": [v for s in specs for v in s.target_affine[1]]}
 
 
 def describe_invalid(exc: Exception, limit: int = 3) -> str:

@@ -14,7 +14,7 @@ from cft.compose.sources import Source, union_tasks
 from cft.errors import CftError
 from cft.nn.backbone import Backbone
 from cft.nn.model import CftModel
-from cft.spec import ModelSpec, PartSpec
+from cft.spec import ModelSpec, PartSpec, concatenated_target_affine
 
 MODES = ("route", "linear", "svd", "cat")
 DEFAULT_COMPOSE_STEPS = 1
@@ -72,7 +72,7 @@ def compose_route(
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
-        compose_rule=compose_rule, compose_mix=compose_mix, readout=readout,
+        compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, **concatenated_target_affine([s.spec for s in sources]),
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
     model = _new_model(spec, part_relations, union)
@@ -162,7 +162,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     )
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
-        activation=activation, scale=1.0, adapter_dropout=0.0,
+        activation=activation, scale=1.0, adapter_dropout=0.0, **concatenated_target_affine([s.spec for s in sources]),
     )
     model = _new_model(spec, [union], union)
     state = {k: v.clone() for k, v in model.bundle_state().items()}

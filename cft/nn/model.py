@@ -66,6 +66,10 @@ class CftModel(nn.Module):
         )
         self.head = nn.Linear(hidden, len(spec.tasks))
         self.register_buffer("is_binary", torch.tensor([k == "binary" for k in spec.kinds]), persistent=False)
+        mean, std = spec.target_affine
+        self.standardised = spec.target_mean is not None or spec.target_std is not None
+        self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -94,9 +98,20 @@ class CftModel(nn.Module):
         return layers[0] if layers and self.freeze_backbone and not self.backbone.training else None
 
     def forward_with_routes(self, data, prefix: tuple | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """`prefix` = (layer, h [N, d], vn [B, d] or None): the unadapted node and virtual-node
+        """Outputs [B, T] in the labels' units (logits for binary tasks) and the routes.
+
+        The head predicts standardised targets u; a regression task's output is
+        y_hat = std_t * u + mean_t with the training split's statistics (`ModelSpec.target_mean`,
+        `target_std`), the identity for binary tasks and for specs without them.
+        `prefix` = (layer, h [N, d], vn [B, d] or None): the unadapted node and virtual-node
         states entering `layer` (= `prefix_layer()`), computed earlier (cft.training.prefix);
         the forward pass then starts there instead of at the atom encoder."""
+        standardised, routes = self._standardised_forward(data, prefix)
+        if self.standardised:
+            return standardised * self.target_std + self.target_mean, routes
+        return standardised, routes
+
+    def _standardised_forward(self, data, prefix: tuple | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         bb, router = self.backbone, self.router
         num_graphs = int(data.num_graphs)
         x, edge_index, edge_attr, batch = data.x, data.edge_index, data.edge_attr, data.batch
@@ -191,7 +206,10 @@ class CftModel(nn.Module):
     # ------------------------------------------------------------------ losses
 
     def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Masked BCE (binary tasks) + masked MSE (regression), averaged over labelled entries."""
+        """Masked BCE (binary tasks) + masked MSE (regression, on standardised targets), averaged over
+        labelled entries. `logits`: the model's outputs [B, T] (label units); `y`: labels [B, T], NaN = none."""
+        if self.standardised:
+            logits, y = (logits - self.target_mean) / self.target_std, (y - self.target_mean) / self.target_std
         return masked_multitask_loss(logits, y, self.is_binary)
 
     # ------------------------------------------------------------------ read-outs

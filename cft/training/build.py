@@ -44,8 +44,25 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
     )
     return ModelSpec(
         backbone=backbone_spec, tasks=list(dataset.tasks), kinds=list(dataset.kinds), parts=[part],
-        activation=ad.activation, scale=ad.scale, adapter_dropout=ad.dropout, readout=rt.readout,
+        activation=ad.activation, scale=ad.scale, adapter_dropout=ad.dropout, readout=rt.readout, **target_statistics(dataset),
     )
+
+
+def target_statistics(dataset: MolDataset) -> dict:
+    """`target_mean`/`target_std` of the regression tasks on the training split (0 and 1 for binary
+    tasks), so every regression task trains on targets of mean 0 and variance 1; {} without any."""
+    regression = [k == "regression" for k in dataset.kinds]
+    if not any(regression):
+        return {}
+    labels = dataset.labels("train")
+    mean, std = [], []
+    for j, is_regression in enumerate(regression):
+        observed = labels[:, j][~np.isnan(labels[:, j])]
+        m = float(observed.mean()) if is_regression and observed.size else 0.0
+        s = float(observed.std()) if is_regression and observed.size > 1 else 1.0
+        mean.append(m)
+        std.append(s if s > 1e-8 else 1.0)  # a constant task: centred, not scaled
+    return {"target_mean": mean, "target_std": std}
 
 
 
