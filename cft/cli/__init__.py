@@ -64,7 +64,7 @@ def _root(
     """
 
 
-_COMMAND_MODULES = ("train", "eval", "recipes", "compose", "prior", "inspect", "predict", "fingerprint", "ablate")
+_COMMAND_MODULES = ("train", "eval", "recipes", "compose", "prior", "inspect", "predict", "fingerprint", "ablate", "hpopt")
 
 
 def _register() -> None:

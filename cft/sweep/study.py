@@ -96,13 +96,13 @@ def _redact(url: str) -> str:
     return url
 
 
-def load_or_create(storage, name: str, direction: str, *, create: bool = True):
+def load_or_create(storage, name: str, direction: str, *, create: bool = True, sampler=None):
     """The study `name` in `storage`; created (with `direction`) when missing and `create`, else None."""
     optuna = _quiet_optuna()
     if create:
-        return optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+        return optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True, sampler=sampler)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     except KeyError:
         return None
 
