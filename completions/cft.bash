@@ -8,6 +8,7 @@ _cft() {
             ":compose") path="compose" ;;
             ":eval") path="eval" ;;
             ":fingerprint") path="fingerprint" ;;
+            ":hpopt") path="hpopt" ;;
             ":inspect-routing") path="inspect-routing" ;;
             ":predict") path="predict" ;;
             ":prior") path="prior" ;;
@@ -22,11 +23,12 @@ _cft() {
     done
     local words
     case "$path" in
-        "") words="ablate compose eval fingerprint inspect-routing predict prior recipes train --version --help -h" ;;
-        "ablate") words="--grid -g --one-at-a-time --preset --seeds --jobs -j --output-dir -o --set -s --data-root --device --dry-run --help -h" ;;
+        "") words="ablate compose eval fingerprint hpopt inspect-routing predict prior recipes train --version --help -h" ;;
+        "ablate") words="--grid -g --one-at-a-time --preset --seeds --jobs -j --output-dir -o --set -s --data-root --device --storage --study --worker --dry-run --help -h" ;;
         "compose") words="--output -o --prior --prior-from --mode --weights --rename --compose-steps --compose-threshold --compose-rule --compose-mix --method --min-support --min-value --top-k --calibrate --set -s --calibrate-dir --data-root --backbone --device --help -h" ;;
         "eval") words="--data-root --split --json --backbone --data --metric --device --batch-size --help -h" ;;
         "fingerprint") words="--input -i --output -o --smiles-column --backbone --device --batch-size --help -h" ;;
+        "hpopt") words="--space --trials -n --sampler --seeds --jobs -j --output-dir -o --storage --study --worker --set -s --data-root --device --help -h" ;;
         "inspect-routing") words="--layer --png --json --max-rows --help -h" ;;
         "predict") words="--input -i --output -o --smiles-column --keep-columns --backbone --device --batch-size --help -h" ;;
         "prior") words="build show --help -h" ;;
