@@ -285,6 +285,7 @@ class Objective:
         error = _error_from_log(tdir / f"seed-{seed}.log", proc.returncode)
         trial.set_user_attr("outcome", "failed")
         trial.set_user_attr("error", f"seed {seed}: {error}")
+        self.note(f"trial {trial.number} ({label}), seed {seed} failed: {error}")
         raise CftError(f"trial {trial.number} ({label}), seed {seed} failed: {error}")
 
 
@@ -360,10 +361,11 @@ def run_hpopt(search: Search, output_dir: Path, *, trials: int, sampler: str = "
             if signals.stop_signal is not None:
                 interrupted = True
         if interrupted:  # the interrupted trials' values run again first (their run folders resume)
-            for t in study.get_trials(deepcopy=False):
-                if t.state.name == "FAIL" and t.user_attrs.get("outcome") == "interrupted" and not t.user_attrs.get("requeued"):
+            every = study.get_trials(deepcopy=False)
+            again = {t.user_attrs.get("requeued_from") for t in every}
+            for t in every:
+                if t.state.name == "FAIL" and t.user_attrs.get("outcome") == "interrupted" and t.number not in again:
                     study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
-                    store.set_trial_user_attr(store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(name), t.number), "requeued", True)
     written = write_outputs(search, folder, study, metric, plots=True)
     if interrupted:
         sig = signals.stop_signal or signal.SIGINT

@@ -42,7 +42,8 @@ def heartbeat_settings() -> tuple[int, int]:
 def _quiet_optuna():
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # cft reports failed and interrupted trials itself (one paragraph); Optuna's warnings about them carry tracebacks
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 

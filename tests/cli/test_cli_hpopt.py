@@ -88,3 +88,32 @@ def test_three_trials_write_the_best_recipe_which_cft_train_accepts(tmp_path):
     assert trained.returncode == 0, trained.stdout + trained.stderr
     ran = yaml.safe_load((tmp_path / "best-run" / "recipe.yaml").read_text())
     assert ran["adapters"]["rank"] == int(best["adapters.rank"]) and ran["prior"]["source"] == best["prior.source"]
+
+
+def test_an_interrupted_search_resumes_its_trial_from_the_checkpoint(tmp_path):
+    """SIGTERM to the search during trial 0's second epoch (a hook in that run sends it after its
+    15th optimiser step, 10 per epoch, and waits for the forwarded SIGINT): exit 143; the same command
+    then runs trial 0's values again first (enqueued again), with --resume, and finishes the search."""
+    from signal_hook import fired, signal_at_step_env
+
+    recipe = _recipe(tmp_path, epochs=2)
+    out = tmp_path / "search"
+    args = ["hpopt", str(recipe), "--space", "train.lr=log:0.001:0.01", "--trials", "2", "--set", "train.threads=1", "-o", str(out)]
+    hook = tmp_path / "hook"
+    env = signal_at_step_env(hook, step=15, sig="SIGTERM", target="parent", argv_has=("train", "trials/"), wait_for_sigint=True)
+    first = run_cli(*args, env=env)
+    assert len(fired(hook)) == 1, fired(hook)
+    assert first.returncode == 143, first.stdout + first.stderr
+    assert "Search interrupted (SIGTERM)" in first.stderr and "Traceback" not in first.stderr
+    with open(out / "trials.csv", newline="") as fh:
+        states = [r["state"] for r in csv.DictReader(fh)]
+    assert states == ["interrupted"], states
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with open(out / "trials.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["state"] for r in rows] == ["interrupted", "finished", "finished"], rows
+    assert rows[0]["train.lr"] == rows[1]["train.lr"], "the interrupted trial's values ran again first"
+    log = Path(rows[1]["folder"]) / "seed-0.log"
+    attempts = [line for line in log.read_text().splitlines() if line.startswith("=== attempt")]
+    assert len(attempts) == 2 and "--resume" in attempts[1], attempts
