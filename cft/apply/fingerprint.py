@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from cft.apply.molecules import featurise_input, read_input
 from cft.errors import CftError
+from cft.files.atomic import atomic_paths, atomic_write_text
+from cft.files.bundle import load_bundle, resolve_bundle_path
+from cft.training.distributed import pick_device
+from cft.training.inference import predict_representations
 
 FORMATS = (".npy", ".csv")
 
@@ -45,14 +49,6 @@ def fingerprint_csv(
     batch_size: int = 256,
     device: str = "auto",
 ) -> FingerprintResult:
-    from cft.data.csvsource import read_frame
-    from cft.data.graphs import GraphDataset, featurise
-    from cft.data.select import pick_smiles_column
-    from cft.files.atomic import atomic_write_text, atomic_write_with
-    from cft.files.bundle import load_bundle, resolve_bundle_path
-    from cft.training.distributed import pick_device
-    from cft.training.inference import predict_representations
-
     input_csv, output = Path(input_csv), Path(output)
     suffix = output.suffix.lower()
     if suffix not in FORMATS:
@@ -60,19 +56,12 @@ def fingerprint_csv(
     if output.resolve() == input_csv.resolve():
         raise CftError(f"-o {output} is the input file; write the fingerprints elsewhere.")
     model, info = load_bundle(resolve_bundle_path(target), backbone_path=backbone_path)
-    frame = read_frame(input_csv)
-    column = pick_smiles_column(list(frame.columns), smiles_column, input_csv, option="--smiles-column")
-    smiles = [str(s).strip() for s in frame[column].tolist()]
-    store, valid, _, _ = featurise(smiles, label=input_csv.name)
-    if not valid.any():
-        raise CftError(
-            f"{input_csv}: no SMILES could be parsed in column {column!r} ({len(smiles)} rows); is it the SMILES column?",
-            hint="Pass the SMILES column with --smiles-column.",
-        )
+    frame, column = read_input(input_csv, smiles_column)
+    molecules = featurise_input(frame, column, input_csv)
+    smiles, valid = molecules.smiles, molecules.valid
     dev = pick_device(device)
     model.to(dev)
-    n_valid = int(valid.sum())
-    reps = predict_representations(model, GraphDataset(store, torch.zeros(n_valid, len(info.spec.tasks)), np.arange(n_valid)), batch_size, dev)
+    reps = predict_representations(model, molecules.graphs(len(info.spec.tasks)), batch_size, dev)
     parts = [p.name for p in info.spec.parts] if reps.shape[1] == len(info.spec.parts) else ["model"]
     table = np.full((len(smiles), *reps.shape[1:]), np.nan, dtype=np.float32)
     table[valid] = reps
@@ -85,8 +74,9 @@ def fingerprint_csv(
                 np.save(fh, data, allow_pickle=False)
 
         mask = mask_path(output)
-        atomic_write_with(mask, lambda tmp: save(tmp, valid.astype(bool)))
-        atomic_write_with(output, lambda tmp: save(tmp, array))
+        with atomic_paths(output, mask) as (output_tmp, mask_tmp):  # the array and its mask, both or neither
+            save(output_tmp, array)
+            save(mask_tmp, valid.astype(bool))
     else:
         width = table.shape[2]
         names = [f"fp_{j}" for j in range(width)] if len(parts) == 1 else [f"{p}:fp_{j}" for p in parts for j in range(width)]
@@ -96,5 +86,5 @@ def fingerprint_csv(
         for i, row in enumerate(table.reshape(len(smiles), -1)):
             writer.writerow([frame[column].iloc[i], int(valid[i]), *("" if not valid[i] else f"{v:.7g}" for v in row)])
         atomic_write_text(output, buffer.getvalue())
-    bad = [int(i) + 1 for i in np.flatnonzero(~valid)]
+    bad = molecules.invalid_rows()
     return FingerprintResult(output=output, mask=mask, rows=len(smiles), invalid_rows=bad, parts=parts, width=int(table.shape[2]))

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
+from cft.apply.molecules import featurise_input, read_input
 from cft.errors import CftError
+from cft.files.atomic import atomic_write_with
+from cft.files.bundle import load_bundle, resolve_bundle_path
+from cft.training.distributed import pick_device
+from cft.training.inference import predict_logits
 
 FLAG_COLUMN = "invalid_smiles"
 
@@ -43,54 +47,36 @@ def predict_csv(
     batch_size: int = 256,
     device: str = "auto",
 ) -> PredictResult:
-    from cft.data.csvsource import read_frame
-    from cft.data.graphs import GraphDataset, featurise
-    from cft.data.select import pick_smiles_column
-    from cft.files.bundle import load_bundle, resolve_bundle_path
-    from cft.training.distributed import pick_device
-    from cft.training.inference import predict_logits
-
     input_csv, output = Path(input_csv), Path(output)
     if output.resolve() == input_csv.resolve():
         raise CftError(f"-o {output} is the input file; write the predictions elsewhere.")
     bundle = resolve_bundle_path(target)
     model, info = load_bundle(bundle, backbone_path=backbone_path)
-    frame = read_frame(input_csv)
-    column = pick_smiles_column(list(frame.columns), smiles_column, input_csv, option="--smiles-column")
+    frame, column = read_input(input_csv, smiles_column)
     kept = kept_columns(list(frame.columns), column, keep_columns, input_csv)
     if column in info.spec.tasks:
         raise CftError(
             f"The bundle's task {column!r} has the same name as the SMILES column of {input_csv}.",
             hint="Rename that column of the input (and pass it with --smiles-column).",
         )
-    smiles = [str(s).strip() for s in frame[column].tolist()]
-    store, valid, _, _ = featurise(smiles, label=input_csv.name)
-    if not valid.any():
-        raise CftError(
-            f"{input_csv}: no SMILES could be parsed in column {column!r} ({len(smiles)} rows); is it the SMILES column?",
-            hint="Pass the SMILES column with --smiles-column.",
-        )
+    molecules = featurise_input(frame, column, input_csv)
+    valid = molecules.valid
     dev = pick_device(device)
     model.to(dev)
     tasks = list(info.spec.tasks)
-    n_valid = int(valid.sum())
-    dataset = GraphDataset(store, torch.zeros(n_valid, len(tasks)), np.arange(n_valid))
-    logits = predict_logits(model, dataset, batch_size, dev)
+    logits = predict_logits(model, molecules.graphs(len(tasks)), batch_size, dev)
     binary = np.array([k == "binary" for k in info.spec.kinds])
     scores = np.where(binary[None, :], 1.0 / (1.0 + np.exp(-logits.astype(np.float64))), logits)
-    table = np.full((len(smiles), len(tasks)), np.nan)
+    table = np.full((len(molecules.smiles), len(tasks)), np.nan)
     table[valid] = scores
     replaced = [c for c in kept if c in tasks or c == FLAG_COLUMN]
     result = frame[[c for c in kept if c not in replaced]].copy()
     for j, task in enumerate(tasks):
         result[task] = table[:, j]
     result[FLAG_COLUMN] = (~valid).astype(int)
-
-    from cft.files.atomic import atomic_write_with
-
     atomic_write_with(output, lambda tmp: result.to_csv(tmp, index=False, float_format="%.6g", na_rep=""))
-    bad = [int(i) + 1 for i in np.flatnonzero(~valid)]
-    return PredictResult(output=output, rows=len(smiles), invalid=len(bad), tasks=tasks, invalid_rows=bad, kept=kept, replaced=replaced)
+    bad = molecules.invalid_rows()
+    return PredictResult(output=output, rows=len(molecules.smiles), invalid=len(bad), tasks=tasks, invalid_rows=bad, kept=kept, replaced=replaced)
 
 
 def kept_columns(columns: list[str], smiles_column: str, requested: Optional[list[str]], path: Path) -> list[str]:
