@@ -9,9 +9,9 @@ and compare the printed lines (they are sorted by tensor name)::
          <(python scripts/bundle_hashes.py --bundle /tmp/qs-after/bundle.safetensors)
 
 Only ``safetensors`` and ``numpy`` are read here: the hashes do not depend on cft's own code.
-Training runs with one CPU thread by default: at two threads some kernel's results differ in the
-last bits from run to run (they depend on memory layout), so two runs of the same commit need
-not agree there.
+Training runs with one CPU thread by default. Since `train.deterministic` (on by default) two runs
+at two threads agree as well; before it, some kernel's results differed in the last bits from run
+to run at two threads.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from cft.recipe.schema import Recipe
 
 # settings that change where or how fast a run executes, not what it computes: a resume may change them
 _EXECUTION_ONLY = {
-    ("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("train", "dist_backend"), ("description",),
+    ("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("train", "dist_backend"), ("train", "deterministic"), ("description",),
 }
 RUN_FILES = (
     "recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors",

@@ -238,6 +238,10 @@ class TrainConfig(_Strict):
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
     """Opt-in torch.compile of the model."""
+    deterministic: bool = True
+    """torch's deterministic kernels: two runs of one recipe and seed at the same thread count give
+    identical bundles (at two CPU threads they differed without them). `false` allows the faster
+    non-deterministic kernels where torch has them (mostly on CUDA)."""
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend for multi-process runs: `auto` is NCCL on CUDA, gloo on CPU."""
     num_workers: int = Field(default=0, ge=0)

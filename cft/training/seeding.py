@@ -3,10 +3,22 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import torch
+
+
+def use_deterministic_kernels(enabled: bool) -> None:
+    """torch's deterministic kernels (`torch.use_deterministic_algorithms`), so that two runs of one
+    recipe with one seed at the same thread count give the same bits. Without them, CPU runs at
+    two threads were measured to differ (the quickstart's bundle and backbone tensors, run to run);
+    with them they were identical. `warn_only`: an op with no deterministic kernel (some CUDA ones)
+    warns instead of failing; cuBLAS needs a fixed workspace for deterministic GEMMs."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -43,9 +43,8 @@ from cft.training.distributed import DistContext, pick_device, single
 from cft.training.inference import autocast, evaluate_split
 from cft.training.optim import make_optimizer, make_scheduler
 from cft.training.prefix import PrefixCache, StoreBatches, as_is, prefix_cache_for
-from cft.training.seeding import restore_rng_state
+from cft.training.seeding import restore_rng_state, use_deterministic_kernels
 from cft.training.signals import Interrupt
-from cft.training.tensorboard import TensorBoardLog
 from cft.training.tensorboard import TensorBoardLog
 
 
@@ -135,6 +134,7 @@ def load_inputs(recipe: Recipe, run: RunFolder, data_root: Path, resume: bool, d
     the recipe's data (benchmarks build theirs in memory)."""
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    use_deterministic_kernels(recipe.train.deterministic)  # before the backbone's pretraining, too
     started = time.perf_counter()
     dataset = dataset if dataset is not None else load_dataset(recipe.data, data_root, recipe.seed)
     data_seconds = time.perf_counter() - started

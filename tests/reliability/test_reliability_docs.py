@@ -18,6 +18,7 @@ FILES = {
     "cli_ablate": "cli/test_cli_ablate.py",
     "compose": "compose/test_compose.py",
     "prior_inspect_predict": "cli/test_cli_prior_inspect_predict.py",
+    "determinism": "training/test_determinism.py",
 }
 
 
