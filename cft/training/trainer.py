@@ -183,8 +183,6 @@ class Trainer:
             info(f"{run.path}: no checkpoint yet; starting from the beginning.")
         # TensorBoard events on the main process only; a resumed run drops the events after its checkpoint
         self.tensorboard = TensorBoardLog(run.path, recipe.train.tensorboard if dist.is_main else False, resume_epoch=self.state.epoch)
-        # TensorBoard events on the main process only; a resumed run drops the events after its checkpoint
-        self.tensorboard = TensorBoardLog(run.path, recipe.train.tensorboard if dist.is_main else False, resume_epoch=self.state.epoch)
         started = time.perf_counter()
         # frozen backbone: its layers below the first insertion layer run once per molecule, here
         self.prefix: PrefixCache | None = prefix_cache_for(self.model, self.dataset.store, device, recipe.train.prefix_cache, recipe.train.prefix_cache_bf16)
@@ -401,7 +399,6 @@ class Trainer:
             self.run.write_metrics(state.history)
             self.run.write_routing_history(state.epoch, routes, self.model.spec.tasks)
             self.tensorboard.log_epoch(record, self.metric, valid["per_task"], routes)
-            self.tensorboard.log_epoch(record, self.metric, valid["per_task"], routes)
             marker = " [green]best[/green]" if improved else ""
             info(f"epoch {record['epoch']:>3}/{recipe.train.epochs}  loss {record['loss']:.4f}  valid {self.metric} {valid['mean']:.4f}{marker}")
         self.save_checkpoint()
@@ -410,7 +407,6 @@ class Trainer:
 
     def finish(self) -> dict:
         recipe, model = self.recipe, self.model
-        self.tensorboard.close()
         self.tensorboard.close()
         model.load_state_dict(self.best_state, strict=False)
         ev = recipe.eval
