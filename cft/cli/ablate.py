@@ -19,7 +19,7 @@ from cft.console import err, info, is_quiet, out
 
 @app.command(
     "ablate",
-    epilog="Example: cft ablate recipes/tox21.yaml --data-root ../shared/data --grid adapters.rank=1,4,8,16,32 --grid prior.source=labels,identity --seeds 3 --jobs 2 -o runs/tox21-ablation",
+    epilog="Example: cft ablate recipes/tox21.yaml --data-root data --grid adapters.rank=1,4,8,16,32 --grid prior.source=labels,identity --seeds 3 --jobs 2 -o runs/tox21-ablation",
 )
 def ablate_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML the variants start from."),

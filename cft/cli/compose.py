@@ -15,7 +15,7 @@ from cft.console import out
 
 @app.command(
     "compose",
-    epilog="Example: cft compose runs/nr/bundle.safetensors runs/sr/bundle.safetensors --prior-from tox21.csv --data-root ../shared/data -o nr_sr.safetensors",
+    epilog="Example: cft compose runs/nr/bundle.safetensors runs/sr/bundle.safetensors --prior-from tox21.csv --data-root data -o nr_sr.safetensors",
 )
 def compose_command(
     bundles: List[Path] = typer.Argument(..., help="Bundles (or run folders) to compose, in the order their tasks and adapters take."),

@@ -15,7 +15,7 @@ from cft.files.atomic import atomic_write_json
 from cft.recipe.load import resolve_data_root
 
 
-@app.command("eval", epilog="Example: cft eval runs/tox21 --data-root ../shared/data --split test --json test.json")
+@app.command("eval", epilog="Example: cft eval runs/tox21 --data-root data --split test --json test.json")
 def eval_command(
     target: Path = typer.Argument(..., help="A run folder or a bundle .safetensors file."),
     data_root: Optional[str] = DataRootOption,

@@ -17,7 +17,7 @@ from cft.console import info, out
 
 @app.command(
     "hpopt",
-    epilog="Example: cft hpopt recipes/tox21.yaml --data-root ../shared/data --space routing.temperature=log:0.1:10 --space adapters.rank=int:4:32 "
+    epilog="Example: cft hpopt recipes/tox21.yaml --data-root data --space routing.temperature=log:0.1:10 --space adapters.rank=int:4:32 "
     "--space prior.source=cat:labels,identity --trials 30 --seeds 2 -o runs/tox21-hpopt",
 )
 def hpopt_command(

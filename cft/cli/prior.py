@@ -17,7 +17,7 @@ app.add_typer(prior_app, name="prior")
 
 @prior_app.command(
     "build",
-    epilog="Example: cft prior build --bundles runs/nr/bundle.safetensors runs/sr/bundle.safetensors --data-root ../shared/data -o rel.npy --png rel.png",
+    epilog="Example: cft prior build --bundles runs/nr/bundle.safetensors runs/sr/bundle.safetensors --data-root data -o rel.npy --png rel.png",
 )
 def build_command(
     bundles: Optional[List[Path]] = typer.Argument(None, metavar="[BUNDLE]...", help="With --bundles: bundles (or run folders) whose tasks, in order, the matrix covers."),

@@ -25,7 +25,7 @@ class TaskType(str, Enum):
 
 @app.command(
     "train",
-    epilog="Examples: cft train recipes/tox21.yaml --data-root ../shared/data --set adapters.rank=4 --output-dir runs/tox21-r4   |   "
+    epilog="Examples: cft train recipes/tox21.yaml --data-root data --set adapters.rank=4 --output-dir runs/tox21-r4   |   "
     "cft train --data my.csv --smiles-column smiles --task-type classification -o runs/mine   (the shipped recipe `default`: cft recipes show default)",
 )
 def train_command(

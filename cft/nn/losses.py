@@ -1,6 +1,6 @@
 """The multi-task loss: binary cross-entropy and squared error, masked to labelled entries.
 
-One definition shared by adapter training (`nn.model.ComposableModel.task_loss`) and supervised
+One definition shared by adapter training (`nn.model.CftModel.task_loss`) and supervised
 backbone pretraining (`training.pretrain`), so the two objectives cannot drift apart.
 """
 
