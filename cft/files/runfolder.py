@@ -34,7 +34,8 @@ from cft.recipe.schema import Recipe
 
 # settings that change where or how fast a run executes, not what it computes: a resume may change them
 _EXECUTION_ONLY = {
-    ("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("train", "dist_backend"), ("train", "deterministic"), ("description",),
+    ("output_dir",), ("train", "device"), ("train", "num_workers"), ("train", "threads"), ("train", "dist_backend"), ("train", "deterministic"),
+    ("train", "prefix_cache"), ("train", "tensorboard"), ("description",),
 }
 RUN_FILES = (
     "recipe.yaml", "metrics.jsonl", "summary.json", "bundle.safetensors", "backbone.safetensors",
