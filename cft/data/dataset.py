@@ -134,7 +134,8 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
             hint="Fix or remove those rows, or set data.strict: false to skip them (they are listed in the run folder).",
         )
     if skipped:
-        warn(f"{display}: skipped {len(skipped)} SMILES that RDKit cannot parse (listed in skipped_smiles.csv of the run).")
+        # the trainer lists a run's own skips in its folder; backbone pretraining data is not listed
+        warn(f"{display}: skipped {len(skipped)} SMILES that RDKit cannot parse.")
     if not valid.any():
         raise CftError(f"{source_name}: no SMILES could be parsed; is data.smiles_column the SMILES column?")
     rows = np.flatnonzero(valid)

@@ -160,6 +160,8 @@ class Trainer:
         self.unscored = self.dataset.unscorable(self.metric)
         if dist.is_main:
             run.write_skipped(self.dataset.skipped)
+            if self.dataset.skipped:
+                info(f"the {len(self.dataset.skipped)} unparsable SMILES of the training data are listed in {run.file('skipped_smiles.csv')}")
             run.write_dropped_tasks(self.dataset.dropped_tasks)
             run.write_splits(self.dataset.chemprop_splits(), self.dataset.split_column())
             if self.unscored:
