@@ -46,19 +46,11 @@ T, K, D, R = 617, 8, 300, 8
 
 def batches(sizes: list[int]):
     from ogb.utils import smiles2graph
-    from rdkit import Chem
     from torch_geometric.data import Batch, Data
 
-    from cft.data.builtin import builtin_smiles_path
+    from cft.data.builtin import builtin_molecules
 
-    smiles = []
-    with open(builtin_smiles_path(), encoding="utf-8") as fh:
-        for line in fh:
-            s = line.split()[0] if line.strip() else ""
-            if s and Chem.MolFromSmiles(s) is not None:
-                smiles.append(s)
-            if len(smiles) >= max(sizes):
-                break
+    smiles = builtin_molecules(max(sizes))
     graphs = []
     for s in smiles:
         g = smiles2graph(s)

@@ -251,20 +251,9 @@ def bad_priors(tasks: list[str], out: Path) -> dict[str, BadInput]:
 
 def molecules(n: int, start: int = 0) -> list[str]:
     """`n` SMILES from the rdkit wheel's NCI set (the builtin dataset's molecules) that RDKit parses."""
-    from rdkit import Chem, RDLogger
+    from cft.data.builtin import builtin_molecules
 
-    from cft.data.builtin import builtin_smiles_path
-
-    RDLogger.DisableLog("rdApp.*")
-    out = []
-    with open(builtin_smiles_path(), encoding="utf-8") as fh:
-        for line in fh:
-            s = line.split()[0] if line.strip() else ""
-            if s and Chem.MolFromSmiles(s) is not None:
-                out.append(s)
-            if len(out) >= start + n:
-                break
-    return out[start:]
+    return builtin_molecules(n, start)
 
 
 def labelled_csv(path: Path, n: int = 120) -> Path:

@@ -97,6 +97,21 @@ TASKS: dict[str, tuple[str, Callable[[Chem.Mol], bool]]] = {
 }
 
 
+def builtin_molecules(n: int, start: int = 0) -> list[str]:
+    """SMILES `start .. start + n - 1` of the embedded set's molecules that RDKit parses (for
+    benchmarks and tests that need real molecules without a dataset)."""
+    RDLogger.DisableLog("rdApp.*")  # the NCI set holds a few molecules RDKit rejects, noisily
+    out: list[str] = []
+    with open(builtin_smiles_path(), encoding="utf-8") as fh:
+        for line in fh:
+            s = line.split()[0] if line.strip() else ""
+            if s and Chem.MolFromSmiles(s) is not None:
+                out.append(s)
+            if len(out) >= start + n:
+                break
+    return out[start:]
+
+
 def read_builtin() -> tuple[list[str], list[str], np.ndarray]:
     """(SMILES, task names, labels [n, T] with NaN where RDKit cannot parse the molecule).
 
