@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from cft.console import info
 from cft.errors import CftError
@@ -40,7 +41,7 @@ class TensorBoardLog:
             if setting:
                 raise CftError("train.tensorboard is true, but the tensorboard package is not installed.",
                                hint="pip install 'cft[tensorboard]' (or tensorboard), or set train.tensorboard: null to log only when it is installed.")
-            info("TensorBoard logs are off: pip install 'cft[tensorboard]' to write them to the run folder.")
+            info(escape("TensorBoard logs are off: pip install 'cft[tensorboard]' to write them to the run folder."))  # [..] is not markup
             return
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when it is wanted
 

@@ -63,9 +63,10 @@ def test_a_resumed_run_replaces_the_events_after_its_checkpoint(tmp_path):
     assert losses == [(1, 11.0), (2, 22.0), (3, 23.0)]
 
 
-def test_without_the_package_one_line_or_a_clear_refusal(tmp_path, monkeypatch):
+def test_without_the_package_one_line_or_a_clear_refusal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tb, "tensorboard_available", lambda: False)
     log = tb.TensorBoardLog(tmp_path, None)  # the default: say how to enable it, write nothing
+    assert "pip install 'cft[tensorboard]'" in capsys.readouterr().err.replace("\n", "")
     log.log_epoch(_record(1, 1.0), "rocauc", {}, {})
     assert not (tmp_path / tb.FOLDER).exists()
     with pytest.raises(CftError, match="tensorboard package is not installed"):
