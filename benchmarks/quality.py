@@ -102,7 +102,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality")
     parser.add_argument("--backbone", type=Path, help="backbone file shared by every method (default: pretrain it with cft, cached)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores // jobs threads)")
-    parser.add_argument("--datasets", help="comma-separated subset of the protocol's datasets (default: all)")
+    parser.add_argument("--datasets", help="comma-separated subset of the protocol's datasets (default: all); the result file keeps "
+                        "the rows of the other datasets it already holds")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs); 1 when another benchmark shares the cores")
     args = parser.parse_args()
     routing = args.protocol == "routing"
     protocol = ROUTING if routing else QUICK if args.quick else FULL
@@ -116,7 +118,7 @@ def main() -> None:
             parser.error(f"--datasets: {', '.join(unknown)} not in the protocol ({', '.join(protocol)})")
         protocol = {d: protocol[d] for d in wanted}
     data, out = args.data.resolve(), args.out.resolve()
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     extra = []
     if args.quick:
@@ -140,12 +142,20 @@ def main() -> None:
                        + ([f"--datasets {args.datasets}"] if args.datasets else []))
     target = out.parent / ("routing.json" if routing else "quality_quick.json" if args.quick else "quality.json")
     rows: list[dict] = []
+    # rows of datasets this invocation does not run stay in the file (a study run dataset by dataset)
+    kept, kept_protocol = [], {}
+    if target.exists():
+        previous = json.loads(target.read_text())
+        kept = [r for r in previous.get("rows", []) if r["dataset"] not in protocol]
+        kept_protocol = {k: v for k, v in previous.get("protocol", {}).items() if k not in protocol}
 
     def write(partial: bool) -> dict:
         """The result file, rewritten after every finished run (written to a temporary name, then renamed)."""
-        result = {"machine": machine(), "protocol": {k: {"recipe": v[0], "epochs": v[1], "seeds": v[2], "patience": patience} for k, v in protocol.items()},
+        everything = kept + rows
+        result = {"machine": machine(),
+                  "protocol": {**kept_protocol, **{k: {"recipe": v[0], "epochs": v[1], "seeds": v[2], "patience": patience} for k, v in protocol.items()}},
                   "backbone": str(backbone), "quick": args.quick, "commit": _commit(), "partial": partial, "runs_planned": len(jobs),
-                  "rows": sorted(rows, key=lambda r: (r["dataset"], r["method"], r["seed"])), "summary": summarise(rows),
+                  "rows": sorted(everything, key=lambda r: (r["dataset"], r["method"], r["seed"])), "summary": summarise(everything),
                   "seconds": time.perf_counter() - started, "jobs": args.jobs, "train_seconds_all_runs": sum(r.get("train_seconds", 0.0) for r in rows),
                   "command": command}
         tmp = target.with_name(f".{target.name}.tmp")
