@@ -154,7 +154,7 @@ def main() -> None:
         everything = kept + rows
         result = {"machine": machine(),
                   "protocol": {**kept_protocol, **{k: {"recipe": v[0], "epochs": v[1], "seeds": v[2], "patience": patience} for k, v in protocol.items()}},
-                  "backbone": str(backbone), "quick": args.quick, "commit": _commit(), "partial": partial, "runs_planned": len(jobs),
+                  "backbone": str(backbone), "quick": args.quick, "commit": _commit(), "code_commit": _code_commit(), "partial": partial, "runs_planned": len(jobs),
                   "rows": sorted(everything, key=lambda r: (r["dataset"], r["method"], r["seed"])), "summary": summarise(everything),
                   "seconds": time.perf_counter() - started, "jobs": args.jobs, "train_seconds_all_runs": sum(r.get("train_seconds", 0.0) for r in rows),
                   "command": command}
@@ -180,6 +180,12 @@ def _commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "cft", "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     return done.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _code_commit() -> str:
+    """The last commit that changed cft/ or recipes/: runs trained at any later commit ran this code."""
+    done = subprocess.run(["git", "log", "-1", "--format=%h", "--", "cft", "recipes"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def summarise(rows: list[dict]) -> dict:
