@@ -1,0 +1,486 @@
+"""Peers benchmark: cft's adapters beside full fine-tuning, head only, GIN-VN from scratch, chemprop
+and PEFT's LoRA, on Tox21 and one scaffold split file that every method reads.
+
+    python benchmarks/peers.py [--quick] [--seeds 3] [--epochs N] [--methods adapters,head,full,scratch,chemprop,lora]
+                               [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
+
+The split is cft's scaffold split of tox21.csv (recipes/tox21.yaml: 80/10/10, the rows RDKit
+parses), written once, by the first invocation, as `tox21_split.csv` (those rows, plus a `split`
+column for people) and `tox21_splits.json` (chemprop's `--splits-file`: row indices of that CSV)
+in the result folder's `split/`. Every method reads the JSON file: cft through
+`data.split.method=file`, chemprop through `--splits-file`, the LoRA runs through cft's own
+loader with the same overrides. The result file records the SHA-256 of both files.
+
+Methods (one run per method and seed, each in its own folder under benchmarks/results/peers/;
+a run whose summary.json exists is skipped, so a stopped benchmark continues where it stopped;
+cft runs continue mid-run from their checkpoint, LoRA runs from their last finished epoch,
+chemprop runs start again):
+
+- `adapters`: `cft train recipes/tox21.yaml` as shipped, on the shared backbone file
+  (`--set backbone.path=FILE backbone.pretrain=null`);
+- `head`, `full`, `scratch`: head only, full fine-tuning and GIN-VN from scratch through the same
+  CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
+- `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
+  same number as every other method; its own model selection on validation loss), seeds through
+  `--pytorch-seed`/`--data-seed`; valid ROC-AUC from `chemprop predict` with its best model;
+- `lora`: `peft.LoraConfig(r=8)` + `get_peft_model` on the Linear layers of every GIN MLP
+  (`backbone.convs.<i>.conv.nn.0` and `.nn.3`, see cft/nn/backbone.py) of the same frozen backbone
+  (loaded by `cft.files.backbone.load_backbone`; BatchNorm in eval mode, no dropout, as cft's
+  frozen backbone), and cft's fresh linear head on the pooled representation (the head-only model
+  of `cft.training.build`). It trains with cft's pieces: the head-only recipe's batches
+  (`StoreBatches`, the same seeded epoch order), masked BCE (`CftModel.task_loss`), AdamW and the
+  cosine schedule (`cft.training.optim`), gradient clipping, early stopping on valid ROC-AUC with
+  the recipe's patience, test at the best valid epoch, scored by `cft.metrics` (OGB's evaluator).
+
+Every method gets the recipe's epochs (30) and early stopping (patience 10) unless --epochs says
+otherwise; chemprop has no early stopping by default and runs them all (with fewer epochs than its
+2 warm-up epochs, as in --quick, its warm-up is cut to epochs - 1: it refuses otherwise).
+
+Parameters: `trainable` and `total` per run; `trainable_outside_heads` leaves out the linear task
+head of the cft models and LoRA ((d + 1) x 12 = 3,612) and chemprop's FFN predictor (its head).
+With recipes/tox21.yaml's adapters (K=4, r=8, every layer) cft trains 106,656 weights outside the
+head; LoRA r=8 on the 10 GIN MLP Linear layers trains 8 x (300 + 600) x 10 = 72,000, and
+`--lora-rank 12` 108,000 (the closest to equal; its runs go to their own folder, lora-r12).
+
+chemprop and peft never become cft dependencies: they run from the benchmark's own environment,
+
+    python3 -m venv benchmarks/.venv-peers
+    benchmarks/.venv-peers/bin/pip install torch==2.13.0 chemprop==2.3.1
+    benchmarks/.venv-peers/bin/pip install torch==2.13.0 peft -e .
+
+Commands (from the repository root, in cft's own environment, e.g. .venv-test/bin/python):
+
+    python benchmarks/peers.py --quick --jobs 1 --threads 1     # check: ~1 minute of one core
+    python benchmarks/peers.py --jobs 2 --threads 1             # the benchmark: 3 seeds x 6 methods
+    python benchmarks/peers.py --jobs 2 --threads 1 --methods lora --lora-rank 12   # LoRA at cft's parameter count
+
+The full run was estimated from the quick run's per-epoch times (x 19.6 for 6,258 training
+molecules against 320; the adapters' estimate, 11.6 s an epoch on one thread, matches the
+12-13 s of the routing study's full-data runs): about 6.5 min per run for the adapters and LoRA,
+3.5 for head only, 10 for full fine-tuning and from scratch, ~6 for chemprop, so ~42 min of one
+core per seed and 1-1.3 hours of wall clock for 3 seeds on 2 idle cores (2 jobs x 1 thread),
+less where early stopping ends runs before 30 epochs.
+
+(chemprop as a CLI; the LoRA runs import cft and peft there); the cft methods run from the Python
+that runs this script. Result: benchmarks/results/peers.json (peers_quick.json with --quick or
+--limit), rewritten atomically after every finished run, with every finished run found in the
+run folders (so a --methods subset keeps the other methods' rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from quality import METHODS, _code_commit, _commit, run_one, shared_overrides
+from speed import PEERS_PYTHON, TTR_TASKS, machine, write_split_files
+
+RECIPE = "recipes/tox21.yaml"
+# id -> (name in the result file, --set list of a cft run or None for a peer)
+PEERS = {
+    "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
+    "head": ("head only", METHODS["head only"]),
+    "full": ("full fine-tuning", METHODS["full fine-tuning"]),
+    "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),
+    "chemprop": ("chemprop 2.3.1 (defaults)", None),
+    "lora": ("PEFT LoRA r=8 (GIN MLPs)", None),
+}
+LORA_RANK = 8  # --lora-rank; r = 12 gives 108,000 LoRA weights, about cft's 106,656 adapter and routing weights of recipes/tox21.yaml
+FOLDERS = {m: m for m in PEERS}  # run folder per method id (the LoRA folder names a rank other than 8)
+# the Linear layers of every GIN MLP: GINLayer.conv (PyG GINEConv) holds the MLP as `nn`,
+# Sequential(Linear(d, 2d), BatchNorm1d, ReLU, Linear(2d, d)); the virtual-node MLPs are not GIN MLPs
+LORA_TARGETS = r"backbone\.convs\.\d+\.conv\.nn\.(0|3)"
+QUICK_LIMIT, QUICK_EPOCHS = 400, 2
+CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
+DEFAULT_BACKBONE = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv.safetensors"
+
+
+# ----------------------------------------------------------------- the split file
+
+
+def split_files(data: Path, folder: Path, limit: int | None) -> tuple[Path, Path]:
+    """The split files in `folder`, written on the first call and reused after (never rewritten:
+    finished runs were trained on them). `limit`: the first N rows of the full split file, each
+    keeping its split (a check of the pipeline, not a benchmark)."""
+    import pandas as pd
+
+    csv, splits = folder / "tox21_split.csv", folder / "tox21_splits.json"
+    if csv.exists() and splits.exists():
+        return csv, splits
+    folder.mkdir(parents=True, exist_ok=True)
+    if limit is None:
+        write_split_files(data, folder)
+        return csv, splits
+    full = folder.parent / "split"
+    full_csv, _ = split_files(data, full, None)
+    full_frame = pd.read_csv(full_csv)
+    # each split's first rows, in the split's share of the full file (the first N rows of the file hold no valid molecule)
+    counts = full_frame["split"].value_counts()
+    keep = [i for name, n in counts.items() for i in full_frame.index[full_frame["split"] == name][: max(1, round(limit * n / len(full_frame)))]]
+    frame = full_frame.loc[sorted(keep)].reset_index(drop=True)
+    frame.to_csv(csv, index=False)
+    chosen = {"train": [], "val": [], "test": []}
+    for i, name in enumerate(frame["split"]):
+        chosen["val" if name == "valid" else name].append(i)
+    splits.write_text(json.dumps([chosen]))
+    return csv, splits
+
+
+def split_overrides(csv: Path, splits: Path) -> list[str]:
+    """cft reads the rows of the split CSV and the split from the JSON file (the `split` column is no task)."""
+    return [f"data.path={csv}", "data.split.method=file", f"data.split.path={splits}", "data.exclude_columns=[split]"]
+
+
+# ----------------------------------------------------------------- one run of each kind
+
+
+def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
+    return out / tag / FOLDERS[method] / f"seed{seed}"
+
+
+def run_cft(method: str, seed: int, ctx: dict) -> None:
+    """A real `cft train` (quality.run_one: resumes from the checkpoint, skips a finished run)."""
+    result = run_one(ctx["tag"], RECIPE, method, seed, ctx["epochs"], ctx["shared"], ctx["out"], ctx["data"], ctx["threads"],
+                     {method: PEERS[method][1]}, ctx["patience"])
+    if "error" in result:
+        raise RuntimeError(" ".join(result["error"]))
+
+
+def lora_overrides(ctx: dict, seed: int) -> list[str]:
+    """The head-only recipe on the shared backbone: the LoRA model's head, loss, batches, optimiser and schedule."""
+    patience = ctx["patience"] or "null"
+    return ctx["shared"] + PEERS["head"][1] + [f"seed={seed}", f"train.epochs={ctx['epochs']}", f"train.threads={ctx['threads']}", f"train.patience={patience}"]
+
+
+def run_lora(method: str, seed: int, ctx: dict) -> None:
+    folder = run_folder(ctx["out"], ctx["tag"], method, seed)
+    payload = {"overrides": lora_overrides(ctx, seed), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"]}
+    cmd = [str(PEERS_PYTHON), __file__, "--child", "lora", "--payload", json.dumps(payload), "--data", str(ctx["data"])]
+    env = {**os.environ, "CFT_QUIET": "1", "OMP_NUM_THREADS": str(ctx["threads"])}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"LoRA run failed:\n{done.stderr[-3000:]}")
+
+
+def child_lora(payload: dict, data: Path) -> None:
+    """One LoRA run (in benchmarks/.venv-peers): writes checkpoint.pt after every epoch and summary.json at the end."""
+    import peft
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cft.data.dataset import load_dataset
+    from cft.files.atomic import atomic_write_json, atomic_write_with
+    from cft.files.backbone import load_backbone
+    from cft.metrics import better
+    from cft.recipe.load import load_recipe
+    from cft.training.build import build_training_model, resolve_metric, set_trainable
+    from cft.training.distributed import single
+    from cft.training.inference import evaluate_split
+    from cft.training.optim import make_optimizer, make_scheduler
+    from cft.training.prefix import StoreBatches, as_is
+    from cft.training.seeding import use_deterministic_kernels
+
+    folder = Path(payload["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = load_recipe(REPO / RECIPE, payload["overrides"])
+    tr = recipe.train
+    torch.set_num_threads(tr.threads or 1)
+    use_deterministic_kernels(tr.deterministic)
+    dataset = load_dataset(recipe.data, data, recipe.seed)
+    metric = resolve_metric(recipe, dataset)
+    backbone = load_backbone(payload["backbone"])
+    model, _ = build_training_model(recipe, dataset, backbone)  # frozen backbone + fresh linear head (seeded)
+    set_trainable(model, recipe)
+    config = peft.LoraConfig(r=payload["rank"], target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none")
+    peft_model = peft.get_peft_model(model, config)  # LoRA layers injected in place into model.backbone
+    model.head.requires_grad_(True)  # get_peft_model froze everything else; the head trains, as in cft
+    lora_layers = sorted({n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    device, dist = torch.device("cpu"), single()
+    optimizer = make_optimizer(model, recipe)  # AdamW, head group at train.head_lr or train.lr
+    train = dataset.split["train"]
+    steps_per_epoch = math.ceil(len(train) / tr.batch_size)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+
+    def snapshot() -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if k in trainable}
+
+    state = {"epoch": 0, "best_metric": None, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0, "graphs_seen": 0, "history": [], "finished": False}
+    best = snapshot()
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.exists():  # resume at the end of the last finished epoch (no dropout: no RNG state to restore)
+        saved = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(saved["trainable"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state, best = json.loads(saved["state"]), saved["best"]
+    while state["epoch"] < tr.epochs and not state["finished"]:
+        order = dist.epoch_order(train, recipe.seed, state["epoch"])  # the trainer's seeded order
+        if len(order) % tr.batch_size == 1 and len(order) > 1:
+            order = order[:-1]  # a one-graph batch breaks BatchNorm in training mode (as the trainer does)
+        loader = DataLoader(StoreBatches(dataset.store, dataset.y, order, tr.batch_size), batch_size=None, shuffle=False, collate_fn=as_is)
+        peft_model.train()  # CftModel.train keeps the frozen backbone in eval mode
+        started, losses = time.perf_counter(), []
+        for batch in loader:
+            loss = model.task_loss(model(batch), batch.y)  # masked BCE over the labelled entries
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tr.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tr.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss))
+            state["graphs_seen"] += int(batch.num_graphs)
+        state["train_seconds"] += time.perf_counter() - started
+        valid = evaluate_split(model, dataset, "valid", metric, recipe.eval.batch_size, device, dist)
+        if better(metric, valid["mean"], state["best_metric"]):
+            state["best_metric"], state["best_epoch"], state["bad_epochs"] = valid["mean"], state["epoch"], 0
+            best = snapshot()
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append({"epoch": state["epoch"] + 1, "loss": statistics.mean(losses), f"valid_{metric}": valid["mean"], "seconds": state["train_seconds"]})
+        state["epoch"] += 1
+        if tr.patience and state["bad_epochs"] >= tr.patience:
+            state["finished"] = True
+        saved = {"trainable": snapshot(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": json.dumps(state), "best": best}
+        atomic_write_with(checkpoint, lambda tmp, saved=saved: torch.save(saved, tmp))
+    model.load_state_dict(best, strict=False)
+    valid = evaluate_split(model, dataset, "valid", metric, recipe.eval.batch_size, device, dist)
+    test = evaluate_split(model, dataset, "test", metric, recipe.eval.batch_size, device, dist)
+    lora = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    head = sum(p.numel() for p in model.head.parameters())
+    counted = sum(p.numel() for p in model.parameters())
+    summary = {
+        "metric": metric, "best_epoch": state["best_epoch"] + 1, "epochs_run": state["epoch"],
+        "valid": {"mean": valid["mean"], "per_task": valid["per_task"]}, "test": {"mean": test["mean"], "per_task": test["per_task"]},
+        "params": {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "total": counted,
+                   "backbone": counted - lora - head, "lora": lora, "head": head},
+        "seconds": {"train": state["train_seconds"]},
+        "graphs_per_second": state["graphs_seen"] / state["train_seconds"] if state["train_seconds"] else None,
+        "history": state["history"], "lora": {"rank": payload["rank"], "alpha": config.lora_alpha, "layers": lora_layers},
+        "versions": {"peft": peft.__version__, "torch": torch.__version__},
+    }
+    atomic_write_json(folder / "summary.json", summary)
+
+
+def run_chemprop(method: str, seed: int, ctx: dict) -> None:
+    """`chemprop train` with its defaults on the split files (epochs as every method), then
+    `chemprop predict` on the valid rows with its best model; both scored by cft.metrics."""
+    import numpy as np
+    import pandas as pd
+
+    from cft.files.atomic import atomic_write_json
+    from cft.metrics import score
+
+    folder = run_folder(ctx["out"], ctx["tag"], method, seed)
+    out = folder / "chemprop"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": str(ctx["threads"]), "MKL_NUM_THREADS": str(ctx["threads"])}
+    tool = str(PEERS_PYTHON.parent / "chemprop")
+    cmd = [tool, "train", "--data-path", str(ctx["csv"]), "--task-type", "classification", "--smiles-columns", "smiles", "--target-columns", *TTR_TASKS,
+           "--splits-file", str(ctx["splits"]), "--epochs", str(ctx["epochs"]), "--metrics", "roc", "--output-dir", str(out), "--num-workers", "0",
+           "--accelerator", "cpu", "--devices", "1", "--pytorch-seed", str(seed), "--data-seed", str(seed)]
+    if ctx["epochs"] <= CHEMPROP_WARMUP:  # chemprop refuses fewer epochs than its warm-up (a --quick check only)
+        cmd += ["--warmup-epochs", str(ctx["epochs"] - 1)]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=folder)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"chemprop train failed:\n{done.stderr[-3000:]}")
+    frame = pd.read_csv(ctx["csv"])
+    best_model = next(out.rglob("best.pt"))
+    valid_rows = frame[frame["split"] == "valid"].reset_index(drop=True)
+    valid_csv = folder / "valid.csv"
+    valid_rows[["smiles"]].to_csv(valid_csv, index=False)
+    predict = [tool, "predict", "--test-path", str(valid_csv), "--model-paths", str(best_model), "--preds-path", str(folder / "valid_predictions.csv"),
+               "--smiles-columns", "smiles", "--num-workers", "0", "--accelerator", "cpu", "--devices", "1"]
+    done = subprocess.run(predict, capture_output=True, text=True, env=env, check=False, cwd=folder)
+    if done.returncode != 0:
+        raise RuntimeError(f"chemprop predict failed:\n{done.stderr[-3000:]}")
+
+    def scored(rows: pd.DataFrame, predictions: Path) -> dict:
+        pred = pd.read_csv(predictions)
+        if list(pred["smiles"]) != list(rows["smiles"]):
+            raise RuntimeError(f"{predictions}: rows are not the split's rows in order")
+        p = np.clip(pred[TTR_TASKS].to_numpy(dtype=np.float64), 1e-7, 1 - 1e-7)
+        return score("rocauc", rows[TTR_TASKS].to_numpy(dtype=np.float32), np.log(p) - np.log1p(-p), TTR_TASKS)
+
+    test = scored(frame[frame["split"] == "test"].reset_index(drop=True), next(out.rglob("test_predictions.csv")))
+    valid = scored(valid_rows, folder / "valid_predictions.csv")
+    probe = ("import sys, chemprop; from chemprop.models import MPNN; m = MPNN.load_from_file(sys.argv[1]); "
+             "print(chemprop.__version__, sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.predictor.parameters()))")
+    version, total, head = subprocess.run([str(PEERS_PYTHON), "-c", probe, str(best_model)], capture_output=True, text=True, env=env, check=True).stdout.split()
+    best_ckpt = next((p.name for p in out.rglob("best-epoch=*.ckpt")), "")
+    best_epoch = int(best_ckpt.split("best-epoch=")[1].split("-")[0]) + 1 if best_ckpt else None
+    epochs_run = _chemprop_epochs(out)
+    summary = {"metric": "rocauc", "best_epoch": best_epoch, "epochs_run": epochs_run if epochs_run is not None else ctx["epochs"],
+               "valid": {"mean": valid["mean"], "per_task": valid["per_task"]}, "test": {"mean": test["mean"], "per_task": test["per_task"]},
+               "params": {"trainable": int(total), "total": int(total), "head": int(head)},
+               "seconds": {"train": wall, "note": "wall clock of `chemprop train` (featurisation, training, validation and the test pass)"},
+               "graphs_per_second": None, "versions": {"chemprop": version}}
+    atomic_write_json(folder / "summary.json", summary)
+
+
+def _chemprop_epochs(out: Path) -> int | None:
+    """Epochs chemprop ran, from its Lightning CSV log when it wrote one."""
+    import pandas as pd
+
+    for log in out.rglob("metrics.csv"):
+        frame = pd.read_csv(log)
+        if "epoch" in frame:
+            return int(frame["epoch"].max()) + 1
+    return None
+
+
+def read_row(method: str, seed: int, folder: Path, hidden: int) -> dict | None:
+    path = folder / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    p = s["params"]
+    head = p.get("head", (hidden + 1) * len(TTR_TASKS) if method != "chemprop" else None)
+    return {"method": PEERS[method][0], "id": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
+            "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "trainable": p["trainable"], "total": p["total"],
+            "trainable_outside_heads": p["trainable"] - head if head is not None else None, "train_seconds": s["seconds"]["train"],
+            **({"versions": s["versions"]} if "versions" in s else {})}
+
+
+def summarise(rows: list[dict]) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["method"], []).append(r)
+    out = {}
+    for method, rs in groups.items():
+        tests = [r["test"] for r in rs]
+        out[method] = {"seeds": len(rs), "test_mean": statistics.mean(tests), "test_std": statistics.pstdev(tests),
+                       "test_sample_std": statistics.stdev(tests) if len(tests) > 1 else None, "valid_mean": statistics.mean(r["valid"] for r in rs),
+                       "best_epochs": [r["best_epoch"] for r in rs], "trainable": rs[0]["trainable"], "trainable_outside_heads": rs[0]["trainable_outside_heads"],
+                       "total": rs[0]["total"], "train_seconds_mean": statistics.mean(r["train_seconds"] for r in rs)}
+    return out
+
+
+# ----------------------------------------------------------------- orchestration
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"a check: --limit {QUICK_LIMIT}, {QUICK_EPOCHS} epochs, 1 seed (peers_quick.json)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, help="run folders (default: benchmarks/results/peers, peers_quick with --quick/--limit)")
+    parser.add_argument("--json", type=Path, help="result file (default: benchmarks/results/peers.json, peers_quick.json with --quick/--limit)")
+    parser.add_argument("--backbone", type=Path, default=DEFAULT_BACKBONE, help="the backbone file every pretrained method shares")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
+    parser.add_argument("--epochs", type=int, help="epochs of every method (default: the recipe's)")
+    parser.add_argument("--methods", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)} (default: all)")
+    parser.add_argument("--limit", type=int, help="about N rows of the split file only, each split in its share (a check, not a benchmark)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores // jobs threads)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs); 1 when another benchmark shares the cores")
+    parser.add_argument("--lora-rank", type=int, default=LORA_RANK, help=f"LoRA rank (default {LORA_RANK}; 12 matches the trainable weights of cft's adapters)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data = args.data.resolve()
+    if args.child == "lora":
+        child_lora(json.loads(args.payload), data)
+        return
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in PEERS]
+    if unknown or not wanted:
+        parser.error(f"--methods: {', '.join(unknown) or 'none given'}; choose from {', '.join(PEERS)}")
+    if args.quick:
+        args.limit, args.seeds, args.epochs = args.limit or QUICK_LIMIT, 1, args.epochs or QUICK_EPOCHS
+    if ({"chemprop", "lora"} & set(wanted)) and not PEERS_PYTHON.exists():
+        parser.error(f"{PEERS_PYTHON} is missing: create it as the module docstring says, or leave chemprop and lora out of --methods")
+    if args.lora_rank < 1:
+        parser.error(f"--lora-rank must be at least 1, got {args.lora_rank}")
+    if args.lora_rank != LORA_RANK:
+        PEERS["lora"], FOLDERS["lora"] = (f"PEFT LoRA r={args.lora_rank} (GIN MLPs)", None), f"lora-r{args.lora_rank}"
+    backbone = args.backbone.resolve()
+    if not backbone.is_file():
+        parser.error(f"--backbone {backbone} does not exist")
+
+    from cft.files.atomic import atomic_write_json
+    from cft.files.backbone import read_backbone_header
+    from cft.files.paths import sha256_file
+    from cft.recipe.load import load_recipe
+
+    recipe = load_recipe(REPO / RECIPE)
+    epochs, patience = args.epochs or recipe.train.epochs, recipe.train.patience
+    small = args.limit is not None
+    out = (args.out or REPO / "benchmarks" / "results" / ("peers_quick" if small else "peers")).resolve()
+    target = args.json or REPO / "benchmarks" / "results" / ("peers_quick.json" if small else "peers.json")
+    tag = "tox21" + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != recipe.train.epochs else "")
+    csv, splits = split_files(data, out / ("split" if not small else f"split-limit{args.limit}"), args.limit)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    ctx = {"tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads, "backbone": backbone, "lora_rank": args.lora_rank, "csv": csv, "splits": splits,
+           "shared": shared_overrides(backbone, split_overrides(csv, splits))}
+    runners = {"chemprop": run_chemprop, "lora": run_lora}
+    jobs = [(m, seed) for seed in range(args.seeds) for m in wanted]  # seed by seed: a stopped run leaves every method with the same seeds
+    frame_splits = json.loads(splits.read_text())[0]
+    command = " ".join(["python", "benchmarks/peers.py"] + (["--quick"] if args.quick else []) + ([f"--limit {args.limit}"] if small and not args.quick else [])
+                       + ([f"--seeds {args.seeds}"] if args.seeds != 3 and not args.quick else []) + ([f"--epochs {args.epochs}"] if args.epochs and not args.quick else [])
+                       + ([f"--methods {args.methods}"] if wanted != list(PEERS) else []) + ([f"--backbone {args.backbone}"] if backbone != DEFAULT_BACKBONE else []) + ([f"--lora-rank {args.lora_rank}"] if args.lora_rank != LORA_RANK else [])
+                       + [f"--jobs {args.jobs}"] + ([f"--threads {args.threads}"] if args.threads else []))
+    started, errors = time.perf_counter(), []
+
+    def write(partial: bool) -> dict:
+        """Every finished run in the run folders (any seed up to --seeds, any method), rewritten atomically."""
+        rows = [r for m in PEERS for seed in range(args.seeds) if (r := read_row(m, seed, run_folder(out, tag, m, seed), recipe.backbone.hidden))]
+        result = {
+            "machine": machine(), "commit": _commit(), "code_commit": _code_commit(), "command": command, "quick": args.quick, "partial": partial,
+            "dataset": "tox21", "recipe": RECIPE, "epochs": epochs, "patience": patience, "seeds": args.seeds, "limit": args.limit,
+            "threads_per_run": threads, "jobs": args.jobs,
+            "split": {"csv": str(csv.relative_to(REPO)) if csv.is_relative_to(REPO) else str(csv), "csv_sha256": sha256_file(csv),
+                      "splits_json": str(splits.relative_to(REPO)) if splits.is_relative_to(REPO) else str(splits), "splits_json_sha256": sha256_file(splits),
+                      "sizes": {k: len(v) for k, v in frame_splits.items()},
+                      "made_by": "cft's scaffold split of tox21.csv (recipes/tox21.yaml) by speed.write_split_files" + (f", first {args.limit} rows" if small else "")},
+            "backbone": {"path": str(backbone.relative_to(REPO)) if backbone.is_relative_to(REPO) else str(backbone),
+                         "fingerprint": read_backbone_header(backbone).get("fingerprint")},
+            "lora": {"rank": args.lora_rank, "targets": LORA_TARGETS, "alpha": "peft's default (8)", "dropout": 0.0},
+            "rows": rows, "summary": summarise(rows), "errors": errors, "seconds_this_invocation": time.perf_counter() - started,
+        }
+        atomic_write_json(target, result)
+        return result
+
+    def one(method: str, seed: int) -> tuple[str, int, float]:
+        t0 = time.perf_counter()
+        if not (run_folder(out, tag, method, seed) / "summary.json").exists():
+            runners.get(method, run_cft)(method, seed, ctx)
+        return method, seed, time.perf_counter() - t0
+
+    print(f"split: {csv} ({', '.join(f'{k} {len(v)}' for k, v in frame_splits.items())}); {len(jobs)} runs, {epochs} epochs, patience {patience}, "
+          f"{args.jobs} at a time x {threads} thread(s)", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(one, m, s): (m, s) for m, s in jobs}
+        for future in as_completed(futures):
+            m, s = futures[future]
+            try:
+                _, _, seconds = future.result()
+                print(f"done {PEERS[m][0]} seed {s} ({seconds:.0f} s)", flush=True)
+            except (RuntimeError, OSError, StopIteration, ValueError, KeyError, subprocess.CalledProcessError) as exc:  # one failed run does not stop the others; it is listed in the result file
+                errors.append({"method": PEERS[m][0], "seed": s, "error": str(exc)[-2000:]})
+                print(f"FAILED {PEERS[m][0]} seed {s}: {str(exc)[-600:]}", flush=True)
+            write(partial=True)
+    result = write(partial=False)
+    for method, s in result["summary"].items():
+        outside = s["trainable_outside_heads"]
+        print(f"{method:36s} test {s['test_mean']:.4f} ± {s['test_std']:.4f}  valid {s['valid_mean']:.4f}  trainable {s['trainable']:,}"
+              f"{f' ({outside:,} outside heads)' if outside is not None else ''} of {s['total']:,}  best epochs {s['best_epochs']}  {s['train_seconds_mean']:.0f} s")
+    print(f"total {result['seconds_this_invocation']:.0f} s; wrote {target}")
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
