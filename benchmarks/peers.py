@@ -40,7 +40,8 @@ Parameters: `trainable` and `total` per run; `trainable_outside_heads` leaves ou
 head of the cft models and LoRA ((d + 1) x 12 = 3,612) and chemprop's FFN predictor (its head).
 With recipes/tox21.yaml's adapters (K=4, r=8, every layer) cft trains 106,656 weights outside the
 head; LoRA r=8 on the 10 GIN MLP Linear layers trains 8 x (300 + 600) x 10 = 72,000, and
-`--lora-rank 12` 108,000 (the closest to equal; its runs go to their own folder, lora-r12).
+`--lora-rank 12` 108,000 (the closest to equal; its runs go to their own folder, lora-r12, and
+their rows join the result file beside those of r=8).
 
 chemprop and peft never become cft dependencies: they run from the benchmark's own environment,
 
@@ -350,7 +351,10 @@ def read_row(method: str, seed: int, folder: Path, hidden: int) -> dict | None:
     s = json.loads(path.read_text())
     p = s["params"]
     head = p.get("head", (hidden + 1) * len(TTR_TASKS) if method != "chemprop" else None)
-    return {"method": PEERS[method][0], "id": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
+    name = PEERS[method][0]
+    if method == "lora":  # the rank the run was trained with (runs of every --lora-rank share the result file)
+        name = f"PEFT LoRA r={s['lora']['rank']} (GIN MLPs)"
+    return {"method": name, "id": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
             "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "trainable": p["trainable"], "total": p["total"],
             "trainable_outside_heads": p["trainable"] - head if head is not None else None, "train_seconds": s["seconds"]["train"],
             **({"versions": s["versions"]} if "versions" in s else {})}
@@ -436,7 +440,9 @@ def main() -> None:
 
     def write(partial: bool) -> dict:
         """Every finished run in the run folders (any seed up to --seeds, any method), rewritten atomically."""
-        rows = [r for m in PEERS for seed in range(args.seeds) if (r := read_row(m, seed, run_folder(out, tag, m, seed), recipe.backbone.hidden))]
+        folders = [(m, run_folder(out, tag, m, seed), seed) for m in PEERS if m != "lora" for seed in range(args.seeds)]
+        folders += [("lora", f / f"seed{seed}", seed) for f in sorted((out / tag).glob("lora*")) for seed in range(args.seeds)]  # every LoRA rank run here
+        rows = [r for m, folder, seed in folders if (r := read_row(m, seed, folder, recipe.backbone.hidden))]
         result = {
             "machine": machine(), "commit": _commit(), "code_commit": _code_commit(), "command": command, "quick": args.quick, "partial": partial,
             "dataset": "tox21", "recipe": RECIPE, "epochs": epochs, "patience": patience, "seeds": args.seeds, "limit": args.limit,
