@@ -199,6 +199,9 @@ def child_lora(payload: dict, data: Path) -> None:
     torch.set_num_threads(tr.threads or 1)
     use_deterministic_kernels(tr.deterministic)
     dataset = load_dataset(recipe.data, data, recipe.seed)
+    if dataset.skipped:  # this environment's RDKit (chemprop's pin) must parse every row the split file holds
+        raise RuntimeError(f"RDKit {dataset.identity.get('rdkit', '')} in {sys.executable} cannot parse {len(dataset.skipped)} rows of the split file "
+                           f"(first: {dataset.skipped[0]}); the LoRA runs would not see the same molecules")
     metric = resolve_metric(recipe, dataset)
     backbone = load_backbone(payload["backbone"])
     model, _ = build_training_model(recipe, dataset, backbone)  # frozen backbone + fresh linear head (seeded)
