@@ -3,7 +3,7 @@
 One vector of the backbone's width d per molecule and part (a trained bundle has one part, a
 composed bundle one per source bundle), in the input's row order. Rows whose SMILES RDKit cannot
 parse are NaN and flagged: `valid` is 0 in a CSV, False in the `<name>.valid.npy` mask beside an
-.npy. The representation is defined in `cft.training.inference.capture_representations`.
+.npy. The representation is defined in `cft.nn.model.CftModel.representations`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +40,19 @@ from cft.nn.backbone import Backbone
 from cft.nn.losses import masked_multitask_loss
 from cft.nn.routing import Router, routing_entropy
 from cft.spec import ModelSpec
+
+
+class Features(NamedTuple):
+    """What the task heads read, for a batch of B molecules in G groups (one per part).
+
+    `pooled` [G, B, d]: the pooled adapted representation (mixture read-out, head only, full
+    fine-tuning); or, for the task read-out, its experts: `base` z_0 [G, B, d], `deltas`
+    D [G, B, K, d] and `gates` R [T, K] (the routes of the expert layer)."""
+
+    pooled: torch.Tensor | None = None
+    base: torch.Tensor | None = None
+    deltas: torch.Tensor | None = None
+    gates: torch.Tensor | None = None
 
 
 class CftModel(nn.Module):
@@ -111,13 +125,48 @@ class CftModel(nn.Module):
             return standardised * self.target_std + self.target_mean, routes
         return standardised, routes
 
+    @torch.no_grad()
+    def representations(self, data, prefix: tuple | None = None) -> torch.Tensor:
+        """The pooled adapted representation per molecule and group, [G, B, d] (G = 1 but for a
+        composed model, one group per part): what `cft fingerprint` exports.
+
+        - `readout: mixture` (and head only / full fine-tuning): the heads' input, pool(h) after
+          the adapted layers; logits = W rep + c.
+        - `readout: task`: each task t reads its own r_t(x) = z_0(x) + sum_k R_tk D_k(x); a group's
+          representation is its tasks' mean, z_0 + sum_k Rbar_k D_k with Rbar the mean of the
+          group's gate rows R_t (a one-task group gives exactly its task's r_t)."""
+        features, _ = self._features(data, prefix)
+        if features.deltas is None:
+            return features.pooled
+        gates = features.gates
+        offsets = self.router.task_offsets if features.base.size(0) > 1 else [0, gates.size(0)]
+        mean_gates = torch.stack([gates[a:b].mean(0) for a, b in itertools.pairwise(offsets)])  # [G, K]
+        return features.base + torch.einsum("gbkd,gk->gbd", features.deltas, mean_gates)
+
     def _standardised_forward(self, data, prefix: tuple | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        features, routes = self._features(data, prefix)
+        return self._heads(features), routes
+
+    def _heads(self, features: Features) -> torch.Tensor:
+        """Standardised outputs [B, T] from the features: each task reads its own group's."""
+        if features.deltas is not None:
+            return self._task_readout(features.base, features.deltas, features.gates)
+        groups, num_graphs, _ = features.pooled.shape
+        logits = self.head(features.pooled.flatten(0, 1))
+        if groups == 1:
+            return logits
+        logits = logits.view(groups, num_graphs, -1)
+        index = self.router.task_group.view(1, 1, -1).expand(1, num_graphs, -1)
+        return logits.gather(0, index).squeeze(0)
+
+    def _features(self, data, prefix: tuple | None) -> tuple[Features, dict[int, torch.Tensor]]:
+        """The backbone with its adapters up to the read-out (steps 1-3 of the module docstring)."""
         bb, router = self.backbone, self.router
         num_graphs = int(data.num_graphs)
         x, edge_index, edge_attr, batch = data.x, data.edge_index, data.edge_attr, data.batch
         layers = router.layers
         if not layers:  # head only / full fine-tuning: the plain backbone
-            return self.head(bb(data)), {}
+            return Features(pooled=bb(data).unsqueeze(0)), {}
         first = layers[0]
         frozen_prefix = torch.no_grad() if self.freeze_backbone else contextlib.nullcontext()
         with frozen_prefix:
@@ -143,17 +192,11 @@ class CftModel(nn.Module):
             h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
             if i == expert:
                 base, deltas = self._expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
-                return self._task_readout(base.view(groups, num_graphs, -1), deltas.unflatten(0, (groups, num_graphs)), routes[i]), routes
+                return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
             if i in alphas:
                 alpha = alphas[i].reshape(groups * num_graphs, -1)[batch]
                 h = h + self.spec.scale * self.adapters[str(i)](h, alpha)
-        pooled = bb.pool(h, batch, groups * num_graphs)
-        logits = self.head(pooled)
-        if groups > 1:
-            logits = logits.view(groups, num_graphs, -1)
-            index = router.task_group.view(1, 1, -1).expand(1, num_graphs, -1)
-            logits = logits.gather(0, index).squeeze(0)
-        return logits, routes
+        return Features(pooled=bb.pool(h, batch, groups * num_graphs).view(groups, num_graphs, -1)), routes
 
     def _expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts of the task read-out at `layer` (= L*), from the node states h [N, d] after it.

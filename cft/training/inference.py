@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,6 +23,18 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits [n, T] of the dataset's molecules, in batches sliced from its compact store; `prefix`:
     the frozen-prefix cache of `model` over that store (cft.training.prefix), or None."""
+    outputs = _in_batches(model, dataset, batch_size, device, lambda batch, states: model(batch, prefix=states), amp, prefix)
+    if not outputs:
+        return np.zeros((0, len(model.spec.tasks)), dtype=np.float32)
+    return torch.cat(outputs).numpy()
+
+
+@torch.no_grad()
+def _in_batches(
+    model: CftModel, dataset: GraphDataset, batch_size: int, device: torch.device, run: Callable, amp: bool = False, prefix: PrefixCache | None = None
+) -> list[torch.Tensor]:
+    """`run(batch, prefix_states)` on the dataset's molecules in order, batches sliced from its
+    compact store, in eval mode; the outputs on the CPU as float32."""
     model.eval()
     if model.prefix_layer() is None:
         prefix = None
@@ -35,10 +45,8 @@ def predict_logits(
         states = prefix.take(batch, device) if prefix is not None else None
         batch = batch.to(device, non_blocking=True)
         with autocast(device, amp):
-            outputs.append((model(batch, prefix=states) if states is not None else model(batch)).float().cpu())
-    if not outputs:
-        return np.zeros((0, len(model.spec.tasks)), dtype=np.float32)
-    return torch.cat(outputs).numpy()
+            outputs.append(run(batch, states).float().cpu())
+    return outputs
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -56,46 +64,10 @@ def evaluate_split(
     return score(metric, dataset.labels(split), logits, dataset.tasks)
 
 
-@contextlib.contextmanager
-def capture_representations(model: CftModel) -> Iterator[list[torch.Tensor]]:
-    """While active, every forward pass of `model` appends its pooled adapted representation
-    [G, B, d] (G groups: one per part of a composed bundle, 1 otherwise) to the yielded list.
-
-    - `readout: mixture` (and head-only / full fine-tuning): the input of the task heads,
-      pool(h) after the adapted layers, one per group.
-    - `readout: task`: each task reads its own r_t(x) = z_0(x) + sum_k R_tk D_k(x); a molecule's
-      representation per part is the part's mean over its tasks, z_0 + sum_k Rbar_k D_k with
-      Rbar = the mean of the part's gate rows R_t (so a one-task part gives exactly its r_t).
-    """
-    captured: list[torch.Tensor] = []
-    groups = model.router.num_groups if model.router.layers else 1
-
-    def head_input(_module, args):
-        pooled = args[0].detach().float()
-        captured.append(pooled.reshape(groups, -1, pooled.size(-1)))
-
-    original = model._task_readout
-
-    def task_readout(base: torch.Tensor, deltas: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        offsets = model.router.task_offsets if base.size(0) > 1 else [0, gates.size(0)]
-        mean_gates = torch.stack([gates[a:b].mean(0) for a, b in itertools.pairwise(offsets)])  # [G, K]
-        captured.append((base + torch.einsum("gbkd,gk->gbd", deltas, mean_gates)).detach().float())
-        return original(base, deltas, gates)
-
-    handle = model.head.register_forward_pre_hook(head_input)
-    model._task_readout = task_readout
-    try:
-        yield captured
-    finally:
-        handle.remove()
-        del model._task_readout  # the class's method again
-
-
 def predict_representations(model: CftModel, dataset: GraphDataset, batch_size: int, device: torch.device) -> np.ndarray:
-    """Pooled adapted representations [n, G, d] of the dataset's molecules (see
-    `capture_representations`), computed by the same batched pass as `predict_logits`."""
-    with capture_representations(model) as captured:
-        predict_logits(model, dataset, batch_size, device)
-    if not captured:
+    """Pooled adapted representations [n, G, d] of the dataset's molecules (`CftModel.representations`),
+    in the same batches as `predict_logits`."""
+    outputs = _in_batches(model, dataset, batch_size, device, lambda batch, states: model.representations(batch, prefix=states))
+    if not outputs:
         return np.zeros((0, 1, model.backbone.spec.hidden), dtype=np.float32)
-    return torch.cat(captured, dim=1).transpose(0, 1).cpu().numpy()
+    return torch.cat(outputs, dim=1).transpose(0, 1).numpy()

@@ -10,7 +10,6 @@ from conftest import assert_user_error, run_cli, run_cli_inprocess
 from model_kit import tiny_batch, tiny_model
 
 from cft.nn.model import CftModel
-from cft.training.inference import capture_representations
 
 
 def _with_readout(model: CftModel, readout: str) -> CftModel:
@@ -24,14 +23,22 @@ def test_the_representation_is_what_the_heads_read(readout):
     """mixture: logits = W rep + c for every task; task (one task): rep is that task's own r_t(x)."""
     model = _with_readout(tiny_model(tasks=3 if readout == "mixture" else 1), readout)
     batch = tiny_batch()
-    with torch.no_grad(), capture_representations(model) as captured:
-        logits = model(batch)
-    assert len(captured) == 1 and captured[0].shape == (1, 6, 16)
-    torch.testing.assert_close(model.head(captured[0][0]).detach(), logits, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        model(batch)
-    assert len(captured) == 1, "captured only while the context is active"
-    assert "_task_readout" not in vars(model), "the model is left as it was"
+        logits = model(batch)
+    reps = model.representations(batch)
+    assert reps.shape == (1, 6, 16) and not reps.requires_grad
+    torch.testing.assert_close(model.head(reps[0]).detach(), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_task_groups_representation_is_the_mean_of_its_tasks_reads():
+    """task read-out, 3 tasks with different gates: the representation is z_0 + sum_k Rbar_k D_k,
+    whose head logits are the mean of the tasks' own reads (linear in the gates)."""
+    model = _with_readout(tiny_model(tasks=3), "task")
+    batch = tiny_batch()
+    features, _ = model._features(batch, None)
+    assert not torch.allclose(features.gates[0], features.gates[1]), "a fixture with one route for every task tests nothing"
+    own_reads = features.base[0].unsqueeze(1) + torch.einsum("bkd,tk->btd", features.deltas[0], features.gates)  # [B, T, d]
+    torch.testing.assert_close(model.representations(batch)[0], own_reads.mean(1).detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_fingerprint_npy_csv_and_composed_parts(tiny_parts, tmp_path):
