@@ -1,6 +1,9 @@
 """Markdown tables for docs/composition.md from the files benchmarks/compose_tox21.sh writes.
 
-    python benchmarks/compose_table.py OUT_DIR [--json RESULT.json]
+    python benchmarks/compose_table.py OUT_DIR [--json RESULT.json] [--commit REV]
+
+--commit: the commit the runs in OUT_DIR were made at (default HEAD), recorded in the result file
+with the last commit before it that changed cft/ or recipes/ (the code the runs ran).
 
 The residual rule's mix is chosen on the **validation** split: the largest mix whose largest
 per-task ROC-AUC change against the task's own bundle stays within TOLERANCE on valid; only then
@@ -42,7 +45,7 @@ def choose_mix(out: Path) -> dict | None:
     return {"tolerance": TOLERANCE, "chosen": best, "candidates": sorted(candidates, key=lambda c: c["mix"])}
 
 
-def main(out: Path, json_path: Path | None = None) -> None:
+def main(out: Path, json_path: Path | None = None, commit: str = "HEAD") -> None:
     nr, sr = load(out / "eval_NR.json"), load(out / "eval_SR.json")
     alone = {**nr, **sr}
     rows = [
@@ -68,6 +71,7 @@ def main(out: Path, json_path: Path | None = None) -> None:
     print()
     print("| rule | steps k | threshold g | mix | NR mean delta | NR max abs delta | SR mean delta | SR max abs delta | NR->SR route mass | SR->NR route mass |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    sweep = {}
     for path in sorted(out.glob("eval_sweep_*.json"), key=_sweep_key):
         name = path.name.removeprefix("eval_sweep_").removesuffix(".json")
         rule, k, g, *mix = name.split("_")
@@ -76,6 +80,10 @@ def main(out: Path, json_path: Path | None = None) -> None:
         mass = np.mean([layer["route_mass_by_part"] for layer in routing["layers"].values()], axis=0)
         dn = [res[t] - alone[t] for t in nr]
         ds = [res[t] - alone[t] for t in sr]
+        valid_path = out / f"valid_sweep_{name}.json"
+        sweep[name] = {"rule": rule, "steps": int(k[1:]), "threshold": float(g[1:]), "mix": float(mix[0][1:]) if mix else None,
+                       "test_per_task": res, "valid_per_task": load(valid_path) if valid_path.exists() else None,
+                       "route_mass_by_part": mass.tolist()}
         print(f"| {rule} | {k[1:]} | {g[1:]} | {mix[0][1:] if mix else '–'} | {np.mean(dn):+.4f} | {np.max(np.abs(dn)):.4f} | "
               f"{np.mean(ds):+.4f} | {np.max(np.abs(ds)):.4f} | {mass[0][1]:.3f} | {mass[1][0]:.3f} |")
 
@@ -87,16 +95,20 @@ def main(out: Path, json_path: Path | None = None) -> None:
               + (f"{c['mix']} (valid {c['valid_max_abs_delta']:.4f}, test {c['test_max_abs_delta']:.4f})" if c else "none within the tolerance"))
     if json_path is not None:
         per_bundle = {name: load(out / f"eval_{name}.json") for _, name in rows if (out / f"eval_{name}.json").exists()}
-        result = {"out_dir": str(out), "commit": _commit(), "test_per_task": per_bundle, "mix_choice": choice}
+        valid = {name: load(out / f"valid_{name}.json") for name in ("NR", "SR") if (out / f"valid_{name}.json").exists()}
+        result = {"out_dir": str(out), "commit": _commit(commit), "code_commit": _commit(commit, "cft", "recipes"), "test_per_task": per_bundle,
+                  "valid_per_task": valid, "sweep": sweep, "mix_choice": choice}
         tmp = json_path.with_name(f".{json_path.name}.tmp")
         tmp.write_text(json.dumps(result, indent=2))
         tmp.replace(json_path)
 
 
-def _commit() -> str:
+def _commit(rev: str, *paths: str) -> str:
+    """`rev` abbreviated; with paths, the last commit up to `rev` that changed them."""
     import subprocess
 
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    cmd = ["git", "log", "-1", "--format=%h", rev, "--", *paths] if paths else ["git", "rev-parse", "--short", rev]
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     return done.stdout.strip()
 
 
@@ -108,4 +120,4 @@ def _sweep_key(path: Path) -> tuple:
 if __name__ == "__main__":
     args = sys.argv[1:]
     target = Path(args[args.index("--json") + 1]) if "--json" in args else None
-    main(Path(args[0]), target)
+    main(Path(args[0]), target, args[args.index("--commit") + 1] if "--commit" in args else "HEAD")

@@ -20,7 +20,7 @@ MODES = ("route", "linear", "svd", "cat")
 DEFAULT_COMPOSE_STEPS = 1
 DEFAULT_COMPOSE_THRESHOLD = 0.1
 DEFAULT_COMPOSE_RULE = "residual"
-DEFAULT_COMPOSE_MIX = 0.02  # measured on tox21: the largest per-task ROC-AUC change stays under 0.005 (docs/composition.md)
+DEFAULT_COMPOSE_MIX = 0.05  # chosen on Tox21's validation split: the largest mix whose per-task ROC-AUC change stays within 0.005 (docs/composition.md)
 
 
 def _flattened_parts(sources: list[Source]) -> list[tuple[Source, int, PartSpec]]:
