@@ -109,6 +109,36 @@ def quality_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def routing_tables(result: dict) -> str:
+    """The routing study: per seed, mean ± sample std (n - 1) and the label-minus-identity gap per dataset."""
+    lines = [machine_line(result), ""] + ([f"Code: cft/ and recipes/ as at commit {result['code_commit']}.", ""] if result.get("code_commit") else [])
+    by_dataset: dict = {}
+    for r in result["rows"]:
+        if "error" not in r:
+            by_dataset.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r)
+    for dataset, methods in sorted(by_dataset.items(), key=lambda kv: kv[0] != "toxcast"):
+        seeds = sorted({r["seed"] for rows in methods.values() for r in rows})
+        metric = next(iter(methods.values()))[0]["metric"]
+        lines += [f"**{dataset}** (test {metric} per seed; mean ± sample std over the seeds)", "",
+                  "| method | " + " | ".join(f"seed {k}" for k in seeds) + " | mean ± std | valid mean | best epochs | train s/run |",
+                  "|---|" + "---:|" * len(seeds) + "---:|---:|---|---:|"]
+        means = {}
+        for method, rows in methods.items():
+            by_seed = {r["seed"]: r for r in rows}
+            tests = [r["test"] for r in rows]
+            means[method] = (statistics.mean(tests), statistics.stdev(tests) if len(tests) > 1 else None, len(tests))
+            spread = f" ± {means[method][1]:.4f}" if means[method][1] is not None else " (1 seed)"
+            cells = " | ".join(f"{by_seed[k]['test']:.4f}" if k in by_seed else "–" for k in seeds)
+            lines.append(f"| {method} | {cells} | {means[method][0]:.4f}{spread} | {statistics.mean(r['valid'] for r in rows):.4f} | "
+                         f"{', '.join(str(r['best_epoch']) for r in sorted(rows, key=lambda r: r['seed']))} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |")
+        label, identity = means.get("task read-out, label prior"), means.get("task read-out, identity prior")
+        if label and identity:
+            lines += ["", f"Task read-out, label prior minus identity prior: {label[0] - identity[0]:+.4f} "
+                      f"({label[2]} and {identity[2]} seeds; the claim needs ≥ +0.01)."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -124,6 +154,7 @@ def main() -> None:
         ("speed-quick", "speed_quick.json", speed_tables),
         ("quality", "quality.json", quality_tables),
         ("quality-quick", "quality_quick.json", quality_tables),
+        ("routing", "routing.json", routing_tables),
     ):
         result = _load(loader)
         if result is not None and f"<!-- begin:{name} -->" in text:
