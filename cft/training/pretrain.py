@@ -48,6 +48,9 @@ def pretrain_key(cfg: PretrainConfig, spec: BackboneSpec, seed: int, data_identi
         "featuriser": FEATURISER_VERSION,
         "torch": torch.__version__.split("+")[0],
         "cft": __version__,
+        # set by the run before pretraining (train.deterministic): a backbone made without
+        # deterministic kernels must not stand in for one made with them
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 

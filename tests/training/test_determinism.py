@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from conftest import run_cli
 from safetensors.numpy import load_file
+
+from cft.recipe.schema import PretrainConfig
+from cft.spec import BackboneSpec
+from cft.training.pretrain import pretrain_key
 
 # the quickstart, smaller: at two threads and without deterministic kernels these runs differed in the
 # last bits of the pretrained backbone and of the bundle from run to run (measured on 2026-12-02)
@@ -28,3 +33,18 @@ def test_two_runs_at_two_threads_give_identical_backbones_and_bundles(tmp_path):
         assert first.keys() == second.keys()
         differing = [k for k in first if first[k].tobytes() != second[k].tobytes()]
         assert not differing, f"{name}: {len(differing)} tensors differ between two runs, e.g. {differing[:3]}"
+
+
+def test_the_pretraining_cache_key_tells_deterministic_kernels_apart():
+    """A backbone cached by a run without deterministic kernels is not reused by a run with them."""
+    cfg, spec, identity = PretrainConfig(method="masking"), BackboneSpec(), {"name": "x", "sha256": "0"}
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        keys = []
+        for enabled in (True, False, True):
+            torch.use_deterministic_algorithms(enabled, warn_only=True)
+            keys.append(pretrain_key(cfg, spec, 0, identity))
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=True)
+    assert keys[0] != keys[1], "the key ignores train.deterministic"
+    assert keys[0] == keys[2], "the key is not stable"
