@@ -29,7 +29,7 @@ def resolve_csv_path(cfg: DataConfig, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def read_frame(path: Path) -> pd.DataFrame:
+def _require_file(path: Path) -> None:
     if not path.exists():
         raise CftError(
             f"Data file {path} does not exist.",
@@ -37,30 +37,43 @@ def read_frame(path: Path) -> pd.DataFrame:
         )
     if path.is_dir():
         raise CftError(f"Data path {path} is a folder; data.path must name a CSV file.")
+
+
+def _unreadable(path: Path, exc: BaseException) -> CftError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CftError(f"{path} is not a readable CSV: {first}.", hint="Check the file is a comma-separated CSV (optionally .gz).")
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    _require_file(path)
     try:
         # everything as text: labels are converted below, so non-numeric cells can be named
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], low_memory=False)
     except pd.errors.EmptyDataError:
         raise CftError(f"{path} is empty: expected a header row (SMILES, task columns) and data rows.") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CftError(f"{path} is not a readable CSV: {first}.", hint="Check the file is a comma-separated CSV (optionally .gz).") from None
+        raise _unreadable(path, exc) from None
     if frame.shape[0] == 0:
         raise CftError(f"{path} has a header but no data rows.")
-    _check_unique_header(path)
+    read_header(path)  # refuses a repeated name, which pandas renamed above
     return frame
 
 
-def _check_unique_header(path: Path) -> None:
-    """Refuse a header that repeats a name. pandas would rename the copies (`t1`, `t1.1`) and
-    train on both, so the names are read again without that renaming (header=None)."""
+def read_header(path: Path) -> list[str]:
+    """The header's column names as written, without reading the rows. A header that repeats a
+    name is refused: pandas would rename the copies (`t1`, `t1.1`) and train on both, so the
+    names are read without that renaming (header=None)."""
+    _require_file(path)
     try:
         raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, na_values=[]).iloc[0].tolist()
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError):
-        return  # the full read above succeeded; nothing more to learn here
+    except pd.errors.EmptyDataError:
+        raise CftError(f"{path} is empty: expected a header row (SMILES, task columns) and data rows.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    names = [str(name) for name in raw]
     positions: dict[str, list[int]] = {}
-    for i, name in enumerate(raw):
-        positions.setdefault(str(name).strip(), []).append(i + 1)
+    for i, name in enumerate(names):
+        positions.setdefault(name.strip(), []).append(i + 1)
     repeated = {name: cols for name, cols in positions.items() if len(cols) > 1}
     if repeated:
         listed = "; ".join(f"{name or '(empty name)'!r} in columns {', '.join(map(str, cols))}" for name, cols in list(repeated.items())[:10])
@@ -70,6 +83,7 @@ def _check_unique_header(path: Path) -> None:
             f"cft will not guess which copy is meant (pandas would silently rename the copies to {first}.1, {first}.2, ... and train on each).",
             hint=f"Rename the repeated columns so that every header name is unique (e.g. {first}_a, {first}_b), or delete the copies you do not want.",
         )
+    return names
 
 
 def read_csv_table(cfg: DataConfig, root: Path) -> Table:

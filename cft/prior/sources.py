@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import pandas as pd
 from pydantic import ValidationError
 
-from cft.data.csvsource import resolve_csv_path
+from cft.data.csvsource import read_header, resolve_csv_path
 from cft.data.dataset import MolDataset, load_dataset
 from cft.errors import CftError
 from cft.files.bundle import bundle_label, load_bundle_shell, read_bundle_info, resolve_bundle_path
@@ -56,12 +55,7 @@ def _check_columns(cfg, root: Path, tasks: Sequence[str]) -> None:
     if cfg.source != "csv":
         return
     path = resolve_csv_path(cfg, root)
-    if not path.exists():
-        raise CftError(f"Data file {path} does not exist.", hint="Check the path and --data-root.")
-    try:
-        header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
-        raise CftError(f"{path} is not a readable CSV ({str(exc).splitlines()[0] if str(exc) else exc}).") from None
+    header = read_header(path)
     missing = [t for t in tasks if t not in header]
     if missing:
         raise CftError(

@@ -202,6 +202,17 @@ def test_refuses_bad_priors(parts, tmp_path, case, fragments):
     assert not out.exists(), "nothing is written on refusal"
 
 
+def test_a_prior_from_a_csv_whose_header_repeats_a_task_is_refused(parts, tmp_path):
+    """--prior-from reads the header as training does: a repeated name is named, not renamed away."""
+    data = tmp_path / "labels.csv"
+    header = ["smiles", *A_TASKS, *B_TASKS, B_TASKS[0]]
+    data.write_text(",".join(header) + "\n" + "\n".join(f"{s}," + ",".join("1" for _ in header[1:]) for s in ("CCO", "CCN")) + "\n")
+    out = tmp_path / "out.safetensors"
+    assert_user_error(run_cli_inprocess("compose", parts["A"], parts["B"], "--prior-from", data, "-o", out),
+                      "repeats 1 column name", repr(B_TASKS[0]))
+    assert not out.exists()
+
+
 def test_refuses_missing_and_corrupt_bundles(parts, tmp_path):
     out = tmp_path / "out.safetensors"
     assert_user_error(run_cli("compose", parts["A"], tmp_path / "nope.safetensors", "-o", out), "does not exist")
