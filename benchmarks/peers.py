@@ -43,7 +43,9 @@ head; LoRA r=8 on the 10 GIN MLP Linear layers trains 8 x (300 + 600) x 10 = 72,
 `--lora-rank 12` 108,000 (the closest to equal; its runs go to their own folder, lora-r12, and
 their rows join the result file beside those of r=8).
 
-chemprop and peft never become cft dependencies: they run from the benchmark's own environment,
+chemprop and peft never become cft dependencies: they run from the benchmark's own environment
+(chemprop as a CLI; the LoRA runs import cft and peft there); the cft methods run from the Python
+that runs this script:
 
     python3 -m venv benchmarks/.venv-peers
     benchmarks/.venv-peers/bin/pip install torch==2.13.0 chemprop==2.3.1
@@ -62,8 +64,7 @@ molecules against 320; the adapters' estimate, 11.6 s an epoch on one thread, ma
 core per seed and 1-1.3 hours of wall clock for 3 seeds on 2 idle cores (2 jobs x 1 thread),
 less where early stopping ends runs before 30 epochs.
 
-(chemprop as a CLI; the LoRA runs import cft and peft there); the cft methods run from the Python
-that runs this script. Result: benchmarks/results/peers.json (peers_quick.json with --quick or
+Result: benchmarks/results/peers.json (peers_quick.json with --quick or
 --limit), rewritten atomically after every finished run, with every finished run found in the
 run folders (so a --methods subset keeps the other methods' rows).
 """
