@@ -53,3 +53,24 @@ def test_quick_runs_keep_the_quick_backbone_architecture():
     quick_extra = ["backbone.hidden=64", "backbone.num_layers=3", "backbone.pretrain.epochs=1", "backbone.pretrain.data.limit=4000", "data.limit=1500"]
     for method, recipe in effective_recipes("tox21", quick_extra).items():
         assert (recipe.backbone.hidden, recipe.backbone.num_layers, recipe.data.limit) == (64, 3, 1500), method
+
+
+def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path, data_root):
+    """benchmarks/peers.py end to end for its cft methods (chemprop and LoRA need the benchmark's own
+    environment, which CI does not build): one result row per method, and every run's own
+    splits.json is the split file the benchmark wrote."""
+    import json
+    import subprocess
+
+    out, target = tmp_path / "runs", tmp_path / "peers.json"
+    command = [sys.executable, "benchmarks/peers.py", "--methods", "adapters,head", "--limit", "300", "--epochs", "1", "--seeds", "1",
+               "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(target.read_text())
+    assert sorted(r["method"] for r in result["rows"]) == ["cft adapters (recipes/tox21.yaml)", "head only"], result["rows"]
+    assert all(0.0 <= r["test"] <= 1.0 and r["epochs"] == 1 for r in result["rows"])
+    written = json.loads(next(out.glob("split*/tox21_splits.json")).read_text())
+    for run in out.glob("tox21*/*/seed0"):
+        assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
+    assert len(list(out.glob("tox21*/*/seed0"))) == 2
