@@ -28,6 +28,9 @@ METRIC_TASK_KIND = {"rocauc": "binary", "ap": "binary", "rmse": "regression"}
 ACTIVATIONS = ("identity", "relu", "gelu", "tanh")
 ROUTING_MODES = ("routed", "uniform")
 COMPOSE_RULES = ("propagate", "residual")
+PRIOR_NORMS = ("none", "pairnorm")
+"""What follows the propagation of the task embeddings (`PartSpec.prior_norm`): nothing, or
+PairNorm (centre over tasks, rescale to the embeddings' own RMS norm) against over-smoothing."""
 READOUTS = ("task", "mixture")
 """How tasks read the adapted representation (`ModelSpec.readout`): `task` (each task reads the
 experts of the last insertion layer through its own gates) or `mixture` (every task reads one
@@ -43,6 +46,7 @@ Activation = Literal[ACTIVATIONS]
 RoutingMode = Literal[ROUTING_MODES]
 ComposeRule = Literal[COMPOSE_RULES]
 Readout = Literal[READOUTS]
+PriorNorm = Literal[PRIOR_NORMS]
 
 # --------------------------------------------------------------------------- bounded types
 
@@ -121,6 +125,9 @@ class PartSpec(_Frozen):
     prior_restart: Fraction = 0.0
     """a: restart (teleport) weight of the propagation E <- (1 - a) A_hat E + a E_0 (APPNP); 0 is plain
     graph convolution E~ = A_hat^k E_0 (and what a header without the field means)."""
+    prior_norm: PriorNorm = "none"
+    """`pairnorm`: E~ <- PairNorm(E~) * rms(E_0) after the propagation (see `cft.nn.routing`); `none`
+    (and what a header without the field means): E~ as propagated."""
     prior_source: str = "labels"
     learned_prior: bool = False
     prior_anchor: NonNegative = 1.0

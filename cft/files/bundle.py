@@ -43,11 +43,12 @@ from cft.nn.model import CftModel
 from cft.spec import METRICS, ModelSpec, describe_invalid
 
 BUNDLE_FORMAT = "cft-bundle"
-BUNDLE_FORMAT_VERSION = "2"
-READABLE_BUNDLE_VERSIONS = ("1", "2")
-"""Version 2 added `spec.readout` and `spec.parts[].prior_restart`. A version 1 header has neither,
-and the spec's defaults for them (`mixture`, 0) are what version 1 computed: such a bundle loads and
-predicts as it did. A version 2 bundle read by a cft that knows only version 1 is refused by version."""
+BUNDLE_FORMAT_VERSION = "3"
+READABLE_BUNDLE_VERSIONS = ("1", "2", "3")
+"""Version 2 added `spec.readout` and `spec.parts[].prior_restart`, version 3 `spec.parts[].prior_norm`.
+A header without them means the spec's defaults (`mixture`, 0, `none`), which are what the earlier
+versions computed: such a bundle loads and predicts as it did. A bundle of a later version read by
+a cft that knows only earlier ones is refused by version."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from cft.spec import (
     NonNegative,
     NumAdapters,
     Positive,
+    PriorNorm,
     PropagationSteps,
     Rank,
     Readout,
@@ -182,6 +183,12 @@ class PriorConfig(_Strict):
     """a: restart weight of each step, E <- (1 - a) A_hat E + a E_0 (APPNP); 0 is plain graph
     convolution (E~ = A_hat^k E_0), larger keeps more of each task's own embedding, so routes do not
     smooth out over a large, dense prior."""
+    norm: PriorNorm = "none"
+    """`pairnorm`: centre the propagated task embeddings over the tasks and rescale them to the
+    RMS norm of the unpropagated ones (PairNorm). Over a large, dense prior the propagation
+    shrinks every task's embedding towards one common vector (measured on ToxCast's label prior:
+    RMS norm 10x smaller, spread across tasks 30x smaller), so every route becomes uniform; this
+    keeps the differences the graph leaves between tasks at the embeddings' own scale."""
     anchor: NonNegative = 1.0
     """For `learned`: weight of ||A - A_init||^2 that keeps the learned prior near its source."""
 

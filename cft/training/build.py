@@ -39,7 +39,7 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
     part = PartSpec(
         name=dataset.name, tasks=list(dataset.tasks), layers=layers, num_adapters=ad.num_adapters, rank=ad.rank,
         embed_dim=rt.embed_dim, mode=rt.mode, temperature=rt.temperature, threshold=rt.threshold, top_k=rt.top_k,
-        prior_steps=pr.steps, prior_restart=pr.restart, prior_source=pr.source if pr.source != "learned" else f"learned:{pr.init}",
+        prior_steps=pr.steps, prior_restart=pr.restart, prior_norm=pr.norm, prior_source=pr.source if pr.source != "learned" else f"learned:{pr.init}",
         learned_prior=pr.source == "learned", prior_anchor=pr.anchor,
     )
     return ModelSpec(

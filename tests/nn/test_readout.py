@@ -236,12 +236,12 @@ def test_a_version_1_bundle_loads_and_predicts_as_before(tmp_path):
     header["format_version"] = "1"
     del header["spec"]["readout"]
     for part in header["spec"]["parts"]:
-        del part["prior_restart"]
+        del part["prior_restart"], part["prior_norm"]
     old = tmp_path / "old.safetensors"
     write_safetensors(old, load_file(str(new)), header)
     loaded, info = load_bundle(old, backbone=model.backbone)
-    assert info.spec.readout == "mixture" and info.spec.parts[0].prior_restart == 0.0
+    assert info.spec.readout == "mixture" and info.spec.parts[0].prior_restart == 0.0 and info.spec.parts[0].prior_norm == "none"
     data = tiny_batch()
     with torch.no_grad():
         assert torch.equal(loaded(data), model(data))
-    assert read_header(new, "bundle")["format_version"] == "2"
+    assert read_header(new, "bundle")["format_version"] == "3"
