@@ -1,11 +1,15 @@
 """Quality benchmark: cft's methods side by side on Tox21, ToxCast and MUV (scaffold split).
 
-    python benchmarks/quality.py [--quick | --protocol routing] [--data ../shared/data] [--backbone FILE] [--jobs 2]
+    python benchmarks/quality.py [--quick | --protocol routing | --protocol levers] [--data ../shared/data] [--backbone FILE] [--jobs 2]
 
 `--protocol methods` (the default) ranks every method at short, equal budgets; `--protocol routing`
 compares the task-specific read-out under the label and the identity prior with the shared mixture
 read-out, trained to convergence (up to 50 epochs, early stopping with patience 10, 3 seeds) on
 ToxCast and Tox21, and writes benchmarks/results/routing.json after every finished run.
+`--protocol levers` trains the levers against uniform routes under the label prior (APPNP restart,
+top-k sparsification, PairNorm) beside the plain label and identity priors on ToxCast, one seed,
+the routing study's budget, into benchmarks/results/routing_levers.json. Every row records the
+mean routing entropy at the best validation epoch (ln K when every task routes uniformly).
 
 Every run is a real `cft train` of recipes/<dataset>.yaml with `--set` overrides, in its own
 run folder under benchmarks/results/quality/<dataset>/<method>/seed<k>; finished runs are
@@ -55,6 +59,16 @@ ROUTING_METHODS = {
 }
 ROUTING = {"toxcast": ("recipes/toxcast.yaml", 50, 3), "tox21": ("recipes/tox21.yaml", 50, 3)}
 ROUTING_PATIENCE = 10
+# levers on the label prior's uniform routes (ToxCast, the study's protocol, one seed): which keeps
+# routes informative without losing validation ROC-AUC? Each row records the routing entropy.
+LEVER_METHODS = {
+    "label prior": ["routing.readout=task", "prior.source=labels"],
+    "identity prior": ["routing.readout=task", "prior.source=identity"],
+    "label prior, restart 0.5": ["routing.readout=task", "prior.source=labels", "prior.restart=0.5"],
+    "label prior, top_k 10": ["routing.readout=task", "prior.source=labels", "prior.top_k=10"],
+    "label prior, pairnorm": ["routing.readout=task", "prior.source=labels", "prior.norm=pairnorm"],
+}
+LEVERS = {"toxcast": ("recipes/toxcast.yaml", 50, 1)}
 QUICK_LIMIT = 1500
 
 
@@ -89,14 +103,17 @@ def run_one(dataset: str, recipe: str, method: str, seed: int, epochs: int, extr
         if result.returncode != 0:
             return {"dataset": dataset, "method": method, "seed": seed, "error": result.stderr.strip().splitlines()[-1:] or ["?"]}
     s = json.loads(summary_path.read_text())
-    return {"dataset": dataset, "method": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
+    from routing_entropy import best_epoch_routing
+
+    routes = best_epoch_routing(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else None
+    return {"routing_entropy": routes["mean_entropy"] if routes else None, "dataset": dataset, "method": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
             "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "trainable": s["params"]["trainable"], "total": s["params"]["total"],
             "train_seconds": s["seconds"]["train"], "graphs_per_second": s["graphs_per_second"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", choices=("methods", "routing"), default="methods", help="which study to run (see above)")
+    parser.add_argument("--protocol", choices=("methods", "routing", "levers"), default="methods", help="which study to run (see above)")
     parser.add_argument("--quick", action="store_true", help="Tox21 only, 1 seed, 2 epochs, small backbone, 1,500 molecules (~10 minutes)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality")
@@ -106,11 +123,12 @@ def main() -> None:
                         "the rows of the other datasets it already holds")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs); 1 when another benchmark shares the cores")
     args = parser.parse_args()
-    routing = args.protocol == "routing"
-    protocol = ROUTING if routing else QUICK if args.quick else FULL
-    methods, patience = (ROUTING_METHODS, ROUTING_PATIENCE) if routing else (METHODS, None)
-    if routing:
-        args.out = args.out.parent / "routing" if args.out == REPO / "benchmarks" / "results" / "quality" else args.out
+    routing = args.protocol in ("routing", "levers")
+    protocol = {"routing": ROUTING, "levers": LEVERS}.get(args.protocol) or (QUICK if args.quick else FULL)
+    methods = {"routing": ROUTING_METHODS, "levers": LEVER_METHODS}.get(args.protocol, METHODS)
+    patience = ROUTING_PATIENCE if routing else None
+    if routing and args.out == REPO / "benchmarks" / "results" / "quality":
+        args.out = args.out.parent / ("routing" if args.protocol == "routing" else "routing_levers")
     if args.datasets:
         wanted = args.datasets.split(",")
         unknown = [d for d in wanted if d not in protocol]
@@ -138,9 +156,9 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from speed import machine
 
-    command = " ".join(["python", "benchmarks/quality.py"] + (["--protocol routing"] if routing else []) + (["--quick"] if args.quick else [])
+    command = " ".join(["python", "benchmarks/quality.py"] + ([f"--protocol {args.protocol}"] if routing else []) + (["--quick"] if args.quick else [])
                        + ([f"--datasets {args.datasets}"] if args.datasets else []))
-    target = out.parent / ("routing.json" if routing else "quality_quick.json" if args.quick else "quality.json")
+    target = out.parent / (f"{out.name}.json" if routing else "quality_quick.json" if args.quick else "quality.json")
     rows: list[dict] = []
     # rows of datasets this invocation does not run stay in the file (a study run dataset by dataset)
     kept, kept_protocol = [], {}
