@@ -64,9 +64,9 @@ ROUTING_PATIENCE = 10
 LEVER_METHODS = {
     "label prior": ["routing.readout=task", "prior.source=labels"],
     "identity prior": ["routing.readout=task", "prior.source=identity"],
+    "label prior, pairnorm": ["routing.readout=task", "prior.source=labels", "prior.norm=pairnorm"],
     "label prior, restart 0.5": ["routing.readout=task", "prior.source=labels", "prior.restart=0.5"],
     "label prior, top_k 10": ["routing.readout=task", "prior.source=labels", "prior.top_k=10"],
-    "label prior, pairnorm": ["routing.readout=task", "prior.source=labels", "prior.norm=pairnorm"],
 }
 LEVERS = {"toxcast": ("recipes/toxcast.yaml", 50, 1)}
 QUICK_LIMIT = 1500
