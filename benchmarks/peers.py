@@ -1,7 +1,7 @@
 """Peers benchmark: cft's adapters beside full fine-tuning, head only, GIN-VN from scratch, chemprop
 and PEFT's LoRA, on Tox21 and one scaffold split file that every method reads.
 
-    python benchmarks/peers.py [--quick] [--seeds 3] [--epochs N] [--methods adapters,head,full,scratch,chemprop,lora]
+    python benchmarks/peers.py [--quick] [--seeds 3] [--epochs N] [--methods adapters,adapters-top,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 The split is cft's scaffold split of tox21.csv (recipes/tox21.yaml: 80/10/10, the rows RDKit
@@ -18,6 +18,9 @@ chemprop runs start again):
 
 - `adapters`: `cft train recipes/tox21.yaml` as shipped, on the shared backbone file
   (`--set backbone.path=FILE backbone.pretrain=null`);
+- `adapters-top`: the same recipe with the adapters in layers 3-4 only (`adapters.layers=[3,4]`):
+  the frozen layers below are computed once per molecule and cached (`train.prefix_cache`), which
+  is what makes adapter training several times cheaper than full fine-tuning (BENCHMARKS.md);
 - `head`, `full`, `scratch`: head only, full fine-tuning and GIN-VN from scratch through the same
   CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
 - `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
@@ -92,6 +95,9 @@ RECIPE = "recipes/tox21.yaml"
 # id -> (name in the result file, --set list of a cft run or None for a peer)
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
+    # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
+    # once per molecule (train.prefix_cache: memory), so an epoch costs a fraction of `adapters`
+    "adapters-top": ("cft adapters, layers 3-4 (prefix cached)", METHODS["full method (label prior)"] + ["adapters.layers=[3,4]"]),
     "head": ("head only", METHODS["head only"]),
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),

@@ -18,9 +18,10 @@ from pathlib import Path
 
 
 def best_epoch_routing(metrics: Path) -> dict | None:
-    """The metrics line of the best validation epoch (the first of equal ones), or None without any."""
+    """The metrics line of the best validation epoch (the first of equal ones), or None without
+    any (a run with no adapters logs an empty `routing`)."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    scored = [r for r in rows if "routing" in r and any(k.startswith("valid_") for k in r)]
+    scored = [r for r in rows if r.get("routing") and any(k.startswith("valid_") for k in r)]
     if not scored:
         return None
     key = next(k for k in scored[0] if k.startswith("valid_"))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cft.recipe.load import load_recipe
 
@@ -63,14 +64,16 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     import subprocess
 
     out, target = tmp_path / "runs", tmp_path / "peers.json"
-    command = [sys.executable, "benchmarks/peers.py", "--methods", "adapters,head", "--limit", "300", "--epochs", "1", "--seeds", "1",
+    command = [sys.executable, "benchmarks/peers.py", "--methods", "adapters,adapters-top,head", "--limit", "300", "--epochs", "1", "--seeds", "1",
                "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(target.read_text())
-    assert sorted(r["method"] for r in result["rows"]) == ["cft adapters (recipes/tox21.yaml)", "head only"], result["rows"]
+    assert sorted(r["method"] for r in result["rows"]) == ["cft adapters (recipes/tox21.yaml)", "cft adapters, layers 3-4 (prefix cached)", "head only"], result["rows"]
+    top = yaml.safe_load(next(out.glob("tox21*/adapters-top/seed0/recipe.yaml")).read_text())
+    assert top["adapters"]["layers"] == [3, 4] and top["train"]["prefix_cache"] == "memory", top["adapters"]
     assert all(0.0 <= r["test"] <= 1.0 and r["epochs"] == 1 for r in result["rows"])
     written = json.loads(next(out.glob("split*/tox21_splits.json")).read_text())
     for run in out.glob("tox21*/*/seed0"):
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
-    assert len(list(out.glob("tox21*/*/seed0"))) == 2
+    assert len(list(out.glob("tox21*/*/seed0"))) == 3
