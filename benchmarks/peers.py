@@ -1,22 +1,34 @@
 """Peers benchmark: cft's adapters beside full fine-tuning, head only, GIN-VN from scratch, chemprop
-and PEFT's LoRA, on Tox21 and one scaffold split file that every method reads.
+and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
 
-    python benchmarks/peers.py [--quick] [--seeds 3] [--epochs N] [--methods adapters,adapters-top,head,full,scratch,chemprop,lora]
+    python benchmarks/peers.py [--dataset tox21|esol] [--quick] [--seeds 3] [--epochs N]
+                               [--methods adapters,adapters-top,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
-The split is cft's scaffold split of tox21.csv (recipes/tox21.yaml: 80/10/10, the rows RDKit
-parses), written once, by the first invocation, as `tox21_split.csv` (those rows, plus a `split`
-column for people) and `tox21_splits.json` (chemprop's `--splits-file`: row indices of that CSV)
-in the result folder's `split/`. Every method reads the JSON file: cft through
+Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type, metric, chemprop's
+`--task-type` and `--metrics`):
+
+- `tox21` (default): recipes/tox21.yaml on tox21.csv, 12 binary tasks, ROC-AUC (higher is better);
+  chemprop `--task-type classification --metrics roc`;
+- `esol`: recipes/esol.yaml on delaney-processed.csv (ESOL), the one regression task `measured log
+  solubility in mols per litre` (the file's other numeric columns are descriptors and a published
+  model's prediction, never tasks), RMSE in log10(mol/L) (lower is better); chemprop
+  `--task-type regression --metrics rmse`. cft standardises the targets on the training split
+  (its own mean/std, kept in the bundle) and every method is scored in label units.
+
+The split is cft's scaffold split of the dataset's CSV (its recipe: 80/10/10, the rows RDKit
+parses), written once, by the first invocation, as `<dataset>_split.csv` (those rows, plus a
+`split` column for people) and `<dataset>_splits.json` (chemprop's `--splits-file`: row indices of
+that CSV) in the result folder's `split/`. Every method reads the JSON file: cft through
 `data.split.method=file`, chemprop through `--splits-file`, the LoRA runs through cft's own
 loader with the same overrides. The result file records the SHA-256 of both files.
 
-Methods (one run per method and seed, each in its own folder under benchmarks/results/peers/;
+Methods (one run per method and seed, each in its own folder under benchmarks/results/peers/<dataset>/;
 a run whose summary.json exists is skipped, so a stopped benchmark continues where it stopped;
 cft runs continue mid-run from their checkpoint, LoRA runs from their last finished epoch,
 chemprop runs start again):
 
-- `adapters`: `cft train recipes/tox21.yaml` as shipped, on the shared backbone file
+- `adapters`: `cft train recipes/<dataset>.yaml` as shipped, on the shared backbone file
   (`--set backbone.path=FILE backbone.pretrain=null`);
 - `adapters-top`: the same recipe with the adapters in layers 3-4 only (`adapters.layers=[3,4]`):
   the frozen layers below are computed once per molecule and cached (`train.prefix_cache`), which
@@ -25,23 +37,27 @@ chemprop runs start again):
   CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
 - `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
   same number as every other method; its own model selection on validation loss), seeds through
-  `--pytorch-seed`/`--data-seed`; valid ROC-AUC from `chemprop predict` with its best model;
+  `--pytorch-seed`/`--data-seed`; valid and test scored by `cft.metrics.score` with the dataset's
+  metric (the valid rows from `chemprop predict` with its best model, the test rows from its own
+  test predictions);
 - `lora`: `peft.LoraConfig(r=8)` + `get_peft_model` on the Linear layers of every GIN MLP
   (`backbone.convs.<i>.conv.nn.0` and `.nn.3`, see cft/nn/backbone.py) of the same frozen backbone
   (loaded by `cft.files.backbone.load_backbone`; BatchNorm in eval mode, no dropout, as cft's
   frozen backbone), and cft's fresh linear head on the pooled representation (the head-only model
   of `cft.training.build`). It trains with cft's pieces: the head-only recipe's batches
-  (`StoreBatches`, the same seeded epoch order), masked BCE (`CftModel.task_loss`), AdamW and the
-  cosine schedule (`cft.training.optim`), gradient clipping, early stopping on valid ROC-AUC with
-  the recipe's patience, test at the best valid epoch, scored by `cft.metrics` (OGB's evaluator).
+  (`StoreBatches`, the same seeded epoch order), cft's loss (`CftModel.task_loss`: masked BCE on
+  Tox21, masked MSE on the standardised targets on ESOL), AdamW and the cosine schedule
+  (`cft.training.optim`), gradient clipping, early stopping on the valid metric (ROC-AUC or RMSE,
+  `cft.metrics.better` knows which way is better) with the recipe's patience, test at the best
+  valid epoch, scored by `cft.metrics` (OGB's evaluator).
 
 Every method gets the recipe's epochs (30) and early stopping (patience 10) unless --epochs says
 otherwise; chemprop has no early stopping by default and runs them all (with fewer epochs than its
 2 warm-up epochs, as in --quick, its warm-up is cut to epochs - 1: it refuses otherwise).
 
 Parameters: `trainable` and `total` per run; `trainable_outside_heads` leaves out the linear task
-head of the cft models and LoRA ((d + 1) x 12 = 3,612) and chemprop's FFN predictor (its head).
-With recipes/tox21.yaml's adapters (K=4, r=8, every layer) cft trains 106,656 weights outside the
+head of the cft models and LoRA ((d + 1) x tasks: 3,612 on Tox21, 301 on ESOL) and chemprop's FFN
+predictor (its head). With recipes/tox21.yaml's adapters (K=4, r=8, every layer) cft trains 106,656 weights outside the
 head; LoRA r=8 on the 10 GIN MLP Linear layers trains 8 x (300 + 600) x 10 = 72,000, and
 `--lora-rank 12` 108,000 (the closest to equal; its runs go to their own folder, lora-r12, and
 their rows join the result file beside those of r=8).
@@ -59,6 +75,8 @@ Commands (from the repository root, in cft's own environment, e.g. .venv-test/bi
     python benchmarks/peers.py --quick --jobs 1 --threads 1     # check: ~1 minute of one core
     python benchmarks/peers.py --jobs 2 --threads 1             # the benchmark: 3 seeds x 6 methods
     python benchmarks/peers.py --jobs 2 --threads 1 --methods lora --lora-rank 12   # LoRA at cft's parameter count
+    python benchmarks/peers.py --dataset esol --quick --jobs 1 --threads 1     # ESOL check
+    python benchmarks/peers.py --dataset esol --jobs 2 --threads 1             # ESOL: 3 seeds x 7 methods on 902 training molecules
 
 The full run was estimated from the quick run's per-epoch times (x 19.6 for 6,258 training
 molecules against 320; the adapters' estimate, 11.6 s an epoch on one thread, matches the
@@ -67,8 +85,12 @@ molecules against 320; the adapters' estimate, 11.6 s an epoch on one thread, ma
 core per seed and 1-1.3 hours of wall clock for 3 seeds on 2 idle cores (2 jobs x 1 thread),
 less where early stopping ends runs before 30 epochs.
 
-Result: benchmarks/results/peers.json (peers_quick.json with --quick or
---limit), rewritten atomically after every finished run, with every finished run found in the
+The timings above are Tox21's; ESOL's 902 training molecules (1,128 in all) make its runs about
+7x shorter.
+
+Result: benchmarks/results/peers.json (peers_quick.json with --quick or --limit) for Tox21,
+peers_esol.json (peers_esol_quick.json) for ESOL, with the `dataset`, `metric` and `tasks` fields;
+rewritten atomically after every finished run, with every finished run found in the
 run folders (so a --methods subset keeps the other methods' rows).
 """
 
@@ -84,6 +106,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -91,8 +114,26 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from quality import METHODS, _code_commit, _commit, run_one, shared_overrides
 from speed import PEERS_PYTHON, TTR_TASKS, machine, write_split_files
 
-RECIPE = "recipes/tox21.yaml"
-# id -> (name in the result file, --set list of a cft run or None for a peer)
+
+class Dataset(NamedTuple):
+    """One dataset of the comparison: the cft recipe whose split is the shared split file, the CSV
+    it reads (under --data), its task columns, and how cft and chemprop are told the kind of task."""
+
+    recipe: str
+    csv: str
+    tasks: tuple[str, ...]
+    task_type: str  # cft's data.task_type (tox21.yaml leaves it `auto`: every label is 0/1)
+    metric: str  # cft's eval.metric: every method is scored by cft.metrics with it
+    chemprop_task_type: str  # chemprop train --task-type
+    chemprop_metric: str  # chemprop train --metrics (its own model selection uses its validation loss)
+
+
+DATASETS = {
+    "tox21": Dataset("recipes/tox21.yaml", "tox21.csv", tuple(TTR_TASKS), "classification", "rocauc", "classification", "roc"),
+    # ESOL: one regression task; the other numeric columns of the file are descriptors, never tasks
+    "esol": Dataset("recipes/esol.yaml", "delaney-processed.csv", ("measured log solubility in mols per litre",), "regression", "rmse", "regression", "rmse"),
+}
+# id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
@@ -117,21 +158,30 @@ DEFAULT_BACKBONE = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv
 # ----------------------------------------------------------------- the split file
 
 
-def split_files(data: Path, folder: Path, limit: int | None) -> tuple[Path, Path]:
-    """The split files in `folder`, written on the first call and reused after (never rewritten:
-    finished runs were trained on them). `limit`: the first N rows of the full split file, each
-    keeping its split (a check of the pipeline, not a benchmark)."""
+def check_dataset(name: str, recipe) -> None:
+    """The table row must describe its recipe: chemprop reads DATASETS' columns, cft the recipe's."""
+    ds = DATASETS[name]
+    ours, theirs = (ds.csv, list(ds.tasks), ds.task_type, ds.metric), (recipe.data.path, recipe.data.tasks, recipe.data.task_type, recipe.eval.metric)
+    if recipe.data.path != ds.csv or recipe.data.tasks not in (None, list(ds.tasks)) or recipe.data.task_type not in ("auto", ds.task_type) or recipe.eval.metric != ds.metric:
+        raise SystemExit(f"peers.py: DATASETS[{name!r}] {ours} disagrees with {ds.recipe} {theirs}")
+
+
+def split_files(data: Path, folder: Path, limit: int | None, name: str = "tox21") -> tuple[Path, Path]:
+    """The split files of dataset `name` in `folder` (`<name>_split.csv`, `<name>_splits.json`),
+    written on the first call and reused after (never rewritten: finished runs were trained on
+    them). `limit`: the first N rows of the full split file, each keeping its split (a check of the
+    pipeline, not a benchmark)."""
     import pandas as pd
 
-    csv, splits = folder / "tox21_split.csv", folder / "tox21_splits.json"
+    csv, splits = folder / f"{name}_split.csv", folder / f"{name}_splits.json"
     if csv.exists() and splits.exists():
         return csv, splits
     folder.mkdir(parents=True, exist_ok=True)
     if limit is None:
-        write_split_files(data, folder)
+        write_split_files(data, folder, DATASETS[name].recipe, name)
         return csv, splits
     full = folder.parent / "split"
-    full_csv, _ = split_files(data, full, None)
+    full_csv, _ = split_files(data, full, None, name)
     full_frame = pd.read_csv(full_csv)
     # each split's first rows, in the split's share of the full file (the first N rows of the file hold no valid molecule)
     counts = full_frame["split"].value_counts()
@@ -159,7 +209,7 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 
 def run_cft(method: str, seed: int, ctx: dict) -> None:
     """A real `cft train` (quality.run_one: resumes from the checkpoint, skips a finished run)."""
-    result = run_one(ctx["tag"], RECIPE, method, seed, ctx["epochs"], ctx["shared"], ctx["out"], ctx["data"], ctx["threads"],
+    result = run_one(ctx["tag"], ctx["recipe"], method, seed, ctx["epochs"], ctx["shared"], ctx["out"], ctx["data"], ctx["threads"],
                      {method: PEERS[method][1]}, ctx["patience"])
     if "error" in result:
         raise RuntimeError(" ".join(result["error"]))
@@ -173,7 +223,7 @@ def lora_overrides(ctx: dict, seed: int) -> list[str]:
 
 def run_lora(method: str, seed: int, ctx: dict) -> None:
     folder = run_folder(ctx["out"], ctx["tag"], method, seed)
-    payload = {"overrides": lora_overrides(ctx, seed), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"]}
+    payload = {"recipe": ctx["recipe"], "overrides": lora_overrides(ctx, seed), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"]}
     cmd = [str(PEERS_PYTHON), __file__, "--child", "lora", "--payload", json.dumps(payload), "--data", str(ctx["data"])]
     env = {**os.environ, "CFT_QUIET": "1", "OMP_NUM_THREADS": str(ctx["threads"])}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)
@@ -201,7 +251,7 @@ def child_lora(payload: dict, data: Path) -> None:
 
     folder = Path(payload["folder"])
     folder.mkdir(parents=True, exist_ok=True)
-    recipe = load_recipe(REPO / RECIPE, payload["overrides"])
+    recipe = load_recipe(REPO / payload["recipe"], payload["overrides"])
     tr = recipe.train
     torch.set_num_threads(tr.threads or 1)
     use_deterministic_kernels(tr.deterministic)
@@ -209,9 +259,11 @@ def child_lora(payload: dict, data: Path) -> None:
     if dataset.skipped:  # this environment's RDKit (chemprop's pin) must parse every row the split file holds
         raise RuntimeError(f"RDKit {dataset.identity.get('rdkit', '')} in {sys.executable} cannot parse {len(dataset.skipped)} rows of the split file "
                            f"(first: {dataset.skipped[0]}); the LoRA runs would not see the same molecules")
-    metric = resolve_metric(recipe, dataset)
+    metric = resolve_metric(recipe, dataset)  # the recipe's eval.metric: rocauc (Tox21) or rmse (ESOL, lower is better: cft.metrics.better)
     backbone = load_backbone(payload["backbone"])
-    model, _ = build_training_model(recipe, dataset, backbone)  # frozen backbone + fresh linear head (seeded)
+    # frozen backbone + fresh linear head (seeded); regression targets standardised with the training
+    # split's mean/std (build.target_statistics), outputs in label units, as in every cft run
+    model, _ = build_training_model(recipe, dataset, backbone)
     set_trainable(model, recipe)
     config = peft.LoraConfig(r=payload["rank"], target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none")
     peft_model = peft.get_peft_model(model, config)  # LoRA layers injected in place into model.backbone
@@ -244,7 +296,7 @@ def child_lora(payload: dict, data: Path) -> None:
         peft_model.train()  # CftModel.train keeps the frozen backbone in eval mode
         started, losses = time.perf_counter(), []
         for batch in loader:
-            loss = model.task_loss(model(batch), batch.y)  # masked BCE over the labelled entries
+            loss = model.task_loss(model(batch), batch.y)  # cft's loss: masked BCE (binary tasks), masked MSE on standardised targets (regression)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tr.grad_clip:
@@ -285,22 +337,37 @@ def child_lora(payload: dict, data: Path) -> None:
     atomic_write_json(folder / "summary.json", summary)
 
 
+def chemprop_score(ds: Dataset, rows, predictions):
+    """cft.metrics.score of chemprop's predictions (DataFrames): classification probabilities as
+    logits (ROC-AUC reads their order only), regression predictions as they are (label units:
+    chemprop un-scales its own standardised outputs)."""
+    import numpy as np
+
+    from cft.metrics import score
+
+    tasks = list(ds.tasks)
+    truth, pred = rows[tasks].to_numpy(dtype=np.float32), predictions[tasks].to_numpy(dtype=np.float64)
+    if ds.chemprop_task_type == "classification":
+        p = np.clip(pred, 1e-7, 1 - 1e-7)
+        pred = np.log(p) - np.log1p(-p)
+    return score(ds.metric, truth, pred, tasks)
+
+
 def run_chemprop(method: str, seed: int, ctx: dict) -> None:
     """`chemprop train` with its defaults on the split files (epochs as every method), then
     `chemprop predict` on the valid rows with its best model; both scored by cft.metrics."""
-    import numpy as np
     import pandas as pd
 
     from cft.files.atomic import atomic_write_json
-    from cft.metrics import score
 
+    ds = DATASETS[ctx["dataset"]]
     folder = run_folder(ctx["out"], ctx["tag"], method, seed)
     out = folder / "chemprop"
     folder.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": str(ctx["threads"]), "MKL_NUM_THREADS": str(ctx["threads"])}
     tool = str(PEERS_PYTHON.parent / "chemprop")
-    cmd = [tool, "train", "--data-path", str(ctx["csv"]), "--task-type", "classification", "--smiles-columns", "smiles", "--target-columns", *TTR_TASKS,
-           "--splits-file", str(ctx["splits"]), "--epochs", str(ctx["epochs"]), "--metrics", "roc", "--output-dir", str(out), "--num-workers", "0",
+    cmd = [tool, "train", "--data-path", str(ctx["csv"]), "--task-type", ds.chemprop_task_type, "--smiles-columns", "smiles", "--target-columns", *ds.tasks,
+           "--splits-file", str(ctx["splits"]), "--epochs", str(ctx["epochs"]), "--metrics", ds.chemprop_metric, "--output-dir", str(out), "--num-workers", "0",
            "--accelerator", "cpu", "--devices", "1", "--pytorch-seed", str(seed), "--data-seed", str(seed)]
     if ctx["epochs"] <= CHEMPROP_WARMUP:  # chemprop refuses fewer epochs than its warm-up (a --quick check only)
         cmd += ["--warmup-epochs", str(ctx["epochs"] - 1)]
@@ -324,8 +391,7 @@ def run_chemprop(method: str, seed: int, ctx: dict) -> None:
         pred = pd.read_csv(predictions)
         if list(pred["smiles"]) != list(rows["smiles"]):
             raise RuntimeError(f"{predictions}: rows are not the split's rows in order")
-        p = np.clip(pred[TTR_TASKS].to_numpy(dtype=np.float64), 1e-7, 1 - 1e-7)
-        return score("rocauc", rows[TTR_TASKS].to_numpy(dtype=np.float32), np.log(p) - np.log1p(-p), TTR_TASKS)
+        return chemprop_score(ds, rows, pred)
 
     test = scored(frame[frame["split"] == "test"].reset_index(drop=True), next(out.rglob("test_predictions.csv")))
     valid = scored(valid_rows, folder / "valid_predictions.csv")
@@ -335,7 +401,7 @@ def run_chemprop(method: str, seed: int, ctx: dict) -> None:
     best_ckpt = next((p.name for p in out.rglob("best-epoch=*.ckpt")), "")
     best_epoch = int(best_ckpt.split("best-epoch=")[1].split("-")[0]) + 1 if best_ckpt else None
     epochs_run = _chemprop_epochs(out)
-    summary = {"metric": "rocauc", "best_epoch": best_epoch, "epochs_run": epochs_run if epochs_run is not None else ctx["epochs"],
+    summary = {"metric": ds.metric, "best_epoch": best_epoch, "epochs_run": epochs_run if epochs_run is not None else ctx["epochs"],
                "valid": {"mean": valid["mean"], "per_task": valid["per_task"]}, "test": {"mean": test["mean"], "per_task": test["per_task"]},
                "params": {"trainable": int(total), "total": int(total), "head": int(head)},
                "seconds": {"train": wall, "note": "wall clock of `chemprop train` (featurisation, training, validation and the test pass)"},
@@ -354,13 +420,14 @@ def _chemprop_epochs(out: Path) -> int | None:
     return None
 
 
-def read_row(method: str, seed: int, folder: Path, hidden: int) -> dict | None:
+def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) -> dict | None:
+    """One result row from a run's summary.json; a cft run's head is its linear layer, (hidden + 1) x tasks."""
     path = folder / "summary.json"
     if not path.exists():
         return None
     s = json.loads(path.read_text())
     p = s["params"]
-    head = p.get("head", (hidden + 1) * len(TTR_TASKS) if method != "chemprop" else None)
+    head = p.get("head", (hidden + 1) * num_tasks if method != "chemprop" else None)
     name = PEERS[method][0]
     if method == "lora":  # the rank the run was trained with (runs of every --lora-rank share the result file)
         name = f"PEFT LoRA r={s['lora']['rank']} (GIN MLPs)"
@@ -389,10 +456,12 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="tox21", help="tox21 (classification, ROC-AUC; default) or esol (regression, RMSE)")
     parser.add_argument("--quick", action="store_true", help=f"a check: --limit {QUICK_LIMIT}, {QUICK_EPOCHS} epochs, 1 seed (peers_quick.json)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, help="run folders (default: benchmarks/results/peers, peers_quick with --quick/--limit)")
-    parser.add_argument("--json", type=Path, help="result file (default: benchmarks/results/peers.json, peers_quick.json with --quick/--limit)")
+    parser.add_argument("--json", type=Path, help="result file (default: benchmarks/results/peers.json, peers_quick.json with --quick/--limit; "
+                        "peers_esol.json, peers_esol_quick.json for --dataset esol)")
     parser.add_argument("--backbone", type=Path, default=DEFAULT_BACKBONE, help="the backbone file every pretrained method shares")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
     parser.add_argument("--epochs", type=int, help="epochs of every method (default: the recipe's)")
@@ -429,20 +498,25 @@ def main() -> None:
     from cft.files.paths import sha256_file
     from cft.recipe.load import load_recipe
 
-    recipe = load_recipe(REPO / RECIPE)
+    ds = DATASETS[args.dataset]
+    recipe = load_recipe(REPO / ds.recipe)
+    check_dataset(args.dataset, recipe)
+    PEERS["adapters"] = (f"cft adapters ({ds.recipe})", PEERS["adapters"][1])
     epochs, patience = args.epochs or recipe.train.epochs, recipe.train.patience
     small = args.limit is not None
+    # run folders of every dataset share one root (the tag and the split file names carry the dataset); result files do not
     out = (args.out or REPO / "benchmarks" / "results" / ("peers_quick" if small else "peers")).resolve()
-    target = args.json or REPO / "benchmarks" / "results" / ("peers_quick.json" if small else "peers.json")
-    tag = "tox21" + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != recipe.train.epochs else "")
-    csv, splits = split_files(data, out / ("split" if not small else f"split-limit{args.limit}"), args.limit)
+    stem = "peers" if args.dataset == "tox21" else f"peers_{args.dataset}"
+    target = args.json or REPO / "benchmarks" / "results" / (f"{stem}_quick.json" if small else f"{stem}.json")
+    tag = args.dataset + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != recipe.train.epochs else "")
+    csv, splits = split_files(data, out / ("split" if not small else f"split-limit{args.limit}"), args.limit, args.dataset)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    ctx = {"tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads, "backbone": backbone, "lora_rank": args.lora_rank, "csv": csv, "splits": splits,
-           "shared": shared_overrides(backbone, split_overrides(csv, splits))}
+    ctx = {"dataset": args.dataset, "recipe": ds.recipe, "tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads,
+           "backbone": backbone, "lora_rank": args.lora_rank, "csv": csv, "splits": splits, "shared": shared_overrides(backbone, split_overrides(csv, splits))}
     runners = {"chemprop": run_chemprop, "lora": run_lora}
     jobs = [(m, seed) for seed in range(args.seeds) for m in wanted]  # seed by seed: a stopped run leaves every method with the same seeds
     frame_splits = json.loads(splits.read_text())[0]
-    command = " ".join(["python", "benchmarks/peers.py"] + (["--quick"] if args.quick else []) + ([f"--limit {args.limit}"] if small and not args.quick else [])
+    command = " ".join(["python", "benchmarks/peers.py"] + ([f"--dataset {args.dataset}"] if args.dataset != "tox21" else []) + (["--quick"] if args.quick else []) + ([f"--limit {args.limit}"] if small and not args.quick else [])
                        + ([f"--seeds {args.seeds}"] if args.seeds != 3 and not args.quick else []) + ([f"--epochs {args.epochs}"] if args.epochs and not args.quick else [])
                        + ([f"--methods {args.methods}"] if wanted != list(PEERS) else []) + ([f"--backbone {args.backbone}"] if backbone != DEFAULT_BACKBONE else []) + ([f"--lora-rank {args.lora_rank}"] if args.lora_rank != LORA_RANK else [])
                        + [f"--jobs {args.jobs}"] + ([f"--threads {args.threads}"] if args.threads else []))
@@ -452,15 +526,15 @@ def main() -> None:
         """Every finished run in the run folders (any seed up to --seeds, any method), rewritten atomically."""
         folders = [(m, run_folder(out, tag, m, seed), seed) for m in PEERS if m != "lora" for seed in range(args.seeds)]
         folders += [("lora", f / f"seed{seed}", seed) for f in sorted((out / tag).glob("lora*")) for seed in range(args.seeds)]  # every LoRA rank run here
-        rows = [r for m, folder, seed in folders if (r := read_row(m, seed, folder, recipe.backbone.hidden))]
+        rows = [r for m, folder, seed in folders if (r := read_row(m, seed, folder, recipe.backbone.hidden, len(ds.tasks)))]
         result = {
             "machine": machine(), "commit": _commit(), "code_commit": _code_commit(), "command": command, "quick": args.quick, "partial": partial,
-            "dataset": "tox21", "recipe": RECIPE, "epochs": epochs, "patience": patience, "seeds": args.seeds, "limit": args.limit,
+            "dataset": args.dataset, "recipe": ds.recipe, "metric": ds.metric, "tasks": list(ds.tasks), "epochs": epochs, "patience": patience, "seeds": args.seeds, "limit": args.limit,
             "threads_per_run": threads, "jobs": args.jobs,
             "split": {"csv": str(csv.relative_to(REPO)) if csv.is_relative_to(REPO) else str(csv), "csv_sha256": sha256_file(csv),
                       "splits_json": str(splits.relative_to(REPO)) if splits.is_relative_to(REPO) else str(splits), "splits_json_sha256": sha256_file(splits),
                       "sizes": {k: len(v) for k, v in frame_splits.items()},
-                      "made_by": "cft's scaffold split of tox21.csv (recipes/tox21.yaml) by speed.write_split_files" + (f", first {args.limit} rows" if small else "")},
+                      "made_by": f"cft's scaffold split of {ds.csv} ({ds.recipe}) by speed.write_split_files" + (f", first {args.limit} rows" if small else "")},
             "backbone": {"path": str(backbone.relative_to(REPO)) if backbone.is_relative_to(REPO) else str(backbone),
                          "fingerprint": read_backbone_header(backbone).get("fingerprint")},
             "lora": {"rank": args.lora_rank, "targets": LORA_TARGETS, "alpha": "peft's default (8)", "dropout": 0.0},
@@ -475,7 +549,8 @@ def main() -> None:
             runners.get(method, run_cft)(method, seed, ctx)
         return method, seed, time.perf_counter() - t0
 
-    print(f"split: {csv} ({', '.join(f'{k} {len(v)}' for k, v in frame_splits.items())}); {len(jobs)} runs, {epochs} epochs, patience {patience}, "
+    print(f"{args.dataset} ({len(ds.tasks)} task{'s' if len(ds.tasks) > 1 else ''}, {ds.metric}); split: {csv} ({', '.join(f'{k} {len(v)}' for k, v in frame_splits.items())}); "
+          f"{len(jobs)} runs, {epochs} epochs, patience {patience}, "
           f"{args.jobs} at a time x {threads} thread(s)", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(one, m, s): (m, s) for m, s in jobs}
@@ -491,7 +566,7 @@ def main() -> None:
     result = write(partial=False)
     for method, s in result["summary"].items():
         outside = s["trainable_outside_heads"]
-        print(f"{method:36s} test {s['test_mean']:.4f} ± {s['test_std']:.4f}  valid {s['valid_mean']:.4f}  trainable {s['trainable']:,}"
+        print(f"{method:36s} test {ds.metric} {s['test_mean']:.4f} ± {s['test_std']:.4f}  valid {s['valid_mean']:.4f}  trainable {s['trainable']:,}"
               f"{f' ({outside:,} outside heads)' if outside is not None else ''} of {s['total']:,}  best epochs {s['best_epochs']}  {s['train_seconds_mean']:.0f} s")
     print(f"total {result['seconds_this_invocation']:.0f} s; wrote {target}")
     if errors:

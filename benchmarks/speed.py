@@ -183,30 +183,31 @@ def ttr_recipe_overrides(split_csv: Path, epochs: int) -> list[str]:
     return [f"data.path={split_csv}", "data.split.method=column", "data.split.column=split", f"train.epochs={epochs}", "train.patience=null"]
 
 
-def write_split_files(data: Path, folder: Path) -> tuple[Path, Path]:
-    """cft's scaffold split of tox21.csv (the default recipe's) as one CSV with a `split` column
-    (the rows cft keeps, in input order) and the same rows' indices as chemprop's --splits-file."""
+def write_split_files(data: Path, folder: Path, recipe: str = "recipes/tox21.yaml", name: str = "tox21") -> tuple[Path, Path]:
+    """cft's split of the recipe's CSV (by default recipes/tox21.yaml's scaffold split of tox21.csv)
+    as one CSV with a `split` column (the rows cft keeps, in input order), `<name>_split.csv`, and
+    the same rows' indices as chemprop's --splits-file, `<name>_splits.json`."""
     import pandas as pd
 
     from cft.data.dataset import load_dataset
     from cft.recipe.load import load_recipe
 
-    recipe = load_recipe(REPO / "recipes" / "tox21.yaml")
-    dataset = load_dataset(recipe.data, data, recipe.seed)
-    frame = pd.read_csv(data / "tox21.csv")
+    loaded = load_recipe(REPO / recipe)
+    dataset = load_dataset(loaded.data, data, loaded.seed)
+    frame = pd.read_csv(data / loaded.data.path)  # dataset.rows index this file's data rows
     which = {}
-    for name, indices in dataset.split.items():
+    for part, indices in dataset.split.items():  # `name` is the file names' prefix
         for k in indices:
-            which[int(dataset.rows[k])] = name
+            which[int(dataset.rows[k])] = part
     rows = sorted(which)
     out = frame.iloc[rows].reset_index(drop=True)
     out["split"] = [which[r] for r in rows]
-    split_csv = folder / "tox21_split.csv"
+    split_csv = folder / f"{name}_split.csv"
     out.to_csv(split_csv, index=False)
     splits = [{"train": [], "val": [], "test": []}]
-    for i, name in enumerate(out["split"]):
-        splits[0]["val" if name == "valid" else name].append(i)
-    splits_json = folder / "tox21_splits.json"
+    for i, part in enumerate(out["split"]):
+        splits[0]["val" if part == "valid" else part].append(i)
+    splits_json = folder / f"{name}_splits.json"
     splits_json.write_text(json.dumps(splits))
     return split_csv, splits_json
 

@@ -73,7 +73,38 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     top = yaml.safe_load(next(out.glob("tox21*/adapters-top/seed0/recipe.yaml")).read_text())
     assert top["adapters"]["layers"] == [3, 4] and top["train"]["prefix_cache"] == "memory", top["adapters"]
     assert all(0.0 <= r["test"] <= 1.0 and r["epochs"] == 1 for r in result["rows"])
-    written = json.loads(next(out.glob("split*/tox21_splits.json")).read_text())
+    written = json.loads((out / "split-limit300" / "tox21_splits.json").read_text())  # not split/: the full split the subset is cut from
     for run in out.glob("tox21*/*/seed0"):
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
     assert len(list(out.glob("tox21*/*/seed0"))) == 3
+
+
+def test_peers_benchmark_runs_esol_regression_on_its_split_file(tmp_path, data_root):
+    """`--dataset esol`: the cft methods train the one regression task of delaney-processed.csv on the
+    ESOL split file (its own names), scored by RMSE in label units; every run's splits.json is it."""
+    import json
+    import math
+    import subprocess
+
+    if not (data_root / "delaney-processed.csv").exists():
+        pytest.skip(f"delaney-processed.csv is not in {data_root}")
+    out, target = tmp_path / "runs", tmp_path / "peers_esol.json"
+    command = [sys.executable, "benchmarks/peers.py", "--dataset", "esol", "--methods", "adapters,head", "--limit", "200", "--epochs", "1", "--seeds", "1",
+               "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(target.read_text())
+    assert result["dataset"] == "esol" and result["recipe"] == "recipes/esol.yaml" and result["tasks"] == ["measured log solubility in mols per litre"]
+    assert sorted(r["method"] for r in result["rows"]) == ["cft adapters (recipes/esol.yaml)", "head only"], result["rows"]
+    for r in result["rows"]:
+        assert r["metric"] == "rmse" and math.isfinite(r["test"]) and r["test"] > 0 and r["epochs"] == 1, r
+    head_only = next(r for r in result["rows"] if r["id"] == "head")
+    assert head_only["trainable"] == 301 and head_only["trainable_outside_heads"] == 0, head_only  # (300 + 1) x 1 task
+    subset = out / "split-limit200"  # the files the runs read; split/ holds the full split the subset is cut from
+    assert "split" in (subset / "esol_split.csv").read_text().splitlines()[0].split(",")
+    written = json.loads((subset / "esol_splits.json").read_text())
+    assert [len(written[0][k]) for k in ("train", "val", "test")] == [160, 20, 20]
+    runs = list(out.glob("esol*/*/seed0"))
+    assert len(runs) == 2
+    for run in runs:
+        assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
