@@ -139,6 +139,35 @@ def routing_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def peers_tables(result: dict) -> str:
+    """The peers benchmark: per method its seeds' test scores, mean ± sample std (n - 1), valid
+    mean, best epochs, trainable parameters outside the task heads and seconds per run."""
+    lines = [machine_line(result), "", f"Code: cft/ and recipes/ as at commit {result['code_commit']}. "
+             f"Split: `{Path(result['split']['csv']).name}` (SHA-256 `{result['split']['csv_sha256'][:12]}…`; train {result['split']['sizes']['train']:,}, "
+             f"valid {result['split']['sizes']['val']:,}, test {result['split']['sizes']['test']:,}); up to {result['epochs']} epochs, patience {result['patience']}"
+             f"{' (chemprop: none, its default)' if result['patience'] else ''}; backbone fingerprint `{result['backbone']['fingerprint'][:8]}…`."
+             + (" **Partial: not every planned run has finished.**" if result.get("partial") else ""), ""]
+    by_method: dict = {}
+    for r in result["rows"]:
+        by_method.setdefault(r["method"], []).append(r)
+    seeds = sorted({r["seed"] for r in result["rows"]})
+    metric = result["rows"][0]["metric"] if result["rows"] else "?"
+    lines += ["| method | " + " | ".join(f"seed {k}" for k in seeds) + f" | test {metric} mean ± std | valid mean | best epochs | trainable outside heads | s/run |",
+              "|---|" + "---:|" * len(seeds) + "---:|---:|---|---:|---:|"]
+    for method, rows in sorted(by_method.items(), key=lambda kv: -statistics.mean(r["test"] for r in kv[1])):
+        by_seed = {r["seed"]: r for r in rows}
+        tests = [r["test"] for r in rows]
+        spread = f" ± {statistics.stdev(tests):.4f}" if len(tests) > 1 else " (1 seed)"
+        outside = rows[0].get("trainable_outside_heads")
+        cells = " | ".join(f"{by_seed[k]['test']:.4f}" if k in by_seed else "–" for k in seeds)
+        lines.append(f"| {method} | {cells} | {statistics.mean(tests):.4f}{spread} | {statistics.mean(r['valid'] for r in rows):.4f} | "
+                     f"{', '.join(str(r['best_epoch']) for r in sorted(rows, key=lambda r: r['seed']))} | "
+                     f"{f'{outside:,}' if outside is not None else '–'} of {rows[0]['total']:,} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |")
+    if result.get("errors"):
+        lines += ["", "Failed runs: " + "; ".join(f"{e['method']} seed {e['seed']}" for e in result["errors"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -155,6 +184,7 @@ def main() -> None:
         ("quality", "quality.json", quality_tables),
         ("quality-quick", "quality_quick.json", quality_tables),
         ("routing", "routing.json", routing_tables),
+        ("peers", "peers.json", peers_tables),
     ):
         result = _load(loader)
         if result is not None and f"<!-- begin:{name} -->" in text:

@@ -108,3 +108,20 @@ def test_peers_benchmark_runs_esol_regression_on_its_split_file(tmp_path, data_r
     assert len(runs) == 2
     for run in runs:
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
+
+
+def test_report_renders_every_peer_method_with_its_seeds():
+    """report.py's peers block: one row per method of the result file, its seeds' test scores and
+    their mean, and the split's hash (the committed quick result serves as input)."""
+    import json
+    import statistics
+
+    import report
+
+    result = json.loads((REPO / "benchmarks" / "results" / "peers_quick.json").read_text())
+    table = report.peers_tables(result)
+    assert result["split"]["csv_sha256"][:12] in table
+    for method in {r["method"] for r in result["rows"]}:
+        tests = [r["test"] for r in result["rows"] if r["method"] == method]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
+        assert f"{statistics.mean(tests):.4f}" in row and all(f"{t:.4f}" in row for t in tests), row
