@@ -139,6 +139,23 @@ def routing_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def levers_tables(result: dict) -> str:
+    """The routing levers: per run valid and test, best epoch and the mean routing entropy at the
+    best epoch against ln K (uniform routes), ordered by valid score (what a user would pick by)."""
+    lines = [machine_line(result), "", f"Code: cft/ and recipes/ as at commit {result['code_commit']}."
+             + (" **Partial: not every planned run has finished.**" if result.get("partial") else ""), ""]
+    for dataset in sorted({r["dataset"] for r in result["rows"]}):
+        rows = sorted((r for r in result["rows"] if r["dataset"] == dataset and "error" not in r), key=lambda r: -r["valid"])
+        metric = rows[0]["metric"]
+        lines += [f"**{dataset}**", "", f"| method | seed | valid {metric} | test {metric} | best epoch | epochs | mean routing entropy (nats) | train s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            entropy = f"{r['routing_entropy']:.3f}" if r.get("routing_entropy") is not None else "–"
+            lines.append(f"| {r['method']} | {r['seed']} | {r['valid']:.4f} | {r['test']:.4f} | {r['best_epoch']} | {r['epochs']} | {entropy} | {r['train_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def peers_tables(result: dict) -> str:
     """The peers benchmark: per method its seeds' test scores, mean ± sample std (n - 1), valid
     mean, best epochs, trainable parameters outside the task heads and seconds per run."""
@@ -184,6 +201,7 @@ def main() -> None:
         ("quality", "quality.json", quality_tables),
         ("quality-quick", "quality_quick.json", quality_tables),
         ("routing", "routing.json", routing_tables),
+        ("routing-levers", "routing_levers.json", levers_tables),
         ("peers", "peers.json", peers_tables),
     ):
         result = _load(loader)

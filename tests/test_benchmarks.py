@@ -125,3 +125,16 @@ def test_report_renders_every_peer_method_with_its_seeds():
         tests = [r["test"] for r in result["rows"] if r["method"] == method]
         row = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
         assert f"{statistics.mean(tests):.4f}" in row and all(f"{t:.4f}" in row for t in tests), row
+
+
+def test_report_orders_the_routing_levers_by_valid_score_with_their_entropy():
+    import report
+
+    machine = {"cpu": "c", "cores": 2, "torch": "t", "torch_threads": 1, "python": "3", "commit": "abc", "date": "d"}
+    row = {"dataset": "toxcast", "seed": 0, "metric": "rocauc", "best_epoch": 3, "epochs": 9, "train_seconds": 10.0}
+    result = {"machine": machine, "command": "x", "code_commit": "abc", "partial": False,
+              "rows": [{**row, "method": "label prior", "valid": 0.60, "test": 0.61, "routing_entropy": 2.07},
+                       {**row, "method": "label prior, pairnorm", "valid": 0.70, "test": 0.59, "routing_entropy": 1.5}]}
+    lines = [line for line in report.levers_tables(result).splitlines() if line.startswith("| label")]
+    assert lines[0].startswith("| label prior, pairnorm |") and "| 1.500 |" in lines[0], lines
+    assert "| 2.070 |" in lines[1], lines
