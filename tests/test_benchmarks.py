@@ -138,3 +138,19 @@ def test_report_orders_the_routing_levers_by_valid_score_with_their_entropy():
     lines = [line for line in report.levers_tables(result).splitlines() if line.startswith("| label")]
     assert lines[0].startswith("| label prior, pairnorm |") and "| 1.500 |" in lines[0], lines
     assert "| 2.070 |" in lines[1], lines
+
+
+def test_prior_embeddings_reads_norms_spread_and_entropy_of_a_trained_bundle(tiny_parts):
+    """benchmarks/prior_embeddings.py on a bundle trained through the CLI: E_0's RMS norm is that of
+    the bundle's own task_embed tensor, the spreads are ratios in (0, 1], the entropy at most ln K."""
+    import math
+
+    import prior_embeddings
+    from safetensors.torch import load_file
+
+    (row,) = prior_embeddings.describe(tiny_parts["A"])
+    e0 = next(v for k, v in load_file(str(tiny_parts["A"])).items() if k.endswith("task_embed"))
+    assert math.isclose(row["rms_E0"], float(e0.pow(2).sum(-1).mean().sqrt()), rel_tol=1e-6)
+    assert math.isclose(row["centred_rms_E0"], float((e0 - e0.mean(0)).pow(2).sum(-1).mean().sqrt()), rel_tol=1e-6)
+    assert 0 < row["spread_propagated"] <= 1 + 1e-6 and 0 < row["spread_E0"] <= 1 + 1e-6
+    assert 0 <= row["mean_routing_entropy"] <= row["ln_K"] + 1e-6 and row["tasks"] == e0.shape[0]
