@@ -5,8 +5,8 @@ and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that
                                [--methods adapters,adapters-top,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
-Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type, metric, chemprop's
-`--task-type` and `--metrics`):
+Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
+`--task-type`), metric, chemprop's `--metrics`):
 
 - `tox21` (default): recipes/tox21.yaml on tox21.csv, 12 binary tasks, ROC-AUC (higher is better);
   chemprop `--task-type classification --metrics roc`;
@@ -122,16 +122,15 @@ class Dataset(NamedTuple):
     recipe: str
     csv: str
     tasks: tuple[str, ...]
-    task_type: str  # cft's data.task_type (tox21.yaml leaves it `auto`: every label is 0/1)
+    task_type: str  # cft's data.task_type (tox21.yaml leaves it `auto`: every label is 0/1), also chemprop's --task-type
     metric: str  # cft's eval.metric: every method is scored by cft.metrics with it
-    chemprop_task_type: str  # chemprop train --task-type
     chemprop_metric: str  # chemprop train --metrics (its own model selection uses its validation loss)
 
 
 DATASETS = {
-    "tox21": Dataset("recipes/tox21.yaml", "tox21.csv", tuple(TTR_TASKS), "classification", "rocauc", "classification", "roc"),
+    "tox21": Dataset("recipes/tox21.yaml", "tox21.csv", tuple(TTR_TASKS), "classification", "rocauc", "roc"),
     # ESOL: one regression task; the other numeric columns of the file are descriptors, never tasks
-    "esol": Dataset("recipes/esol.yaml", "delaney-processed.csv", ("measured log solubility in mols per litre",), "regression", "rmse", "regression", "rmse"),
+    "esol": Dataset("recipes/esol.yaml", "delaney-processed.csv", ("measured log solubility in mols per litre",), "regression", "rmse", "rmse"),
 }
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
@@ -347,7 +346,7 @@ def chemprop_score(ds: Dataset, rows, predictions):
 
     tasks = list(ds.tasks)
     truth, pred = rows[tasks].to_numpy(dtype=np.float32), predictions[tasks].to_numpy(dtype=np.float64)
-    if ds.chemprop_task_type == "classification":
+    if ds.task_type == "classification":
         p = np.clip(pred, 1e-7, 1 - 1e-7)
         pred = np.log(p) - np.log1p(-p)
     return score(ds.metric, truth, pred, tasks)
@@ -366,7 +365,7 @@ def run_chemprop(method: str, seed: int, ctx: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": str(ctx["threads"]), "MKL_NUM_THREADS": str(ctx["threads"])}
     tool = str(PEERS_PYTHON.parent / "chemprop")
-    cmd = [tool, "train", "--data-path", str(ctx["csv"]), "--task-type", ds.chemprop_task_type, "--smiles-columns", "smiles", "--target-columns", *ds.tasks,
+    cmd = [tool, "train", "--data-path", str(ctx["csv"]), "--task-type", ds.task_type, "--smiles-columns", "smiles", "--target-columns", *ds.tasks,
            "--splits-file", str(ctx["splits"]), "--epochs", str(ctx["epochs"]), "--metrics", ds.chemprop_metric, "--output-dir", str(out), "--num-workers", "0",
            "--accelerator", "cpu", "--devices", "1", "--pytorch-seed", str(seed), "--data-seed", str(seed)]
     if ctx["epochs"] <= CHEMPROP_WARMUP:  # chemprop refuses fewer epochs than its warm-up (a --quick check only)
