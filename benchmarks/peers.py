@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -33,6 +33,8 @@ chemprop runs start again):
 - `adapters-top`: the same recipe with the adapters in layers 3-4 only (`adapters.layers=[3,4]`):
   the frozen layers below are computed once per molecule and cached (`train.prefix_cache`), which
   is what makes adapter training several times cheaper than full fine-tuning (BENCHMARKS.md);
+- `adapters-mlp`: the same recipe with the adapters beside each layer's GIN MLP, before its
+  BatchNorm (`adapters.placement=mlp`), where LoRA's updates act;
 - `head`, `full`, `scratch`: head only, full fine-tuning and GIN-VN from scratch through the same
   CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
 - `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
@@ -138,6 +140,9 @@ PEERS = {
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
     # once per molecule (train.prefix_cache: memory), so an epoch costs a fraction of `adapters`
     "adapters-top": ("cft adapters, layers 3-4 (prefix cached)", METHODS["full method (label prior)"] + ["adapters.layers=[3,4]"]),
+    # the same adapters beside each layer's GIN MLP (before its BatchNorm) instead of on its output:
+    # where PEFT's LoRA acts, which beat the output adapters (BENCHMARKS.md)
+    "adapters-mlp": ("cft adapters beside the GIN MLP", METHODS["full method (label prior)"] + ["adapters.placement=mlp"]),
     "head": ("head only", METHODS["head only"]),
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),

@@ -35,6 +35,10 @@ READOUTS = ("task", "mixture")
 """How tasks read the adapted representation (`ModelSpec.readout`): `task` (each task reads the
 experts of the last insertion layer through its own gates) or `mixture` (every task reads one
 representation adapted with the per-molecule mixture over all task routes)."""
+PLACEMENTS = ("output", "mlp")
+"""Where an insertion layer's adapters act (`ModelSpec.placement`): on the layer's `output`
+(h <- h + s f(h) after the layer) or in parallel to its GIN `mlp` (MLP(z) + s f(z) on the MLP's
+input z, the aggregated messages, before the layer's BatchNorm; GIN only)."""
 ARCHS = ("gin", "gcn")
 POOLINGS = ("mean", "sum", "max")
 PRIOR_METHODS = ("phi", "jaccard", "cosine")
@@ -46,6 +50,7 @@ Activation = Literal[ACTIVATIONS]
 RoutingMode = Literal[ROUTING_MODES]
 ComposeRule = Literal[COMPOSE_RULES]
 Readout = Literal[READOUTS]
+Placement = Literal[PLACEMENTS]
 PriorNorm = Literal[PRIOR_NORMS]
 
 # --------------------------------------------------------------------------- bounded types
@@ -158,6 +163,9 @@ class ModelSpec(_Frozen):
     activation: Activation = "gelu"
     scale: Positive = 1.0
     adapter_dropout: Dropout = 0.0
+    placement: Placement = "output"
+    """Where the adapters act (`PLACEMENTS`, `cft.nn.model`); a header without the field is `output`,
+    which is where bundles written before it existed put them."""
     compose_steps: PropagationSteps = 0
     compose_threshold: Threshold = 0.0
     compose_rule: ComposeRule = "propagate"
@@ -201,6 +209,8 @@ class ModelSpec(_Frozen):
             problems.append("its parts' tasks do not add up to its task list")
         if len(set(self.tasks)) != len(self.tasks):
             problems.append("duplicate task names")
+        if self.placement == "mlp" and self.backbone.arch != "gin":
+            problems.append(f"adapters placed in parallel to the GIN MLP need a gin backbone, not {self.backbone.arch}")
         for p in self.parts:
             if any(layer >= self.backbone.num_layers for layer in p.layers):
                 problems.append(f"part {p.name!r} names insertion layers outside the backbone's {self.backbone.num_layers}")

@@ -64,19 +64,21 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     import subprocess
 
     out, target = tmp_path / "runs", tmp_path / "peers.json"
-    command = [sys.executable, "benchmarks/peers.py", "--methods", "adapters,adapters-top,head", "--limit", "300", "--epochs", "1", "--seeds", "1",
+    command = [sys.executable, "benchmarks/peers.py", "--methods", "adapters,adapters-top,adapters-mlp,head", "--limit", "300", "--epochs", "1", "--seeds", "1",
                "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(target.read_text())
-    assert sorted(r["method"] for r in result["rows"]) == ["cft adapters (recipes/tox21.yaml)", "cft adapters, layers 3-4 (prefix cached)", "head only"], result["rows"]
+    assert sorted(r["method"] for r in result["rows"]) == [
+        "cft adapters (recipes/tox21.yaml)", "cft adapters beside the GIN MLP", "cft adapters, layers 3-4 (prefix cached)", "head only"], result["rows"]
     top = yaml.safe_load(next(out.glob("tox21*/adapters-top/seed0/recipe.yaml")).read_text())
     assert top["adapters"]["layers"] == [3, 4] and top["train"]["prefix_cache"] == "memory", top["adapters"]
+    assert yaml.safe_load(next(out.glob("tox21*/adapters-mlp/seed0/recipe.yaml")).read_text())["adapters"]["placement"] == "mlp"
     assert all(0.0 <= r["test"] <= 1.0 and r["epochs"] == 1 for r in result["rows"])
     written = json.loads((out / "split-limit300" / "tox21_splits.json").read_text())  # not split/: the full split the subset is cut from
     for run in out.glob("tox21*/*/seed0"):
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
-    assert len(list(out.glob("tox21*/*/seed0"))) == 3
+    assert len(list(out.glob("tox21*/*/seed0"))) == 4
 
 
 def test_peers_benchmark_runs_esol_regression_on_its_split_file(tmp_path, data_root):

@@ -70,7 +70,7 @@ def compose_route(
     # the unadapted representation under either
     readout = adapted[0].spec.readout if adapted else sources[0].spec.readout
     spec = ModelSpec(
-        backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, scale=1.0,
+        backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, placement=_placement(sources), scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
         compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, **concatenated_target_affine([s.spec for s in sources]),
     )
@@ -96,6 +96,13 @@ def compose_route(
     state["router.relation"] = torch.as_tensor(union, dtype=torch.float32)
     model.load_state_dict(state, strict=False)
     return model
+
+
+def _placement(sources: list[Source]) -> str:
+    """Where the composed adapters act: the adapted sources' one placement (check_compatible made
+    them agree); sources without adapters have nothing to place."""
+    adapted = [s for s in sources if any(p.layers for p in s.spec.parts)]
+    return adapted[0].spec.placement if adapted else "output"
 
 
 def _new_model(spec: ModelSpec, part_relations: list[np.ndarray], union: np.ndarray) -> CftModel:
@@ -162,7 +169,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     )
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
-        activation=activation, scale=1.0, adapter_dropout=0.0, **concatenated_target_affine([s.spec for s in sources]),
+        activation=activation, placement=_placement(sources), scale=1.0, adapter_dropout=0.0, **concatenated_target_affine([s.spec for s in sources]),
     )
     model = _new_model(spec, [union], union)
     state = {k: v.clone() for k, v in model.bundle_state().items()}

@@ -108,7 +108,7 @@ def apply_renames(sources: list[Source], renames: Sequence[str]) -> None:
 
 
 def check_compatible(sources: list[Source]) -> None:
-    """Same backbone, same adapter activation, unique task names."""
+    """Same backbone, same adapter activation and placement, unique task names."""
     first = sources[0]
     for s in sources[1:]:
         if s.info.backbone_fingerprint != first.info.backbone_fingerprint:
@@ -125,6 +125,12 @@ def check_compatible(sources: list[Source]) -> None:
                 f"{s.path} uses adapter activation {s.spec.activation!r} but {a.path} uses {a.spec.activation!r}; "
                 "one composed bank has one activation.",
                 hint="Train the bundles with the same adapters.activation.",
+            )
+        if s.spec.placement != a.spec.placement:
+            raise CftError(
+                f"{s.path} places its adapters at {s.spec.placement!r} but {a.path} at {a.spec.placement!r} "
+                "(adapters.placement); one composed model applies its adapters at one place.",
+                hint="Train the bundles with the same adapters.placement.",
             )
     owner: dict[str, int] = {}
     for i, s in enumerate(sources):

@@ -59,8 +59,20 @@ class GINLayer(nn.Module):
         self.conv = GINEConv(mlp, train_eps=True)
         self.bond_encoder = BondEncoder(hidden)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, mlp_adapter=None) -> torch.Tensor:
+        """MLP(z), or MLP(z) + mlp_adapter(z) when an adapter sits beside the MLP (None from the
+        adapter adds nothing); z [N, d] is `aggregate`'s output."""
+        if mlp_adapter is None:
+            return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
+        z = self.aggregate(x, edge_index, edge_attr)
+        out, delta = self.conv.nn(z), mlp_adapter(z)
+        return out if delta is None else out + delta
+
+    def aggregate(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """The MLP's input z_i = (1 + eps) x_i + sum_{j in N(i)} ReLU(x_j + e_ji), [N, d]: GINEConv's
+        forward up to its MLP (its own propagate and eps), so that an adapter can read it."""
+        messages = self.conv.propagate(edge_index, x=(x, x), edge_attr=self.bond_encoder(edge_attr.long()))
+        return messages + (1 + self.conv.eps) * x
 
 
 POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
@@ -94,11 +106,19 @@ class Backbone(nn.Module):
         return h, vn
 
     def layer(
-        self, index: int, h: torch.Tensor, vn: torch.Tensor | None, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor
+        self, index: int, h: torch.Tensor, vn: torch.Tensor | None, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
+        mlp_adapter=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer `index`: returns (node states after it, virtual node for the next layer)."""
+        """Layer `index`: returns (node states after it, virtual node for the next layer).
+
+        `mlp_adapter` (GIN only): a function z [N, d] -> [N, d] (or None) added to the GIN MLP's
+        output, before the layer's BatchNorm (see `GINLayer.forward`)."""
         h_in = h + vn[batch] if vn is not None else h
-        out = self.norms[index](self.convs[index](h_in, edge_index, edge_attr))
+        conv = self.convs[index]
+        if mlp_adapter is not None and not isinstance(conv, GINLayer):
+            raise ValueError("an adapter beside the GIN MLP needs a gin backbone")
+        messages = conv(h_in, edge_index, edge_attr) if mlp_adapter is None else conv(h_in, edge_index, edge_attr, mlp_adapter)
+        out = self.norms[index](messages)
         last = index == self.spec.num_layers - 1
         out = F.dropout(out if last else F.relu(out), self.spec.dropout, training=self.training)
         if self.spec.residual:
@@ -108,6 +128,12 @@ class Backbone(nn.Module):
             update = F.dropout(update, self.spec.dropout, training=self.training)
             vn = vn + update if self.spec.residual else update
         return out, vn
+
+    def norm_gain(self, index: int) -> torch.Tensor:
+        """Per-channel gain gamma / sqrt(running_var + eps) of layer `index`'s BatchNorm, [d]: in eval
+        mode BN(a + b) = BN(a) + gain * b, so an update before the norm passes through it scaled."""
+        norm = self.norms[index]
+        return norm.weight / torch.sqrt(norm.running_var + norm.eps)
 
     def pool(self, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
         return POOLING_FUNCTIONS[self.spec.pooling](h, batch, size=num_graphs)

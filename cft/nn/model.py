@@ -5,7 +5,9 @@ Forward pass (one pass serves every task):
    the pooled state there is each part's query q(x);
 2. routes R^l and per-molecule weights alpha^l(x) = w(x)^T R^l come from the router;
 3. the remaining layers run with h <- h + s * bank_l(h, alpha^l) after each insertion layer
-   (for `readout: task`, each insertion layer below the last one, L*);
+   (for `readout: task`, each insertion layer below the last one, L*); with `placement: mlp` the
+   bank acts beside the layer's GIN MLP instead, MLP(z) + s * bank_l(z, alpha^l) on the MLP's
+   input z (the aggregated messages), before the layer's BatchNorm and ReLU;
 4. the read-out, by `spec.readout`:
    - `mixture`: one logit per task from the pooled adapted representation, logit = W pool(h) + c;
    - `task`: the K adapters of L* are experts. Expert k's pooled output is
@@ -18,6 +20,8 @@ Forward pass (one pass serves every task):
      When L* is the backbone's last layer and pooling is linear (mean, sum), F is the identity and
      D_k = s V_k pool(phi(U_k h)): the [N, K*r] activations are pooled to [B, K*r] first, then K
      small products. Otherwise the layers after L* run on K + 1 stacked copies of the batch.
+     With `placement: mlp` the experts act inside L* (`_mlp_expert_outputs`): for the last layer
+     of a frozen backbone, D_k = s g * V_k pool(phi(U_k z)), g the gain of L*'s eval-mode BatchNorm.
 
 A composed model has several groups (one per source bundle, each with its own query); the
 adapted layers then run once per group on a replicated batch, and each task's head reads its
@@ -187,16 +191,27 @@ class CftModel(nn.Module):
         groups = router.num_groups
         if groups > 1:
             h, vn, edge_index, edge_attr, batch = _replicate(h, vn, edge_index, edge_attr, batch, groups, num_graphs)
-        expert = router.expert_layer
+        expert, beside_mlp = router.expert_layer, self.spec.placement == "mlp"
         for i in range(first, bb.num_layers):
-            h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
             if i == expert:
-                base, deltas = self._expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
+                experts = self._mlp_expert_outputs if beside_mlp else self._expert_outputs
+                base, deltas = experts(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
                 return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
-            if i in alphas:
-                alpha = alphas[i].reshape(groups * num_graphs, -1)[batch]
+            alpha = alphas[i].reshape(groups * num_graphs, -1)[batch] if i in alphas else None
+            if beside_mlp:
+                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch, mlp_adapter=self._mixture_adapter(i, alpha))
+                continue
+            h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
+            if alpha is not None:
                 h = h + self.spec.scale * self.adapters[str(i)](h, alpha)
         return Features(pooled=bb.pool(h, batch, groups * num_graphs).view(groups, num_graphs, -1)), routes
+
+    def _mixture_adapter(self, layer: int, alpha: torch.Tensor | None):
+        """z -> s * sum_i alpha_i f_i(z) for the bank of `layer` (placement `mlp`), None without one."""
+        if alpha is None:
+            return None
+        bank, scale = self.adapters[str(layer)], self.spec.scale
+        return lambda z: scale * bank(z, alpha)
 
     def _expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts of the task read-out at `layer` (= L*), from the node states h [N, d] after it.
@@ -219,6 +234,37 @@ class CftModel(nn.Module):
         copies = bank.num_adapters + 1  # copy 0 is the unadapted path z_0
         states = torch.cat([h.unsqueeze(0), h.unsqueeze(0) + scale * bank.expert_updates(act).transpose(0, 1)]).flatten(0, 1)
         vn, edge_index, edge_attr, batch = _replicate_graph(h.size(0), vn, edge_index, edge_attr, batch, copies, num_graphs)
+        for i in range(layer + 1, bb.num_layers):
+            states, vn = bb.layer(i, states, vn, edge_index, edge_attr, batch)
+        z = bb.pool(states, batch, copies * num_graphs).view(copies, num_graphs, -1)
+        return z[0], (z[1:] - z[0]).transpose(0, 1)
+
+    def _mlp_expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_expert_outputs` for adapters beside the GIN MLP (placement `mlp`), from the node states h
+        [N, d] entering `layer` (= L*). Expert k adds s f_k(z) to the MLP's output on its input z.
+
+        When L* is the last layer, the backbone frozen (BatchNorm in eval mode: BN(a + b) = BN(a) +
+        g * b, g = `norm_gain`) and pooling linear, the expert's pooled difference is
+        D_k = s g * V_k pool(phi(U_k z)): one run of the layer, the activations pooled first.
+        Otherwise layer L* and the ones after it run on K + 1 copies of the batch, copy k adding
+        expert k alone (one-hot weights; copy 0 none)."""
+        bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
+        if layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
+            taken = {}
+
+            def tap(z):  # read the MLP's input, add nothing: the layer's output is then z_0's
+                taken["act"] = bank.activations(z)  # [N, K, r]
+
+            out, _ = bb.layer(layer, h, vn, edge_index, edge_attr, batch, mlp_adapter=tap)
+            pooled = bb.pool(taken["act"].flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, bank.rank)
+            return bb.pool(out, batch, num_graphs), scale * bb.norm_gain(layer) * bank.expert_updates(pooled)
+        copies = bank.num_adapters + 1
+        eye = torch.eye(bank.num_adapters, dtype=h.dtype, device=h.device)
+        onehot = torch.cat([torch.zeros_like(eye[:1]), eye])  # [K + 1, K]: row 0 zero, row k = e_k
+        states = h.repeat(copies, 1)
+        vn, edge_index, edge_attr, batch = _replicate_graph(h.size(0), vn, edge_index, edge_attr, batch, copies, num_graphs)
+        alpha = onehot.repeat_interleave(h.size(0), dim=0)  # [(K + 1) N, K]
+        states, vn = bb.layer(layer, states, vn, edge_index, edge_attr, batch, mlp_adapter=lambda z: scale * bank(z, alpha))
         for i in range(layer + 1, bb.num_layers):
             states, vn = bb.layer(i, states, vn, edge_index, edge_attr, batch)
         z = bb.pool(states, batch, copies * num_graphs).view(copies, num_graphs, -1)

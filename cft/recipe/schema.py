@@ -21,6 +21,7 @@ from cft.spec import (
     Fraction,
     NonNegative,
     NumAdapters,
+    Placement,
     Positive,
     PriorNorm,
     PropagationSteps,
@@ -144,6 +145,10 @@ class AdapterConfig(_Strict):
     """s in h <- h + s * sum_i alpha_i f_i(h)."""
     dropout: Dropout = 0.0
     """Dropout on adapter inputs during training."""
+    placement: Placement = "output"
+    """`output`: h <- h + s f(h) on each insertion layer's output. `mlp` (GIN only): the adapter runs
+    in parallel to the layer's GIN MLP, MLP(z) + s f(z) on the aggregated messages z, before the
+    layer's BatchNorm and ReLU (AdapterGNN's parallel placement)."""
 
     @field_validator("layers", mode="before")
     @classmethod

@@ -1,0 +1,182 @@
+"""Adapters beside the GIN MLP (`placement: mlp`): MLP(z) + s f(z) on the MLP's input z, before
+the layer's BatchNorm, under both read-outs; checked against forward passes written by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_kit import SMILES, tiny_batch
+from torch_geometric.nn import global_add_pool
+
+from cft.nn.backbone import Backbone
+from cft.nn.model import CftModel
+from cft.spec import BackboneSpec, ModelSpec, PartSpec
+
+
+def mlp_model(readout="task", tasks=4, layers=(0, 1), k=3, num_layers=2, pooling="mean", placement="mlp", zero=False) -> CftModel:
+    """A tiny model with non-trivial BatchNorm statistics (a fresh BN is the identity, which would
+    hide where the update enters) and, unless `zero`, adapters that are not zero."""
+    torch.manual_seed(0)
+    bb = BackboneSpec(num_layers=num_layers, hidden=16, dropout=0.0, pooling=pooling)
+    names = [f"t{i}" for i in range(tasks)]
+    part = PartSpec(name="p", tasks=names, layers=list(layers), num_adapters=k, rank=3, embed_dim=8, threshold=0.0)
+    spec = ModelSpec(backbone=bb, tasks=names, kinds=["binary"] * tasks, parts=[part], readout=readout, scale=0.7, placement=placement)
+    model = CftModel(Backbone(bb), spec, [np.eye(tasks, dtype=np.float32)])
+    with torch.no_grad():
+        for norm in model.backbone.norms:
+            norm.running_mean.normal_(0, 0.3)
+            norm.running_var.uniform_(0.3, 3.0)
+            norm.weight.normal_(1.0, 0.5)
+        if not zero:
+            for bank in model.adapters.values():
+                bank.V.normal_(0, 0.5)
+    return model.eval()
+
+
+def by_hand(model, data, expert_weights=None) -> torch.Tensor:
+    """Pooled node states [B, d] with each insertion layer's bank added beside its GIN MLP:
+    mixture weights alpha(x) below the expert layer, `expert_weights` [K] (or the mixture's when
+    None) at the expert layer; the MLP and its input written out from the layer's own modules."""
+    bb, router = model.backbone, model.router
+    emb = [p.propagated_embeddings() for p in router.parts]
+    routes = router.routes(emb)
+    h, vn = bb.encode(data.x, data.num_graphs)
+    first = router.layers[0]
+    for i in range(first):
+        h, vn = bb.layer(i, h, vn, data.edge_index, data.edge_attr, data.batch)
+    alphas = router.alphas([bb.pool(h, data.batch, data.num_graphs)], routes, emb)
+    for i in range(first, bb.num_layers):
+        h_in = h + vn[data.batch]
+        gin = bb.convs[i]
+        z = (1 + gin.conv.eps) * h_in + gin.conv.propagate(data.edge_index, x=(h_in, h_in), edge_attr=gin.bond_encoder(data.edge_attr))
+        pre = gin.conv.nn(z)
+        if i in router.layers:
+            weights = alphas[i][0][data.batch] if i in alphas else expert_weights.expand(z.size(0), -1)
+            pre = pre + model.spec.scale * model.adapters[str(i)](z, weights)
+        out = bb.norms[i](pre)
+        last = i == bb.num_layers - 1
+        out = out if last else torch.relu(out)
+        if not last:
+            update = bb.vn_mlps[i](global_add_pool(h_in, data.batch, size=data.num_graphs) + vn)
+            vn = vn + update if bb.spec.residual else update
+        h = out + h_in if bb.spec.residual else out
+    return bb.pool(h, data.batch, data.num_graphs)
+
+
+def per_task_reference(model, data) -> torch.Tensor:
+    """Per task and per expert, by hand: logit_t = w_t . (z_0 + sum_k R_tk (z_k - z_0)) + c_t, z_k the
+    pooled output of the network with expert k alone beside the expert layer's MLP."""
+    expert = model.router.expert_layer
+    gates = model.router.routes()[expert]
+    k = gates.size(1)
+    z0 = by_hand(model, data, torch.zeros(k))
+    zs = [by_hand(model, data, torch.eye(k)[j]) for j in range(k)]
+    w, c = model.head.weight, model.head.bias
+    out = torch.zeros(data.num_graphs, len(model.spec.tasks))
+    for t in range(len(model.spec.tasks)):
+        rep = z0 + sum(gates[t, j] * (zs[j] - z0) for j in range(k))
+        out[:, t] = rep @ w[t] + c[t]
+    return out
+
+
+def own_route_logits(model, data) -> torch.Tensor:
+    """Task t's own path: the network with s sum_k R_tk f_k(z) beside the expert layer's MLP."""
+    gates = model.router.routes()[model.router.expert_layer]
+    out = torch.zeros(data.num_graphs, len(model.spec.tasks))
+    for t in range(len(model.spec.tasks)):
+        out[:, t] = model.head(by_hand(model, data, gates[t]))[:, t]
+    return out
+
+
+def test_the_mlp_input_is_gineconvs_own():
+    """`GINLayer.aggregate` + the MLP is GINEConv's forward; an adapter returning None adds nothing."""
+    model = mlp_model()
+    gin, data = model.backbone.convs[0], tiny_batch()
+    h = torch.randn(data.x.size(0), 16)
+    with torch.no_grad():
+        plain = gin(h, data.edge_index, data.edge_attr)
+        assert torch.allclose(gin(h, data.edge_index, data.edge_attr, lambda z: None), plain, atol=1e-6)
+        assert torch.allclose(gin.conv.nn(gin.aggregate(h, data.edge_index, data.edge_attr)), plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("readout", ["task", "mixture"])
+def test_zero_initialised_adapters_start_at_the_backbone(readout):
+    model = mlp_model(readout=readout, zero=True)
+    data = tiny_batch()
+    with torch.no_grad():
+        assert torch.allclose(model(data), model.head(model.backbone(data)), atol=1e-6)
+
+
+def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass():
+    model = mlp_model(readout="mixture")
+    data = tiny_batch()
+    with torch.no_grad():
+        assert torch.allclose(model(data), model.head(by_hand(model, data)), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [
+    {"layers": (0, 1)},  # experts in the last layer, mean pooling: the pooled path through BN's gain
+    {"layers": (1,)},
+    {"layers": (0,)},  # experts below the last layer: K + 1 stacked copies
+    {"layers": (0, 1), "pooling": "max"},  # non-linear pooling: stacked copies
+    {"layers": (0, 2), "num_layers": 3, "k": 4},
+])
+def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case):
+    model = mlp_model(**case)
+    data = tiny_batch()
+    with torch.no_grad():
+        got = model(data)
+        want = per_task_reference(model, data)
+    assert got.shape == (len(SMILES), 4)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_at_the_last_layer_each_task_reads_exactly_its_own_route():
+    """Experts in the last layer, mean pooling: BN in eval mode and the pooling are affine, so the
+    read-out is task t's own path through the network."""
+    model = mlp_model(layers=(0, 1))
+    data = tiny_batch()
+    with torch.no_grad():
+        assert torch.allclose(model(data), own_route_logits(model, data), atol=1e-5)
+
+
+def test_the_pooled_path_equals_the_stacked_copies():
+    """The last-layer shortcut D_k = s g * V_k pool(phi(U_k z)) against running the layer K + 1 times."""
+    model = mlp_model(layers=(0, 1))
+    data = tiny_batch()
+    with torch.no_grad():
+        fast = model(data)
+        model.backbone.spec = model.backbone.spec.model_copy(update={"pooling": "sum"})
+        sum_fast = model(data)
+        model.backbone.training = True  # the shortcut needs eval-mode BN; only the flag, not the norms
+        stacked = model(data)
+        model.backbone.training = False
+    assert torch.allclose(sum_fast, stacked, atol=1e-4), (sum_fast - stacked).abs().max()
+    assert not torch.allclose(fast, sum_fast, atol=1e-3), "mean and sum pooling differ: the comparison is not vacuous"
+
+
+def test_the_placement_changes_the_function_and_gradients_reach_every_bank():
+    mlp, out = mlp_model(), mlp_model(placement="output")
+    out.load_state_dict(mlp.state_dict())
+    data = tiny_batch()
+    mlp.train()
+    logits = mlp(data)
+    assert not torch.allclose(logits, out(data), atol=1e-3)
+    logits.sum().backward()
+    for bank in mlp.adapters.values():
+        assert bank.U.grad.abs().sum() > 0 and bank.V.grad.abs().sum() > 0
+
+
+def test_a_gcn_backbone_refuses_the_mlp_placement():
+    bb = BackboneSpec(arch="gcn", num_layers=2, hidden=16)
+    part = PartSpec(name="p", tasks=["a"], layers=[0], num_adapters=2, rank=2)
+    with pytest.raises(ValueError, match="gin backbone"):
+        ModelSpec(backbone=bb, tasks=["a"], kinds=["binary"], parts=[part], placement="mlp")
+
+
+def test_a_header_without_placement_means_the_output_placement():
+    raw = mlp_model().spec.to_dict()
+    assert raw["placement"] == "mlp"
+    del raw["placement"]
+    assert ModelSpec.from_dict(raw).placement == "output"
