@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -35,6 +35,8 @@ chemprop runs start again):
   is what makes adapter training several times cheaper than full fine-tuning (BENCHMARKS.md);
 - `adapters-mlp`: the same recipe with the adapters beside each layer's GIN MLP, before its
   BatchNorm (`adapters.placement=mlp`), where LoRA's updates act;
+- `mlp-k1-r24`, `output-k1-r24`: one adapter of rank 24 per layer (72,000 weights, LoRA r=8's
+  count), beside the MLP and on the output: placement and routing separated at PEFT's budget;
 - `head`, `full`, `scratch`: head only, full fine-tuning and GIN-VN from scratch through the same
   CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
 - `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
@@ -143,6 +145,10 @@ PEERS = {
     # the same adapters beside each layer's GIN MLP (before its BatchNorm) instead of on its output:
     # where PEFT's LoRA acts, which beat the output adapters (BENCHMARKS.md)
     "adapters-mlp": ("cft adapters beside the GIN MLP", METHODS["full method (label prior)"] + ["adapters.placement=mlp"]),
+    # one adapter per layer of rank 24 (no routing to learn): 5 x 2 x 300 x 24 = 72,000 weights, exactly
+    # LoRA r=8's count, beside the MLP and on the output: the same-budget comparison with PEFT
+    "mlp-k1-r24": ("cft, one adapter r=24 beside the GIN MLP", METHODS["full method (label prior)"] + ["adapters.placement=mlp", "adapters.num_adapters=1", "adapters.rank=24"]),
+    "output-k1-r24": ("cft, one adapter r=24 on the layer output", METHODS["full method (label prior)"] + ["adapters.num_adapters=1", "adapters.rank=24"]),
     "head": ("head only", METHODS["head only"]),
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),
