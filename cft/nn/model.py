@@ -110,10 +110,13 @@ class CftModel(nn.Module):
         return (logits, routes) if with_routes else logits
 
     def prefix_layer(self) -> int | None:
-        """The layer up to which the forward pass is a fixed function of the molecule (the first
-        insertion layer of a frozen backbone in eval mode), or None when there is none."""
+        """The layer up to which the forward pass is a fixed function of the molecule: the first
+        insertion layer of a frozen backbone in eval mode, or `num_layers` (the whole backbone, only
+        the heads train) when it has no adapters; None for a trainable backbone."""
+        if not self.freeze_backbone or self.backbone.training:
+            return None
         layers = self.router.layers
-        return layers[0] if layers and self.freeze_backbone and not self.backbone.training else None
+        return layers[0] if layers else self.backbone.num_layers
 
     def forward_with_routes(self, data, prefix: tuple | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Outputs [B, T] in the labels' units (logits for binary tasks) and the routes.
@@ -169,14 +172,15 @@ class CftModel(nn.Module):
         num_graphs = int(data.num_graphs)
         x, edge_index, edge_attr, batch = data.x, data.edge_index, data.edge_attr, data.batch
         layers = router.layers
-        if not layers:  # head only / full fine-tuning: the plain backbone
-            return Features(pooled=bb(data).unsqueeze(0)), {}
-        first = layers[0]
+        first = layers[0] if layers else bb.num_layers
+        if prefix is not None and (prefix[0] != first or not self.freeze_backbone):
+            raise ValueError(f"a cached prefix to layer {prefix[0]} does not fit this model (first insertion layer {first}, frozen {self.freeze_backbone})")
+        if not layers:  # head only / full fine-tuning: the plain backbone, or its cached node states (head only)
+            pooled = bb(data) if prefix is None else bb.pool(prefix[1], batch, num_graphs)
+            return Features(pooled=pooled.unsqueeze(0)), {}
         frozen_prefix = torch.no_grad() if self.freeze_backbone else contextlib.nullcontext()
         with frozen_prefix:
             if prefix is not None:
-                if prefix[0] != first or not self.freeze_backbone:
-                    raise ValueError(f"a cached prefix to layer {prefix[0]} does not fit this model (first insertion layer {first}, frozen {self.freeze_backbone})")
                 h, vn = prefix[1], prefix[2]
             else:
                 h, vn = bb.encode(x, num_graphs)

@@ -264,7 +264,8 @@ class TrainConfig(_Strict):
     """Frozen backbone: the node and virtual-node states entering the first insertion layer are
     computed once per molecule and reused every epoch (`memory`), also kept under
     `$CFT_CACHE_DIR/prefix/` for later runs (`disk`), or recomputed every step (`recompute`). Costs
-    4 x hidden bytes per atom and per molecule (float32); nothing when adapters start at layer 0."""
+    4 x hidden bytes per atom and per molecule (float32); nothing when adapters start at layer 0.
+    Head only (`adapters.enabled: false`): the whole backbone's states, so only the heads run."""
     prefix_cache_bf16: bool = False
     """Keep the cached prefix states in bf16: half the memory, not bit-identical to `recompute`."""
     tensorboard: Optional[bool] = None

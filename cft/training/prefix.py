@@ -19,8 +19,9 @@ and the virtual node v^L [d] entering layer L are computed once for every molecu
 (`compute_prefix`) and sliced per batch (`PrefixCache.take`: h = H[node_ranges], v = V[graph
 indices]), so an epoch runs only layers L..num_layers-1. Memory: 4 d bytes per atom plus 4 d per
 molecule in float32 (half in bf16); for d = 300 and Tox21's ~18.6 atoms per molecule about 23 KB
-per molecule. The cache is valid only when `CftModel.prefix_layer()` is not None (frozen backbone,
-at least one insertion layer); with L = 0 there is nothing to cache. It is keyed by the backbone's
+per molecule. The cache is valid only when `CftModel.prefix_layer()` is not None (a frozen
+backbone); with L = 0 there is nothing to cache, and without adapters (head only) L is the
+number of layers: the whole backbone runs once and an epoch trains the heads on pooled cached states. It is keyed by the backbone's
 fingerprint, L, the dtype and a hash of the store's tensors, kept in this process's memory (the
 last two entries) and optionally on disk as safetensors under `$CFT_CACHE_DIR/prefix/`.
 """
@@ -191,7 +192,7 @@ def compute_prefix(model: CftModel, store: GraphStore, layer: int, device: torch
 
 def prefix_cache_for(model: CftModel, store: GraphStore, device: torch.device, mode: str = "memory", bf16: bool = False) -> PrefixCache | None:
     """The prefix cache of `model` over `store`, or None where it does not apply (mode `recompute`, a
-    trainable backbone, first insertion layer 0). `mode`: `memory` (this process) or `disk`
+    trainable backbone, first insertion layer 0); for a head-only model, the whole backbone's node states. `mode`: `memory` (this process) or `disk`
     (also `$CFT_CACHE_DIR/prefix/KEY.safetensors`, read back in later runs)."""
     layer = model.prefix_layer()
     if mode == "recompute" or layer is None or layer == 0:

@@ -60,6 +60,18 @@ def test_cached_prefix_gives_the_uncached_logits(store, layers):
         torch.testing.assert_close(routes_cached[layer], routes_plain[layer])
 
 
+def test_head_only_caches_the_whole_backbone(store):
+    """No adapters: every layer is fixed, the cache holds the last layer's node states and the
+    logits are the heads on their pooled rows, as without the cache."""
+    model = _three_layer_model(())
+    model.train()
+    assert model.prefix_layer() == 3
+    cache = prefix_cache_for(model, store, CPU)
+    assert cache is not None and cache.states.layer == 3
+    batch = slice_batch(store, torch.zeros(len(store), 3), np.array([9, 2, 4, 0]), with_index=True)
+    torch.testing.assert_close(model(batch, prefix=cache.take(batch, CPU)), model(batch), rtol=1e-5, atol=1e-6)
+
+
 def test_bf16_cache_is_close(store):
     model = _three_layer_model((2,))
     states = compute_prefix(model, store, 2, CPU, dtype=torch.bfloat16)
@@ -126,17 +138,18 @@ def test_pending_losses_sum_like_floats():
     assert pending.sums.tolist() == expected
 
 
-@pytest.mark.parametrize("bf16", [False])
-def test_training_with_and_without_the_cache_agrees(tmp_path, monkeypatch, bf16):
-    """A few epochs of adapters in the top layer of a frozen 3-layer backbone: losses, metrics and
-    every bundle tensor match at float32 whether the prefix is cached (memory, disk) or recomputed."""
+@pytest.mark.parametrize("adapters", ["adapters.layers=[2]", "adapters.enabled=false"])
+def test_training_with_and_without_the_cache_agrees(tmp_path, monkeypatch, adapters):
+    """A few epochs of adapters in the top layer of a frozen 3-layer backbone, or of the heads alone:
+    losses, metrics and every bundle tensor match at float32 whether the prefix is cached (memory,
+    disk) or recomputed."""
     monkeypatch.setenv("CFT_CACHE_DIR", str(tmp_path / "cache"))
     prefix_mod.clear_memory()
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(TINY_RECIPE.replace("limit: 400", "limit: 160").replace("num_layers: 2", "num_layers: 3").replace("epochs: 3", "epochs: 2"))
     summaries, bundles = {}, {}
     for mode in ("recompute", "memory", "disk"):
-        recipe = load_recipe(recipe_path, ["adapters.layers=[2]", f"train.prefix_cache={mode}", "train.threads=1"])
+        recipe = load_recipe(recipe_path, [adapters, f"train.prefix_cache={mode}", "train.threads=1"])
         summaries[mode] = train_recipe(recipe, tmp_path / mode, Path("."))
         bundles[mode] = load_file(str(tmp_path / mode / "bundle.safetensors"))
     assert summaries["recompute"]["seconds"]["prefix"] < 1e-3  # nothing cached
