@@ -35,10 +35,12 @@ READOUTS = ("task", "mixture")
 """How tasks read the adapted representation (`ModelSpec.readout`): `task` (each task reads the
 experts of the last insertion layer through its own gates) or `mixture` (every task reads one
 representation adapted with the per-molecule mixture over all task routes)."""
-PLACEMENTS = ("output", "mlp")
+PLACEMENTS = ("output", "mlp", "mlp-hidden")
 """Where an insertion layer's adapters act (`ModelSpec.placement`): on the layer's `output`
-(h <- h + s f(h) after the layer) or in parallel to its GIN `mlp` (MLP(z) + s f(z) on the MLP's
-input z, the aggregated messages, before the layer's BatchNorm; GIN only)."""
+(h <- h + s f(h) after the layer), in parallel to its GIN `mlp` (MLP(z) + s f(z) on the MLP's
+input z, the aggregated messages, before the layer's BatchNorm), or on the MLP's hidden layer
+(`mlp-hidden`: W_1 z + s f(z), f: d -> 2d, before the MLP's own BatchNorm and ReLU, where LoRA on
+the MLP's first Linear acts). The last two: GIN only."""
 ARCHS = ("gin", "gcn")
 POOLINGS = ("mean", "sum", "max")
 PRIOR_METHODS = ("phi", "jaccard", "cosine")
@@ -209,8 +211,8 @@ class ModelSpec(_Frozen):
             problems.append("its parts' tasks do not add up to its task list")
         if len(set(self.tasks)) != len(self.tasks):
             problems.append("duplicate task names")
-        if self.placement == "mlp" and self.backbone.arch != "gin":
-            problems.append(f"adapters placed in parallel to the GIN MLP need a gin backbone, not {self.backbone.arch}")
+        if self.placement != "output" and self.backbone.arch != "gin":
+            problems.append(f"adapters placed in the GIN MLP ({self.placement}) need a gin backbone, not {self.backbone.arch}")
         for p in self.parts:
             if any(layer >= self.backbone.num_layers for layer in p.layers):
                 problems.append(f"part {p.name!r} names insertion layers outside the backbone's {self.backbone.num_layers}")

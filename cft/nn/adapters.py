@@ -24,15 +24,16 @@ ACTIVATIONS = {
 
 
 class AdapterBank(nn.Module):
-    def __init__(self, num_adapters: int, rank: int, hidden: int, activation: str = "gelu", dropout: float = 0.0):
+    def __init__(self, num_adapters: int, rank: int, hidden: int, activation: str = "gelu", dropout: float = 0.0, out_dim: int | None = None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown adapter activation {activation!r}")
         self.num_adapters, self.rank, self.hidden = num_adapters, rank, hidden
+        self.out_dim = out_dim or hidden  # f_i: R^hidden -> R^out_dim (out_dim = hidden but for `mlp-hidden`)
         self.activation = activation
         self.dropout = dropout
         self.U = nn.Parameter(torch.empty(num_adapters, rank, hidden))
-        self.V = nn.Parameter(torch.zeros(num_adapters, hidden, rank))
+        self.V = nn.Parameter(torch.zeros(num_adapters, self.out_dim, rank))
         # LoRA's initialisation of the down projection (kaiming-uniform, a=sqrt(5)) per adapter
         bound = 1.0 / math.sqrt(hidden)
         nn.init.uniform_(self.U, -bound, bound)
@@ -47,10 +48,10 @@ class AdapterBank(nn.Module):
 
     def forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """h: [N, d] node states; alpha: [N, K] per-node adapter weights. Returns the update
-        sum_i alpha_i f_i(h), [N, d]."""
-        k, r, d = self.num_adapters, self.rank, self.hidden
+        sum_i alpha_i f_i(h), [N, out_dim]."""
+        k, r = self.num_adapters, self.rank
         z = (self.activations(h) * alpha.unsqueeze(-1)).view(-1, k * r)
-        return z @ self.V.permute(1, 0, 2).reshape(d, k * r).t()  # [N, d]
+        return z @ self.V.permute(1, 0, 2).reshape(self.out_dim, k * r).t()  # [N, out_dim]
 
     def expert_updates(self, activations: torch.Tensor) -> torch.Tensor:
         """Each adapter's own output V_i a_i from its activations: [M, K, r] -> [M, K, d].

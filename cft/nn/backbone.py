@@ -59,14 +59,22 @@ class GINLayer(nn.Module):
         self.conv = GINEConv(mlp, train_eps=True)
         self.bond_encoder = BondEncoder(hidden)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, mlp_adapter=None) -> torch.Tensor:
-        """MLP(z), or MLP(z) + mlp_adapter(z) when an adapter sits beside the MLP (None from the
-        adapter adds nothing); z [N, d] is `aggregate`'s output."""
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, mlp_adapter=None, at: str = "mlp") -> torch.Tensor:
+        """MLP(z), z [N, d] `aggregate`'s output, with an adapter's update a = mlp_adapter(z) (None adds nothing):
+        at `mlp`, MLP(z) + a ([N, d]); at `mlp-hidden`, W_2 ReLU(BN(W_1 z + a)) + b_2, a [N, 2d] added to
+        the MLP's first Linear."""
         if mlp_adapter is None:
             return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
         z = self.aggregate(x, edge_index, edge_attr)
-        out, delta = self.conv.nn(z), mlp_adapter(z)
-        return out if delta is None else out + delta
+        delta = mlp_adapter(z)
+        if at == "mlp":
+            out = self.conv.nn(z)
+            return out if delta is None else out + delta
+        first, *rest = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
+        u = first(z) if delta is None else first(z) + delta
+        for module in rest:
+            u = module(u)
+        return u
 
     def aggregate(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """The MLP's input z_i = (1 + eps) x_i + sum_{j in N(i)} ReLU(x_j + e_ji), [N, d]: GINEConv's
@@ -107,17 +115,18 @@ class Backbone(nn.Module):
 
     def layer(
         self, index: int, h: torch.Tensor, vn: torch.Tensor | None, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
-        mlp_adapter=None,
+        mlp_adapter=None, at: str = "mlp",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Layer `index`: returns (node states after it, virtual node for the next layer).
 
-        `mlp_adapter` (GIN only): a function z [N, d] -> [N, d] (or None) added to the GIN MLP's
-        output, before the layer's BatchNorm (see `GINLayer.forward`)."""
+        `mlp_adapter` (GIN only): a function of the GIN MLP's input z [N, d] (or None) whose update is
+        added to the MLP's output (`at="mlp"`, before the layer's BatchNorm) or to its hidden layer
+        (`at="mlp-hidden"`), see `GINLayer.forward`."""
         h_in = h + vn[batch] if vn is not None else h
         conv = self.convs[index]
         if mlp_adapter is not None and not isinstance(conv, GINLayer):
             raise ValueError("an adapter beside the GIN MLP needs a gin backbone")
-        messages = conv(h_in, edge_index, edge_attr) if mlp_adapter is None else conv(h_in, edge_index, edge_attr, mlp_adapter)
+        messages = conv(h_in, edge_index, edge_attr) if mlp_adapter is None else conv(h_in, edge_index, edge_attr, mlp_adapter, at)
         out = self.norms[index](messages)
         last = index == self.spec.num_layers - 1
         out = F.dropout(out if last else F.relu(out), self.spec.dropout, training=self.training)

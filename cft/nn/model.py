@@ -21,7 +21,8 @@ Forward pass (one pass serves every task):
      D_k = s V_k pool(phi(U_k h)): the [N, K*r] activations are pooled to [B, K*r] first, then K
      small products. Otherwise the layers after L* run on K + 1 stacked copies of the batch.
      With `placement: mlp` the experts act inside L* (`_mlp_expert_outputs`): for the last layer
-     of a frozen backbone, D_k = s g * V_k pool(phi(U_k z)), g the gain of L*'s eval-mode BatchNorm.
+     of a frozen backbone, D_k = s g * V_k pool(phi(U_k z)), g the gain of L*'s eval-mode BatchNorm;
+     with `mlp-hidden` (the update passes the MLP's ReLU) always through K + 1 stacked copies.
 
 A composed model has several groups (one per source bundle, each with its own query); the
 adapted layers then run once per group on a replicated batch, and each task's head reads its
@@ -78,7 +79,7 @@ class CftModel(nn.Module):
         )
         self.adapters = nn.ModuleDict(
             {
-                str(layer): AdapterBank(size, spec.bank_rank, hidden, spec.activation, spec.adapter_dropout)
+                str(layer): AdapterBank(size, spec.bank_rank, hidden, spec.activation, spec.adapter_dropout, out_dim=_bank_out_dim(backbone, spec))
                 for layer, size in self.router.layer_sizes.items()
             }
         )
@@ -195,17 +196,20 @@ class CftModel(nn.Module):
         groups = router.num_groups
         if groups > 1:
             h, vn, edge_index, edge_attr, batch = _replicate(h, vn, edge_index, edge_attr, batch, groups, num_graphs)
-        expert, beside_mlp = router.expert_layer, self.spec.placement == "mlp"
+        placement = self.spec.placement
+        expert, beside_mlp = router.expert_layer, placement != "output"
         for i in range(first, bb.num_layers):
-            if i == expert:
-                experts = self._mlp_expert_outputs if beside_mlp else self._expert_outputs
-                base, deltas = experts(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
+            if i == expert and beside_mlp:  # the experts act inside layer i: from the states entering it
+                base, deltas = self._mlp_expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
                 return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
             alpha = alphas[i].reshape(groups * num_graphs, -1)[batch] if i in alphas else None
             if beside_mlp:
-                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch, mlp_adapter=self._mixture_adapter(i, alpha))
+                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch, mlp_adapter=self._mixture_adapter(i, alpha), at=placement)
                 continue
             h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
+            if i == expert:  # the experts act on layer i's output
+                base, deltas = self._expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
+                return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
             if alpha is not None:
                 h = h + self.spec.scale * self.adapters[str(i)](h, alpha)
         return Features(pooled=bb.pool(h, batch, groups * num_graphs).view(groups, num_graphs, -1)), routes
@@ -251,9 +255,11 @@ class CftModel(nn.Module):
         g * b, g = `norm_gain`) and pooling linear, the expert's pooled difference is
         D_k = s g * V_k pool(phi(U_k z)): one run of the layer, the activations pooled first.
         Otherwise layer L* and the ones after it run on K + 1 copies of the batch, copy k adding
-        expert k alone (one-hot weights; copy 0 none)."""
+        expert k alone (one-hot weights; copy 0 none); `mlp-hidden` always takes this path (its
+        update passes the MLP's ReLU, so no shortcut)."""
         bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
-        if layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
+        at = self.spec.placement
+        if at == "mlp" and layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
             taken = {}
 
             def tap(z):  # read the MLP's input, add nothing: the layer's output is then z_0's
@@ -268,7 +274,7 @@ class CftModel(nn.Module):
         states = h.repeat(copies, 1)
         vn, edge_index, edge_attr, batch = _replicate_graph(h.size(0), vn, edge_index, edge_attr, batch, copies, num_graphs)
         alpha = onehot.repeat_interleave(h.size(0), dim=0)  # [(K + 1) N, K]
-        states, vn = bb.layer(layer, states, vn, edge_index, edge_attr, batch, mlp_adapter=lambda z: scale * bank(z, alpha))
+        states, vn = bb.layer(layer, states, vn, edge_index, edge_attr, batch, mlp_adapter=lambda z: scale * bank(z, alpha), at=at)
         for i in range(layer + 1, bb.num_layers):
             states, vn = bb.layer(i, states, vn, edge_index, edge_attr, batch)
         z = bb.pool(states, batch, copies * num_graphs).view(copies, num_graphs, -1)
@@ -328,6 +334,13 @@ class CftModel(nn.Module):
     def bundle_state(self) -> dict[str, torch.Tensor]:
         """Everything but the backbone: what a bundle stores."""
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+
+def _bank_out_dim(backbone: Backbone, spec: ModelSpec) -> int:
+    """Width of an adapter's update: the node states' d, or the GIN MLP's hidden width for `mlp-hidden`."""
+    if spec.placement == "mlp-hidden":
+        return backbone.convs[0].conv.nn[0].out_features
+    return backbone.spec.hidden
 
 
 def expert_readout(base: torch.Tensor, deltas: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,8 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
         bad = [layer for layer in ad.layers if layer >= bb.num_layers]
         if bad:
             out.append((("adapters", "layers"), f"layer indices must be < backbone.num_layers ({bb.num_layers})", bad))
-    if ad.placement == "mlp" and bb.arch != "gin":
-        out.append((("adapters", "placement"), f"`mlp` places the adapters beside a GIN MLP; backbone.arch {bb.arch} has none (use `output`)", "mlp"))
+    if ad.placement != "output" and bb.arch != "gin":
+        out.append((("adapters", "placement"), f"`{ad.placement}` places the adapters in a GIN MLP; backbone.arch {bb.arch} has none (use `output`)", ad.placement))
     if ad.rank > bb.hidden:
         out.append((("adapters", "rank"), f"must be <= backbone.hidden ({bb.hidden})", ad.rank))
     if recipe.routing.top_k is not None and recipe.routing.top_k > ad.num_adapters:

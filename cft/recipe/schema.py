@@ -148,7 +148,9 @@ class AdapterConfig(_Strict):
     placement: Placement = "output"
     """`output`: h <- h + s f(h) on each insertion layer's output. `mlp` (GIN only): the adapter runs
     in parallel to the layer's GIN MLP, MLP(z) + s f(z) on the aggregated messages z, before the
-    layer's BatchNorm and ReLU (AdapterGNN's parallel placement)."""
+    layer's BatchNorm and ReLU (AdapterGNN's parallel placement). `mlp-hidden` (GIN only): on the
+    MLP's hidden layer, W_1 z + s f(z) with f: d -> 2d, before the MLP's BatchNorm and ReLU (where
+    LoRA on the MLP's first Linear acts)."""
 
     @field_validator("layers", mode="before")
     @classmethod
