@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -37,6 +37,8 @@ chemprop runs start again):
   BatchNorm (`adapters.placement=mlp`), where LoRA's updates act;
 - `mlp-k1-r24`, `output-k1-r24`: one adapter of rank 24 per layer (72,000 weights, LoRA r=8's
   count), beside the MLP and on the output: placement and routing separated at PEFT's budget;
+- `hidden-k1-r16`: one adapter of rank 16 whose update (d -> 2d) is added to the GIN MLP's first
+  Linear, before its BatchNorm and ReLU (`adapters.placement=mlp-hidden`; 72,000 weights);
 - `head`, `full`, `scratch`: head only, full fine-tuning and GIN-VN from scratch through the same
   CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
 - `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
@@ -149,6 +151,9 @@ PEERS = {
     # LoRA r=8's count, beside the MLP and on the output: the same-budget comparison with PEFT
     "mlp-k1-r24": ("cft, one adapter r=24 beside the GIN MLP", METHODS["full method (label prior)"] + ["adapters.placement=mlp", "adapters.num_adapters=1", "adapters.rank=24"]),
     "output-k1-r24": ("cft, one adapter r=24 on the layer output", METHODS["full method (label prior)"] + ["adapters.num_adapters=1", "adapters.rank=24"]),
+    # the update added to the GIN MLP's first Linear (d -> 2d), before its BatchNorm and ReLU: LoRA's
+    # place on that Linear; rank 16 on 300 + 600 is 72,000 weights, LoRA r=8's count on both Linears
+    "hidden-k1-r16": ("cft, one adapter r=16 in the GIN MLP's hidden layer", METHODS["full method (label prior)"] + ["adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16"]),
     "head": ("head only", METHODS["head only"]),
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),
