@@ -16,17 +16,19 @@ from cft.files.stfile import read_header
 A_TASKS, B_TASKS = TINY_PART_TASKS
 
 
-@pytest.fixture(scope="module")
-def mlp_parts(tiny_parts, tmp_path_factory):
-    """Parts A and B of `tiny_parts`, retrained with their adapters beside the GIN MLP."""
-    folder = tmp_path_factory.mktemp("mlp-parts")
-    out = {}
-    for name, tasks in (("A", A_TASKS), ("B", B_TASKS)):
+@pytest.fixture(scope="module", params=["mlp", "mlp-hidden"])
+def mlp_parts(request, tiny_parts, tmp_path_factory):
+    """Parts A and B of `tiny_parts`, retrained with their adapters in the GIN MLP (B at rank 2:
+    composition pads ranks, also of the wider `mlp-hidden` banks)."""
+    placement = request.param
+    folder = tmp_path_factory.mktemp(f"{placement}-parts")
+    out = {"placement": placement}
+    for name, tasks, rank in (("A", A_TASKS, 4), ("B", B_TASKS, 2)):
         trained = run_cli_inprocess("train", tiny_parts["recipe"], "-o", folder / name, "--set", f"data.tasks={json.dumps(tasks)}",
-                                    "--set", "adapters.placement=mlp", "--set", "train.epochs=1")
+                                    "--set", f"adapters.placement={placement}", "--set", f"adapters.rank={rank}", "--set", "train.epochs=1")
         assert trained.returncode == 0, trained.stderr
         out[name] = folder / name / "bundle.safetensors"
-        assert read_header(out[name], "bundle")["spec"]["placement"] == "mlp"
+        assert read_header(out[name], "bundle")["spec"]["placement"] == placement
     return out
 
 
@@ -40,7 +42,7 @@ def test_composed_mlp_bundles_predict_every_task_like_their_own(mlp_parts, tiny_
     ab = tmp_path / "AB.safetensors"
     result = run_cli_inprocess("compose", mlp_parts["A"], mlp_parts["B"], "-o", ab)
     assert result.returncode == 0, result.stderr
-    assert read_header(ab, "bundle")["spec"]["placement"] == "mlp"
+    assert read_header(ab, "bundle")["spec"]["placement"] == mlp_parts["placement"]
     got = _predict(ab, tiny_parts["smiles"], tmp_path / "ab.csv")
     for part, tasks in (("A", A_TASKS), ("B", B_TASKS)):
         alone = _predict(mlp_parts[part], tiny_parts["smiles"], tmp_path / f"{part}.csv")
@@ -52,12 +54,14 @@ def test_a_merge_of_mlp_bundles_keeps_the_placement(mlp_parts, tmp_path):
     cat = tmp_path / "cat.safetensors"
     result = run_cli_inprocess("compose", mlp_parts["A"], mlp_parts["B"], "--mode", "cat", "-o", cat)
     assert result.returncode == 0, result.stderr
-    assert read_header(cat, "bundle")["spec"]["placement"] == "mlp"
+    assert read_header(cat, "bundle")["spec"]["placement"] == mlp_parts["placement"]
+    out = tmp_path / "cat.json"
+    assert run_cli_inprocess("eval", cat, "--json", out).returncode == 0, "the merged bank predicts"
 
 
 @pytest.mark.parametrize("mode", ["route", "cat"])
 def test_mixed_placements_do_not_compose(mlp_parts, tiny_parts, tmp_path, mode):
     out = tmp_path / "mixed.safetensors"
     refused = run_cli_inprocess("compose", tiny_parts["A"], mlp_parts["B"], "--mode", mode, "-o", out)
-    assert_user_error(refused, "'output'", "'mlp'", "adapters.placement")
+    assert_user_error(refused, "'output'", f"'{mlp_parts['placement']}'", "adapters.placement")
     assert not out.exists()

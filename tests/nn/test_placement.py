@@ -1,5 +1,6 @@
-"""Adapters beside the GIN MLP (`placement: mlp`): MLP(z) + s f(z) on the MLP's input z, before
-the layer's BatchNorm, under both read-outs; checked against forward passes written by hand."""
+"""Adapters in the GIN MLP: beside it (`placement: mlp`, MLP(z) + s f(z) on the MLP's input z,
+before the layer's BatchNorm) and on its hidden layer (`mlp-hidden`, W_1 z + s f(z) before the
+MLP's BatchNorm and ReLU), under both read-outs; checked against forward passes written by hand."""
 
 from __future__ import annotations
 
@@ -50,10 +51,15 @@ def by_hand(model, data, expert_weights=None) -> torch.Tensor:
         h_in = h + vn[data.batch]
         gin = bb.convs[i]
         z = (1 + gin.conv.eps) * h_in + gin.conv.propagate(data.edge_index, x=(h_in, h_in), edge_attr=gin.bond_encoder(data.edge_attr))
-        pre = gin.conv.nn(z)
+        linear1, mlp_norm, relu, linear2 = gin.conv.nn
+        update = 0.0
         if i in router.layers:
             weights = alphas[i][0][data.batch] if i in alphas else expert_weights.expand(z.size(0), -1)
-            pre = pre + model.spec.scale * model.adapters[str(i)](z, weights)
+            update = model.spec.scale * model.adapters[str(i)](z, weights)
+        if model.spec.placement == "mlp":
+            pre = linear2(relu(mlp_norm(linear1(z)))) + update
+        else:  # mlp-hidden: on the first Linear's output
+            pre = linear2(relu(mlp_norm(linear1(z) + update)))
         out = bb.norms[i](pre)
         last = i == bb.num_layers - 1
         out = out if last else torch.relu(out)
@@ -100,16 +106,18 @@ def test_the_mlp_input_is_gineconvs_own():
         assert torch.allclose(gin.conv.nn(gin.aggregate(h, data.edge_index, data.edge_attr)), plain, atol=1e-6)
 
 
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
 @pytest.mark.parametrize("readout", ["task", "mixture"])
-def test_zero_initialised_adapters_start_at_the_backbone(readout):
-    model = mlp_model(readout=readout, zero=True)
+def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
+    model = mlp_model(readout=readout, zero=True, placement=placement)
     data = tiny_batch()
     with torch.no_grad():
         assert torch.allclose(model(data), model.head(model.backbone(data)), atol=1e-6)
 
 
-def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass():
-    model = mlp_model(readout="mixture")
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
+def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
+    model = mlp_model(readout="mixture", placement=placement)
     data = tiny_batch()
     with torch.no_grad():
         assert torch.allclose(model(data), model.head(by_hand(model, data)), atol=1e-5)
@@ -122,8 +130,9 @@ def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass():
     {"layers": (0, 1), "pooling": "max"},  # non-linear pooling: stacked copies
     {"layers": (0, 2), "num_layers": 3, "k": 4},
 ])
-def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case):
-    model = mlp_model(**case)
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
+def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case, placement):
+    model = mlp_model(**case, placement=placement)
     data = tiny_batch()
     with torch.no_grad():
         got = model(data)
@@ -168,11 +177,20 @@ def test_the_placement_changes_the_function_and_gradients_reach_every_bank():
         assert bank.U.grad.abs().sum() > 0 and bank.V.grad.abs().sum() > 0
 
 
-def test_a_gcn_backbone_refuses_the_mlp_placement():
+def test_the_hidden_placement_updates_the_mlps_hidden_width():
+    model = mlp_model(placement="mlp-hidden")
+    bank = model.adapters["0"]
+    assert bank.V.shape == (3, 32, 3) and bank.U.shape == (3, 3, 16), "f: d -> 2d, the first Linear's output"
+    out = mlp_model(placement="mlp")
+    assert out.adapters["0"].V.shape == (3, 16, 3)
+
+
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
+def test_a_gcn_backbone_refuses_the_mlp_placements(placement):
     bb = BackboneSpec(arch="gcn", num_layers=2, hidden=16)
     part = PartSpec(name="p", tasks=["a"], layers=[0], num_adapters=2, rank=2)
     with pytest.raises(ValueError, match="gin backbone"):
-        ModelSpec(backbone=bb, tasks=["a"], kinds=["binary"], parts=[part], placement="mlp")
+        ModelSpec(backbone=bb, tasks=["a"], kinds=["binary"], parts=[part], placement=placement)
 
 
 def test_a_header_without_placement_means_the_output_placement():
