@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -39,6 +39,8 @@ chemprop runs start again):
   count), beside the MLP and on the output: placement and routing separated at PEFT's budget;
 - `hidden-k1-r16`: one adapter of rank 16 whose update (d -> 2d) is added to the GIN MLP's first
   Linear, before its BatchNorm and ReLU (`adapters.placement=mlp-hidden`; 72,000 weights);
+- `hidden-k1-r16-linear`, `adapters-linear`: the same with `adapters.activation=identity` (LoRA's
+  linear update V U z): LoRA r=16 on the MLP's first Linear, and the default recipe with linear adapters;
 - `head`, `full`, `scratch`: head only, full fine-tuning and GIN-VN from scratch through the same
   CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
 - `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
@@ -154,6 +156,11 @@ PEERS = {
     # the update added to the GIN MLP's first Linear (d -> 2d), before its BatchNorm and ReLU: LoRA's
     # place on that Linear; rank 16 on 300 + 600 is 72,000 weights, LoRA r=8's count on both Linears
     "hidden-k1-r16": ("cft, one adapter r=16 in the GIN MLP's hidden layer", METHODS["full method (label prior)"] + ["adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16"]),
+    # phi = identity (LoRA's linear update V U z) instead of gelu: in the MLP's hidden layer this is
+    # LoRA r=16 on the first Linear; on the output, the default recipe with linear adapters
+    "hidden-k1-r16-linear": ("cft, one linear adapter r=16 in the GIN MLP's hidden layer", METHODS["full method (label prior)"] + [
+        "adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16", "adapters.activation=identity"]),
+    "adapters-linear": ("cft adapters, identity activation", METHODS["full method (label prior)"] + ["adapters.activation=identity"]),
     "head": ("head only", METHODS["head only"]),
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),

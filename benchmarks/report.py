@@ -182,6 +182,9 @@ def peers_tables(result: dict) -> str:
                      f"{f'{outside:,}' if outside is not None else '–'} of {rows[0]['total']:,} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |")
     if result.get("errors"):
         lines += ["", "Failed runs: " + "; ".join(f"{e['method']} seed {e['seed']}" for e in result["errors"]) + "."]
+    if result.get("withdrawn"):
+        w = result["withdrawn"]
+        lines += ["", f"Withdrawn from this file: {w['method']} ({w['why']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -203,6 +206,9 @@ def main() -> None:
         ("routing", "routing.json", routing_tables),
         ("routing-levers", "routing_levers.json", levers_tables),
         ("peers", "peers.json", peers_tables),
+        ("peers-mlp", "peers_mlp.json", peers_tables),
+        ("peers-mlp-k1", "peers_mlp_k1.json", peers_tables),
+        ("peers-placement", "peers_placement.json", peers_tables),
     ):
         result = _load(loader)
         if result is not None and f"<!-- begin:{name} -->" in text:

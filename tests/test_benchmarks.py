@@ -127,6 +127,9 @@ def test_report_renders_every_peer_method_with_its_seeds():
         tests = [r["test"] for r in result["rows"] if r["method"] == method]
         row = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
         assert f"{statistics.mean(tests):.4f}" in row and all(f"{t:.4f}" in row for t in tests), row
+    assert "Withdrawn" not in table
+    result["withdrawn"] = {"method": "m", "rows": [], "why": "trained with a bug"}
+    assert "Withdrawn from this file: m (trained with a bug)" in report.peers_tables(result)
 
 
 def test_report_orders_the_routing_levers_by_valid_score_with_their_entropy():
