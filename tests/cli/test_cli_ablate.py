@@ -167,6 +167,28 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_variants(tmp_path)
     assert "| train.lr |" in md and "**0.01**" in md and "not finished" not in md
 
 
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGHUP", 129)])
+def test_sweep_interrupted_by_sigint_or_sighup_exits_128_plus_the_signal(tmp_path, sig, code):
+    """The other two signals of the sweep's contract (docs/reliability.md, docs/ablate.md): the one
+    variant's run sends `sig` to the sweep after its 5th optimiser step (epoch 1 of 2) and waits for
+    the forwarded SIGINT. The sweep exits 128 + the signal number (130 Ctrl-C, 129 SIGHUP, as shells
+    report them), names the signal, and the run keeps a checkpoint and no bundle."""
+    from signal_hook import fired, signal_at_step_env
+
+    recipe = _recipe(tmp_path, epochs=2)
+    out = tmp_path / "sweep"
+    env = signal_at_step_env(tmp_path / "hook", step=5, sig=sig, target="parent", argv_has=("train.lr=0.01", "train"), wait_for_sigint=True)
+    stopped = run_cli("ablate", recipe, "--grid", "train.lr=0.01", "--set", "train.threads=1", "-o", out, env=env)
+    assert [(f["step"], f["signal"], f["to"]) for f in fired(tmp_path / "hook")] == [(5, sig, "parent")], fired(tmp_path / "hook")
+    err = stopped.stderr
+    assert stopped.returncode == code, f"exit {stopped.returncode}\n{err}"
+    assert f"Sweep interrupted ({sig})" in err and "Run the same command again to continue" in err and "Traceback" not in err, err
+    run = out / "variants" / "train.lr=0.01" / "seed-0"
+    assert (run / "checkpoint.pt").exists() and not (run / "bundle.safetensors").exists()
+    assert "Interrupted (SIGINT) at epoch 1" in " ".join((run.parent / "seed-0.log").read_text().split())
+    assert [r["status"] for r in _rows(out)] == ["pending"]
+
+
 def test_a_crashing_variant_does_not_stop_parallel_jobs(tmp_path):
     recipe = _recipe(tmp_path, epochs=2)
     out = tmp_path / "sweep"
