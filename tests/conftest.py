@@ -14,6 +14,10 @@ from skip_guard import pytest_collectreport, pytest_runtest_logreport, pytest_se
 # that spin against each other made a 1-second run take 15 s. Runs are bit-identical either way
 # (checked by the resume tests). Set before torch is imported, for this process and the CLIs it starts.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The in-process CLI runner prints through cft.console's rich consoles, which read COLUMNS once, when
+# cft.console is first imported: fix it before any test imports cft, so that tables and wrapped
+# messages do not depend on which test (or pytest-xdist worker) happened to import it first.
+os.environ.setdefault("COLUMNS", "200")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()

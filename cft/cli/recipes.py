@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import List, Optional
 
@@ -71,4 +73,6 @@ def show_command(
     """Print the resolved recipe (defaults filled in, overrides applied)."""
     from cft.recipe.load import load_recipe, recipe_to_yaml
 
-    out.print(recipe_to_yaml(load_recipe(resolve_recipe(file), sets or [])), highlight=False, markup=False)
+    # plain text, not the rich console: it would re-wrap long lines at the terminal width (80 columns
+    # when redirected to a file), and `cft recipes show ... > mine.yaml` must write valid YAML
+    sys.stdout.write(recipe_to_yaml(load_recipe(resolve_recipe(file), sets or [])))

@@ -33,6 +33,18 @@ def test_recipes_show_default_prints_the_shipped_default():
     assert "default.yaml" in listed.stdout
 
 
+def test_recipes_show_writes_valid_yaml_whatever_the_terminal_width(tmp_path):
+    """`cft recipes show default > mine.yaml` on a narrow terminal (or redirected: 80 columns) gives the
+    same recipe back: the YAML is not re-wrapped (the default's description is longer than 80 columns)."""
+    result = run_cli("recipes", "show", "default", env={"COLUMNS": "40"})
+    assert result.returncode == 0, result.stderr
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(result.stdout)
+    assert run_cli("recipes", "validate", mine).returncode == 0
+    wide = run_cli_inprocess("recipes", "show", "default")
+    assert yaml.safe_load(result.stdout) == yaml.safe_load(wide.stdout)
+
+
 def test_train_a_csv_without_a_recipe(csv, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", "--data", csv, "--smiles-column", "structure", "--tasks", "has_N,has_O", "--task-type", "classification",
