@@ -24,14 +24,27 @@ def test_other():
 '''
 
 
-def _session(folder: Path, reason: str, **env: str) -> subprocess.CompletedProcess:
+MODULE_SKIP = '''
+import pytest
+
+pytest.skip("{reason}", allow_module_level=True)
+
+
+def test_never_collected():
+    pass
+'''
+
+
+def _session(folder: Path, reason: str, *args: str, module_skip: bool = False, **env: str) -> subprocess.CompletedProcess:
     folder.mkdir()
     (folder / "conftest.py").write_text("from skip_guard import *  # noqa: F403\n")
     (folder / "test_two.py").write_text(TWO_TESTS.format(reason=reason))
+    if module_skip:
+        (folder / "test_module.py").write_text(MODULE_SKIP.format(reason=reason))
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **env}
     full_env.pop("CFT_ALLOW_SKIPS", None)
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-c", os.devnull, str(folder)],
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-c", os.devnull, *args, str(folder)],
                           cwd=folder, env=full_env, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -53,3 +66,14 @@ def test_the_allowed_list_is_only_zsh_and_fish(reason):
     from skip_guard import ALLOWED_SKIPS
 
     assert not any(p.match(reason) for p in ALLOWED_SKIPS)
+
+
+@pytest.mark.parametrize("module_skip", [False, True], ids=["test-skip", "module-skip"])
+def test_the_guard_holds_under_parallel_workers(tmp_path, module_skip):
+    """`make test` runs the suite on pytest-xdist workers: a skip in a worker (of a test, or of a
+    whole module at collection) still reaches the controller's hooks and fails the session."""
+    result = _session(tmp_path / "bad", "the shared datasets are not at /nowhere", "-n", "2", module_skip=module_skip)
+    assert result.returncode == 1, result.stdout + result.stderr
+    where = "test_module.py" if module_skip else "test_two.py::test_other"
+    assert "unexpected skips" in result.stdout and f"{where}: the shared datasets are not at /nowhere" in result.stdout, result.stdout
+    assert _session(tmp_path / "good", "fish not installed", "-n", "2", module_skip=module_skip).returncode == 0
