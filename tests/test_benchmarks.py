@@ -159,3 +159,33 @@ def test_prior_embeddings_reads_norms_spread_and_entropy_of_a_trained_bundle(tin
     assert math.isclose(row["centred_rms_E0"], float((e0 - e0.mean(0)).pow(2).sum(-1).mean().sqrt()), rel_tol=1e-6)
     assert 0 < row["spread_propagated"] <= 1 + 1e-6 and 0 < row["spread_E0"] <= 1 + 1e-6
     assert 0 <= row["mean_routing_entropy"] <= row["ln_K"] + 1e-6 and row["tasks"] == e0.shape[0]
+
+
+def test_backbone_probe_trains_heads_on_each_backbone_and_reports_its_identity(tmp_path, data_root):
+    """benchmarks/backbone_probe.py end to end: head-only runs on each backbone file for each seed, on
+    the probe's split file, one summary row per backbone with the fingerprint from the file's header."""
+    import json
+    import subprocess
+
+    from cft.files.backbone import read_backbone_header
+
+    committed = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv.safetensors"
+    twin = tmp_path / "twin.safetensors"
+    twin.write_bytes(committed.read_bytes())  # a second file name: its own row and run folders
+    out, target = tmp_path / "runs", tmp_path / "probe.json"
+    command = [sys.executable, "benchmarks/backbone_probe.py", str(committed), str(twin), "--limit", "300", "--epochs", "1", "--seeds", "2",
+               "--data", str(data_root), "--out", str(out), "--json", str(target)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(target.read_text())
+    assert not result["partial"] and len(result["rows"]) == 4 and all("error" not in r for r in result["rows"])
+    assert [(s["backbone"], s["seeds"]) for s in result["summary"]] == [("gin-vn-300x5-masking-hiv", [0, 1]), ("twin", [0, 1])]
+    fingerprint = read_backbone_header(committed)["fingerprint"]
+    assert {b["fingerprint"] for b in result["backbones"].values()} == {fingerprint}
+    same = {r["seed"]: r["test"] for r in result["rows"] if r["backbone"] == "twin"}
+    assert same == {r["seed"]: r["test"] for r in result["rows"] if r["backbone"] == "gin-vn-300x5-masking-hiv"}, "one backbone, one result per seed"
+    written = json.loads((out / "split-limit300" / "tox21_splits.json").read_text())
+    for run in out.glob("*/head_only/seed*"):
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        assert recipe["adapters"]["enabled"] is False and recipe["backbone"]["freeze"] is True
+        assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
