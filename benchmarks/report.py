@@ -188,6 +188,29 @@ def peers_tables(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def probe_tables(result: dict) -> str:
+    """benchmarks/backbone_probe.py: per backbone file and method its seeds' test scores, mean ±
+    sample std, valid mean ± std, best epochs; the backbone's fingerprint and how it was made."""
+    lines = [machine_line(result), "", f"Code: cft/ and recipes/ as at commit {result['code_commit']}. Dataset {result['dataset']} "
+             f"(`{result['recipe']}`), split file `{Path(result['split_csv']).name}`; up to {result['epochs']} epochs, patience {result['patience']}."
+             + (" **Partial: not every planned run has finished.**" if result.get("partial") else ""), ""]
+    seeds = sorted({r["seed"] for r in result["rows"] if "error" not in r})
+    metric = next((r["metric"] for r in result["rows"] if "metric" in r), "?")
+    lines += ["| backbone | made by | fingerprint | method | " + " | ".join(f"seed {k}" for k in seeds) + f" | test {metric} mean ± std | valid mean ± std | best epochs |",
+              "|---|---|---|---|" + "---:|" * len(seeds) + "---:|---:|---|"]
+    for s in sorted(result["summary"], key=lambda s: -s["valid_mean"]):
+        identity = result["backbones"][s["backbone"]]
+        info = identity.get("info") or {}
+        made = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("method", "epochs", "note")) or "–"
+        by_seed = {r["seed"]: r for r in result["rows"] if r.get("backbone") == s["backbone"] and r.get("method") == s["method"] and "error" not in r}
+        cells = " | ".join(f"{by_seed[k]['test']:.4f}" if k in by_seed else "–" for k in seeds)
+        test = f"{s['test_mean']:.4f}" + (f" ± {s['test_std']:.4f}" if s["test_std"] is not None else " (1 seed)")
+        valid = f"{s['valid_mean']:.4f}" + (f" ± {s['valid_std']:.4f}" if s["valid_std"] is not None else "")
+        lines.append(f"| `{s['backbone']}` | {made} | `{identity['fingerprint'][:8]}…` | {s['method']} | {cells} | {test} | {valid} | "
+                     f"{', '.join(map(str, s['best_epochs']))} |")
+    return "\n".join(lines) + "\n"
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -209,6 +232,8 @@ def main() -> None:
         ("peers-mlp", "peers_mlp.json", peers_tables),
         ("peers-mlp-k1", "peers_mlp_k1.json", peers_tables),
         ("peers-placement", "peers_placement.json", peers_tables),
+        ("peers-output-k1", "peers_output_k1.json", peers_tables),
+        ("backbone-probe", "backbone_probe.json", probe_tables),
     ):
         result = _load(loader)
         if result is not None and f"<!-- begin:{name} -->" in text:

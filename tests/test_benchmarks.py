@@ -189,3 +189,7 @@ def test_backbone_probe_trains_heads_on_each_backbone_and_reports_its_identity(t
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
         assert recipe["adapters"]["enabled"] is False and recipe["backbone"]["freeze"] is True
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
+    import report
+
+    table = report.probe_tables(result)
+    assert f"| `twin` | method masking, epochs 3 | `{fingerprint[:8]}…` | head only | " in table, table
