@@ -233,7 +233,8 @@ def main() -> None:
         ("peers-mlp-k1", "peers_mlp_k1.json", peers_tables),
         ("peers-placement", "peers_placement.json", peers_tables),
         ("peers-output-k1", "peers_output_k1.json", peers_tables),
-        ("backbone-probe", "backbone_probe.json", probe_tables),
+        ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
+        ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
     ):
         result = _load(loader)
         if result is not None and f"<!-- begin:{name} -->" in text:
