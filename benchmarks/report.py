@@ -201,7 +201,8 @@ def probe_tables(result: dict) -> str:
     for s in sorted(result["summary"], key=lambda s: -s["valid_mean"]):
         identity = result["backbones"][s["backbone"]]
         info = identity.get("info") or {}
-        made = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("method", "epochs", "note")) or "–"
+        made = [f"{k} {v}" for k, v in info.items() if k in ("method", "epochs", "note")]
+        made = ", ".join(made + [f"dropout {identity['config']['dropout']}"] if identity.get("config") else made) or "–"
         by_seed = {r["seed"]: r for r in result["rows"] if r.get("backbone") == s["backbone"] and r.get("method") == s["method"] and "error" not in r}
         cells = " | ".join(f"{by_seed[k]['test']:.4f}" if k in by_seed else "–" for k in seeds)
         test = f"{s['test_mean']:.4f}" + (f" ± {s['test_std']:.4f}" if s["test_std"] is not None else " (1 seed)")
@@ -235,6 +236,7 @@ def main() -> None:
         ("peers-output-k1", "peers_output_k1.json", peers_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
+        ("backbone-probe-adapters", "backbone_probe_adapters.json", probe_tables),
     ):
         result = _load(loader)
         if result is not None and f"<!-- begin:{name} -->" in text:

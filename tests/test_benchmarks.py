@@ -192,4 +192,4 @@ def test_backbone_probe_trains_heads_on_each_backbone_and_reports_its_identity(t
     import report
 
     table = report.probe_tables(result)
-    assert f"| `twin` | epochs 3, method masking | `{fingerprint[:8]}…` | head only | " in table, table
+    assert f"| `twin` | epochs 3, method masking, dropout 0.5 | `{fingerprint[:8]}…` | head only | " in table, table
