@@ -21,9 +21,7 @@ backbone's fingerprint and the `info` its header holds (how it was made).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -33,8 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from peers import DATASETS, split_files, split_overrides  # noqa: E402
-from quality import METHODS, _code_commit, _commit, run_one, shared_overrides  # noqa: E402
+from quality import METHODS, _code_commit, _commit, run_one, shared_overrides, summarise  # noqa: E402
 from speed import machine  # noqa: E402
+
+from cft.files.atomic import atomic_write_json  # noqa: E402
 
 PROBE_METHODS = {"head": ("head only", METHODS["head only"]), "adapters": ("adapters", [])}  # id -> (name, --set list); adapters: the recipe's own
 EPOCHS, PATIENCE = 50, 10
@@ -46,21 +46,6 @@ def backbone_identity(path: Path) -> dict:
 
     header = read_backbone_header(path)
     return {"file": str(path), "fingerprint": header.get("fingerprint"), "config": header.get("config"), "info": header.get("info", {})}
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        if "error" not in r:
-            groups.setdefault((r["backbone"], r["method"]), []).append(r)
-    out = []
-    for (backbone, method), rs in sorted(groups.items()):
-        tests, valids = [r["test"] for r in rs], [r["valid"] for r in rs]
-        out.append({"backbone": backbone, "method": method, "seeds": sorted(r["seed"] for r in rs),
-                    "test_mean": statistics.mean(tests), "test_std": statistics.stdev(tests) if len(tests) > 1 else None,
-                    "valid_mean": statistics.mean(valids), "valid_std": statistics.stdev(valids) if len(valids) > 1 else None,
-                    "best_epochs": [r["best_epoch"] for r in sorted(rs, key=lambda r: r["seed"])]})
-    return out
 
 
 def main() -> None:
@@ -96,12 +81,14 @@ def main() -> None:
     jobs = [(b, m, seed) for seed in range(args.seeds) for b in backbones for m in wanted]
     started, rows = time.perf_counter(), []
 
+    # a check (--limit, --epochs) trains in a folder of its own, never beside the benchmark's runs
+    out = args.out.resolve() / "-".join(([f"limit{args.limit}"] if args.limit else []) + ([f"epochs{args.epochs}"] if args.epochs != EPOCHS else []))
+
     def one(backbone: Path, method: str, seed: int) -> dict:
+        """One run; its row's `dataset` is the backbone's file stem (quality.summarise groups by it)."""
         name, overrides = PROBE_METHODS[method]
         shared = shared_overrides(backbone, split_overrides(csv, splits))
-        tag = backbone.stem + (f"-limit{args.limit}" if args.limit else "") + (f"-epochs{args.epochs}" if args.epochs != EPOCHS else "")
-        row = run_one(tag, ds.recipe, name, seed, args.epochs, shared, args.out.resolve(), data, args.threads, {name: overrides}, PATIENCE)
-        return {**row, "backbone": backbone.stem}
+        return run_one(backbone.stem, ds.recipe, name, seed, args.epochs, shared, out, data, args.threads, {name: overrides}, PATIENCE)
 
     def write(partial: bool) -> None:
         result = {"machine": machine(), "commit": _commit(), "code_commit": _code_commit(), "partial": partial,
@@ -110,24 +97,22 @@ def main() -> None:
                                       + ([f"--epochs {args.epochs}"] if args.epochs != EPOCHS else []) + ([f"--limit {args.limit}"] if args.limit else [])),
                   "dataset": args.dataset, "recipe": ds.recipe, "epochs": args.epochs, "patience": PATIENCE, "limit": args.limit,
                   "split_csv": str(csv.relative_to(REPO)) if csv.is_relative_to(REPO) else str(csv),
-                  "backbones": identities, "rows": sorted(rows, key=lambda r: (r["backbone"], r["method"], r["seed"])), "summary": summarise(rows),
+                  "backbones": identities, "rows": sorted(rows, key=lambda r: (r["dataset"], r["method"], r["seed"])), "summary": summarise(rows),
                   "seconds": round(time.perf_counter() - started, 1)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        atomic_write_json(args.json, result)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(one, *job) for job in jobs]
         for future in as_completed(futures):
             row = future.result()
             rows.append(row)
-            print(f"{row['backbone']} {row['method']} seed {row['seed']}: " + (f"valid {row['valid']:.4f} test {row['test']:.4f}" if "error" not in row else f"FAILED {row['error']}"), flush=True)
+            print(f"{row['dataset']} {row['method']} seed {row['seed']}: " + (f"valid {row['valid']:.4f} test {row['test']:.4f}" if "error" not in row else f"FAILED {row['error']}"), flush=True)
             write(partial=len(rows) < len(jobs))
     write(partial=False)
-    for s in summarise(rows):
-        std = f" ± {s['test_std']:.4f}" if s["test_std"] is not None else ""
-        print(f"{s['backbone']:40s} {s['method']:24s} test {s['test_mean']:.4f}{std}  valid {s['valid_mean']:.4f}  best epochs {s['best_epochs']}")
+    for key, s in summarise(rows).items():
+        std = f" ± {s['test_sample_std']:.4f}" if s["test_sample_std"] is not None else ""
+        print(f"{key:64s} test {s['test_mean']:.4f}{std}  valid {s['valid_mean']:.4f}  best epochs {s['best_epochs']}")
 
 
 if __name__ == "__main__":

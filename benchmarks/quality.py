@@ -215,10 +215,12 @@ def summarise(rows: list[dict]) -> dict:
         groups.setdefault((r["dataset"], r["method"]), []).append(r)
     out = {}
     for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])  # best_epochs in seed order
         tests, valids = [r["test"] for r in rs], [r["valid"] for r in rs]
         out[key] = {"metric": rs[0]["metric"], "seeds": len(rs), "test_mean": statistics.mean(tests), "test_std": statistics.pstdev(tests),
                     "test_sample_std": statistics.stdev(tests) if len(tests) > 1 else None, "best_epochs": [r["best_epoch"] for r in rs],
-                    "valid_mean": statistics.mean(valids), "trainable": rs[0]["trainable"], "total": rs[0]["total"],
+                    "valid_mean": statistics.mean(valids), "valid_sample_std": statistics.stdev(valids) if len(valids) > 1 else None,
+                    "trainable": rs[0]["trainable"], "total": rs[0]["total"],
                     "train_seconds": statistics.mean(r["train_seconds"] for r in rs), "graphs_per_second": statistics.mean(r["graphs_per_second"] for r in rs)}
     return {f"{dataset}|{method}": v for (dataset, method), v in out.items()}
 

@@ -27,6 +27,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from quality import _code_commit  # noqa: E402
 from speed import machine  # noqa: E402
 
+from cft.files.atomic import atomic_write_json  # noqa: E402
+
 RECIPE = "recipes/quickstart.yaml"
 
 
@@ -68,9 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     result = {"machine": machine(), "code_commit": _code_commit(), **measure(args.threads)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
+    atomic_write_json(args.json, result)
     print(json.dumps(result, indent=2))
 
 

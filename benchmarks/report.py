@@ -190,24 +190,26 @@ def peers_tables(result: dict) -> str:
 
 def probe_tables(result: dict) -> str:
     """benchmarks/backbone_probe.py: per backbone file and method its seeds' test scores, mean ±
-    sample std, valid mean ± std, best epochs; the backbone's fingerprint and how it was made."""
+    sample std, valid mean ± sample std, best epochs; the backbone's fingerprint and how it was made
+    (rows and summary as quality.py's, the `dataset` field holding the backbone file's stem)."""
     lines = [machine_line(result), "", f"Code: cft/ and recipes/ as at commit {result['code_commit']}. Dataset {result['dataset']} "
              f"(`{result['recipe']}`), split file `{Path(result['split_csv']).name}`; up to {result['epochs']} epochs, patience {result['patience']}."
              + (" **Partial: not every planned run has finished.**" if result.get("partial") else ""), ""]
-    seeds = sorted({r["seed"] for r in result["rows"] if "error" not in r})
-    metric = next((r["metric"] for r in result["rows"] if "metric" in r), "?")
+    done = [r for r in result["rows"] if "error" not in r]
+    seeds = sorted({r["seed"] for r in done})
+    metric = done[0]["metric"] if done else "?"
     lines += ["| backbone | made by | fingerprint | method | " + " | ".join(f"seed {k}" for k in seeds) + f" | test {metric} mean ± std | valid mean ± std | best epochs |",
               "|---|---|---|---|" + "---:|" * len(seeds) + "---:|---:|---|"]
-    for s in sorted(result["summary"], key=lambda s: -s["valid_mean"]):
-        identity = result["backbones"][s["backbone"]]
-        info = identity.get("info") or {}
-        made = [f"{k} {v}" for k, v in info.items() if k in ("method", "epochs", "note")]
+    for key, s in sorted(result["summary"].items(), key=lambda kv: -kv[1]["valid_mean"]):
+        backbone, method = key.split("|")
+        identity = result["backbones"][backbone]
+        made = [f"{k} {v}" for k, v in (identity.get("info") or {}).items() if k in ("method", "epochs", "note")]
         made = ", ".join(made + [f"dropout {identity['config']['dropout']}"] if identity.get("config") else made) or "–"
-        by_seed = {r["seed"]: r for r in result["rows"] if r.get("backbone") == s["backbone"] and r.get("method") == s["method"] and "error" not in r}
+        by_seed = {r["seed"]: r for r in done if (r["dataset"], r["method"]) == (backbone, method)}
         cells = " | ".join(f"{by_seed[k]['test']:.4f}" if k in by_seed else "–" for k in seeds)
-        test = f"{s['test_mean']:.4f}" + (f" ± {s['test_std']:.4f}" if s["test_std"] is not None else " (1 seed)")
-        valid = f"{s['valid_mean']:.4f}" + (f" ± {s['valid_std']:.4f}" if s["valid_std"] is not None else "")
-        lines.append(f"| `{s['backbone']}` | {made} | `{identity['fingerprint'][:8]}…` | {s['method']} | {cells} | {test} | {valid} | "
+        test = f"{s['test_mean']:.4f}" + (f" ± {s['test_sample_std']:.4f}" if s["test_sample_std"] is not None else " (1 seed)")
+        valid = f"{s['valid_mean']:.4f}" + (f" ± {s['valid_sample_std']:.4f}" if s["valid_sample_std"] is not None else "")
+        lines.append(f"| `{backbone}` | {made} | `{identity['fingerprint'][:8]}…` | {method} | {cells} | {test} | {valid} | "
                      f"{', '.join(map(str, s['best_epochs']))} |")
     return "\n".join(lines) + "\n"
 

@@ -179,13 +179,16 @@ def test_backbone_probe_trains_heads_on_each_backbone_and_reports_its_identity(t
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(target.read_text())
     assert not result["partial"] and len(result["rows"]) == 4 and all("error" not in r for r in result["rows"])
-    assert [(s["backbone"], s["seeds"]) for s in result["summary"]] == [("gin-vn-300x5-masking-hiv", [0, 1]), ("twin", [0, 1])]
+    assert {key: s["seeds"] for key, s in result["summary"].items()} == {"gin-vn-300x5-masking-hiv|head only": 2, "twin|head only": 2}
+    assert sorted((r["dataset"], r["seed"]) for r in result["rows"]) == [("gin-vn-300x5-masking-hiv", 0), ("gin-vn-300x5-masking-hiv", 1), ("twin", 0), ("twin", 1)]
     fingerprint = read_backbone_header(committed)["fingerprint"]
     assert {b["fingerprint"] for b in result["backbones"].values()} == {fingerprint}
-    same = {r["seed"]: r["test"] for r in result["rows"] if r["backbone"] == "twin"}
-    assert same == {r["seed"]: r["test"] for r in result["rows"] if r["backbone"] == "gin-vn-300x5-masking-hiv"}, "one backbone, one result per seed"
+    same = {r["seed"]: r["test"] for r in result["rows"] if r["dataset"] == "twin"}
+    assert same == {r["seed"]: r["test"] for r in result["rows"] if r["dataset"] == "gin-vn-300x5-masking-hiv"}, "one backbone, one result per seed"
     written = json.loads((out / "split-limit300" / "tox21_splits.json").read_text())
-    for run in out.glob("*/head_only/seed*"):
+    runs = list(out.glob("limit300-epochs1/*/head_only/seed*"))
+    assert len(runs) == 4, "a check trains in its own folder"
+    for run in runs:
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
         assert recipe["adapters"]["enabled"] is False and recipe["backbone"]["freeze"] is True
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
