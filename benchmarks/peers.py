@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -161,6 +161,9 @@ PEERS = {
     "hidden-k1-r16-linear": ("cft, one linear adapter r=16 in the GIN MLP's hidden layer", METHODS["full method (label prior)"] + [
         "adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16", "adapters.activation=identity"]),
     "adapters-linear": ("cft adapters, identity activation", METHODS["full method (label prior)"] + ["adapters.activation=identity"]),
+    # the default recipe with the frozen backbone's dropout on while the adapters train (BatchNorm
+    # keeps its pretraining statistics), as PEFT and AdapterGNN leave the base model in training mode
+    "adapters-frozen-dropout": ("cft adapters, frozen backbone's dropout 0.5 while training", METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.5"]),
     "head": ("head only", METHODS["head only"]),
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),

@@ -189,10 +189,11 @@ def find_backbone_path(info: BundleInfo, explicit: Optional[str | Path] = None) 
     )
 
 
-def build_model(info: BundleInfo, backbone: Backbone, freeze_backbone: Optional[bool] = None) -> CftModel:
-    """The (untrained) model a bundle's metadata describes, on `backbone`. The file's tensors are
-    checked against it first on the meta device (no memory), so metadata that claims more than
-    the file holds is refused instead of allocated."""
+def build_model(info: BundleInfo, backbone: Backbone, freeze_backbone: Optional[bool] = None, frozen_dropout: float = 0.0) -> CftModel:
+    """The (untrained) model a bundle's metadata describes, on `backbone` (`frozen_dropout`: see
+    CftModel; it matters only to further training). The file's tensors are checked against it
+    first on the meta device (no memory), so metadata that claims more than the file holds is
+    refused instead of allocated."""
     spec = info.spec
     if backbone.spec != spec.backbone:
         raise CftError(f"{info.path}: the backbone's config does not match the one recorded in the bundle.")
@@ -200,7 +201,7 @@ def build_model(info: BundleInfo, backbone: Backbone, freeze_backbone: Optional[
 
     def make() -> CftModel:
         placeholders = [np.eye(len(p.tasks), dtype=np.float32) for p in spec.parts]
-        return CftModel(backbone, spec, placeholders, None, freeze_backbone=freeze)
+        return CftModel(backbone, spec, placeholders, None, freeze_backbone=freeze, frozen_dropout=frozen_dropout)
 
     index = tensor_index(info.path, "bundle")
     elements = sum(math.prod(shape) for shape, _ in index.values())

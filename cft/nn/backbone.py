@@ -90,6 +90,9 @@ class Backbone(nn.Module):
     def __init__(self, spec: BackboneSpec):
         super().__init__()
         self.spec = spec
+        # the rate of the dropout after each layer in training mode: spec.dropout, unless the model
+        # around a frozen backbone sets another (CftModel's frozen_dropout); not part of the weights
+        self.dropout = spec.dropout
         d = spec.hidden
         self.atom_encoder = AtomEncoder(d)
         self.convs = nn.ModuleList([GINLayer(d) if spec.arch == "gin" else OgbGCNConv(d) for _ in range(spec.num_layers)])
@@ -129,12 +132,12 @@ class Backbone(nn.Module):
         messages = conv(h_in, edge_index, edge_attr) if mlp_adapter is None else conv(h_in, edge_index, edge_attr, mlp_adapter, at)
         out = self.norms[index](messages)
         last = index == self.spec.num_layers - 1
-        out = F.dropout(out if last else F.relu(out), self.spec.dropout, training=self.training)
+        out = F.dropout(out if last else F.relu(out), self.dropout, training=self.training)
         if self.spec.residual:
             out = out + h_in
         if vn is not None and not last:
             update = self.vn_mlps[index](global_add_pool(h_in, batch, size=vn.size(0)) + vn)
-            update = F.dropout(update, self.spec.dropout, training=self.training)
+            update = F.dropout(update, self.dropout, training=self.training)
             vn = vn + update if self.spec.residual else update
         return out, vn
 

@@ -68,7 +68,11 @@ class CftModel(nn.Module):
         part_relations: list[np.ndarray],
         union_relation: np.ndarray | None = None,
         freeze_backbone: bool = True,
+        frozen_dropout: float = 0.0,
     ):
+        """`frozen_dropout`: the dropout rate of a frozen backbone's layers while the model trains
+        (0: none, the backbone is a fixed function). Its BatchNorm keeps the pretraining statistics
+        either way, and evaluation never drops anything."""
         super().__init__()
         self.spec = spec
         self.backbone = backbone
@@ -90,16 +94,22 @@ class CftModel(nn.Module):
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.freeze_backbone = freeze_backbone
+        self.frozen_dropout = frozen_dropout if freeze_backbone else 0.0
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+            self.backbone.dropout = frozen_dropout
         self.train(False)
 
     def train(self, mode: bool = True) -> CftModel:
         super().train(mode)
         if self.freeze_backbone:
-            # a frozen backbone is a fixed function: BatchNorm uses its running statistics
-            # (never updated) and dropout is off, so composed bundles see the same backbone
-            self.backbone.eval()
+            # a frozen backbone's BatchNorm always uses its running statistics (never updated), so
+            # composed bundles see the same backbone; its dropout is on only while training with
+            # frozen_dropout > 0, a regulariser for the adapters (PEFT leaves the base model's on)
+            self.backbone.train(mode and self.frozen_dropout > 0)
+            for module in self.backbone.modules():
+                if isinstance(module, nn.BatchNorm1d):
+                    module.eval()
         return self
 
     # ------------------------------------------------------------------ forward
@@ -113,8 +123,9 @@ class CftModel(nn.Module):
     def prefix_layer(self) -> int | None:
         """The layer up to which the forward pass is a fixed function of the molecule: the first
         insertion layer of a frozen backbone in eval mode, or `num_layers` (the whole backbone, only
-        the heads train) when it has no adapters; None for a trainable backbone."""
-        if not self.freeze_backbone or self.backbone.training:
+        the heads train) when it has no adapters; None for a trainable backbone, or a frozen one
+        whose layers drop out while training (`frozen_dropout`)."""
+        if not self.freeze_backbone or self.backbone.training or self.frozen_dropout > 0:
             return None
         layers = self.router.layers
         return layers[0] if layers else self.backbone.num_layers

@@ -31,6 +31,8 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
     bb = recipe.backbone
     if bb.path and bb.pretrain:
         out.append((("backbone", "pretrain"), "give either backbone.path or backbone.pretrain, not both", None))
+    if bb.frozen_dropout and not bb.freeze:
+        out.append((("backbone", "frozen_dropout"), "applies to a frozen backbone; a trained one drops out at backbone.dropout", bb.frozen_dropout))
     if bb.pretrain:
         data_rules(("backbone", "pretrain", "data"), bb.pretrain.data)
     ad = recipe.adapters

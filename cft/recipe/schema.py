@@ -128,6 +128,10 @@ class BackboneConfig(BackboneSpec):
     """Pretrain the backbone first (saved as backbone.safetensors in the run folder)."""
     freeze: bool = True
     """Freeze the backbone (adapter training). `false` trains everything: the full fine-tuning baseline."""
+    frozen_dropout: Dropout = 0.0
+    """Dropout rate after each layer of the frozen backbone while the adapters train (its BatchNorm
+    keeps the pretraining statistics; nothing is dropped at evaluation). 0 keeps the frozen
+    backbone a fixed function, which lets the layers below the first adapter be cached."""
 
 
 class AdapterConfig(_Strict):

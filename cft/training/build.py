@@ -100,13 +100,13 @@ def build_training_model(
                 f"backbone is {backbone_fingerprint(backbone)}.",
                 hint="Set backbone.path to the bundle's backbone.safetensors, or leave backbone.path and backbone.pretrain unset to use it.",
             )
-        model = build_model(info_, backbone, freeze_backbone=recipe.backbone.freeze)
+        model = build_model(info_, backbone, freeze_backbone=recipe.backbone.freeze, frozen_dropout=recipe.backbone.frozen_dropout)
         load_bundle_tensors(model, info_)
         return model, {"init_bundle": recipe.train.init_bundle, "provenance": info_.provenance, "data": info_.data}
     seed_everything(recipe.seed)
     spec = model_spec(recipe, dataset, backbone.spec)
     relation = build_relation(recipe.prior, dataset) if relation is None else relation
-    model = CftModel(backbone, spec, [relation], freeze_backbone=recipe.backbone.freeze)
+    model = CftModel(backbone, spec, [relation], freeze_backbone=recipe.backbone.freeze, frozen_dropout=recipe.backbone.frozen_dropout)
     return model, {}
 
 
