@@ -159,6 +159,20 @@ def test_baselines_share_the_code_path(trained, tmp_path):
     assert ev.returncode == 0, ev.stderr
 
 
+def test_frozen_dropout_trains_and_evaluates_through_the_cli(trained, tmp_path):
+    recipe, _, _ = trained
+    runs = {}
+    for rate in ("0.0", "0.5"):
+        result = run_cli("train", recipe, "-o", tmp_path / rate, "--set", "train.epochs=1", "--set", f"backbone.frozen_dropout={rate}")
+        assert result.returncode == 0, result.stderr
+        runs[rate] = json.loads((tmp_path / rate / "summary.json").read_text())
+    assert runs["0.5"]["valid"]["mean"] != runs["0.0"]["valid"]["mean"], "dropout changed the training"
+    assert runs["0.5"]["params"]["trainable"] == runs["0.0"]["params"]["trainable"]
+    evaluated = run_cli("eval", tmp_path / "0.5", "--split", "test", "--json", tmp_path / "eval.json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["mean"] == pytest.approx(runs["0.5"]["test"]["mean"], abs=1e-9)
+
+
 def test_eval_refuses_a_wrong_backbone(trained, tmp_path):
     _, run, _ = trained
     from cft.files.backbone import save_backbone
