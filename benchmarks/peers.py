@@ -1,7 +1,7 @@
 """Peers benchmark: cft's adapters beside full fine-tuning, head only, GIN-VN from scratch, chemprop
 and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
 
-    python benchmarks/peers.py [--dataset tox21|esol] [--quick] [--seeds 3] [--epochs N]
+    python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
                                [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
@@ -10,6 +10,9 @@ Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft
 
 - `tox21` (default): recipes/tox21.yaml on tox21.csv, 12 binary tasks, ROC-AUC (higher is better);
   chemprop `--task-type classification --metrics roc`;
+- `toxcast`: recipes/toxcast.yaml on toxcast.csv.gz, every column but `smiles` a binary task (617,
+  read from the CSV's header; cft drops a task with no label in the rows it reads and says so in
+  the run's dropped_tasks.json), ROC-AUC; chemprop `--task-type classification --metrics roc`;
 - `esol`: recipes/esol.yaml on delaney-processed.csv (ESOL), the one regression task `measured log
   solubility in mols per litre` (the file's other numeric columns are descriptors and a published
   model's prediction, never tasks), RMSE in log10(mol/L) (lower is better); chemprop
@@ -96,7 +99,7 @@ less where early stopping ends runs before 30 epochs.
 The timings above are Tox21's; ESOL's 902 training molecules (1,128 in all) make its runs about
 7x shorter.
 
-Result: benchmarks/results/peers.json (peers_quick.json with --quick or --limit) for Tox21,
+Result: benchmarks/results/peers.json (peers_quick.json with --quick or --limit) for Tox21, peers_toxcast.json for ToxCast,
 peers_esol.json (peers_esol_quick.json) for ESOL, with the `dataset`, `metric` and `tasks` fields;
 rewritten atomically after every finished run, with every finished run found in the
 run folders (so a --methods subset keeps the other methods' rows).
@@ -129,7 +132,7 @@ class Dataset(NamedTuple):
 
     recipe: str
     csv: str
-    tasks: tuple[str, ...]
+    tasks: tuple[str, ...] | None  # None: every column of the CSV but `smiles` (ToxCast's 617), read by `resolved`
     task_type: str  # cft's data.task_type (tox21.yaml leaves it `auto`: every label is 0/1), also chemprop's --task-type
     metric: str  # cft's eval.metric: every method is scored by cft.metrics with it
     chemprop_metric: str  # chemprop train --metrics (its own model selection uses its validation loss)
@@ -139,7 +142,18 @@ DATASETS = {
     "tox21": Dataset("recipes/tox21.yaml", "tox21.csv", tuple(TTR_TASKS), "classification", "rocauc", "roc"),
     # ESOL: one regression task; the other numeric columns of the file are descriptors, never tasks
     "esol": Dataset("recipes/esol.yaml", "delaney-processed.csv", ("measured log solubility in mols per litre",), "regression", "rmse", "rmse"),
+    "toxcast": Dataset("recipes/toxcast.yaml", "toxcast.csv.gz", None, "classification", "rocauc", "roc"),
 }
+
+
+def resolved(ds: Dataset, data: Path) -> Dataset:
+    """`ds` with its task columns named: a dataset whose tasks are every column but the SMILES
+    (ToxCast) reads them from its CSV's header."""
+    import pandas as pd
+
+    if ds.tasks is not None:
+        return ds
+    return ds._replace(tasks=tuple(c for c in pd.read_csv(data / ds.csv, nrows=0).columns if c != "smiles"))
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
@@ -183,9 +197,9 @@ DEFAULT_BACKBONE = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv
 # ----------------------------------------------------------------- the split file
 
 
-def check_dataset(name: str, recipe) -> None:
+def check_dataset(name: str, recipe, data: Path) -> None:
     """The table row must describe its recipe: chemprop reads DATASETS' columns, cft the recipe's."""
-    ds = DATASETS[name]
+    ds = resolved(DATASETS[name], data)
     ours, theirs = (ds.csv, list(ds.tasks), ds.task_type, ds.metric), (recipe.data.path, recipe.data.tasks, recipe.data.task_type, recipe.eval.metric)
     if recipe.data.path != ds.csv or recipe.data.tasks not in (None, list(ds.tasks)) or recipe.data.task_type not in ("auto", ds.task_type) or recipe.eval.metric != ds.metric:
         raise SystemExit(f"peers.py: DATASETS[{name!r}] {ours} disagrees with {ds.recipe} {theirs}")
@@ -385,7 +399,7 @@ def run_chemprop(method: str, seed: int, ctx: dict) -> None:
 
     from cft.files.atomic import atomic_write_json
 
-    ds = DATASETS[ctx["dataset"]]
+    ds = ctx["ds"]
     folder = run_folder(ctx["out"], ctx["tag"], method, seed)
     out = folder / "chemprop"
     folder.mkdir(parents=True, exist_ok=True)
@@ -446,13 +460,14 @@ def _chemprop_epochs(out: Path) -> int | None:
 
 
 def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) -> dict | None:
-    """One result row from a run's summary.json; a cft run's head is its linear layer, (hidden + 1) x tasks."""
+    """One result row from a run's summary.json; a cft run's head is its linear layer, (hidden + 1) x
+    the tasks it trained (its summary's: cft drops a task with no label in the rows it reads)."""
     path = folder / "summary.json"
     if not path.exists():
         return None
     s = json.loads(path.read_text())
     p = s["params"]
-    head = p.get("head", (hidden + 1) * num_tasks if method != "chemprop" else None)
+    head = p.get("head", (hidden + 1) * len(s.get("tasks") or range(num_tasks)) if method != "chemprop" else None)
     name = PEERS[method][0]
     if method == "lora":  # the rank the run was trained with (runs of every --lora-rank share the result file)
         name = f"PEFT LoRA r={s['lora']['rank']} (GIN MLPs)"
@@ -481,7 +496,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="tox21", help="tox21 (classification, ROC-AUC; default) or esol (regression, RMSE)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="tox21", help="tox21 (classification, ROC-AUC; default), toxcast (617 tasks, ROC-AUC) or esol (regression, RMSE)")
     parser.add_argument("--quick", action="store_true", help=f"a check: --limit {QUICK_LIMIT}, {QUICK_EPOCHS} epochs, 1 seed (peers_quick.json)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, help="run folders (default: benchmarks/results/peers, peers_quick with --quick/--limit)")
@@ -523,9 +538,9 @@ def main() -> None:
     from cft.files.paths import sha256_file
     from cft.recipe.load import load_recipe
 
-    ds = DATASETS[args.dataset]
+    ds = resolved(DATASETS[args.dataset], data)
     recipe = load_recipe(REPO / ds.recipe)
-    check_dataset(args.dataset, recipe)
+    check_dataset(args.dataset, recipe, data)
     PEERS["adapters"] = (f"cft adapters ({ds.recipe})", PEERS["adapters"][1])
     epochs, patience = args.epochs or recipe.train.epochs, recipe.train.patience
     small = args.limit is not None
@@ -536,7 +551,7 @@ def main() -> None:
     tag = args.dataset + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != recipe.train.epochs else "")
     csv, splits = split_files(data, out / ("split" if not small else f"split-limit{args.limit}"), args.limit, args.dataset)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    ctx = {"dataset": args.dataset, "recipe": ds.recipe, "tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads,
+    ctx = {"dataset": args.dataset, "ds": ds, "recipe": ds.recipe, "tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads,
            "backbone": backbone, "lora_rank": args.lora_rank, "csv": csv, "splits": splits, "shared": shared_overrides(backbone, split_overrides(csv, splits))}
     runners = {"chemprop": run_chemprop, "lora": run_lora}
     jobs = [(m, seed) for seed in range(args.seeds) for m in wanted]  # seed by seed: a stopped run leaves every method with the same seeds

@@ -20,6 +20,8 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import RATIOS  # noqa: E402  (one list of ratio definitions for measuring and reporting)
 
+from cft.spec import HIGHER_IS_BETTER  # noqa: E402
+
 
 def _load(name: str) -> dict | None:
     path = RESULTS / name
@@ -171,7 +173,8 @@ def peers_tables(result: dict) -> str:
     metric = result["rows"][0]["metric"] if result["rows"] else "?"
     lines += ["| method | " + " | ".join(f"seed {k}" for k in seeds) + f" | test {metric} mean ± std | valid mean | best epochs | trainable outside heads | s/run |",
               "|---|" + "---:|" * len(seeds) + "---:|---:|---|---:|---:|"]
-    for method, rows in sorted(by_method.items(), key=lambda kv: -statistics.mean(r["test"] for r in kv[1])):
+    best_first = -1 if HIGHER_IS_BETTER.get(metric, True) else 1  # ROC-AUC: highest first; RMSE: lowest first
+    for method, rows in sorted(by_method.items(), key=lambda kv: best_first * statistics.mean(r["test"] for r in kv[1])):
         by_seed = {r["seed"]: r for r in rows}
         tests = [r["test"] for r in rows]
         spread = f" ± {statistics.stdev(tests):.4f}" if len(tests) > 1 else " (1 seed)"
@@ -236,6 +239,8 @@ def main() -> None:
         ("peers-mlp-k1", "peers_mlp_k1.json", peers_tables),
         ("peers-placement", "peers_placement.json", peers_tables),
         ("peers-output-k1", "peers_output_k1.json", peers_tables),
+        ("peers-frozen-dropout", "peers_frozen_dropout.json", peers_tables),
+        ("peers-esol", "peers_esol.json", peers_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
         ("backbone-probe-adapters", "backbone_probe_adapters.json", probe_tables),

@@ -112,6 +112,45 @@ def test_peers_benchmark_runs_esol_regression_on_its_split_file(tmp_path, data_r
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
 
 
+def test_peers_benchmark_reads_toxcast_task_columns_from_its_csv(tmp_path, data_root):
+    """`--dataset toxcast`: the task list is every column of toxcast.csv.gz but the SMILES (617), the
+    same for cft (recipes/toxcast.yaml) and the result file; the head-only row counts 617 heads."""
+    import gzip
+    import json
+    import subprocess
+
+    if not (data_root / "toxcast.csv.gz").exists():
+        pytest.skip(f"toxcast.csv.gz is not in {data_root}")
+    with gzip.open(data_root / "toxcast.csv.gz", "rt") as fh:
+        header = fh.readline().strip().split(",")
+    out, target = tmp_path / "runs", tmp_path / "peers_toxcast.json"
+    command = [sys.executable, "benchmarks/peers.py", "--dataset", "toxcast", "--methods", "head", "--limit", "300", "--epochs", "1", "--seeds", "1",
+               "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(target.read_text())
+    assert result["tasks"] == [c for c in header if c != "smiles"] and len(result["tasks"]) == 617
+    (row,) = result["rows"]
+    run = next(out.glob("toxcast*/head/seed0"))
+    trained = json.loads((run / "summary.json").read_text())["tasks"]  # 300 rows leave some tasks without a label: cft drops them
+    dropped = json.loads((run / "dropped_tasks.json").read_text())["tasks"] if (run / "dropped_tasks.json").exists() else []
+    assert sorted(trained + dropped) == sorted(result["tasks"])
+    assert row["trainable"] == 301 * len(trained) and row["trainable_outside_heads"] == 0 and row["metric"] == "rocauc", row
+
+
+def test_report_lists_regression_peers_lowest_error_first():
+    """An RMSE table is sorted best first, which for an error is the lowest."""
+    import report
+
+    rows = [{"method": m, "seed": 0, "test": t, "valid": t, "best_epoch": 1, "total": 10, "trainable_outside_heads": 1, "train_seconds": 1.0, "metric": "rmse"}
+            for m, t in (("worse", 1.2), ("better", 0.8))]
+    machine = {"cpu": "cpu", "cores": 2, "torch": "2", "torch_threads": 1, "python": "3", "commit": "x", "date": "today"}
+    result = {"machine": machine, "command": "peers.py", "code_commit": "x", "split": {"csv": "s.csv", "csv_sha256": "0" * 64, "sizes": {"train": 1, "val": 1, "test": 1}},
+              "epochs": 1, "patience": None, "backbone": {"fingerprint": "f" * 64}, "rows": rows}
+    table = report.peers_tables(result)
+    assert table.index("| better |") < table.index("| worse |")
+
+
 def test_report_renders_every_peer_method_with_its_seeds():
     """report.py's peers block: one row per method of the result file, its seeds' test scores and
     their mean, and the split's hash (the committed quick result serves as input)."""
