@@ -1,5 +1,5 @@
 """Peers benchmark: cft's adapters beside full fine-tuning, head only, GIN-VN from scratch, chemprop
-and PEFT's LoRA, on one dataset (Tox21 or ESOL) and one scaffold split file that every method reads.
+and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
                                [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
