@@ -21,8 +21,8 @@ def inspect_routing_command(
 ) -> None:
     """Show which adapters each task routes to, per layer: rows tasks, columns adapters by source bundle.
 
-    Under routing.readout task the last insertion layer's rows are each task's gates over the
-    experts it reads; lower layers (and every layer of a mixture bundle) feed a mixture all tasks share."""
+    Under routing.readout task the last insertion layer's rows are each task's gates over the experts it reads;
+    lower layers (and every layer of a mixture bundle) feed a mixture all tasks share."""
     from cft.files.atomic import atomic_paths, atomic_write_json
     from cft.views.routing import (
         load_report,
