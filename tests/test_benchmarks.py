@@ -61,14 +61,8 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     environment, which CI does not build): one result row per method, and every run's own
     splits.json is the split file the benchmark wrote."""
     import json
-    import subprocess
 
-    out, target = tmp_path / "runs", tmp_path / "peers.json"
-    command = [sys.executable, "benchmarks/peers.py", "--methods", "adapters,adapters-top,adapters-mlp,head", "--limit", "300", "--epochs", "1", "--seeds", "1",
-               "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(target.read_text())
+    out, result = _peers(tmp_path, data_root, "--methods", "adapters,adapters-top,adapters-mlp,head", "--limit", "300")
     assert sorted(r["method"] for r in result["rows"]) == [
         "cft adapters (recipes/tox21.yaml)", "cft adapters beside the GIN MLP", "cft adapters, layers 3-4 (prefix cached)", "head only"], result["rows"]
     top = yaml.safe_load(next(out.glob("tox21*/adapters-top/seed0/recipe.yaml")).read_text())
@@ -81,21 +75,28 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     assert len(list(out.glob("tox21*/*/seed0"))) == 4
 
 
+def _peers(tmp_path: Path, data_root: Path, *args: str) -> tuple[Path, dict]:
+    """benchmarks/peers.py with `args`, one epoch, one seed, one run at a time: its run folder and result."""
+    import json
+    import subprocess
+
+    out, target = tmp_path / "runs", tmp_path / "peers.json"
+    command = [sys.executable, "benchmarks/peers.py", *args, "--epochs", "1", "--seeds", "1", "--jobs", "1", "--threads", "1",
+               "--data", str(data_root), "--out", str(out), "--json", str(target)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, json.loads(target.read_text())
+
+
 def test_peers_benchmark_runs_esol_regression_on_its_split_file(tmp_path, data_root):
     """`--dataset esol`: the cft methods train the one regression task of delaney-processed.csv on the
     ESOL split file (its own names), scored by RMSE in label units; every run's splits.json is it."""
     import json
     import math
-    import subprocess
 
     if not (data_root / "delaney-processed.csv").exists():
         pytest.skip(f"delaney-processed.csv is not in {data_root}")
-    out, target = tmp_path / "runs", tmp_path / "peers_esol.json"
-    command = [sys.executable, "benchmarks/peers.py", "--dataset", "esol", "--methods", "adapters,head", "--limit", "200", "--epochs", "1", "--seeds", "1",
-               "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(target.read_text())
+    out, result = _peers(tmp_path, data_root, "--dataset", "esol", "--methods", "adapters,head", "--limit", "200")
     assert result["dataset"] == "esol" and result["recipe"] == "recipes/esol.yaml" and result["tasks"] == ["measured log solubility in mols per litre"]
     assert sorted(r["method"] for r in result["rows"]) == ["cft adapters (recipes/esol.yaml)", "head only"], result["rows"]
     for r in result["rows"]:
@@ -114,21 +115,15 @@ def test_peers_benchmark_runs_esol_regression_on_its_split_file(tmp_path, data_r
 
 def test_peers_benchmark_reads_toxcast_task_columns_from_its_csv(tmp_path, data_root):
     """`--dataset toxcast`: the task list is every column of toxcast.csv.gz but the SMILES (617), the
-    same for cft (recipes/toxcast.yaml) and the result file; the head-only row counts 617 heads."""
+    same for cft (recipes/toxcast.yaml) and the result file; the head-only row counts one head per task trained."""
     import gzip
     import json
-    import subprocess
 
     if not (data_root / "toxcast.csv.gz").exists():
         pytest.skip(f"toxcast.csv.gz is not in {data_root}")
     with gzip.open(data_root / "toxcast.csv.gz", "rt") as fh:
         header = fh.readline().strip().split(",")
-    out, target = tmp_path / "runs", tmp_path / "peers_toxcast.json"
-    command = [sys.executable, "benchmarks/peers.py", "--dataset", "toxcast", "--methods", "head", "--limit", "300", "--epochs", "1", "--seeds", "1",
-               "--jobs", "1", "--threads", "1", "--data", str(data_root), "--out", str(out), "--json", str(target)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(target.read_text())
+    out, result = _peers(tmp_path, data_root, "--dataset", "toxcast", "--methods", "head", "--limit", "300")
     assert result["tasks"] == [c for c in header if c != "smiles"] and len(result["tasks"]) == 617
     (row,) = result["rows"]
     run = next(out.glob("toxcast*/head/seed0"))
