@@ -201,7 +201,8 @@ def write_split_files(data: Path, folder: Path, recipe: str = "recipes/tox21.yam
             which[int(dataset.rows[k])] = part
     rows = sorted(which)
     out = frame.iloc[rows].reset_index(drop=True)
-    out["split"] = [which[r] for r in rows]
+    # one concat, not a column insert: ToxCast's 618 columns would make pandas warn of a fragmented frame
+    out = pd.concat([out, pd.Series([which[r] for r in rows], name="split")], axis=1)
     split_csv = folder / f"{name}_split.csv"
     out.to_csv(split_csv, index=False)
     splits = [{"train": [], "val": [], "test": []}]
