@@ -217,6 +217,13 @@ def probe_tables(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spectrum_tables(result: dict) -> str:
+    """benchmarks/prior_spectrum.py's rows, as that script prints them."""
+    from prior_spectrum import table
+
+    return f"Code: cft/ and recipes/ as at commit {result['code_commit']}; {result['draws']} draws of E_0 per row. Command: `{result['command']}`.\n\n" + table(result["rows"])
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -241,6 +248,7 @@ def main() -> None:
         ("peers-output-k1", "peers_output_k1.json", peers_tables),
         ("peers-frozen-dropout", "peers_frozen_dropout.json", peers_tables),
         ("peers-esol", "peers_esol.json", peers_tables),
+        ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
         ("backbone-probe-adapters", "backbone_probe_adapters.json", probe_tables),

@@ -230,3 +230,24 @@ def test_backbone_probe_trains_heads_on_each_backbone_and_reports_its_identity(t
 
     table = report.probe_tables(result)
     assert f"| `twin` | epochs 3, method masking, dropout 0.5 | `{fingerprint[:8]}…` | head only | " in table, table
+
+
+def test_prior_spectrum_explains_the_scale_the_propagation_leaves(tmp_path, data_root):
+    """benchmarks/prior_spectrum.py on Tox21: A_hat's largest eigenvalue is 1, propagation over the
+    label prior shrinks random task embeddings (scale < 1), PairNorm restores their scale and spread
+    exactly, and routes of smaller embeddings are flatter."""
+    import json
+    import subprocess
+
+    target = tmp_path / "spectrum.json"
+    done = subprocess.run([sys.executable, "benchmarks/prior_spectrum.py", "--datasets", "tox21", "--data", str(data_root), "--json", str(target)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {r["variant"]: r for r in json.loads(target.read_text())["rows"]}
+    assert len(rows) == 5 and all(r["dataset"] == "tox21" and r["tasks"] == 12 and r["adapters"] == 4 for r in rows.values())
+    assert all(abs(r["lambda_1"] - 1.0) < 1e-4 and r["lambda_2"] < 1.0 for r in rows.values())
+    plain, norm, restart = rows["recipe (2 steps)"], rows["pairnorm"], rows["restart 0.5"]
+    assert plain["scale_init"] < restart["scale_init"] < 1.0
+    assert abs(norm["scale_init"] - 1.0) < 1e-4 and abs(norm["relative_spread_init"] - 1.0) < 1e-4
+    assert norm["routing_entropy_init"] < restart["routing_entropy_init"] < plain["routing_entropy_init"] <= plain["ln_k"] + 1e-6
+    assert "| tox21 (12 tasks, K=4) | pairnorm |" in done.stdout
