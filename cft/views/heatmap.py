@@ -60,6 +60,16 @@ def _fit(label: str, width: int) -> str:
     return label if len(label) <= width else label[: max(width - 1, 0)] + "…"
 
 
+def spaced_ticks(ticks: list[tuple[float, str]], min_gap: float) -> list[tuple[float, str]]:
+    """The ticks (position, label), in position order, that lie at least `min_gap` after the last one
+    kept: labels of small neighbouring clusters would otherwise print over each other."""
+    kept: list[tuple[float, str]] = []
+    for position, label in sorted(ticks):
+        if not kept or position - kept[-1][0] >= min_gap:
+            kept.append((position, label))
+    return kept
+
+
 def cluster_rows(features: np.ndarray, max_clusters: int) -> tuple[np.ndarray, np.ndarray]:
     """Hierarchical clustering (average linkage) of rows into at most `max_clusters` groups.
 
@@ -229,8 +239,12 @@ def save_png(
             ax.set_yticks(range(len(panel.row_labels)))
             ax.set_yticklabels(panel.row_labels, fontsize=max(4, min(7, int(260 / max(len(panel.row_labels), 1)))))
         elif panel.row_ticks:
-            ax.set_yticks([t for t, _ in panel.row_ticks])
-            ax.set_yticklabels([s for _, s in panel.row_ticks], fontsize=max(4, min(7, int(260 / max(len(panel.row_ticks), 1)))))
+            size = max(4, min(7, int(260 / max(len(panel.row_ticks), 1))))
+            # about 0.8 of the panel's height is the image: rows per inch there, times a label's height
+            gap = panel.values.shape[0] / (0.8 * panel_h) * size * 1.3 / 72
+            ticks = spaced_ticks(panel.row_ticks, gap)
+            ax.set_yticks([t for t, _ in ticks])
+            ax.set_yticklabels([s for _, s in ticks], fontsize=size)
         else:
             ax.set_yticks([])
         for _, _, end in panel.col_groups[:-1]:

@@ -66,7 +66,7 @@ def prior_png(
         for m in members:
             ticks.append((pos + (len(m) - 1) / 2, names[m[0]] if len(m) == 1 else f"{names[m[0]]} +{len(m) - 1}"))
             pos += len(m)
-        panel = Panel(ordered, f"{t} tasks, ordered by hierarchical clustering; ticks mark {len(members)} clusters", None, [], row_ticks=ticks, vmax=vmax, colorbar_label="relation")
+        panel = Panel(ordered, f"{t} tasks, ordered by hierarchical clustering into {len(members)} clusters; a tick labels a cluster's centre where it fits", None, [], row_ticks=ticks, vmax=vmax, colorbar_label="relation")
     else:
         panel = Panel(off, f"{t} tasks (diagonal left at 0)", list(names), list(names), list(groups), list(groups), vmax=vmax, colorbar_label="relation")
     save_png(path, [panel], title=f"task relation matrix: {description}")

@@ -261,7 +261,7 @@ def write_png(report: RoutingReport, path: str | Path, layers: list[int], max_la
             panels[-1].title += f"\nroute mass to other bundles: {crossing}"
     note = ""
     if plan.clustered:
-        note = f"{t} tasks, rows ordered by hierarchical clustering of their routes; ticks mark {len(plan.members)} clusters"
+        note = f"{t} tasks, rows ordered by hierarchical clustering of their routes into {len(plan.members)} clusters; a tick labels a cluster's centre where it fits"
     history = None
     if report.history:
         epochs = [h.get("epoch", i + 1) for i, h in enumerate(report.history)]
