@@ -260,16 +260,29 @@ class Router(nn.Module):
             out[layer] = torch.stack(rows, dim=0)
         return out
 
+    def deciding_routes(self, routes: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The routes that decide a task's path: every insertion layer's for the mixture read-out;
+        for the task read-out the expert layer's only (its rows R_t are the gates task t reads the
+        experts with; the lower layers' routes enter a mixture shared by all tasks)."""
+        if self.expert_layer is not None and self.expert_layer in routes:
+            return {self.expert_layer: routes[self.expert_layer]}
+        return routes
+
+    def normalised_entropy(self, routes: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Mean over the deciding layers (`deciding_routes`) of the mean task-route entropy divided
+        by ln K, in [0, 1]: 1 for uniform routes, 0 when every task uses one adapter. Its weight in
+        the loss is `train.route_entropy` (beta): L = L_task + lambda L_reg + beta * this."""
+        deciding = {layer: r for layer, r in self.deciding_routes(routes).items() if r.size(1) > 1}
+        if not deciding:
+            return self.relation.new_zeros(())
+        return sum(routing_entropy(r) / math.log(r.size(1)) for r in deciding.values()) / len(deciding)
+
     def regularizer(self, routes: dict[int, torch.Tensor]) -> torch.Tensor:
         """Prior consistency: mean over layers of (1/T) sum_{t,u} A_hat_tu ||R_t - R_u||^2,
-        plus the anchor of learned priors. Zero when linked tasks route identically.
-
-        The layers are those whose routes decide a task's path: every insertion layer for the
-        mixture read-out; for the task read-out the expert layer only (its rows R_t are the gates
-        task t reads the experts with; the lower layers' routes enter a mixture shared by all tasks)."""
+        plus the anchor of learned priors. Zero when linked tasks route identically. The layers are
+        those whose routes decide a task's path (`deciding_routes`)."""
         penalty = sum((part.anchor_penalty() for part in self.parts), self.relation.new_zeros(()))
-        if self.expert_layer is not None and self.expert_layer in routes:
-            routes = {self.expert_layer: routes[self.expert_layer]}
+        routes = self.deciding_routes(routes)
         if not routes:
             return penalty
         union = self.union_relation()

@@ -243,6 +243,10 @@ class TrainConfig(_Strict):
     """Early stopping: epochs without a better valid metric; null disables."""
     reg_strength: float = Field(default=0.01, ge=0)
     """lambda: weight of the prior consistency regulariser in L = L_task + lambda L_reg."""
+    route_entropy: float = Field(default=0.0, ge=0)
+    """beta: weight of the routes' mean entropy over ln K (1 when uniform, 0 when each task uses one
+    adapter) added to the loss, L = L_task + lambda L_reg + beta H/ln K: pushes each task's gates
+    towards few adapters. 0 (off) by default."""
     trainable: Literal["auto", "routing"] = "auto"
     """`auto`: adapters, router and heads (and the backbone unless frozen); `routing`: only
     router and task embeddings (calibration of a composed bundle)."""

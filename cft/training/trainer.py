@@ -276,7 +276,7 @@ class Trainer:
         )
         pending = PendingLosses(self.device, 1 if self.device.type == "cpu" else LOSS_CHECK_EVERY)
         self.train_model.train()
-        lam = recipe.train.reg_strength
+        lam, beta = recipe.train.reg_strength, recipe.train.route_entropy
         epoch_started = time.perf_counter()
         total_batches = math.ceil(len(order) / bs)
         with progress_bar(f"epoch {state.epoch + 1}/{recipe.train.epochs}", total=total_batches) as advance:
@@ -289,6 +289,8 @@ class Trainer:
                     task_loss = model.task_loss(logits.float(), batch.y)
                     reg = model.router.regularizer(routes) if lam > 0 else task_loss.new_zeros(())
                     loss = task_loss + lam * reg
+                    if beta > 0:
+                        loss = loss + beta * model.router.normalised_entropy(routes)
                 if pending.add(task_loss, reg, loss, state.batch_in_epoch + 1):
                     self._check_losses(pending, advance)  # on a CPU every step, before the update
                 self.optimizer.zero_grad(set_to_none=True)
