@@ -173,6 +173,17 @@ def test_frozen_dropout_trains_and_evaluates_through_the_cli(trained, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["mean"] == pytest.approx(runs["0.5"]["test"]["mean"], abs=1e-9)
 
 
+def test_route_entropy_sharpens_the_routes_through_the_cli(trained, tmp_path):
+    recipe, _, _ = trained
+    entropy = {}
+    for beta in ("0", "5"):
+        result = run_cli("train", recipe, "-o", tmp_path / beta, "--set", "train.epochs=2", "--set", "train.lr=0.05", "--set", f"train.route_entropy={beta}")
+        assert result.returncode == 0, result.stderr
+        last = json.loads((tmp_path / beta / "metrics.jsonl").read_text().splitlines()[-1])
+        entropy[beta] = last["routing"]["1"]["entropy"]  # the tiny recipe's last insertion layer: the experts' gates
+    assert entropy["5"] < entropy["0"] - 0.05, entropy
+
+
 def test_eval_refuses_a_wrong_backbone(trained, tmp_path):
     _, run, _ = trained
     from cft.files.backbone import save_backbone

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from model_kit import SMILES, tiny_batch, tiny_model
+from test_readout import model_with
 
 from cft.nn.graph import normalized_adjacency
 from cft.nn.routing import PartRouter, gate
@@ -120,3 +122,30 @@ def test_one_forward_pass_serves_all_tasks_with_per_molecule_weights():
     assert a.shape == (1, len(SMILES), 4)
     assert torch.allclose(a.sum(dim=-1), torch.ones(1, len(SMILES)), atol=1e-5), "convex mix of task routes"
     assert not torch.allclose(a[0, 0], a[0, 1]), "weights differ between molecules"
+
+
+@pytest.mark.parametrize("readout", ["mixture", "task"])
+def test_normalised_route_entropy_is_one_for_uniform_and_zero_for_one_adapter_per_task(readout):
+    router = model_with(readout=readout, tasks=3, layers=(0, 1), k=4).router
+    uniform = {layer: torch.full((3, 4), 0.25) for layer in (0, 1)}
+    one_hot = {layer: torch.eye(4)[[0, 2, 3]] for layer in (0, 1)}
+    assert abs(float(router.normalised_entropy(uniform)) - 1.0) < 1e-6
+    assert float(router.normalised_entropy(one_hot)) < 1e-6
+    # the layers that decide a task's path: the expert layer (1) under the task read-out, every layer under the mixture
+    mixed = {0: uniform[0], 1: one_hot[1]}
+    assert abs(float(router.normalised_entropy(mixed)) - (0.0 if readout == "task" else 0.5)) < 1e-6
+
+
+def test_the_route_entropy_term_has_a_gradient_that_sharpens_the_routes():
+    model = tiny_model(layers=(0, 1), k=4, temperature=1.0, threshold=0.0)
+    router = model.router
+    with torch.no_grad():
+        before = float(router.normalised_entropy(router.routes()))
+    optimiser = torch.optim.SGD(router.parameters(), lr=0.5)
+    for _ in range(50):
+        optimiser.zero_grad()
+        router.normalised_entropy(router.routes()).backward()
+        optimiser.step()
+    with torch.no_grad():
+        after = float(router.normalised_entropy(router.routes()))
+    assert 0.0 <= after < before - 0.2, (before, after)
