@@ -475,10 +475,23 @@ def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) 
     name = PEERS[method][0]
     if method == "lora":  # the rank the run was trained with (runs of every --lora-rank share the result file)
         name = f"PEFT LoRA r={s['lora']['rank']} (GIN MLPs)"
+    entropy = _best_epoch_entropy(folder / "metrics.jsonl", s["best_epoch"])
     return {"method": name, "id": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
             "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "trainable": p["trainable"], "total": p["total"],
             "trainable_outside_heads": p["trainable"] - head if head is not None else None, "train_seconds": s["seconds"]["train"],
-            **({"versions": s["versions"]} if "versions" in s else {})}
+            **({"versions": s["versions"]} if "versions" in s else {}), **({"routing_entropy": entropy} if entropy else {})}
+
+
+def _best_epoch_entropy(metrics: Path, best_epoch: int | None) -> dict[str, float] | None:
+    """A routed cft run's mean routing entropy per insertion layer (nats) at its best epoch, from its
+    metrics.jsonl (what its bundle holds); None for runs without routes."""
+    if not metrics.exists() or best_epoch is None:
+        return None
+    for line in metrics.read_text().splitlines():
+        epoch = json.loads(line)
+        if epoch.get("epoch") == best_epoch and epoch.get("routing"):
+            return {layer: v["entropy"] for layer, v in epoch["routing"].items()}
+    return None
 
 
 def summarise(rows: list[dict]) -> dict:

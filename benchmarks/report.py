@@ -171,8 +171,12 @@ def peers_tables(result: dict) -> str:
         by_method.setdefault(r["method"], []).append(r)
     seeds = sorted({r["seed"] for r in result["rows"]})
     metric = result["rows"][0]["metric"] if result["rows"] else "?"
-    lines += ["| method | " + " | ".join(f"seed {k}" for k in seeds) + f" | test {metric} mean ± std | valid mean | best epochs | trainable outside heads | s/run |",
-              "|---|" + "---:|" * len(seeds) + "---:|---:|---|---:|---:|"]
+    # routed runs of newer result files carry their routing entropy at the best epoch: the last layer's
+    # (the experts' gates under the task read-out) is shown when any row has it
+    entropy = any("routing_entropy" in r for r in result["rows"])
+    lines += ["| method | " + " | ".join(f"seed {k}" for k in seeds) + f" | test {metric} mean ± std | valid mean | best epochs | trainable outside heads | s/run |"
+              + (" last layer's route entropy (nats) |" if entropy else ""),
+              "|---|" + "---:|" * len(seeds) + "---:|---:|---|---:|---:|" + ("---:|" if entropy else "")]
     best_first = -1 if HIGHER_IS_BETTER.get(metric, True) else 1  # ROC-AUC: highest first; RMSE: lowest first
     for method, rows in sorted(by_method.items(), key=lambda kv: best_first * statistics.mean(r["test"] for r in kv[1])):
         by_seed = {r["seed"]: r for r in rows}
@@ -182,13 +186,20 @@ def peers_tables(result: dict) -> str:
         cells = " | ".join(f"{by_seed[k]['test']:.4f}" if k in by_seed else "–" for k in seeds)
         lines.append(f"| {method} | {cells} | {statistics.mean(tests):.4f}{spread} | {statistics.mean(r['valid'] for r in rows):.4f} | "
                      f"{', '.join(str(r['best_epoch']) for r in sorted(rows, key=lambda r: r['seed']))} | "
-                     f"{f'{outside:,}' if outside is not None else '–'} of {rows[0]['total']:,} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |")
+                     f"{f'{outside:,}' if outside is not None else '–'} of {rows[0]['total']:,} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |"
+                     + (f" {_last_layer_entropy(rows)} |" if entropy else ""))
     if result.get("errors"):
         lines += ["", "Failed runs: " + "; ".join(f"{e['method']} seed {e['seed']}" for e in result["errors"]) + "."]
     if result.get("withdrawn"):
         w = result["withdrawn"]
         lines += ["", f"Withdrawn from this file: {w['method']} ({w['why']})"]
     return "\n".join(lines) + "\n"
+
+
+def _last_layer_entropy(rows: list[dict]) -> str:
+    """Mean over a method's seeds of the last insertion layer's routing entropy at the best epoch."""
+    values = [r["routing_entropy"][max(r["routing_entropy"], key=int)] for r in rows if r.get("routing_entropy")]
+    return f"{statistics.mean(values):.3f}" if values else "–"
 
 
 def probe_tables(result: dict) -> str:
@@ -248,6 +259,8 @@ def main() -> None:
         ("peers-output-k1", "peers_output_k1.json", peers_tables),
         ("peers-frozen-dropout", "peers_frozen_dropout.json", peers_tables),
         ("peers-esol", "peers_esol.json", peers_tables),
+        ("peers-toxcast", "peers_toxcast.json", peers_tables),
+        ("peers-toxcast-entropy", "peers_toxcast_entropy.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),

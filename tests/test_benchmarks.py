@@ -251,3 +251,20 @@ def test_prior_spectrum_explains_the_scale_the_propagation_leaves(tmp_path, data
     assert abs(norm["scale_init"] - 1.0) < 1e-4 and abs(norm["relative_spread_init"] - 1.0) < 1e-4
     assert norm["routing_entropy_init"] < restart["routing_entropy_init"] < plain["routing_entropy_init"] <= plain["ln_k"] + 1e-6
     assert "| tox21 (12 tasks, K=4) | pairnorm |" in done.stdout
+
+
+def test_report_shows_the_last_layers_route_entropy_when_rows_carry_it():
+    import report
+
+    machine = {"cpu": "cpu", "cores": 2, "torch": "2", "torch_threads": 1, "python": "3", "commit": "x", "date": "today"}
+    rows = [{"method": "routed", "seed": s, "test": 0.7, "valid": 0.7, "best_epoch": 3, "total": 10, "trainable_outside_heads": 1, "train_seconds": 1.0,
+             "metric": "rocauc", "routing_entropy": {"0": 2.0, "4": e}} for s, e in ((0, 0.5), (1, 1.5))]
+    rows.append({"method": "full", "seed": 0, "test": 0.6, "valid": 0.6, "best_epoch": 3, "total": 10, "trainable_outside_heads": 10, "train_seconds": 1.0, "metric": "rocauc"})
+    result = {"machine": machine, "command": "peers.py", "code_commit": "x", "split": {"csv": "s.csv", "csv_sha256": "0" * 64, "sizes": {"train": 1, "val": 1, "test": 1}},
+              "epochs": 1, "patience": None, "backbone": {"fingerprint": "f" * 64}, "rows": rows}
+    table = report.peers_tables(result)
+    assert "last layer's route entropy (nats)" in table
+    assert next(line for line in table.splitlines() if line.startswith("| routed |")).endswith(" 1.000 |")  # mean of layer 4's 0.5 and 1.5
+    assert next(line for line in table.splitlines() if line.startswith("| full |")).endswith(" – |")
+    del rows[:2]
+    assert "route entropy" not in report.peers_tables(result)
