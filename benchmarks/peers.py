@@ -201,9 +201,8 @@ DEFAULT_BACKBONE = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv
 # ----------------------------------------------------------------- the split file
 
 
-def check_dataset(name: str, recipe, data: Path) -> None:
-    """The table row must describe its recipe: chemprop reads DATASETS' columns, cft the recipe's."""
-    ds = resolved(DATASETS[name], data)
+def check_dataset(name: str, ds: Dataset, recipe) -> None:
+    """The table row `ds` (resolved) must describe its recipe: chemprop reads its columns, cft the recipe's."""
     ours, theirs = (ds.csv, list(ds.tasks), ds.task_type, ds.metric), (recipe.data.path, recipe.data.tasks, recipe.data.task_type, recipe.eval.metric)
     if recipe.data.path != ds.csv or recipe.data.tasks not in (None, list(ds.tasks)) or recipe.data.task_type not in ("auto", ds.task_type) or recipe.eval.metric != ds.metric:
         raise SystemExit(f"peers.py: DATASETS[{name!r}] {ours} disagrees with {ds.recipe} {theirs}")
@@ -557,7 +556,7 @@ def main() -> None:
 
     ds = resolved(DATASETS[args.dataset], data)
     recipe = load_recipe(REPO / ds.recipe)
-    check_dataset(args.dataset, recipe, data)
+    check_dataset(args.dataset, ds, recipe)
     PEERS["adapters"] = (f"cft adapters ({ds.recipe})", PEERS["adapters"][1])
     epochs, patience = args.epochs or recipe.train.epochs, recipe.train.patience
     small = args.limit is not None

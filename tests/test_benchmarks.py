@@ -133,16 +133,20 @@ def test_peers_benchmark_reads_toxcast_task_columns_from_its_csv(tmp_path, data_
     assert row["trainable"] == 301 * len(trained) and row["trainable_outside_heads"] == 0 and row["metric"] == "rocauc", row
 
 
+def _peers_result(rows: list[dict]) -> dict:
+    """A minimal peers result file around `rows`, for report.py's table."""
+    machine = {"cpu": "cpu", "cores": 2, "torch": "2", "torch_threads": 1, "python": "3", "commit": "x", "date": "today"}
+    return {"machine": machine, "command": "peers.py", "code_commit": "x", "split": {"csv": "s.csv", "csv_sha256": "0" * 64, "sizes": {"train": 1, "val": 1, "test": 1}},
+            "epochs": 1, "patience": None, "backbone": {"fingerprint": "f" * 64}, "rows": rows}
+
+
 def test_report_lists_regression_peers_lowest_error_first():
     """An RMSE table is sorted best first, which for an error is the lowest."""
     import report
 
     rows = [{"method": m, "seed": 0, "test": t, "valid": t, "best_epoch": 1, "total": 10, "trainable_outside_heads": 1, "train_seconds": 1.0, "metric": "rmse"}
             for m, t in (("worse", 1.2), ("better", 0.8))]
-    machine = {"cpu": "cpu", "cores": 2, "torch": "2", "torch_threads": 1, "python": "3", "commit": "x", "date": "today"}
-    result = {"machine": machine, "command": "peers.py", "code_commit": "x", "split": {"csv": "s.csv", "csv_sha256": "0" * 64, "sizes": {"train": 1, "val": 1, "test": 1}},
-              "epochs": 1, "patience": None, "backbone": {"fingerprint": "f" * 64}, "rows": rows}
-    table = report.peers_tables(result)
+    table = report.peers_tables(_peers_result(rows))
     assert table.index("| better |") < table.index("| worse |")
 
 
@@ -256,12 +260,10 @@ def test_prior_spectrum_explains_the_scale_the_propagation_leaves(tmp_path, data
 def test_report_shows_the_last_layers_route_entropy_when_rows_carry_it():
     import report
 
-    machine = {"cpu": "cpu", "cores": 2, "torch": "2", "torch_threads": 1, "python": "3", "commit": "x", "date": "today"}
     rows = [{"method": "routed", "seed": s, "test": 0.7, "valid": 0.7, "best_epoch": 3, "total": 10, "trainable_outside_heads": 1, "train_seconds": 1.0,
              "metric": "rocauc", "routing_entropy": {"0": 2.0, "4": e}} for s, e in ((0, 0.5), (1, 1.5))]
     rows.append({"method": "full", "seed": 0, "test": 0.6, "valid": 0.6, "best_epoch": 3, "total": 10, "trainable_outside_heads": 10, "train_seconds": 1.0, "metric": "rocauc"})
-    result = {"machine": machine, "command": "peers.py", "code_commit": "x", "split": {"csv": "s.csv", "csv_sha256": "0" * 64, "sizes": {"train": 1, "val": 1, "test": 1}},
-              "epochs": 1, "patience": None, "backbone": {"fingerprint": "f" * 64}, "rows": rows}
+    result = _peers_result(rows)
     table = report.peers_tables(result)
     assert "last layer's route entropy (nats)" in table
     assert next(line for line in table.splitlines() if line.startswith("| routed |")).endswith(" 1.000 |")  # mean of layer 4's 0.5 and 1.5

@@ -94,11 +94,16 @@ class CftModel(nn.Module):
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.freeze_backbone = freeze_backbone
-        self.frozen_dropout = frozen_dropout if freeze_backbone else 0.0
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.dropout = frozen_dropout
         self.train(False)
+
+    @property
+    def frozen_dropout(self) -> float:
+        """The dropout rate of the frozen backbone's layers while training (the backbone holds it); 0
+        for a trained backbone, whose own rate (`BackboneSpec.dropout`) applies instead."""
+        return self.backbone.dropout if self.freeze_backbone else 0.0
 
     def train(self, mode: bool = True) -> CftModel:
         super().train(mode)
