@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,adapters-entropy-0.1,adapters-entropy-1,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -180,6 +180,8 @@ PEERS = {
     "adapters-frozen-dropout": ("cft adapters, frozen backbone's dropout 0.5 while training", METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.5"]),
     # the default recipe with the routes' normalised entropy in the loss (train.route_entropy = beta):
     # each task's gates pushed towards few adapters, against the uniform routes of a dense prior
+    "adapters-entropy-0.001": ("cft adapters, route entropy beta 0.001", METHODS["full method (label prior)"] + ["train.route_entropy=0.001"]),
+    "adapters-entropy-0.01": ("cft adapters, route entropy beta 0.01", METHODS["full method (label prior)"] + ["train.route_entropy=0.01"]),
     "adapters-entropy-0.1": ("cft adapters, route entropy beta 0.1", METHODS["full method (label prior)"] + ["train.route_entropy=0.1"]),
     "adapters-entropy-1": ("cft adapters, route entropy beta 1", METHODS["full method (label prior)"] + ["train.route_entropy=1.0"]),
     "head": ("head only", METHODS["head only"]),

@@ -341,6 +341,15 @@ class CftModel(nn.Module):
             for layer, r in self.router.routes().items()
         }
 
+    @torch.no_grad()
+    def deciding_entropy(self) -> float | None:
+        """How sharply the routes that decide each task's path pick adapters: the mean task-route
+        entropy over the deciding layers divided by ln K (`Router.normalised_entropy`), 1 for
+        uniform routes, 0 when every task uses one adapter; None when nothing is routed (no
+        adapters, or one per layer)."""
+        deciding = {layer: r for layer, r in self.router.deciding_routes(self.router.routes()).items() if r.size(1) > 1}
+        return float(self.router.normalised_entropy(deciding)) if deciding else None
+
     def parameter_counts(self) -> dict[str, int]:
         backbone = sum(p.numel() for p in self.backbone.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

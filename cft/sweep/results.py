@@ -28,6 +28,7 @@ def summary_attrs(summary: dict) -> dict:
         "seconds": {"train": summary.get("seconds", {}).get("train")},
         "graphs_per_second": summary.get("graphs_per_second"),
         "best_epoch": summary.get("best_epoch"),
+        "routing": {"deciding_entropy": summary.get("routing", {}).get("deciding_entropy")},
     }
 
 
@@ -100,6 +101,7 @@ class VariantStats:
     seconds: float
     trainable: Optional[int]
     total: Optional[int]
+    entropy: tuple[float, float]  # normalised route entropy of the deciding layers (0 hard .. 1 uniform)
 
     @property
     def finished(self) -> int:
@@ -127,8 +129,15 @@ def variant_stats(plan: Plan, results: list[RunResult]) -> list[VariantStats]:
             seconds=sum(secs) / len(secs) if secs else math.nan,
             trainable=done[0]["params"]["trainable"] if done else None,
             total=done[0]["params"]["total"] if done else None,
+            entropy=mean_std([route_entropy(s) for s in done]),
         ))
     return stats
+
+
+def route_entropy(summary: dict) -> Optional[float]:
+    """A run's normalised route entropy on the layers that decide each task's path (summary.json's
+    `routing.deciding_entropy`; None for unrouted runs and for runs made before it was recorded)."""
+    return (summary.get("routing") or {}).get("deciding_entropy")
 
 
 def metric_of(results: list[RunResult]) -> Optional[str]:
@@ -156,7 +165,7 @@ def _num(value: Any) -> str:
 
 
 CSV_FIELDS = ("variant", "seed", "status", "metric", "valid", "test", "trainable_params", "total_params", "trainable_fraction",
-              "seconds", "graphs_per_second", "best_epoch", "error", "run_dir")
+              "seconds", "graphs_per_second", "best_epoch", "route_entropy", "error", "run_dir")
 
 
 def write_csv(path: Path, plan: Plan, results: list[RunResult]) -> None:
@@ -170,7 +179,7 @@ def write_csv(path: Path, plan: Plan, results: list[RunResult]) -> None:
         row = [r.variant.name, *(format_value(r.variant.knobs[k]) for k in plan.keys), r.seed, r.status, s.get("metric", ""),
                _num(s.get("valid", {}).get("mean")), _num(s.get("test", {}).get("mean")), _num(params.get("trainable")),
                _num(params.get("total")), _num(params.get("trainable_fraction")), _num(s.get("seconds", {}).get("train")),
-               _num(s.get("graphs_per_second")), _num(s.get("best_epoch")), r.error, str(r.run_dir or "")]
+               _num(s.get("graphs_per_second")), _num(s.get("best_epoch")), _num(route_entropy(s)), r.error, str(r.run_dir or "")]
         writer.writerow(row)
     atomic_write_text(path, buffer.getvalue())
 
@@ -181,6 +190,13 @@ def format_mean_std(pair: tuple[float, float]) -> str:
     if math.isnan(mean):
         return "—"
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _entropy_text(pair: tuple[float, float]) -> str:
+    mean, std = pair
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
@@ -196,9 +212,11 @@ def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
         "- recipe values of the swept knobs: " + ", ".join(f"`{k}={format_value(v)}`" for k, v in plan.base_knobs.items())
         + " (values that differ from them are in bold)",
         f"- {metric or 'metric'}: mean ± std over seeds; sorted by the valid metric, best first (the test metric is not used to rank)",
+        "- route entropy: mean task-route entropy / ln K on the layers that decide each task's path, at the best epoch "
+        "(1 = uniform routes, 0 = one adapter per task; — where nothing is routed)",
         "",
-        "| # | " + " | ".join(plan.keys) + f" | valid {metric or ''} | test {metric or ''} | trainable params | train seconds | runs |",
-        "|---:|" + "---|" * len(plan.keys) + "---:|---:|---:|---:|---|",
+        "| # | " + " | ".join(plan.keys) + f" | valid {metric or ''} | test {metric or ''} | route entropy | trainable params | train seconds | runs |",
+        "|---:|" + "---|" * len(plan.keys) + "---:|---:|---:|---:|---:|---|",
     ]
     for i, s in enumerate(stats, 1):
         runs = f"{s.finished}/{len(s.runs)}" + (f", {len(s.failed)} failed" if s.failed else "")
@@ -206,7 +224,7 @@ def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
         secs = "—" if math.isnan(s.seconds) else f"{s.seconds:.1f}"
         knobs = [esc(format_value(s.variant.knobs[k])) for k in plan.keys]
         knobs = [f"**{text}**" if k in s.variant.changes else text for k, text in zip(plan.keys, knobs)]
-        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {format_mean_std(s.valid)} | {format_mean_std(s.test)} | {params} | {secs} | {runs} |")
+        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {format_mean_std(s.valid)} | {format_mean_std(s.test)} | {_entropy_text(s.entropy)} | {params} | {secs} | {runs} |")
     failures = [r for s in stats for r in s.failed]
     if failures:
         lines += ["", "## Failed runs", ""]

@@ -424,6 +424,8 @@ class Trainer:
             "valid": {"mean": valid["mean"], "per_task": valid["per_task"], **({"mae": valid["mae"]} if "mae" in valid else {})},
             "test": {"mean": test["mean"], "per_task": test["per_task"], **({"mae": test["mae"]} if "mae" in test else {})},
             "params": model.parameter_counts(),
+            # the routes of the best epoch's weights (those the bundle keeps)
+            "routing": {"layers": model.routing_stats(), "deciding_entropy": model.deciding_entropy()},
             "tasks": list(self.dataset.tasks),
             "seconds": {"featurise": self.dataset.featurise_seconds, "data": self.inputs.data_seconds, "train": state.train_seconds,
                         "prefix": self.prefix_seconds},

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, assert_user_error, run_cli
 
-SUMMARY_KEYS = {"metric", "best_epoch", "valid", "test", "params", "tasks", "seconds", "graphs_per_second"}
+SUMMARY_KEYS = {"metric", "best_epoch", "valid", "test", "params", "routing", "tasks", "seconds", "graphs_per_second"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,14 @@ def test_train_writes_the_run_folder(trained):
         assert {"epoch", "loss", "task_loss", "reg_loss", "valid_rocauc", "routing"} <= set(line)
         assert set(line["routing"]) == {"0", "1"}
         assert {"entropy", "active_fraction"} <= set(line["routing"]["0"])
+    # the summary's routes are the best epoch's (the weights the bundle keeps); the task read-out's
+    # deciding layer is the last insertion layer, its entropy given as a fraction of ln K
+    best = lines[summary["best_epoch"] - 1]["routing"]
+    assert summary["routing"]["layers"].keys() == best.keys()
+    for layer, stats in best.items():
+        assert summary["routing"]["layers"][layer] == pytest.approx(stats), layer
+    k = yaml.safe_load((run / "recipe.yaml").read_text())["adapters"]["num_adapters"]
+    assert summary["routing"]["deciding_entropy"] == pytest.approx(best["1"]["entropy"] / math.log(k))
     assert "test rocauc" in result.stdout
 
 
