@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,adapters-entropy-0.1,adapters-entropy-1,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -182,6 +182,10 @@ PEERS = {
     # each task's gates pushed towards few adapters, against the uniform routes of a dense prior
     "adapters-entropy-0.001": ("cft adapters, route entropy beta 0.001", METHODS["full method (label prior)"] + ["train.route_entropy=0.001"]),
     "adapters-entropy-0.01": ("cft adapters, route entropy beta 0.01", METHODS["full method (label prior)"] + ["train.route_entropy=0.01"]),
+    # with the load-balancing term over tasks (train.route_balance = gamma): sharp routes that do
+    # not all pick the same adapter (beta alone sent all 617 ToxCast tasks to one expert)
+    "adapters-entropy-0.01-balance-0.01": ("cft adapters, route entropy 0.01 + balance 0.01", METHODS["full method (label prior)"] + ["train.route_entropy=0.01", "train.route_balance=0.01"]),
+    "adapters-entropy-0.01-balance-0.1": ("cft adapters, route entropy 0.01 + balance 0.1", METHODS["full method (label prior)"] + ["train.route_entropy=0.01", "train.route_balance=0.1"]),
     "adapters-entropy-0.1": ("cft adapters, route entropy beta 0.1", METHODS["full method (label prior)"] + ["train.route_entropy=0.1"]),
     "adapters-entropy-1": ("cft adapters, route entropy beta 1", METHODS["full method (label prior)"] + ["train.route_entropy=1.0"]),
     "head": ("head only", METHODS["head only"]),
@@ -477,10 +481,12 @@ def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) 
     if method == "lora":  # the rank the run was trained with (runs of every --lora-rank share the result file)
         name = f"PEFT LoRA r={s['lora']['rank']} (GIN MLPs)"
     entropy = _best_epoch_entropy(folder / "metrics.jsonl", s["best_epoch"])
+    use = _last_layer_use(folder / "routing_history.safetensors", s["best_epoch"])
     return {"method": name, "id": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
             "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "trainable": p["trainable"], "total": p["total"],
             "trainable_outside_heads": p["trainable"] - head if head is not None else None, "train_seconds": s["seconds"]["train"],
-            **({"versions": s["versions"]} if "versions" in s else {}), **({"routing_entropy": entropy} if entropy else {})}
+            **({"versions": s["versions"]} if "versions" in s else {}), **({"routing_entropy": entropy} if entropy else {}),
+            **({"last_layer_use": use} if use else {})}
 
 
 def _best_epoch_entropy(metrics: Path, best_epoch: int | None) -> dict[str, float] | None:
@@ -493,6 +499,28 @@ def _best_epoch_entropy(metrics: Path, best_epoch: int | None) -> dict[str, floa
         if epoch.get("epoch") == best_epoch and epoch.get("routing"):
             return {layer: v["entropy"] for layer, v in epoch["routing"].items()}
     return None
+
+
+def _last_layer_use(history: Path, best_epoch: int | None) -> dict | None:
+    """How the tasks use the last insertion layer's adapters at the best epoch (the expert gates
+    under the task read-out), from the run's routing_history.safetensors: `chosen`, how many
+    adapters are some task's largest route; `balance`, the entropy of the mean route over ln K
+    (1: all adapters carry the same share, 0: every task on one). None for runs without routes."""
+    if not history.exists() or best_epoch is None:
+        return None
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    routes = load_file(str(history))
+    layers = sorted(int(k.split("/layer")[1]) for k in routes if k.startswith(f"epoch{best_epoch:04d}/"))
+    if not layers:
+        return None
+    r = routes[f"epoch{best_epoch:04d}/layer{layers[-1]}"].astype(np.float64)
+    if r.shape[1] < 2:
+        return None
+    mean = r.mean(axis=0)
+    balance = float(-(mean * np.log(np.clip(mean, 1e-12, None))).sum() / np.log(r.shape[1]))
+    return {"chosen": int(len(set(r.argmax(axis=1).tolist()))), "of": int(r.shape[1]), "balance": balance}
 
 
 def summarise(rows: list[dict]) -> dict:

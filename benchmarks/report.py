@@ -174,9 +174,11 @@ def peers_tables(result: dict) -> str:
     # routed runs of newer result files carry their routing entropy at the best epoch: the last layer's
     # (the experts' gates under the task read-out) is shown when any row has it
     entropy = any("routing_entropy" in r for r in result["rows"])
+    # and how many of the last layer's adapters the tasks pick (sharp routes can all pick one)
+    use = any("last_layer_use" in r for r in result["rows"])
     lines += ["| method | " + " | ".join(f"seed {k}" for k in seeds) + f" | test {metric} mean ± std | valid mean | best epochs | trainable outside heads | s/run |"
-              + (" last layer's route entropy (nats) |" if entropy else ""),
-              "|---|" + "---:|" * len(seeds) + "---:|---:|---|---:|---:|" + ("---:|" if entropy else "")]
+              + (" last layer's route entropy (nats) |" if entropy else "") + (" adapters chosen, balance |" if use else ""),
+              "|---|" + "---:|" * len(seeds) + "---:|---:|---|---:|---:|" + ("---:|" if entropy else "") + ("---:|" if use else "")]
     best_first = -1 if HIGHER_IS_BETTER.get(metric, True) else 1  # ROC-AUC: highest first; RMSE: lowest first
     for method, rows in sorted(by_method.items(), key=lambda kv: best_first * statistics.mean(r["test"] for r in kv[1])):
         by_seed = {r["seed"]: r for r in rows}
@@ -187,7 +189,7 @@ def peers_tables(result: dict) -> str:
         lines.append(f"| {method} | {cells} | {statistics.mean(tests):.4f}{spread} | {statistics.mean(r['valid'] for r in rows):.4f} | "
                      f"{', '.join(str(r['best_epoch']) for r in sorted(rows, key=lambda r: r['seed']))} | "
                      f"{f'{outside:,}' if outside is not None else '–'} of {rows[0]['total']:,} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |"
-                     + (f" {_last_layer_entropy(rows)} |" if entropy else ""))
+                     + (f" {_last_layer_entropy(rows)} |" if entropy else "") + (f" {_last_layer_use(rows)} |" if use else ""))
     if result.get("errors"):
         lines += ["", "Failed runs: " + "; ".join(f"{e['method']} seed {e['seed']}" for e in result["errors"]) + "."]
     if result.get("withdrawn"):
@@ -200,6 +202,15 @@ def _last_layer_entropy(rows: list[dict]) -> str:
     """Mean over a method's seeds of the last insertion layer's routing entropy at the best epoch."""
     values = [r["routing_entropy"][max(r["routing_entropy"], key=int)] for r in rows if r.get("routing_entropy")]
     return f"{statistics.mean(values):.3f}" if values else "–"
+
+
+def _last_layer_use(rows: list[dict]) -> str:
+    """Per seed, how many of the last layer's K adapters are some task's largest route, and the mean
+    over seeds of the balance (entropy of the tasks' mean route / ln K): `1, 1 of 8; 0.00`."""
+    used = [r["last_layer_use"] for r in sorted(rows, key=lambda r: r["seed"]) if r.get("last_layer_use")]
+    if not used:
+        return "–"
+    return f"{', '.join(str(u['chosen']) for u in used)} of {used[0]['of']}; {statistics.mean(u['balance'] for u in used):.2f}"
 
 
 def probe_tables(result: dict) -> str:

@@ -268,5 +268,27 @@ def test_report_shows_the_last_layers_route_entropy_when_rows_carry_it():
     assert "last layer's route entropy (nats)" in table
     assert next(line for line in table.splitlines() if line.startswith("| routed |")).endswith(" 1.000 |")  # mean of layer 4's 0.5 and 1.5
     assert next(line for line in table.splitlines() if line.startswith("| full |")).endswith(" – |")
+    assert "adapters chosen" not in table
+    rows[0]["last_layer_use"], rows[1]["last_layer_use"] = {"chosen": 1, "of": 8, "balance": 0.0}, {"chosen": 5, "of": 8, "balance": 0.5}
+    table = report.peers_tables(result)
+    assert next(line for line in table.splitlines() if line.startswith("| routed |")).endswith(" 1.000 | 1, 5 of 8; 0.25 |")
+    assert next(line for line in table.splitlines() if line.startswith("| full |")).endswith(" – | – |")
     del rows[:2]
     assert "route entropy" not in report.peers_tables(result)
+
+
+def test_peers_reads_how_many_last_layer_adapters_the_tasks_choose(tmp_path):
+    import numpy as np
+    import peers
+    from safetensors.numpy import save_file
+
+    all_on_two = np.tile(np.eye(4, dtype=np.float32)[2], (6, 1))
+    spread = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
+    save_file({"epoch0001/layer0": spread, "epoch0001/layer4": all_on_two, "epoch0002/layer0": all_on_two, "epoch0002/layer4": spread},
+              str(tmp_path / "routing_history.safetensors"))
+    history = tmp_path / "routing_history.safetensors"
+    first = peers._last_layer_use(history, 1)
+    assert first["chosen"] == 1 and first["of"] == 4 and abs(first["balance"]) < 1e-6
+    second = peers._last_layer_use(history, 2)  # mean route (1/3, 1/3, 1/6, 1/6): entropy over ln 4
+    assert second["chosen"] == 4 and abs(second["balance"] - float(-(2 * np.log(1 / 3) / 3 + np.log(1 / 6) / 3) / np.log(4))) < 1e-6
+    assert peers._last_layer_use(history, 3) is None and peers._last_layer_use(tmp_path / "none.safetensors", 1) is None

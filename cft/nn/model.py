@@ -342,13 +342,15 @@ class CftModel(nn.Module):
         }
 
     @torch.no_grad()
-    def deciding_entropy(self) -> float | None:
-        """How sharply the routes that decide each task's path pick adapters: the mean task-route
-        entropy over the deciding layers divided by ln K (`Router.normalised_entropy`), 1 for
-        uniform routes, 0 when every task uses one adapter; None when nothing is routed (no
-        adapters, or one per layer)."""
-        deciding = {layer: r for layer, r in self.router.deciding_routes(self.router.routes()).items() if r.size(1) > 1}
-        return float(self.router.normalised_entropy(deciding)) if deciding else None
+    def deciding_routes_stats(self) -> dict[str, float | None]:
+        """How the routes that decide each task's path use the adapters, as fractions of ln K
+        (`Router.normalised_entropy`, `Router.normalised_balance`): `entropy` 1 for uniform routes,
+        0 when every task uses one adapter; `balance` 1 when the tasks together use every adapter
+        alike, 0 when all use the same one. None when nothing is routed (no adapters, or one per layer)."""
+        routes = self.router.routes()
+        if not any(r.size(1) > 1 for r in self.router.deciding_routes(routes).values()):
+            return {"entropy": None, "balance": None}
+        return {"entropy": float(self.router.normalised_entropy(routes)), "balance": float(self.router.normalised_balance(routes))}
 
     def parameter_counts(self) -> dict[str, int]:
         backbone = sum(p.numel() for p in self.backbone.parameters())

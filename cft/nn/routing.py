@@ -268,14 +268,28 @@ class Router(nn.Module):
             return {self.expert_layer: routes[self.expert_layer]}
         return routes
 
+    def _mean_over_deciding(self, routes: dict[int, torch.Tensor], per_layer) -> torch.Tensor:
+        """`per_layer(R)` [T, K] -> [] (in nats) over ln K, averaged over the deciding layers with K > 1."""
+        deciding = [r for r in self.deciding_routes(routes).values() if r.size(1) > 1]
+        if not deciding:
+            return self.relation.new_zeros(())
+        return sum(per_layer(r) / math.log(r.size(1)) for r in deciding) / len(deciding)
+
     def normalised_entropy(self, routes: dict[int, torch.Tensor]) -> torch.Tensor:
         """Mean over the deciding layers (`deciding_routes`) of the mean task-route entropy divided
         by ln K, in [0, 1]: 1 for uniform routes, 0 when every task uses one adapter. Its weight in
         the loss is `train.route_entropy` (beta): L = L_task + lambda L_reg + beta * this."""
-        deciding = {layer: r for layer, r in self.deciding_routes(routes).items() if r.size(1) > 1}
-        if not deciding:
-            return self.relation.new_zeros(())
-        return sum(routing_entropy(r) / math.log(r.size(1)) for r in deciding.values()) / len(deciding)
+        return self._mean_over_deciding(routes, routing_entropy)
+
+    def normalised_balance(self, routes: dict[int, torch.Tensor]) -> torch.Tensor:
+        """How evenly the tasks, taken together, use a deciding layer's adapters: the entropy of the
+        mean route, H((1/T) sum_t R_t) / ln K, averaged over the deciding layers, in [0, 1]; 1 when
+        every adapter carries the same share of all tasks' weight, 0 when every task uses the same
+        one. Sharp routes alone (`normalised_entropy` -> 0) can all pick one adapter; the difference
+        H(mean route) - mean_t H(R_t) is the mutual information between task and adapter, which is
+        high only when tasks pick *different* adapters. Its weight in the loss is
+        `train.route_balance` (gamma): L = ... + gamma (1 - this)."""
+        return self._mean_over_deciding(routes, lambda r: task_entropy(r.mean(dim=0, keepdim=True))[0])
 
     def regularizer(self, routes: dict[int, torch.Tensor]) -> torch.Tensor:
         """Prior consistency: mean over layers of (1/T) sum_{t,u} A_hat_tu ||R_t - R_u||^2,

@@ -246,7 +246,13 @@ class TrainConfig(_Strict):
     route_entropy: float = Field(default=0.0, ge=0)
     """beta: weight of the routes' mean entropy over ln K (1 when uniform, 0 when each task uses one
     adapter) added to the loss, L = L_task + lambda L_reg + beta H/ln K: pushes each task's gates
-    towards few adapters. 0 (off) by default."""
+    towards few adapters. 0 (off) by default. Alone it can send every task to the same adapter;
+    `route_balance` keeps the adapters in use."""
+    route_balance: float = Field(default=0.0, ge=0)
+    """gamma: weight of (1 - H(mean route)/ln K) in the loss, on the same layers as route_entropy:
+    0 when the tasks together spread their weight evenly over the adapters, 1 when all use the same
+    one (the load-balancing term of mixtures of experts, taken over tasks). With route_entropy it
+    rewards tasks that pick few adapters and *different* ones. 0 (off) by default."""
     trainable: Literal["auto", "routing"] = "auto"
     """`auto`: adapters, router and heads (and the backbone unless frozen); `routing`: only
     router and task embeddings (calibration of a composed bundle)."""

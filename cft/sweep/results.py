@@ -28,7 +28,7 @@ def summary_attrs(summary: dict) -> dict:
         "seconds": {"train": summary.get("seconds", {}).get("train")},
         "graphs_per_second": summary.get("graphs_per_second"),
         "best_epoch": summary.get("best_epoch"),
-        "routing": {"deciding_entropy": summary.get("routing", {}).get("deciding_entropy")},
+        "routing": {k: summary.get("routing", {}).get(k) for k in ("deciding_entropy", "deciding_balance")},
     }
 
 
@@ -102,6 +102,7 @@ class VariantStats:
     trainable: Optional[int]
     total: Optional[int]
     entropy: tuple[float, float]  # normalised route entropy of the deciding layers (0 hard .. 1 uniform)
+    balance: tuple[float, float]  # normalised entropy of their mean route (0 one adapter for all .. 1 even use)
 
     @property
     def finished(self) -> int:
@@ -130,6 +131,7 @@ def variant_stats(plan: Plan, results: list[RunResult]) -> list[VariantStats]:
             trainable=done[0]["params"]["trainable"] if done else None,
             total=done[0]["params"]["total"] if done else None,
             entropy=mean_std([route_entropy(s) for s in done]),
+            balance=mean_std([route_balance(s) for s in done]),
         ))
     return stats
 
@@ -138,6 +140,11 @@ def route_entropy(summary: dict) -> Optional[float]:
     """A run's normalised route entropy on the layers that decide each task's path (summary.json's
     `routing.deciding_entropy`; None for unrouted runs and for runs made before it was recorded)."""
     return (summary.get("routing") or {}).get("deciding_entropy")
+
+
+def route_balance(summary: dict) -> Optional[float]:
+    """A run's `routing.deciding_balance`: how evenly all tasks together use those layers' adapters."""
+    return (summary.get("routing") or {}).get("deciding_balance")
 
 
 def metric_of(results: list[RunResult]) -> Optional[str]:
@@ -165,7 +172,7 @@ def _num(value: Any) -> str:
 
 
 CSV_FIELDS = ("variant", "seed", "status", "metric", "valid", "test", "trainable_params", "total_params", "trainable_fraction",
-              "seconds", "graphs_per_second", "best_epoch", "route_entropy", "error", "run_dir")
+              "seconds", "graphs_per_second", "best_epoch", "route_entropy", "route_balance", "error", "run_dir")
 
 
 def write_csv(path: Path, plan: Plan, results: list[RunResult]) -> None:
@@ -179,7 +186,7 @@ def write_csv(path: Path, plan: Plan, results: list[RunResult]) -> None:
         row = [r.variant.name, *(format_value(r.variant.knobs[k]) for k in plan.keys), r.seed, r.status, s.get("metric", ""),
                _num(s.get("valid", {}).get("mean")), _num(s.get("test", {}).get("mean")), _num(params.get("trainable")),
                _num(params.get("total")), _num(params.get("trainable_fraction")), _num(s.get("seconds", {}).get("train")),
-               _num(s.get("graphs_per_second")), _num(s.get("best_epoch")), _num(route_entropy(s)), r.error, str(r.run_dir or "")]
+               _num(s.get("graphs_per_second")), _num(s.get("best_epoch")), _num(route_entropy(s)), _num(route_balance(s)), r.error, str(r.run_dir or "")]
         writer.writerow(row)
     atomic_write_text(path, buffer.getvalue())
 
@@ -192,7 +199,7 @@ def format_mean_std(pair: tuple[float, float]) -> str:
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
-def _entropy_text(pair: tuple[float, float]) -> str:
+def _fraction_text(pair: tuple[float, float]) -> str:
     mean, std = pair
     if math.isnan(mean):
         return "—"
@@ -213,10 +220,11 @@ def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
         + " (values that differ from them are in bold)",
         f"- {metric or 'metric'}: mean ± std over seeds; sorted by the valid metric, best first (the test metric is not used to rank)",
         "- route entropy: mean task-route entropy / ln K on the layers that decide each task's path, at the best epoch "
-        "(1 = uniform routes, 0 = one adapter per task; — where nothing is routed)",
+        "(1 = uniform routes, 0 = one adapter per task; — where nothing is routed); balance: entropy of the tasks' mean route / ln K "
+        "(1 = all adapters used alike, 0 = every task on the same adapter)",
         "",
-        "| # | " + " | ".join(plan.keys) + f" | valid {metric or ''} | test {metric or ''} | route entropy | trainable params | train seconds | runs |",
-        "|---:|" + "---|" * len(plan.keys) + "---:|---:|---:|---:|---:|---|",
+        "| # | " + " | ".join(plan.keys) + f" | valid {metric or ''} | test {metric or ''} | route entropy | balance | trainable params | train seconds | runs |",
+        "|---:|" + "---|" * len(plan.keys) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for i, s in enumerate(stats, 1):
         runs = f"{s.finished}/{len(s.runs)}" + (f", {len(s.failed)} failed" if s.failed else "")
@@ -224,7 +232,7 @@ def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
         secs = "—" if math.isnan(s.seconds) else f"{s.seconds:.1f}"
         knobs = [esc(format_value(s.variant.knobs[k])) for k in plan.keys]
         knobs = [f"**{text}**" if k in s.variant.changes else text for k, text in zip(plan.keys, knobs)]
-        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {format_mean_std(s.valid)} | {format_mean_std(s.test)} | {_entropy_text(s.entropy)} | {params} | {secs} | {runs} |")
+        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {format_mean_std(s.valid)} | {format_mean_std(s.test)} | {_fraction_text(s.entropy)} | {_fraction_text(s.balance)} | {params} | {secs} | {runs} |")
     failures = [r for s in stats for r in s.failed]
     if failures:
         lines += ["", "## Failed runs", ""]

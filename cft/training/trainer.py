@@ -276,7 +276,7 @@ class Trainer:
         )
         pending = PendingLosses(self.device, 1 if self.device.type == "cpu" else LOSS_CHECK_EVERY)
         self.train_model.train()
-        lam, beta = recipe.train.reg_strength, recipe.train.route_entropy
+        lam, beta, gamma = recipe.train.reg_strength, recipe.train.route_entropy, recipe.train.route_balance
         epoch_started = time.perf_counter()
         total_batches = math.ceil(len(order) / bs)
         with progress_bar(f"epoch {state.epoch + 1}/{recipe.train.epochs}", total=total_batches) as advance:
@@ -291,6 +291,8 @@ class Trainer:
                     loss = task_loss + lam * reg
                     if beta > 0:
                         loss = loss + beta * model.router.normalised_entropy(routes)
+                    if gamma > 0:
+                        loss = loss + gamma * (1.0 - model.router.normalised_balance(routes))
                 if pending.add(task_loss, reg, loss, state.batch_in_epoch + 1):
                     self._check_losses(pending, advance)  # on a CPU every step, before the update
                 self.optimizer.zero_grad(set_to_none=True)
@@ -425,7 +427,7 @@ class Trainer:
             "test": {"mean": test["mean"], "per_task": test["per_task"], **({"mae": test["mae"]} if "mae" in test else {})},
             "params": model.parameter_counts(),
             # the routes of the best epoch's weights (those the bundle keeps)
-            "routing": {"layers": model.routing_stats(), "deciding_entropy": model.deciding_entropy()},
+            "routing": {"layers": model.routing_stats(), **{f"deciding_{k}": v for k, v in model.deciding_routes_stats().items()}},
             "tasks": list(self.dataset.tasks),
             "seconds": {"featurise": self.dataset.featurise_seconds, "data": self.inputs.data_seconds, "train": state.train_seconds,
                         "prefix": self.prefix_seconds},

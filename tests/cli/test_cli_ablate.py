@@ -236,7 +236,7 @@ def test_paper_preset_runs_every_variant(tmp_path):
     assert by_rank["1"] < by_rank["4"] < by_rank["8"] < by_rank["16"] < by_rank["32"]
     # each run's route entropy at its best epoch: a fraction of ln K where adapters are routed, none for K = 1
     entropy = {r["variant"]: r["route_entropy"] for r in rows}
-    assert entropy["adapters.num_adapters=1"] == ""
+    assert entropy["adapters.num_adapters=1"] == "" and next(r for r in rows if r["variant"] == "adapters.num_adapters=1")["route_balance"] == ""
     assert all(0.0 <= float(v) <= 1.0 for name, v in entropy.items() if name != "adapters.num_adapters=1"), entropy
 
 
@@ -263,7 +263,7 @@ def test_tables_and_plots_of_a_product_over_seeds(tmp_path):
             "metric": "rocauc", "best_epoch": 1, "valid": {"mean": score}, "test": {"mean": score - 0.1},
             "params": {"trainable": 100 * variant.knobs["adapters.rank"], "total": 10000, "trainable_fraction": 0.01},
             "seconds": {"train": 1.5, "featurise": 0.1}, "graphs_per_second": 100.0,
-            "routing": {"deciding_entropy": 0.2 + 0.7 * (variant.knobs["routing.temperature"] == 3.0) + 0.02 * seed}}))
+            "routing": {"deciding_entropy": 0.2 + 0.7 * (variant.knobs["routing.temperature"] == 3.0) + 0.02 * seed, "deciding_balance": 0.5}}))
     result = run_cli("ablate", recipe, "--grid", grids[0], "--grid", grids[1], "--seeds", "2", "-o", out)
     assert result.returncode == 0, result.stderr
     assert "ran 0 run(s)" in " ".join(result.stdout.split())
@@ -273,7 +273,7 @@ def test_tables_and_plots_of_a_product_over_seeds(tmp_path):
         (t, k, s) for t in ("0.3", "3.0") for k in ("2", "4") for s in ("0", "1")}
     md = (out / "ablation.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert table[0].startswith("| 1 | **3.0** | 4 |") and "| 0.6550 ± 0.0071 | 0.5550 ± 0.0071 | 0.91 ± 0.01 |" in table[0], table
+    assert table[0].startswith("| 1 | **3.0** | 4 |") and "| 0.6550 ± 0.0071 | 0.5550 ± 0.0071 | 0.91 ± 0.01 | 0.50 ± 0.00 |" in table[0], table
     assert "| route entropy |" in md and {r["route_entropy"] for r in rows if r["routing.temperature"] == "0.3"} == {"0.2", "0.22"}
     assert table[-1].startswith("| 4 | **0.3** | **2** |") and "0.5050 ± 0.0071" in table[-1], table
     for key in ("routing.temperature", "adapters.rank"):

@@ -183,15 +183,23 @@ def test_frozen_dropout_trains_and_evaluates_through_the_cli(trained, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["mean"] == pytest.approx(runs["0.5"]["test"]["mean"], abs=1e-9)
 
 
-def test_route_entropy_sharpens_the_routes_through_the_cli(trained, tmp_path):
+def test_route_entropy_sharpens_the_routes_and_route_balance_spreads_them_through_the_cli(trained, tmp_path):
+    """beta alone sharpens the expert gates, and on the tiny recipe sends every task to the same
+    adapter (balance near 0); gamma keeps them sharp but spread over the adapters."""
     recipe, _, _ = trained
-    entropy = {}
-    for beta in ("0", "5"):
-        result = run_cli("train", recipe, "-o", tmp_path / beta, "--set", "train.epochs=2", "--set", "train.lr=0.05", "--set", f"train.route_entropy={beta}")
+    entropy, routing = {}, {}
+    for beta, gamma in (("0", "0"), ("5", "0"), ("5", "5")):
+        run = tmp_path / f"b{beta}g{gamma}"
+        result = run_cli("train", recipe, "-o", run, "--set", "train.epochs=2", "--set", "train.lr=0.05",
+                         "--set", f"train.route_entropy={beta}", "--set", f"train.route_balance={gamma}")
         assert result.returncode == 0, result.stderr
-        last = json.loads((tmp_path / beta / "metrics.jsonl").read_text().splitlines()[-1])
-        entropy[beta] = last["routing"]["1"]["entropy"]  # the tiny recipe's last insertion layer: the experts' gates
-    assert entropy["5"] < entropy["0"] - 0.05, entropy
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        entropy[beta, gamma] = last["routing"]["1"]["entropy"]  # the tiny recipe's last insertion layer: the experts' gates
+        routing[beta, gamma] = json.loads((run / "summary.json").read_text())["routing"]
+    assert entropy["5", "0"] < entropy["0", "0"] - 0.05, entropy
+    assert routing["5", "0"]["deciding_entropy"] < routing["0", "0"]["deciding_entropy"] - 0.05, routing
+    assert routing["5", "5"]["deciding_entropy"] < routing["0", "0"]["deciding_entropy"] - 0.05, routing
+    assert routing["5", "5"]["deciding_balance"] > routing["5", "0"]["deciding_balance"] + 0.3, routing
 
 
 def test_eval_refuses_a_wrong_backbone(trained, tmp_path):

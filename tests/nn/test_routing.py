@@ -136,6 +136,39 @@ def test_normalised_route_entropy_is_one_for_uniform_and_zero_for_one_adapter_pe
     assert abs(float(router.normalised_entropy(mixed)) - (0.0 if readout == "task" else 0.5)) < 1e-6
 
 
+@pytest.mark.parametrize("readout", ["mixture", "task"])
+def test_route_balance_is_one_when_tasks_spread_over_the_adapters_and_zero_when_all_share_one(readout):
+    router = model_with(readout=readout, tasks=4, layers=(0, 1), k=4).router
+    spread = {layer: torch.eye(4) for layer in (0, 1)}  # each task its own adapter
+    same = {layer: torch.eye(4)[[2, 2, 2, 2]] for layer in (0, 1)}  # sharp, but every task on adapter 2
+    uniform = {layer: torch.full((4, 4), 0.25) for layer in (0, 1)}
+    assert abs(float(router.normalised_balance(spread)) - 1.0) < 1e-6
+    assert abs(float(router.normalised_balance(uniform)) - 1.0) < 1e-6  # even use, though no task chooses
+    assert float(router.normalised_balance(same)) < 1e-6
+    # sharpness alone cannot tell the two sharp cases apart; entropy minus balance (minus the mutual information) can
+    assert float(router.normalised_entropy(spread)) < 1e-6 and float(router.normalised_entropy(same)) < 1e-6
+    mixed = {0: same[0], 1: spread[1]}
+    assert abs(float(router.normalised_balance(mixed)) - (1.0 if readout == "task" else 0.5)) < 1e-6
+
+
+def test_entropy_plus_balance_terms_send_tasks_to_different_adapters():
+    """Minimising beta H(R_t) + gamma (1 - H(mean R)) from near-uniform routes: each task ends
+    sharp and the tasks end on more than one adapter (entropy alone may put them all on one)."""
+    model = tiny_model(layers=(0, 1), k=4, temperature=1.0, threshold=0.0)
+    router = model.router
+    optimiser = torch.optim.SGD(router.parameters(), lr=0.5)
+    for _ in range(200):
+        optimiser.zero_grad()
+        routes = router.routes()
+        (router.normalised_entropy(routes) + (1.0 - router.normalised_balance(routes))).backward()
+        optimiser.step()
+    with torch.no_grad():
+        routes = router.routes()
+        entropy, balance = float(router.normalised_entropy(routes)), float(router.normalised_balance(routes))
+        chosen = {int(a) for r in router.deciding_routes(routes).values() for a in r.argmax(dim=1)}
+    assert entropy < 0.5 and balance > 0.5 and len(chosen) > 1, (entropy, balance, chosen)
+
+
 def test_the_route_entropy_term_has_a_gradient_that_sharpens_the_routes():
     model = tiny_model(layers=(0, 1), k=4, temperature=1.0, threshold=0.0)
     router = model.router
