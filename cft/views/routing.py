@@ -98,6 +98,12 @@ def active_count(routes: np.ndarray) -> np.ndarray:
     return (routes > 0).sum(axis=1)
 
 
+def chosen_count(routes: np.ndarray) -> int:
+    """How many adapters are some task's largest route, [T, K] -> int: 1 when every task reads
+    mostly the same adapter, however sharp each route is."""
+    return len(np.unique(np.asarray(routes).argmax(axis=1)))
+
+
 def task_cross_share(report: RoutingReport, layer: int) -> np.ndarray:
     """[T]: each task's route mass on adapters of parts other than its own."""
     r = report.routes[layer]
@@ -213,7 +219,8 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
         heat, note = summarise_columns(heat, width)
         out.append(Text(""))
         out.append(Text(f"layer {layer} ({report.role(layer)}): {r.shape[0]} tasks x {r.shape[1]} adapters, "
-                        f"mean entropy {ent.mean():.2f} (ln K = {math.log(r.shape[1]):.2f}), active {100 * (r > 0).mean():.0f}%", style="bold"))
+                        f"mean entropy {ent.mean():.2f} (ln K = {math.log(r.shape[1]):.2f}), active {100 * (r > 0).mean():.0f}%, "
+                        f"largest route of some task: {chosen_count(r)} of {r.shape[1]} adapters", style="bold"))
         if note:
             out.append(Text(note, style="yellow"))
         out.extend(render_heat(heat))
@@ -231,7 +238,7 @@ def _panel_title(report: RoutingReport, layer: int) -> str:
     r = report.routes[layer]
     entropy = float(task_entropy(r).mean())
     kind = "expert gates" if layer == report.expert_layer else "shared mixture"
-    return f"layer {layer}: {kind}\nmean entropy {entropy:.2f} (ln K = {math.log(r.shape[1]):.2f})"
+    return f"layer {layer}: {kind}\nmean entropy {entropy:.2f} (ln K = {math.log(r.shape[1]):.2f}); {chosen_count(r)} of {r.shape[1]} chosen"
 
 
 def write_png(report: RoutingReport, path: str | Path, layers: list[int], max_label_rows: int = 60) -> None:
@@ -303,6 +310,7 @@ def to_json(report: RoutingReport, layers: list[int], max_rows: int) -> dict:
             "routes": r.round(6).tolist(),
             "entropy": task_entropy(r).round(6).tolist(),
             "active": active_count(r).tolist(),
+            "chosen": chosen_count(r),
         }
         if len(report.parts) > 1:
             entry["route_mass_by_part"] = cross_mass(report, layer).round(6).tolist()

@@ -83,6 +83,9 @@ def test_inspect_routing_of_a_run_folder_adds_the_epoch_history(tiny_parts, tmp_
     data = json.loads((tmp_path / "r.json").read_text())
     assert list(data["layers"]) == ["1"] and len(data["history"]) == 2
     assert len(data["layers"]["1"]["entropy"]) == 4
+    routes = np.array(data["layers"]["1"]["routes"])
+    chosen = len(set(routes.argmax(axis=1).tolist()))
+    assert data["layers"]["1"]["chosen"] == chosen and f"{chosen} of {routes.shape[1]} adapters" in " ".join(result.stdout.split())
     assert_user_error(run_cli_inprocess("inspect-routing", run, "--layer", "7"), "layers 0, 1")
 
 
