@@ -519,7 +519,7 @@ def _last_layer_use(history: Path, best_epoch: int | None) -> dict | None:
     if r.shape[1] < 2:
         return None
     mean = r.mean(axis=0)
-    balance = float(-(mean * np.log(np.clip(mean, 1e-12, None))).sum() / np.log(r.shape[1]))
+    balance = max(0.0, float(-(mean * np.log(np.clip(mean, 1e-12, None))).sum() / np.log(r.shape[1])))  # no -0.0
     return {"chosen": int(len(set(r.argmax(axis=1).tolist()))), "of": int(r.shape[1]), "balance": balance}
 
 
