@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,adapters-frozen-dropout,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,adapters-entropy-0.1,adapters-entropy-1,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -44,6 +44,15 @@ chemprop runs start again):
   Linear, before its BatchNorm and ReLU (`adapters.placement=mlp-hidden`; 72,000 weights);
 - `hidden-k1-r16-linear`, `adapters-linear`: the same with `adapters.activation=identity` (LoRA's
   linear update V U z): LoRA r=16 on the MLP's first Linear, and the default recipe with linear adapters;
+- `adapters-frozen-dropout`: the recipe with the frozen backbone's dropout on while the adapters
+  train (`backbone.frozen_dropout=0.5`);
+- `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
+  the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
+  the two route terms);
+- `adapters-entropy-<beta>`, `adapters-entropy-0.01-balance-<gamma>`, `pairnorm-entropy-balance-<g>`:
+  plain routes plus the route-entropy term (`train.route_entropy`), the balance term
+  (`train.route_balance`) and PairNorm on the propagated task embeddings (`prior.norm=pairnorm`);
+  rows carry the last layer's routing entropy and how many of its adapters the tasks choose;
 - `head`, `full`, `scratch`: head only, full fine-tuning and GIN-VN from scratch through the same
   CLI, with the `--set` lists of benchmarks/quality.py's METHODS;
 - `chemprop`: chemprop 2.3.1 with its defaults (`chemprop train`; only the epochs are set, to the
@@ -154,6 +163,8 @@ def resolved(ds: Dataset, data: Path) -> Dataset:
     if ds.tasks is not None:
         return ds
     return ds._replace(tasks=tuple(c for c in pd.read_csv(data / ds.csv, nrows=0).columns if c != "smiles"))
+# the route settings every route-term method starts from (see adapters-plain-routes)
+PLAIN_ROUTES = ["prior.norm=none", "train.route_entropy=0", "train.route_balance=0"]
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
@@ -178,16 +189,26 @@ PEERS = {
     # the default recipe with the frozen backbone's dropout on while the adapters train (BatchNorm
     # keeps its pretraining statistics), as PEFT and AdapterGNN leave the base model in training mode
     "adapters-frozen-dropout": ("cft adapters, frozen backbone's dropout 0.5 while training", METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.5"]),
-    # the default recipe with the routes' normalised entropy in the loss (train.route_entropy = beta):
-    # each task's gates pushed towards few adapters, against the uniform routes of a dense prior
-    "adapters-entropy-0.001": ("cft adapters, route entropy beta 0.001", METHODS["full method (label prior)"] + ["train.route_entropy=0.001"]),
-    "adapters-entropy-0.01": ("cft adapters, route entropy beta 0.01", METHODS["full method (label prior)"] + ["train.route_entropy=0.01"]),
+    # routes as recipes/toxcast.yaml had them until commit ROUTES_COMMIT (and recipes/tox21.yaml has them):
+    # the label prior propagated without PairNorm, no route terms in the loss. The route-term methods
+    # below start from these values, so a method means the same runs whatever the recipe's defaults.
+    "adapters-plain-routes": ("cft adapters, plain routes (no PairNorm, no route terms)", PLAIN_ROUTES),
+    # the routes' normalised entropy in the loss (train.route_entropy = beta): each task's gates
+    # pushed towards few adapters, against the uniform routes of a dense prior
+    "adapters-entropy-0.001": ("cft adapters, route entropy beta 0.001", PLAIN_ROUTES + ["train.route_entropy=0.001"]),
+    "adapters-entropy-0.01": ("cft adapters, route entropy beta 0.01", PLAIN_ROUTES + ["train.route_entropy=0.01"]),
+    "adapters-entropy-0.1": ("cft adapters, route entropy beta 0.1", PLAIN_ROUTES + ["train.route_entropy=0.1"]),
+    "adapters-entropy-1": ("cft adapters, route entropy beta 1", PLAIN_ROUTES + ["train.route_entropy=1.0"]),
     # with the load-balancing term over tasks (train.route_balance = gamma): sharp routes that do
     # not all pick the same adapter (beta alone sent all 617 ToxCast tasks to one expert)
-    "adapters-entropy-0.01-balance-0.01": ("cft adapters, route entropy 0.01 + balance 0.01", METHODS["full method (label prior)"] + ["train.route_entropy=0.01", "train.route_balance=0.01"]),
-    "adapters-entropy-0.01-balance-0.1": ("cft adapters, route entropy 0.01 + balance 0.1", METHODS["full method (label prior)"] + ["train.route_entropy=0.01", "train.route_balance=0.1"]),
-    "adapters-entropy-0.1": ("cft adapters, route entropy beta 0.1", METHODS["full method (label prior)"] + ["train.route_entropy=0.1"]),
-    "adapters-entropy-1": ("cft adapters, route entropy beta 1", METHODS["full method (label prior)"] + ["train.route_entropy=1.0"]),
+    "adapters-entropy-0.01-balance-0.01": ("cft adapters, route entropy 0.01 + balance 0.01", PLAIN_ROUTES + ["train.route_entropy=0.01", "train.route_balance=0.01"]),
+    "adapters-entropy-0.01-balance-0.1": ("cft adapters, route entropy 0.01 + balance 0.1", PLAIN_ROUTES + ["train.route_entropy=0.01", "train.route_balance=0.1"]),
+    # the same two terms with PairNorm on the propagated task embeddings (prior.norm), which keeps
+    # the 617 tasks' embeddings apart after propagation over the dense label graph
+    "pairnorm-entropy-balance-0.01": ("cft adapters, PairNorm prior, route entropy 0.01 + balance 0.01", PLAIN_ROUTES + [
+        "prior.norm=pairnorm", "train.route_entropy=0.01", "train.route_balance=0.01"]),
+    "pairnorm-entropy-balance-0.1": ("cft adapters, PairNorm prior, route entropy 0.1 + balance 0.1", PLAIN_ROUTES + [
+        "prior.norm=pairnorm", "train.route_entropy=0.1", "train.route_balance=0.1"]),
     "head": ("head only", METHODS["head only"]),
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),
