@@ -292,3 +292,16 @@ def test_peers_reads_how_many_last_layer_adapters_the_tasks_choose(tmp_path):
     second = peers._last_layer_use(history, 2)  # mean route (1/3, 1/3, 1/6, 1/6): entropy over ln 4
     assert second["chosen"] == 4 and abs(second["balance"] - float(-(2 * np.log(1 / 3) / 3 + np.log(1 / 6) / 3) / np.log(4))) < 1e-6
     assert peers._last_layer_use(history, 3) is None and peers._last_layer_use(tmp_path / "none.safetensors", 1) is None
+
+
+def test_route_families_counts_each_familys_choices_and_scores_the_alignment():
+    import numpy as np
+    import route_families
+
+    tasks = ["ATG_a", "ATG_b", "ATG_c", "NVS_a", "NVS_b", "NVS_c"]
+    aligned = np.eye(3)[[0, 0, 0, 2, 2, 2]] * 0.8 + 0.2 / 3
+    row = route_families.family_table(tasks, aligned)
+    assert row["families"] == {"ATG": [3, 0, 0], "NVS": [0, 0, 3]} and row["chosen"] == 2 and row["per_adapter"] == [3, 0, 3]
+    assert abs(row["nmi"] - 1.0) < 1e-9 and row["nmi_shuffled"] < row["nmi"]
+    mixed = np.eye(3)[[0, 2, 0, 2, 0, 2]]  # each family split across the same two adapters: no alignment
+    assert route_families.family_table(tasks, mixed)["nmi"] < 0.1
