@@ -269,7 +269,8 @@ class Router(nn.Module):
         return routes
 
     def _mean_over_deciding(self, routes: dict[int, torch.Tensor], per_layer) -> torch.Tensor:
-        """`per_layer(R)` [T, K] -> [] (in nats) over ln K, averaged over the deciding layers with K > 1."""
+        """(1/|L|) sum_{l in L} per_layer(R^l) / ln K_l over the deciding layers L with K > 1, where
+        per_layer maps routes [T, K] to a scalar in nats; zero when no such layer exists."""
         deciding = [r for r in self.deciding_routes(routes).values() if r.size(1) > 1]
         if not deciding:
             return self.relation.new_zeros(())
