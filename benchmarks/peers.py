@@ -529,19 +529,19 @@ def _last_layer_use(history: Path, best_epoch: int | None) -> dict | None:
     (1: all adapters carry the same share, 0: every task on one). None for runs without routes."""
     if not history.exists() or best_epoch is None:
         return None
-    import numpy as np
     from safetensors.numpy import load_file
+
+    from cft.views.routing import chosen_count, task_entropy
 
     routes = load_file(str(history))
     layers = sorted(int(k.split("/layer")[1]) for k in routes if k.startswith(f"epoch{best_epoch:04d}/"))
     if not layers:
         return None
-    r = routes[f"epoch{best_epoch:04d}/layer{layers[-1]}"].astype(np.float64)
+    r = routes[f"epoch{best_epoch:04d}/layer{layers[-1]}"]
     if r.shape[1] < 2:
         return None
-    mean = r.mean(axis=0)
-    balance = max(0.0, float(-(mean * np.log(np.clip(mean, 1e-12, None))).sum() / np.log(r.shape[1])))  # no -0.0
-    return {"chosen": int(len(set(r.argmax(axis=1).tolist()))), "of": int(r.shape[1]), "balance": balance}
+    balance = max(0.0, float(task_entropy(r.mean(axis=0, keepdims=True))[0] / math.log(r.shape[1])))  # no -0.0
+    return {"chosen": chosen_count(r), "of": int(r.shape[1]), "balance": balance}
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -348,7 +348,7 @@ class CftModel(nn.Module):
         0 when every task uses one adapter; `balance` 1 when the tasks together use every adapter
         alike, 0 when all use the same one. None when nothing is routed (no adapters, or one per layer)."""
         routes = self.router.routes()
-        if not any(r.size(1) > 1 for r in self.router.deciding_routes(routes).values()):
+        if not self.router.routed_deciding(routes):
             return {"entropy": None, "balance": None}
         return {"entropy": float(self.router.normalised_entropy(routes)), "balance": float(self.router.normalised_balance(routes))}
 

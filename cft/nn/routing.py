@@ -268,10 +268,14 @@ class Router(nn.Module):
             return {self.expert_layer: routes[self.expert_layer]}
         return routes
 
+    def routed_deciding(self, routes: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """The deciding layers' routes [T, K] with a choice to make (K > 1)."""
+        return [r for r in self.deciding_routes(routes).values() if r.size(1) > 1]
+
     def _mean_over_deciding(self, routes: dict[int, torch.Tensor], per_layer) -> torch.Tensor:
         """(1/|L|) sum_{l in L} per_layer(R^l) / ln K_l over the deciding layers L with K > 1, where
         per_layer maps routes [T, K] to a scalar in nats; zero when no such layer exists."""
-        deciding = [r for r in self.deciding_routes(routes).values() if r.size(1) > 1]
+        deciding = self.routed_deciding(routes)
         if not deciding:
             return self.relation.new_zeros(())
         return sum(per_layer(r) / math.log(r.size(1)) for r in deciding) / len(deciding)

@@ -139,12 +139,16 @@ def variant_stats(plan: Plan, results: list[RunResult]) -> list[VariantStats]:
 def route_entropy(summary: dict) -> Optional[float]:
     """A run's normalised route entropy on the layers that decide each task's path (summary.json's
     `routing.deciding_entropy`; None for unrouted runs and for runs made before it was recorded)."""
-    return (summary.get("routing") or {}).get("deciding_entropy")
+    return _routing_value(summary, "deciding_entropy")
 
 
 def route_balance(summary: dict) -> Optional[float]:
     """A run's `routing.deciding_balance`: how evenly all tasks together use those layers' adapters."""
-    return (summary.get("routing") or {}).get("deciding_balance")
+    return _routing_value(summary, "deciding_balance")
+
+
+def _routing_value(summary: dict, key: str) -> Optional[float]:
+    return (summary.get("routing") or {}).get(key)
 
 
 def metric_of(results: list[RunResult]) -> Optional[str]:
@@ -191,19 +195,12 @@ def write_csv(path: Path, plan: Plan, results: list[RunResult]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def format_mean_std(pair: tuple[float, float]) -> str:
+def format_mean_std(pair: tuple[float, float], digits: int = 4) -> str:
     """`0.7123 ± 0.0045` (sample std over seeds); the mean alone for one seed; `—` for none."""
     mean, std = pair
     if math.isnan(mean):
         return "—"
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
-
-
-def _fraction_text(pair: tuple[float, float]) -> str:
-    mean, std = pair
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
@@ -232,7 +229,7 @@ def markdown(plan: Plan, results: list[RunResult], command: str) -> str:
         secs = "—" if math.isnan(s.seconds) else f"{s.seconds:.1f}"
         knobs = [esc(format_value(s.variant.knobs[k])) for k in plan.keys]
         knobs = [f"**{text}**" if k in s.variant.changes else text for k, text in zip(plan.keys, knobs)]
-        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {format_mean_std(s.valid)} | {format_mean_std(s.test)} | {_fraction_text(s.entropy)} | {_fraction_text(s.balance)} | {params} | {secs} | {runs} |")
+        lines.append(f"| {i} | " + " | ".join(knobs) + f" | {format_mean_std(s.valid)} | {format_mean_std(s.test)} | {format_mean_std(s.entropy, 2)} | {format_mean_std(s.balance, 2)} | {params} | {secs} | {runs} |")
     failures = [r for s in stats for r in s.failed]
     if failures:
         lines += ["", "## Failed runs", ""]
