@@ -185,6 +185,9 @@ PEERS = {
     # LoRA r=16 on the first Linear; on the output, the default recipe with linear adapters
     "hidden-k1-r16-linear": ("cft, one linear adapter r=16 in the GIN MLP's hidden layer", METHODS["full method (label prior)"] + [
         "adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16", "adapters.activation=identity"]),
+    # the dataset's recipe with half the experts: K=4 r=8 puts recipes/toxcast.yaml's adapters under 5%
+    # of the backbone's weights (K=8 is 6.7%), the parameter bar of the peers comparison
+    "adapters-k4": ("cft adapters, the recipe with K=4 experts", METHODS["full method (label prior)"] + ["adapters.num_adapters=4"]),
     "adapters-linear": ("cft adapters, identity activation", METHODS["full method (label prior)"] + ["adapters.activation=identity"]),
     # the default recipe with the frozen backbone's dropout on while the adapters train (BatchNorm
     # keeps its pretraining statistics), as PEFT and AdapterGNN leave the base model in training mode
