@@ -48,6 +48,9 @@ MODES = {
     "cft full fine-tuning": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
     "cft adapters K=4 r=8 (routed)": [],
     # adapters in the top two layers: layers 0-2 are a fixed function, run once per molecule
+    # every layer but the first: only layer 0 (and the atom encoder) is cached, the step skips its
+    # forward and backward (a fifth of the layers), and every adapted layer but one is kept
+    "cft adapters K=4 r=8, layers 1-4, prefix cached": ["adapters.layers=[1,2,3,4]"],
     "cft adapters K=4 r=8, layers 3-4, prefix cached": ["adapters.layers=[3,4]"],
     "cft adapters K=4 r=8, layers 3-4, prefix recomputed": ["adapters.layers=[3,4]", "train.prefix_cache=recompute"],
     "cft adapters K=8 r=8 (routed)": ["adapters.num_adapters=8"],
@@ -62,6 +65,7 @@ MODES = {
 # training-throughput ratios: name -> (numerator mode, denominator mode)
 RATIOS = {
     "default-recipe adapters K=4 (every layer) / full fine-tuning (target >= 2.0)": ("cft adapters K=4 r=8 (routed)", "cft full fine-tuning"),
+    "adapters K=4 in layers 1-4, prefix cached / full fine-tuning": ("cft adapters K=4 r=8, layers 1-4, prefix cached", "cft full fine-tuning"),
     "adapters K=4 in layers 3-4, prefix cached / full fine-tuning": ("cft adapters K=4 r=8, layers 3-4, prefix cached", "cft full fine-tuning"),
     "layers 3-4: prefix cached / recomputed": ("cft adapters K=4 r=8, layers 3-4, prefix cached", "cft adapters K=4 r=8, layers 3-4, prefix recomputed"),
     "one adapter K=1 / K=8 routed (routing overhead)": ("cft one adapter K=1 r=8", "cft adapters K=8 r=8 (routed)"),
