@@ -75,6 +75,22 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     assert len(list(out.glob("tox21*/*/seed0"))) == 4
 
 
+@pytest.mark.parametrize("dataset", ["tox21", "toxcast"])
+def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says(dataset):
+    """Each cft method of benchmarks/peers.py loads as its dataset's recipe plus its overrides (what
+    `cft train` would validate), and the lever methods change only their one field."""
+    import peers
+
+    recipe_path = peers.DATASETS[dataset].recipe
+    base = load_recipe(REPO / recipe_path)
+    loaded = {m: load_recipe(REPO / recipe_path, sets) for m, (_, sets) in peers.PEERS.items() if sets is not None}
+    assert loaded["adapters"] == base
+    assert loaded["adapters-k4"].adapters.num_adapters == 4 and loaded["adapters-k4"].prior == base.prior and loaded["adapters-k4"].train == base.train
+    assert loaded["adapters-b64"].train.batch_size == 64 and loaded["adapters-b64"].train.lr == base.train.lr
+    assert loaded["adapters-l14"].adapters.layers == [1, 2, 3, 4] and loaded["adapters-l14"].train.prefix_cache == "memory"
+    assert loaded["adapters-plain-routes"].prior.norm == "none" and loaded["adapters-plain-routes"].train.route_entropy == 0
+
+
 def _peers(tmp_path: Path, data_root: Path, *args: str) -> tuple[Path, dict]:
     """benchmarks/peers.py with `args`, one epoch, one seed, one run at a time: its run folder and result."""
     import json
