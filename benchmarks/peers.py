@@ -188,6 +188,9 @@ PEERS = {
     # the dataset's recipe with half the experts: K=4 r=8 puts recipes/toxcast.yaml's adapters under 5%
     # of the backbone's weights (K=8 is 6.7%), the parameter bar of the peers comparison
     "adapters-k4": ("cft adapters, the recipe with K=4 experts", METHODS["full method (label prior)"] + ["adapters.num_adapters=4"]),
+    # the recipe's routed bank (K=4 r=8 on Tox21) added to each GIN MLP's first Linear, where LoRA acts
+    # on it: 5 x 4 x 8 x (300 + 600) = 144,000 adapter weights, 4.3% of the backbone
+    "adapters-hidden": ("cft adapters in the GIN MLP's hidden layer (routed)", METHODS["full method (label prior)"] + ["adapters.placement=mlp-hidden"]),
     # the recipe at chemprop's default batch of 64 (same lr, half the steps): the time-to-result lever
     # of the speed issue, since a CPU step of 64 molecules costs well under two steps of 32
     "adapters-b64": ("cft adapters, the recipe at batch 64", METHODS["full method (label prior)"] + ["train.batch_size=64"]),

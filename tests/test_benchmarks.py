@@ -86,6 +86,7 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
     loaded = {m: load_recipe(REPO / recipe_path, sets) for m, (_, sets) in peers.PEERS.items() if sets is not None}
     assert loaded["adapters"] == base
     assert loaded["adapters-k4"].adapters.num_adapters == 4 and loaded["adapters-k4"].prior == base.prior and loaded["adapters-k4"].train == base.train
+    assert loaded["adapters-hidden"].adapters.placement == "mlp-hidden" and loaded["adapters-hidden"].adapters.num_adapters == base.adapters.num_adapters
     assert loaded["adapters-b64"].train.batch_size == 64 and loaded["adapters-b64"].train.lr == base.train.lr
     assert loaded["adapters-l14"].adapters.layers == [1, 2, 3, 4] and loaded["adapters-l14"].train.prefix_cache == "memory"
     assert loaded["adapters-plain-routes"].prior.norm == "none" and loaded["adapters-plain-routes"].train.route_entropy == 0
