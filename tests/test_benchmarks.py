@@ -322,3 +322,19 @@ def test_route_families_counts_each_familys_choices_and_scores_the_alignment():
     assert abs(row["nmi"] - 1.0) < 1e-9 and row["nmi_shuffled"] < row["nmi"]
     mixed = np.eye(3)[[0, 2, 0, 2, 0, 2]]  # each family split across the same two adapters: no alignment
     assert route_families.family_table(tasks, mixed)["nmi"] < 0.1
+
+
+def test_pretraining_molecules_are_each_source_molecule_once_less_the_held_out_ones(tmp_path):
+    """benchmarks/pretrain_backbone.py: molecules compared by canonical SMILES, so another spelling of a
+    held-out (valid/test) molecule is held out too, and one molecule in both sources is kept once."""
+    import pandas as pd
+    import pretrain_backbone
+
+    pd.DataFrame({"smiles": ["OCC", "c1ccccc1", "not a molecule", "CCN"], "HIV_active": [0, 1, 0, 0]}).to_csv(tmp_path / "HIV.csv.gz", index=False)
+    pd.DataFrame({"smiles": ["C1=CC=CC=C1", "CCCl", "NCC"], "MUV-466": [0, None, 1]}).to_csv(tmp_path / "muv.csv.gz", index=False)
+    held = {"tox21": {pretrain_backbone.canonical("CCO")}, "esol": {pretrain_backbone.canonical("CCN")}}
+    kept, counts = pretrain_backbone.pretraining_molecules(tmp_path, held, limit=None)
+    assert kept == [pretrain_backbone.canonical("c1ccccc1"), pretrain_backbone.canonical("CCCl")]
+    assert counts["unparsable"] == 1 and counts["duplicates"] == 2 and counts["held_out"] == 2, counts  # benzene twice, ethylamine (CCN = NCC) twice
+    assert counts["rows"] == {"HIV.csv.gz": 4, "muv.csv.gz": 3} and counts["pretraining_molecules"] == 2
+    assert pretrain_backbone.pretraining_molecules(tmp_path, held, limit=1)[0] == kept[:1]

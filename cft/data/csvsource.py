@@ -86,7 +86,9 @@ def read_header(path: Path) -> list[str]:
     return names
 
 
-def read_csv_table(cfg: DataConfig, root: Path) -> Table:
+def read_csv_table(cfg: DataConfig, root: Path, need_labels: bool = True) -> Table:
+    """The CSV's SMILES, task columns and labels. `need_labels=False` (self-supervised pretraining,
+    which never reads a label) also accepts a file of SMILES alone: a table with no task."""
     path = resolve_csv_path(cfg, root)
     frame = read_frame(path)
     if cfg.limit:
@@ -103,6 +105,9 @@ def read_csv_table(cfg: DataConfig, root: Path) -> Table:
         tasks = [columns[i] for i in select(columns, cfg.tasks, source=str(path)) if columns[i] not in excluded]
     else:
         tasks = [c for c in columns if c not in excluded]
+    if not tasks and not need_labels:
+        split_values = frame[split_col].tolist() if split_col else None
+        return Table(smiles=frame[smiles_col].tolist(), tasks=[], labels=np.empty((len(frame), 0), dtype=np.float32), kinds=[], split_values=split_values, dropped=[])
     if not tasks:
         raise CftError(f"{path}: no task columns (only {smiles_col!r}).", hint="A CSV needs a SMILES column and at least one label column.")
     columns_values = {task: _numeric_column(frame[task], path, task) for task in tasks}

@@ -118,7 +118,7 @@ def load_dataset(cfg: DataConfig, root: Path, seed: int = 0, *, need_labels: boo
     else:
         from cft.data.csvsource import read_csv_table, resolve_csv_path
 
-        table = read_csv_table(cfg, root)
+        table = read_csv_table(cfg, root, need_labels)
         path = resolve_csv_path(cfg, root)
         smiles, tasks, labels, kinds, split_values = table.smiles, table.tasks, table.labels, table.kinds, table.split_values
         dropped = {task: "no label in any row of the input" for task in table.dropped}

@@ -103,7 +103,7 @@ class PretrainConfig(_Strict):
     """`masking`: self-supervised attribute masking (labels unused); `supervised`: multi-task
     training on the labels of `data`."""
     data: DataConfig = Field(default_factory=DataConfig)
-    """Molecules (and, for `supervised`, labels) to pretrain on."""
+    """Molecules (and, for `supervised`, labels) to pretrain on; for `masking` a CSV may hold SMILES only."""
     epochs: int = Field(default=3, ge=1)
     """Pretraining epochs."""
     batch_size: int = Field(default=256, ge=1)

@@ -71,3 +71,23 @@ def test_train_csv_refusals(csv, tmp_path):
     assert_user_error(refused, "column 'size'", "says binary but the labels are not all 0/1")
     assert_user_error(run_cli_inprocess("train", "--data", tmp_path / "nope.csv", "-o", tmp_path / "y"), "nope.csv does not exist")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_masking_pretrains_on_a_csv_of_smiles_alone(csv, tmp_path):
+    """Self-supervised pretraining never reads a label, so its data may be a file of SMILES only
+    (the unlabelled molecules a practitioner has most of); supervised pretraining still needs labels."""
+    import pandas as pd
+
+    smiles = tmp_path / "unlabelled.csv"
+    pd.read_csv(csv)[["structure"]].rename(columns={"structure": "smiles"}).to_csv(smiles, index=False)
+    pretrain = ["--set", "backbone.pretrain.data.source=csv", "--set", f"backbone.pretrain.data.path={smiles}"]
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", csv, "--smiles-column", "structure", "--tasks", "has_N,has_O", "-o", run, *SMALL, *pretrain)
+    assert result.returncode == 0, result.stderr
+    made = json.loads((run / "summary.json").read_text())
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["backbone"]["pretrain"]["data"]["path"] == str(smiles)
+    assert made["epochs_run"] == 2 and (run / "backbone.safetensors").exists()
+    supervised = run_cli_inprocess("train", "--data", csv, "--smiles-column", "structure", "--tasks", "has_N,has_O", "-o", tmp_path / "sup",
+                                   *SMALL, *pretrain, "--set", "backbone.pretrain.method=supervised")
+    assert_user_error(supervised, "unlabelled.csv: no task columns")
+    assert not (tmp_path / "sup").exists()
