@@ -271,7 +271,6 @@ def main() -> None:
         ("peers-frozen-dropout", "peers_frozen_dropout.json", peers_tables),
         ("peers-esol", "peers_esol.json", peers_tables),
         ("peers-toxcast", "peers_toxcast.json", peers_tables),
-        ("peers-toxcast-k4", "peers_toxcast_k4.json", peers_tables),
         ("peers-tox21-epyc", "peers_tox21_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
