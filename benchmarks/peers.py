@@ -191,6 +191,9 @@ PEERS = {
     # the recipe's routed bank (K=4 r=8 on Tox21) added to each GIN MLP's first Linear, where LoRA acts
     # on it: 5 x 4 x 8 x (300 + 600) = 144,000 adapter weights, 4.3% of the backbone
     "adapters-hidden": ("cft adapters in the GIN MLP's hidden layer (routed)", METHODS["full method (label prior)"] + ["adapters.placement=mlp-hidden"]),
+    # the same bank beside each GIN MLP's second Linear, on its input (LoRA's place on that Linear):
+    # 5 x 4 x 8 x (600 + 300) = 144,000 adapter weights on Tox21, as `adapters-hidden`
+    "adapters-out": ("cft adapters beside the GIN MLP's second Linear (routed)", METHODS["full method (label prior)"] + ["adapters.placement=mlp-out"]),
     # the recipe at chemprop's default batch of 64 (same lr, half the steps): the time-to-result lever
     # of the speed issue, since a CPU step of 64 molecules costs well under two steps of 32
     "adapters-b64": ("cft adapters, the recipe at batch 64", METHODS["full method (label prior)"] + ["train.batch_size=64"]),

@@ -87,6 +87,7 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
     assert loaded["adapters"] == base
     assert loaded["adapters-k4"].adapters.num_adapters == 4 and loaded["adapters-k4"].prior == base.prior and loaded["adapters-k4"].train == base.train
     assert loaded["adapters-hidden"].adapters.placement == "mlp-hidden" and loaded["adapters-hidden"].adapters.num_adapters == base.adapters.num_adapters
+    assert loaded["adapters-out"].adapters.placement == "mlp-out"
     assert loaded["adapters-b64"].train.batch_size == 64 and loaded["adapters-b64"].train.lr == base.train.lr
     assert loaded["adapters-l14"].adapters.layers == [1, 2, 3, 4] and loaded["adapters-l14"].train.prefix_cache == "memory"
     assert loaded["adapters-plain-routes"].prior.norm == "none" and loaded["adapters-plain-routes"].train.route_entropy == 0

@@ -25,11 +25,12 @@ ACTIVATIONS = {
 
 class AdapterBank(nn.Module):
     def __init__(self, num_adapters: int, rank: int, hidden: int, activation: str = "gelu", dropout: float = 0.0, out_dim: int | None = None):
+        """f_i: R^hidden -> R^out_dim (out_dim defaults to hidden): `hidden` is the width the bank reads."""
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown adapter activation {activation!r}")
         self.num_adapters, self.rank, self.hidden = num_adapters, rank, hidden
-        self.out_dim = out_dim or hidden  # f_i: R^hidden -> R^out_dim (out_dim = hidden but for `mlp-hidden`)
+        self.out_dim = out_dim or hidden  # f_i: R^hidden -> R^out_dim (hidden = out_dim but for `mlp-hidden` and `mlp-out`)
         self.activation = activation
         self.dropout = dropout
         self.U = nn.Parameter(torch.empty(num_adapters, rank, hidden))

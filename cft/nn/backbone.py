@@ -60,27 +60,31 @@ class GINLayer(nn.Module):
         self.bond_encoder = BondEncoder(hidden)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, mlp_adapter=None, at: str = "mlp") -> torch.Tensor:
-        """MLP(z), z [N, d] `aggregate`'s output, with an adapter's update a = mlp_adapter(z) (None adds nothing):
-        at `mlp`, MLP(z) + a ([N, d]); at `mlp-hidden`, W_2 ReLU(BN(W_1 z + a)) + b_2, a [N, 2d] added to
-        the MLP's first Linear."""
+        """MLP(z), z [N, d] `aggregate`'s output, with an adapter's update (None adds nothing):
+        at `mlp`, MLP(z) + a, a = mlp_adapter(z) [N, d]; at `mlp-hidden`, W_2 ReLU(BN(W_1 z + a)) + b_2,
+        a = mlp_adapter(z) [N, 2d] added to the MLP's first Linear; at `mlp-out`, W_2 u + b_2 + a,
+        a = mlp_adapter(u) [N, d] beside the second Linear, on its input u = ReLU(BN(W_1 z + b_1)) [N, 2d]."""
         if mlp_adapter is None:
             return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
         z = self.aggregate(x, edge_index, edge_attr)
-        delta = mlp_adapter(z)
+        first, norm, act, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
+        if at == "mlp-out":
+            u = act(norm(first(z)))
+            return _plus(second(u), mlp_adapter(u))
         if at == "mlp":
-            out = self.conv.nn(z)
-            return out if delta is None else out + delta
-        first, *rest = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
-        u = first(z) if delta is None else first(z) + delta
-        for module in rest:
-            u = module(u)
-        return u
+            return _plus(self.conv.nn(z), mlp_adapter(z))
+        return second(act(norm(_plus(first(z), mlp_adapter(z)))))
 
     def aggregate(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """The MLP's input z_i = (1 + eps) x_i + sum_{j in N(i)} ReLU(x_j + e_ji), [N, d]: GINEConv's
         forward up to its MLP (its own propagate and eps), so that an adapter can read it."""
         messages = self.conv.propagate(edge_index, x=(x, x), edge_attr=self.bond_encoder(edge_attr.long()))
         return messages + (1 + self.conv.eps) * x
+
+
+def _plus(value: torch.Tensor, update: torch.Tensor | None) -> torch.Tensor:
+    """value + update; an adapter that returns None (a probe reading its input) adds nothing."""
+    return value if update is None else value + update
 
 
 POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
@@ -124,7 +128,8 @@ class Backbone(nn.Module):
 
         `mlp_adapter` (GIN only): a function of the GIN MLP's input z [N, d] (or None) whose update is
         added to the MLP's output (`at="mlp"`, before the layer's BatchNorm) or to its hidden layer
-        (`at="mlp-hidden"`), see `GINLayer.forward`."""
+        (`at="mlp-hidden"`); at `mlp-out` it is a function of the second Linear's input [N, 2d]
+        instead, its update added to that Linear's output; see `GINLayer.forward`."""
         h_in = h + vn[batch] if vn is not None else h
         conv = self.convs[index]
         if mlp_adapter is not None and not isinstance(conv, GINLayer):

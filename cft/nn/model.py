@@ -7,7 +7,8 @@ Forward pass (one pass serves every task):
 3. the remaining layers run with h <- h + s * bank_l(h, alpha^l) after each insertion layer
    (for `readout: task`, each insertion layer below the last one, L*); with `placement: mlp` the
    bank acts beside the layer's GIN MLP instead, MLP(z) + s * bank_l(z, alpha^l) on the MLP's
-   input z (the aggregated messages), before the layer's BatchNorm and ReLU;
+   input z (the aggregated messages), before the layer's BatchNorm and ReLU (`mlp-hidden`: on the
+   MLP's first Linear; `mlp-out`: beside its second Linear, on that Linear's input);
 4. the read-out, by `spec.readout`:
    - `mixture`: one logit per task from the pooled adapted representation, logit = W pool(h) + c;
    - `task`: the K adapters of L* are experts. Expert k's pooled output is
@@ -22,7 +23,8 @@ Forward pass (one pass serves every task):
      small products. Otherwise the layers after L* run on K + 1 stacked copies of the batch.
      With `placement: mlp` the experts act inside L* (`_mlp_expert_outputs`): for the last layer
      of a frozen backbone, D_k = s g * V_k pool(phi(U_k z)), g the gain of L*'s eval-mode BatchNorm;
-     with `mlp-hidden` (the update passes the MLP's ReLU) always through K + 1 stacked copies.
+     (`mlp-out`: the same on the second Linear's input u); with `mlp-hidden` (the update passes the
+     MLP's ReLU) always through K + 1 stacked copies.
 
 A composed model has several groups (one per source bundle, each with its own query); the
 adapted layers then run once per group on a replicated batch, and each task's head reads its
@@ -81,9 +83,10 @@ class CftModel(nn.Module):
             spec.parts, hidden, part_relations, union_relation, spec.compose_steps, spec.compose_threshold, spec.compose_rule, spec.compose_mix,
             spec.readout,
         )
+        reads, writes = _bank_widths(backbone, spec)
         self.adapters = nn.ModuleDict(
             {
-                str(layer): AdapterBank(size, spec.bank_rank, hidden, spec.activation, spec.adapter_dropout, out_dim=_bank_out_dim(backbone, spec))
+                str(layer): AdapterBank(size, spec.bank_rank, reads, spec.activation, spec.adapter_dropout, out_dim=writes)
                 for layer, size in self.router.layer_sizes.items()
             }
         )
@@ -264,24 +267,25 @@ class CftModel(nn.Module):
         return z[0], (z[1:] - z[0]).transpose(0, 1)
 
     def _mlp_expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_expert_outputs` for adapters beside the GIN MLP (placement `mlp`), from the node states h
-        [N, d] entering `layer` (= L*). Expert k adds s f_k(z) to the MLP's output on its input z.
+        """`_expert_outputs` for adapters in the GIN MLP (placements `mlp`, `mlp-hidden`, `mlp-out`), from
+        the node states h [N, d] entering `layer` (= L*). Expert k adds s f_k(z) to the MLP's output on
+        its input z (`mlp`), or s f_k(u) to its second Linear's output on that Linear's input u (`mlp-out`).
 
         When L* is the last layer, the backbone frozen (BatchNorm in eval mode: BN(a + b) = BN(a) +
         g * b, g = `norm_gain`) and pooling linear, the expert's pooled difference is
-        D_k = s g * V_k pool(phi(U_k z)): one run of the layer, the activations pooled first.
+        D_k = s g * V_k pool(phi(U_k z)) (u for `mlp-out`): one run of the layer, the activations pooled first.
         Otherwise layer L* and the ones after it run on K + 1 copies of the batch, copy k adding
         expert k alone (one-hot weights; copy 0 none); `mlp-hidden` always takes this path (its
         update passes the MLP's ReLU, so no shortcut)."""
         bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
         at = self.spec.placement
-        if at == "mlp" and layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
+        if at in ("mlp", "mlp-out") and layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
             taken = {}
 
-            def tap(z):  # read the MLP's input, add nothing: the layer's output is then z_0's
+            def tap(z):  # read what the bank reads (the MLP's input, or its second Linear's), add nothing: the output is z_0's
                 taken["act"] = bank.activations(z)  # [N, K, r]
 
-            out, _ = bb.layer(layer, h, vn, edge_index, edge_attr, batch, mlp_adapter=tap)
+            out, _ = bb.layer(layer, h, vn, edge_index, edge_attr, batch, mlp_adapter=tap, at=at)
             pooled = bb.pool(taken["act"].flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, bank.rank)
             return bb.pool(out, batch, num_graphs), scale * bb.norm_gain(layer) * bank.expert_updates(pooled)
         copies = bank.num_adapters + 1
@@ -363,11 +367,15 @@ class CftModel(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
 
-def _bank_out_dim(backbone: Backbone, spec: ModelSpec) -> int:
-    """Width of an adapter's update: the node states' d, or the GIN MLP's hidden width for `mlp-hidden`."""
+def _bank_widths(backbone: Backbone, spec: ModelSpec) -> tuple[int, int]:
+    """(width an adapter reads, width of its update): the node states' d for both, but d -> 2d (the
+    GIN MLP's hidden width) for `mlp-hidden` and 2d -> d for `mlp-out`."""
+    d = backbone.spec.hidden
     if spec.placement == "mlp-hidden":
-        return backbone.convs[0].conv.nn[0].out_features
-    return backbone.spec.hidden
+        return d, backbone.convs[0].conv.nn[0].out_features
+    if spec.placement == "mlp-out":
+        return backbone.convs[0].conv.nn[3].in_features, d
+    return d, d
 
 
 def expert_readout(base: torch.Tensor, deltas: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:

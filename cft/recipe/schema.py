@@ -154,7 +154,8 @@ class AdapterConfig(_Strict):
     in parallel to the layer's GIN MLP, MLP(z) + s f(z) on the aggregated messages z, before the
     layer's BatchNorm and ReLU (AdapterGNN's parallel placement). `mlp-hidden` (GIN only): on the
     MLP's hidden layer, W_1 z + s f(z) with f: d -> 2d, before the MLP's BatchNorm and ReLU (where
-    LoRA on the MLP's first Linear acts)."""
+    LoRA on the MLP's first Linear acts). `mlp-out` (GIN only): beside the MLP's second Linear,
+    W_2 u + s f(u) on its input u = ReLU(BN(W_1 z)), f: 2d -> d (where LoRA on that Linear acts)."""
 
     @field_validator("layers", mode="before")
     @classmethod

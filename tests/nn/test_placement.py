@@ -1,6 +1,7 @@
 """Adapters in the GIN MLP: beside it (`placement: mlp`, MLP(z) + s f(z) on the MLP's input z,
-before the layer's BatchNorm) and on its hidden layer (`mlp-hidden`, W_1 z + s f(z) before the
-MLP's BatchNorm and ReLU), under both read-outs; checked against forward passes written by hand."""
+before the layer's BatchNorm), on its hidden layer (`mlp-hidden`, W_1 z + s f(z) before the
+MLP's BatchNorm and ReLU) and beside its second Linear (`mlp-out`, W_2 u + s f(u), u that Linear's
+input), under both read-outs; checked against forward passes written by hand."""
 
 from __future__ import annotations
 
@@ -52,14 +53,20 @@ def by_hand(model, data, expert_weights=None) -> torch.Tensor:
         gin = bb.convs[i]
         z = (1 + gin.conv.eps) * h_in + gin.conv.propagate(data.edge_index, x=(h_in, h_in), edge_attr=gin.bond_encoder(data.edge_attr))
         linear1, mlp_norm, relu, linear2 = gin.conv.nn
-        update = 0.0
-        if i in router.layers:
-            weights = alphas[i][0][data.batch] if i in alphas else expert_weights.expand(z.size(0), -1)
-            update = model.spec.scale * model.adapters[str(i)](z, weights)
+
+        def update(inputs):
+            if i not in router.layers:
+                return 0.0
+            weights = alphas[i][0][data.batch] if i in alphas else expert_weights.expand(inputs.size(0), -1)
+            return model.spec.scale * model.adapters[str(i)](inputs, weights)
+
         if model.spec.placement == "mlp":
-            pre = linear2(relu(mlp_norm(linear1(z)))) + update
+            pre = linear2(relu(mlp_norm(linear1(z)))) + update(z)
+        elif model.spec.placement == "mlp-out":  # beside the second Linear, on its input
+            hidden = relu(mlp_norm(linear1(z)))
+            pre = linear2(hidden) + update(hidden)
         else:  # mlp-hidden: on the first Linear's output
-            pre = linear2(relu(mlp_norm(linear1(z) + update)))
+            pre = linear2(relu(mlp_norm(linear1(z) + update(z))))
         out = bb.norms[i](pre)
         last = i == bb.num_layers - 1
         out = out if last else torch.relu(out)
@@ -106,7 +113,7 @@ def test_the_mlp_input_is_gineconvs_own():
         assert torch.allclose(gin.conv.nn(gin.aggregate(h, data.edge_index, data.edge_attr)), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
 @pytest.mark.parametrize("readout", ["task", "mixture"])
 def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
     model = mlp_model(readout=readout, zero=True, placement=placement)
@@ -115,7 +122,7 @@ def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
         assert torch.allclose(model(data), model.head(model.backbone(data)), atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
 def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     model = mlp_model(readout="mixture", placement=placement)
     data = tiny_batch()
@@ -130,7 +137,7 @@ def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     {"layers": (0, 1), "pooling": "max"},  # non-linear pooling: stacked copies
     {"layers": (0, 2), "num_layers": 3, "k": 4},
 ])
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
 def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case, placement):
     model = mlp_model(**case, placement=placement)
     data = tiny_batch()
@@ -150,9 +157,10 @@ def test_at_the_last_layer_each_task_reads_exactly_its_own_route():
         assert torch.allclose(model(data), own_route_logits(model, data), atol=1e-5)
 
 
-def test_the_pooled_path_equals_the_stacked_copies():
+@pytest.mark.parametrize("placement", ["mlp", "mlp-out"])
+def test_the_pooled_path_equals_the_stacked_copies(placement):
     """The last-layer shortcut D_k = s g * V_k pool(phi(U_k z)) against running the layer K + 1 times."""
-    model = mlp_model(layers=(0, 1))
+    model = mlp_model(layers=(0, 1), placement=placement)
     data = tiny_batch()
     with torch.no_grad():
         fast = model(data)
@@ -183,9 +191,11 @@ def test_the_hidden_placement_updates_the_mlps_hidden_width():
     assert bank.V.shape == (3, 32, 3) and bank.U.shape == (3, 3, 16), "f: d -> 2d, the first Linear's output"
     out = mlp_model(placement="mlp")
     assert out.adapters["0"].V.shape == (3, 16, 3)
+    second = mlp_model(placement="mlp-out").adapters["0"]
+    assert second.U.shape == (3, 3, 32) and second.V.shape == (3, 16, 3), "f: 2d -> d, the second Linear's input to its output"
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
 def test_a_gcn_backbone_refuses_the_mlp_placements(placement):
     bb = BackboneSpec(arch="gcn", num_layers=2, hidden=16)
     part = PartSpec(name="p", tasks=["a"], layers=[0], num_adapters=2, rank=2)
