@@ -105,10 +105,7 @@ def read_csv_table(cfg: DataConfig, root: Path, need_labels: bool = True) -> Tab
         tasks = [columns[i] for i in select(columns, cfg.tasks, source=str(path)) if columns[i] not in excluded]
     else:
         tasks = [c for c in columns if c not in excluded]
-    if not tasks and not need_labels:
-        split_values = frame[split_col].tolist() if split_col else None
-        return Table(smiles=frame[smiles_col].tolist(), tasks=[], labels=np.empty((len(frame), 0), dtype=np.float32), kinds=[], split_values=split_values, dropped=[])
-    if not tasks:
+    if not tasks and need_labels:
         raise CftError(f"{path}: no task columns (only {smiles_col!r}).", hint="A CSV needs a SMILES column and at least one label column.")
     columns_values = {task: _numeric_column(frame[task], path, task) for task in tasks}
     dropped = [task for task, values in columns_values.items() if np.isnan(values).all()]
@@ -119,7 +116,7 @@ def read_csv_table(cfg: DataConfig, root: Path, need_labels: bool = True) -> Tab
             hint="Set data.strict: false to drop them (they are listed in dropped_tasks.json of the run), or leave them out with data.exclude_columns.",
         )
     tasks = [task for task in tasks if task not in dropped]
-    if not tasks:
+    if not tasks and need_labels:
         raise CftError(
             f"{path}: every task column ({len(dropped)}) is empty: no labels to train on.",
             hint="Check data.smiles_column and the file: labels are numbers, an empty cell is a missing label.",
