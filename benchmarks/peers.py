@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -44,6 +44,7 @@ chemprop runs start again):
   Linear, before its BatchNorm and ReLU (`adapters.placement=mlp-hidden`; 72,000 weights);
 - `hidden-k1-r16-linear`, `adapters-linear`: the same with `adapters.activation=identity` (LoRA's
   linear update V U z): LoRA r=16 on the MLP's first Linear, and the default recipe with linear adapters;
+- `adapters-hidden-linear`: the recipe's routed bank in the MLP's hidden layer with linear experts;
 - `adapters-frozen-dropout`: the recipe with the frozen backbone's dropout on while the adapters
   train (`backbone.frozen_dropout=0.5`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
@@ -193,6 +194,10 @@ PEERS = {
     "adapters-hidden": ("cft adapters in the GIN MLP's hidden layer (routed)", METHODS["full method (label prior)"] + ["adapters.placement=mlp-hidden"]),
     # the same bank beside each GIN MLP's second Linear, on its input (LoRA's place on that Linear):
     # 5 x 4 x 8 x (600 + 300) = 144,000 adapter weights on Tox21, as `adapters-hidden`
+    # the routed bank in the hidden layer with linear experts (LoRA's update V U z per expert): keeps
+    # routing where one linear adapter in that place matched LoRA on validation
+    "adapters-hidden-linear": ("cft adapters in the GIN MLP's hidden layer, linear (routed)", METHODS["full method (label prior)"] + [
+        "adapters.placement=mlp-hidden", "adapters.activation=identity"]),
     "adapters-out": ("cft adapters beside the GIN MLP's second Linear (routed)", METHODS["full method (label prior)"] + ["adapters.placement=mlp-out"]),
     # the recipe at chemprop's default batch of 64 (same lr, half the steps): the time-to-result lever
     # of the speed issue, since a CPU step of 64 molecules costs well under two steps of 32
