@@ -24,7 +24,7 @@ Forward pass (one pass serves every task):
      With `placement: mlp` the experts act inside L* (`_mlp_expert_outputs`): for the last layer
      of a frozen backbone, D_k = s g * V_k pool(phi(U_k z)), g the gain of L*'s eval-mode BatchNorm;
      (`mlp-out`: the same on the second Linear's input u); with `mlp-hidden` (the update passes the
-     MLP's ReLU) always through K + 1 stacked copies.
+     MLP's BatchNorm and ReLU) the [N, K, 2d] hidden units are pooled before the second Linear.
 
 A composed model has several groups (one per source bundle, each with its own query); the
 adapted layers then run once per group on a replicated batch, and each task's head reads its
@@ -269,25 +269,16 @@ class CftModel(nn.Module):
     def _mlp_expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
         """`_expert_outputs` for adapters in the GIN MLP (placements `mlp`, `mlp-hidden`, `mlp-out`), from
         the node states h [N, d] entering `layer` (= L*). Expert k adds s f_k(z) to the MLP's output on
-        its input z (`mlp`), or s f_k(u) to its second Linear's output on that Linear's input u (`mlp-out`).
+        its input z (`mlp`), s f_k(z) to its first Linear's output (`mlp-hidden`), or s f_k(u) to its
+        second Linear's output on that Linear's input u (`mlp-out`).
 
-        When L* is the last layer, the backbone frozen (BatchNorm in eval mode: BN(a + b) = BN(a) +
-        g * b, g = `norm_gain`) and pooling linear, the expert's pooled difference is
-        D_k = s g * V_k pool(phi(U_k z)) (u for `mlp-out`): one run of the layer, the activations pooled first.
-        Otherwise layer L* and the ones after it run on K + 1 copies of the batch, copy k adding
-        expert k alone (one-hot weights; copy 0 none); `mlp-hidden` always takes this path (its
-        update passes the MLP's ReLU, so no shortcut)."""
+        When L* is the last layer, its BatchNorms in eval mode and pooling linear, one run of the layer
+        serves every expert (`_pooled_mlp_expert_outputs`). Otherwise layer L* and the ones after it
+        run on K + 1 copies of the batch, copy k adding expert k alone (one-hot weights; copy 0 none)."""
         bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
         at = self.spec.placement
-        if at in ("mlp", "mlp-out") and layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
-            taken = {}
-
-            def tap(z):  # read what the bank reads (the MLP's input, or its second Linear's), add nothing: the output is z_0's
-                taken["act"] = bank.activations(z)  # [N, K, r]
-
-            out, _ = bb.layer(layer, h, vn, edge_index, edge_attr, batch, mlp_adapter=tap, at=at)
-            pooled = bb.pool(taken["act"].flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, bank.rank)
-            return bb.pool(out, batch, num_graphs), scale * bb.norm_gain(layer) * bank.expert_updates(pooled)
+        if layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
+            return self._pooled_mlp_expert_outputs(h, vn, layer, edge_index, edge_attr, batch, num_graphs)
         copies = bank.num_adapters + 1
         eye = torch.eye(bank.num_adapters, dtype=h.dtype, device=h.device)
         onehot = torch.cat([torch.zeros_like(eye[:1]), eye])  # [K + 1, K]: row 0 zero, row k = e_k
@@ -299,6 +290,39 @@ class CftModel(nn.Module):
             states, vn = bb.layer(i, states, vn, edge_index, edge_attr, batch)
         z = bb.pool(states, batch, copies * num_graphs).view(copies, num_graphs, -1)
         return z[0], (z[1:] - z[0]).transpose(0, 1)
+
+    def _pooled_mlp_expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The experts of the last layer L* beside its GIN MLP from one run of the layer, when its
+        BatchNorms are in eval mode (BN(a + b) = BN(a) + g * b, g = `norm_gain`: affine per channel)
+        and pooling is linear, so that pool(BN(a_k)) - pool(BN(a_0)) = g * pool(a_k - a_0):
+
+        - `mlp`, `mlp-out`: the update passes only the layer's BatchNorm, so
+          D_k = s g * V_k pool(phi(U_k x)), x = z (u for `mlp-out`): the [N, K*r] activations pooled
+          to [B, K*r] first, then K small products;
+        - `mlp-hidden`: the update passes the MLP's BatchNorm and ReLU, per node, so
+          D_k = g * W_2 pool(ReLU(BN_mlp(W_1 z + b_1 + s f_k(z))) - ReLU(BN_mlp(W_1 z + b_1))):
+          the [N, K, 2d] hidden units of every expert are pooled to [B, K, 2d] before W_2.
+
+        Returns z_0 [B, d] (the layer's pooled output without the experts) and D [B, K, d]; the
+        residual and the bias b_2 are the same on every path and cancel in D."""
+        bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
+        taken = {}
+
+        def tap(x):  # read what the bank reads (the MLP's input, or its second Linear's), add nothing: the output is z_0's
+            taken["x"] = x
+
+        out, _ = bb.layer(layer, h, vn, edge_index, edge_attr, batch, mlp_adapter=tap, at=self.spec.placement)
+        act = bank.activations(taken["x"])  # [N, K, r]
+        gain = bb.norm_gain(layer)
+        if self.spec.placement != "mlp-hidden":
+            pooled = bb.pool(act.flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, bank.rank)
+            return bb.pool(out, batch, num_graphs), scale * gain * bank.expert_updates(pooled)
+        first, norm, relu, second = bb.convs[layer].conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
+        pre = first(taken["x"])  # [N, 2d], the first Linear's output without an update
+        moved = pre.unsqueeze(1) + scale * bank.expert_updates(act)  # [N, K, 2d]
+        hidden = relu(norm(moved.flatten(0, 1))).view_as(moved)
+        change = bb.pool((hidden - relu(norm(pre)).unsqueeze(1)).flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, -1)
+        return bb.pool(out, batch, num_graphs), gain * (change @ second.weight.t())
 
     def _task_readout(self, base: torch.Tensor, deltas: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """Logits [B, T] of the task read-out. base [G, B, d], deltas [G, B, K, d], gates [T, K]:

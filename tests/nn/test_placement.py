@@ -157,9 +157,10 @@ def test_at_the_last_layer_each_task_reads_exactly_its_own_route():
         assert torch.allclose(model(data), own_route_logits(model, data), atol=1e-5)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-out"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-out", "mlp-hidden"])
 def test_the_pooled_path_equals_the_stacked_copies(placement):
-    """The last-layer shortcut D_k = s g * V_k pool(phi(U_k z)) against running the layer K + 1 times."""
+    """The last-layer shortcut (D_k = s g * V_k pool(phi(U_k z)); for `mlp-hidden` the expert's change
+    of the MLP's hidden units pooled before W_2) against running the layer K + 1 times."""
     model = mlp_model(layers=(0, 1), placement=placement)
     data = tiny_batch()
     with torch.no_grad():
