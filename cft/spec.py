@@ -35,13 +35,14 @@ READOUTS = ("task", "mixture")
 """How tasks read the adapted representation (`ModelSpec.readout`): `task` (each task reads the
 experts of the last insertion layer through its own gates) or `mixture` (every task reads one
 representation adapted with the per-molecule mixture over all task routes)."""
-PLACEMENTS = ("output", "mlp", "mlp-hidden", "mlp-out")
+PLACEMENTS = ("output", "mlp", "mlp-hidden", "mlp-out", "mlp-both")
 """Where an insertion layer's adapters act (`ModelSpec.placement`): on the layer's `output`
 (h <- h + s f(h) after the layer), in parallel to its GIN `mlp` (MLP(z) + s f(z) on the MLP's
 input z, the aggregated messages, before the layer's BatchNorm), on the MLP's hidden layer
 (`mlp-hidden`: W_1 z + s f(z), f: d -> 2d, before the MLP's own BatchNorm and ReLU, where LoRA on
 the MLP's first Linear acts), or beside the MLP's second Linear (`mlp-out`: W_2 u + s f(u) on its
-input u = ReLU(BN(W_1 z)), f: 2d -> d, where LoRA on that Linear acts). All but `output`: GIN only."""
+input u = ReLU(BN(W_1 z)), f: 2d -> d, where LoRA on that Linear acts), or both at once (`mlp-both`:
+two banks per layer under the same weights, where LoRA on both Linears acts). All but `output`: GIN only."""
 ARCHS = ("gin", "gcn")
 POOLINGS = ("mean", "sum", "max")
 PRIOR_METHODS = ("phi", "jaccard", "cosine")

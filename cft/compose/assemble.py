@@ -47,10 +47,11 @@ def _effective_rank(source: Source, g: int, part: PartSpec) -> int:
     """The part's rank, or the source bank's rank when its padding rows were trained (not zero)."""
     model, r = source.model, part.rank
     for layer in part.layers:
-        bank = model.adapters[str(layer)]
         off = model.router.adapter_offsets[g][layer]
-        if bank.rank > r and (bank.U[off : off + part.num_adapters, r:].abs().sum() > 0 or bank.V[off : off + part.num_adapters, :, r:].abs().sum() > 0):
-            return bank.rank
+        for banks in model.adapter_banks().values():
+            bank = banks[str(layer)]
+            if bank.rank > r and (bank.U[off : off + part.num_adapters, r:].abs().sum() > 0 or bank.V[off : off + part.num_adapters, :, r:].abs().sum() > 0):
+                return bank.rank
     return r
 
 
@@ -76,9 +77,10 @@ def compose_route(
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
     model = _new_model(spec, part_relations, union)
+    names = list(model.adapter_banks())  # `adapters`, and `out_adapters` for mlp-both
     state = {k: v.clone() for k, v in model.bundle_state().items()}
     for key in state:
-        if key.startswith("adapters."):
+        if key.split(".", 1)[0] in names:
             state[key].zero_()
     for new_g, ((s, g, _), part) in enumerate(zip(flat, parts)):
         src_state = s.model.bundle_state()
@@ -90,8 +92,9 @@ def compose_route(
             k, r = part.num_adapters, part.rank
             src_off = s.model.router.adapter_offsets[g][layer]
             dst_off = model.router.adapter_offsets[new_g][layer]
-            state[f"adapters.{layer}.U"][dst_off : dst_off + k, :r] = src_state[f"adapters.{layer}.U"][src_off : src_off + k, :r]
-            state[f"adapters.{layer}.V"][dst_off : dst_off + k, :, :r] = src_state[f"adapters.{layer}.V"][src_off : src_off + k, :, :r] * s.spec.scale
+            for name in names:
+                state[f"{name}.{layer}.U"][dst_off : dst_off + k, :r] = src_state[f"{name}.{layer}.U"][src_off : src_off + k, :r]
+                state[f"{name}.{layer}.V"][dst_off : dst_off + k, :, :r] = src_state[f"{name}.{layer}.V"][src_off : src_off + k, :, :r] * s.spec.scale
     _copy_heads(state, sources)
     state["router.relation"] = torch.as_tensor(union, dtype=torch.float32)
     model.load_state_dict(state, strict=False)
@@ -111,14 +114,14 @@ def _new_model(spec: ModelSpec, part_relations: list[np.ndarray], union: np.ndar
         return CftModel(Backbone(spec.backbone), spec, part_relations, union)
 
 
-def _components(source: Source, layer: int, weight: float) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
-    """(coefficient, U_i [r, d], V_i [d, r]) for each adapter of the source at `layer`."""
+def _components(source: Source, layer: int, weight: float, name: str = "adapters") -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+    """(coefficient, U_i [r, d], V_i [d, r]) for each adapter of the source's bank `name` at `layer`."""
     model = source.model
     routes = model.router.routes()
     if layer not in routes:
         return []
     mean_route = routes[layer].detach().mean(dim=0)
-    bank = model.adapters[str(layer)]
+    bank = model.adapter_banks()[name][str(layer)]
     out = []
     for g, part in enumerate(source.spec.parts):
         if layer not in part.layers:
@@ -157,10 +160,12 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         if any(w < 0 for w in weights):
             raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
     layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})
-    merged = {}
+    names = ["adapters", "out_adapters"] if _placement(sources) == "mlp-both" else ["adapters"]
+    merged = {}  # each bank of a layer merged on its own, with the same coefficients (mlp-both: both banks)
     for layer in layers:
-        comps = [c for s, w in zip(sources, weights) for c in _components(s, layer, w)]
-        merged[layer] = merge_layer(comps, mode)
+        for name in names:
+            comps = [c for s, w in zip(sources, weights) for c in _components(s, layer, w, name)]
+            merged[name, layer] = merge_layer(comps, mode)
     rank = max((u.size(0) for u, _ in merged.values()), default=1)
     tasks = union_tasks(sources)
     part = PartSpec(
@@ -173,10 +178,10 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     )
     model = _new_model(spec, [union], union)
     state = {k: v.clone() for k, v in model.bundle_state().items()}
-    for layer, (u, v) in merged.items():
+    for (name, layer), (u, v) in merged.items():
         r = u.size(0)
-        state[f"adapters.{layer}.U"].zero_()[0, :r] = u
-        state[f"adapters.{layer}.V"].zero_()[0, :, :r] = v
+        state[f"{name}.{layer}.U"].zero_()[0, :r] = u
+        state[f"{name}.{layer}.V"].zero_()[0, :, :r] = v
     # a uniform part has no router parameters; should it ever gain some, they must not carry over
     for key in state:
         if key.startswith("router.parts.0."):

@@ -47,6 +47,13 @@ class AdapterBank(nn.Module):
         z = h @ self.U.reshape(k * r, d).t()  # [M, K*r]
         return ACTIVATIONS[self.activation](z).view(-1, k, r)
 
+    def own_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """phi(U_i x_i) when adapter i reads its own input x_i: x [M, K, hidden] -> [M, K, r] (one
+        batched product; the experts of a second bank each read what their first-bank expert made)."""
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, training=True)
+        return ACTIVATIONS[self.activation](torch.einsum("mkc,krc->mkr", x, self.U))
+
     def forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """h: [N, d] node states; alpha: [N, K] per-node adapter weights. Returns the update
         sum_i alpha_i f_i(h), [N, out_dim]."""

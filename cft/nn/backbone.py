@@ -63,17 +63,18 @@ class GINLayer(nn.Module):
         """MLP(z), z [N, d] `aggregate`'s output, with an adapter's update (None adds nothing):
         at `mlp`, MLP(z) + a, a = mlp_adapter(z) [N, d]; at `mlp-hidden`, W_2 ReLU(BN(W_1 z + a)) + b_2,
         a = mlp_adapter(z) [N, 2d] added to the MLP's first Linear; at `mlp-out`, W_2 u + b_2 + a,
-        a = mlp_adapter(u) [N, d] beside the second Linear, on its input u = ReLU(BN(W_1 z + b_1)) [N, 2d]."""
+        a = mlp_adapter(u) [N, d] beside the second Linear, on its input u = ReLU(BN(W_1 z + b_1)) [N, 2d];
+        at `mlp-both`, mlp_adapter = (into_hidden, beside_second), the two at once:
+        W_2 u + b_2 + beside_second(u), u = ReLU(BN(W_1 z + b_1 + into_hidden(z)))."""
         if mlp_adapter is None:
             return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
         z = self.aggregate(x, edge_index, edge_attr)
         first, norm, act, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
-        if at == "mlp-out":
-            u = act(norm(first(z)))
-            return _plus(second(u), mlp_adapter(u))
         if at == "mlp":
             return _plus(self.conv.nn(z), mlp_adapter(z))
-        return second(act(norm(_plus(first(z), mlp_adapter(z)))))
+        into_hidden, beside_second = {"mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter), "mlp-both": mlp_adapter}[at]
+        u = act(norm(_plus(first(z), into_hidden(z) if into_hidden else None)))
+        return _plus(second(u), beside_second(u) if beside_second else None)
 
     def aggregate(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """The MLP's input z_i = (1 + eps) x_i + sum_{j in N(i)} ReLU(x_j + e_ji), [N, d]: GINEConv's
@@ -129,7 +130,8 @@ class Backbone(nn.Module):
         `mlp_adapter` (GIN only): a function of the GIN MLP's input z [N, d] (or None) whose update is
         added to the MLP's output (`at="mlp"`, before the layer's BatchNorm) or to its hidden layer
         (`at="mlp-hidden"`); at `mlp-out` it is a function of the second Linear's input [N, 2d]
-        instead, its update added to that Linear's output; see `GINLayer.forward`."""
+        instead, its update added to that Linear's output; at `mlp-both` a pair of the two; see
+        `GINLayer.forward`."""
         h_in = h + vn[batch] if vn is not None else h
         conv = self.convs[index]
         if mlp_adapter is not None and not isinstance(conv, GINLayer):

@@ -8,7 +8,8 @@ Forward pass (one pass serves every task):
    (for `readout: task`, each insertion layer below the last one, L*); with `placement: mlp` the
    bank acts beside the layer's GIN MLP instead, MLP(z) + s * bank_l(z, alpha^l) on the MLP's
    input z (the aggregated messages), before the layer's BatchNorm and ReLU (`mlp-hidden`: on the
-   MLP's first Linear; `mlp-out`: beside its second Linear, on that Linear's input);
+   MLP's first Linear; `mlp-out`: beside its second Linear, on that Linear's input; `mlp-both`:
+   both at once, a second bank `out_adapters` under the same weights);
 4. the read-out, by `spec.readout`:
    - `mixture`: one logit per task from the pooled adapted representation, logit = W pool(h) + c;
    - `task`: the K adapters of L* are experts. Expert k's pooled output is
@@ -24,7 +25,8 @@ Forward pass (one pass serves every task):
      With `placement: mlp` the experts act inside L* (`_mlp_expert_outputs`): for the last layer
      of a frozen backbone, D_k = s g * V_k pool(phi(U_k z)), g the gain of L*'s eval-mode BatchNorm;
      (`mlp-out`: the same on the second Linear's input u); with `mlp-hidden` (the update passes the
-     MLP's BatchNorm and ReLU) the [N, K, 2d] hidden units are pooled before the second Linear.
+     MLP's BatchNorm and ReLU) the [N, K, 2d] hidden units are pooled before the second Linear
+     (`mlp-both`: plus the second bank's expert k on expert k's hidden units).
 
 A composed model has several groups (one per source bundle, each with its own query); the
 adapted layers then run once per group on a replicated batch, and each task's head reads its
@@ -90,6 +92,13 @@ class CftModel(nn.Module):
                 for layer, size in self.router.layer_sizes.items()
             }
         )
+        if spec.placement == "mlp-both":  # the second bank, beside each MLP's second Linear (2d -> d), expert i beside expert i
+            self.out_adapters = nn.ModuleDict(
+                {
+                    str(layer): AdapterBank(size, spec.bank_rank, writes, spec.activation, spec.adapter_dropout, out_dim=hidden)
+                    for layer, size in self.router.layer_sizes.items()
+                }
+            )
         self.head = nn.Linear(hidden, len(spec.tasks))
         self.register_buffer("is_binary", torch.tensor([k == "binary" for k in spec.kinds]), persistent=False)
         mean, std = spec.target_affine
@@ -119,6 +128,14 @@ class CftModel(nn.Module):
                 if isinstance(module, nn.BatchNorm1d):
                     module.eval()
         return self
+
+    def adapter_banks(self) -> dict[str, nn.ModuleDict]:
+        """The banks per insertion layer, by their state-dict prefix: `adapters` (every placement) and,
+        for `mlp-both`, `out_adapters` (beside each MLP's second Linear; expert i pairs with expert i)."""
+        banks = {"adapters": self.adapters}
+        if self.spec.placement == "mlp-both":
+            banks["out_adapters"] = self.out_adapters
+        return banks
 
     # ------------------------------------------------------------------ forward
 
@@ -234,11 +251,14 @@ class CftModel(nn.Module):
         return Features(pooled=bb.pool(h, batch, groups * num_graphs).view(groups, num_graphs, -1)), routes
 
     def _mixture_adapter(self, layer: int, alpha: torch.Tensor | None):
-        """z -> s * sum_i alpha_i f_i(z) for the bank of `layer` (placement `mlp`), None without one."""
+        """z -> s * sum_i alpha_i f_i(z) for the bank of `layer` (the placements in the GIN MLP), None
+        without one; for `mlp-both` the pair of such functions of its two banks (`GINLayer.forward`)."""
         if alpha is None:
             return None
-        bank, scale = self.adapters[str(layer)], self.spec.scale
-        return lambda z: scale * bank(z, alpha)
+        scale = self.spec.scale
+        banks = [banks[str(layer)] for banks in self.adapter_banks().values()]
+        updates = tuple((lambda x, bank=bank: scale * bank(x, alpha)) for bank in banks)
+        return updates if len(updates) == 2 else updates[0]
 
     def _expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts of the task read-out at `layer` (= L*), from the node states h [N, d] after it.
@@ -275,7 +295,7 @@ class CftModel(nn.Module):
         When L* is the last layer, its BatchNorms in eval mode and pooling linear, one run of the layer
         serves every expert (`_pooled_mlp_expert_outputs`). Otherwise layer L* and the ones after it
         run on K + 1 copies of the batch, copy k adding expert k alone (one-hot weights; copy 0 none)."""
-        bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
+        bb, bank = self.backbone, self.adapters[str(layer)]
         at = self.spec.placement
         if layer == bb.num_layers - 1 and bb.spec.pooling in ("mean", "sum") and not bb.training:
             return self._pooled_mlp_expert_outputs(h, vn, layer, edge_index, edge_attr, batch, num_graphs)
@@ -285,7 +305,7 @@ class CftModel(nn.Module):
         states = h.repeat(copies, 1)
         vn, edge_index, edge_attr, batch = _replicate_graph(h.size(0), vn, edge_index, edge_attr, batch, copies, num_graphs)
         alpha = onehot.repeat_interleave(h.size(0), dim=0)  # [(K + 1) N, K]
-        states, vn = bb.layer(layer, states, vn, edge_index, edge_attr, batch, mlp_adapter=lambda z: scale * bank(z, alpha), at=at)
+        states, vn = bb.layer(layer, states, vn, edge_index, edge_attr, batch, mlp_adapter=self._mixture_adapter(layer, alpha), at=at)
         for i in range(layer + 1, bb.num_layers):
             states, vn = bb.layer(i, states, vn, edge_index, edge_attr, batch)
         z = bb.pool(states, batch, copies * num_graphs).view(copies, num_graphs, -1)
@@ -300,29 +320,36 @@ class CftModel(nn.Module):
           D_k = s g * V_k pool(phi(U_k x)), x = z (u for `mlp-out`): the [N, K*r] activations pooled
           to [B, K*r] first, then K small products;
         - `mlp-hidden`: the update passes the MLP's BatchNorm and ReLU, per node, so
-          D_k = g * W_2 pool(ReLU(BN_mlp(W_1 z + b_1 + s f_k(z))) - ReLU(BN_mlp(W_1 z + b_1))):
-          the [N, K, 2d] hidden units of every expert are pooled to [B, K, 2d] before W_2.
+          D_k = g * W_2 pool(u_k - u_0), u_k = ReLU(BN_mlp(W_1 z + b_1 + s f_k(z))) [N, K, 2d]:
+          every expert's hidden units pooled to [B, K, 2d] before W_2;
+        - `mlp-both`: as `mlp-hidden`, plus the second bank's expert k on u_k,
+          D_k = g * (W_2 pool(u_k - u_0) + s V'_k pool(phi(U'_k u_k))).
 
         Returns z_0 [B, d] (the layer's pooled output without the experts) and D [B, K, d]; the
         residual and the bias b_2 are the same on every path and cancel in D."""
-        bb, bank, scale = self.backbone, self.adapters[str(layer)], self.spec.scale
+        bb, bank, scale, at = self.backbone, self.adapters[str(layer)], self.spec.scale, self.spec.placement
         taken = {}
 
         def tap(x):  # read what the bank reads (the MLP's input, or its second Linear's), add nothing: the output is z_0's
             taken["x"] = x
 
-        out, _ = bb.layer(layer, h, vn, edge_index, edge_attr, batch, mlp_adapter=tap, at=self.spec.placement)
+        out, _ = bb.layer(layer, h, vn, edge_index, edge_attr, batch, mlp_adapter=(tap, None) if at == "mlp-both" else tap, at=at)
+        base, gain, k = bb.pool(out, batch, num_graphs), bb.norm_gain(layer), bank.num_adapters
         act = bank.activations(taken["x"])  # [N, K, r]
-        gain = bb.norm_gain(layer)
-        if self.spec.placement != "mlp-hidden":
-            pooled = bb.pool(act.flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, bank.rank)
-            return bb.pool(out, batch, num_graphs), scale * gain * bank.expert_updates(pooled)
+        if at in ("mlp", "mlp-out"):
+            pooled = bb.pool(act.flatten(1), batch, num_graphs).view(num_graphs, k, bank.rank)
+            return base, scale * gain * bank.expert_updates(pooled)
         first, norm, relu, second = bb.convs[layer].conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
         pre = first(taken["x"])  # [N, 2d], the first Linear's output without an update
         moved = pre.unsqueeze(1) + scale * bank.expert_updates(act)  # [N, K, 2d]
-        hidden = relu(norm(moved.flatten(0, 1))).view_as(moved)
-        change = bb.pool((hidden - relu(norm(pre)).unsqueeze(1)).flatten(1), batch, num_graphs).view(num_graphs, bank.num_adapters, -1)
-        return bb.pool(out, batch, num_graphs), gain * (change @ second.weight.t())
+        hidden = relu(norm(moved.flatten(0, 1))).view_as(moved)  # u_k
+        change = bb.pool((hidden - relu(norm(pre)).unsqueeze(1)).flatten(1), batch, num_graphs).view(num_graphs, k, -1)
+        deltas = change @ second.weight.t()  # [B, K, d]
+        if at == "mlp-both":
+            beside = self.out_adapters[str(layer)]
+            own = bb.pool(beside.own_activations(hidden).flatten(1), batch, num_graphs).view(num_graphs, k, beside.rank)
+            deltas = deltas + scale * beside.expert_updates(own)
+        return base, gain * deltas
 
     def _task_readout(self, base: torch.Tensor, deltas: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """Logits [B, T] of the task read-out. base [G, B, d], deltas [G, B, K, d], gates [T, K]:
@@ -393,9 +420,9 @@ class CftModel(nn.Module):
 
 def _bank_widths(backbone: Backbone, spec: ModelSpec) -> tuple[int, int]:
     """(width an adapter reads, width of its update): the node states' d for both, but d -> 2d (the
-    GIN MLP's hidden width) for `mlp-hidden` and 2d -> d for `mlp-out`."""
+    GIN MLP's hidden width) for `mlp-hidden` and `mlp-both`'s first bank, 2d -> d for `mlp-out`."""
     d = backbone.spec.hidden
-    if spec.placement == "mlp-hidden":
+    if spec.placement in ("mlp-hidden", "mlp-both"):
         return d, backbone.convs[0].conv.nn[0].out_features
     if spec.placement == "mlp-out":
         return backbone.convs[0].conv.nn[3].in_features, d

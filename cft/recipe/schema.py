@@ -155,7 +155,9 @@ class AdapterConfig(_Strict):
     layer's BatchNorm and ReLU (AdapterGNN's parallel placement). `mlp-hidden` (GIN only): on the
     MLP's hidden layer, W_1 z + s f(z) with f: d -> 2d, before the MLP's BatchNorm and ReLU (where
     LoRA on the MLP's first Linear acts). `mlp-out` (GIN only): beside the MLP's second Linear,
-    W_2 u + s f(u) on its input u = ReLU(BN(W_1 z)), f: 2d -> d (where LoRA on that Linear acts)."""
+    W_2 u + s f(u) on its input u = ReLU(BN(W_1 z)), f: 2d -> d (where LoRA on that Linear acts).
+    `mlp-both` (GIN only): `mlp-hidden` and `mlp-out` together, two banks per layer whose experts
+    share their weights (where LoRA on both Linears acts; twice the adapter weights)."""
 
     @field_validator("layers", mode="before")
     @classmethod

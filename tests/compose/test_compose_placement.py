@@ -1,4 +1,4 @@
-"""Composition of bundles whose adapters sit beside the GIN MLP (`adapters.placement: mlp`):
+"""Composition of bundles whose adapters sit beside the GIN MLP (`adapters.placement: mlp`, `mlp-hidden`, `mlp-out`, `mlp-both`):
 route mode keeps every task's predictions, the merges keep the placement, mixed placements are
 refused with a clear error and nothing written."""
 
@@ -16,7 +16,7 @@ from cft.files.stfile import read_header
 A_TASKS, B_TASKS = TINY_PART_TASKS
 
 
-@pytest.fixture(scope="module", params=["mlp", "mlp-hidden", "mlp-out"])
+@pytest.fixture(scope="module", params=["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
 def mlp_parts(request, tiny_parts, tmp_path_factory):
     """Parts A and B of `tiny_parts`, retrained with their adapters in the GIN MLP (B at rank 2:
     composition pads ranks, also of the wider `mlp-hidden` banks)."""

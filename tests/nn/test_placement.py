@@ -31,9 +31,14 @@ def mlp_model(readout="task", tasks=4, layers=(0, 1), k=3, num_layers=2, pooling
             norm.running_var.uniform_(0.3, 3.0)
             norm.weight.normal_(1.0, 0.5)
         if not zero:
-            for bank in model.adapters.values():
+            for bank in all_banks(model):
                 bank.V.normal_(0, 0.5)
     return model.eval()
+
+
+def all_banks(model) -> list:
+    """Every adapter bank: one per insertion layer, two for `mlp-both`."""
+    return list(model.adapters.values()) + (list(model.out_adapters.values()) if model.spec.placement == "mlp-both" else [])
 
 
 def by_hand(model, data, expert_weights=None) -> torch.Tensor:
@@ -54,17 +59,20 @@ def by_hand(model, data, expert_weights=None) -> torch.Tensor:
         z = (1 + gin.conv.eps) * h_in + gin.conv.propagate(data.edge_index, x=(h_in, h_in), edge_attr=gin.bond_encoder(data.edge_attr))
         linear1, mlp_norm, relu, linear2 = gin.conv.nn
 
-        def update(inputs):
+        def update(inputs, banks=model.adapters):
             if i not in router.layers:
                 return 0.0
             weights = alphas[i][0][data.batch] if i in alphas else expert_weights.expand(inputs.size(0), -1)
-            return model.spec.scale * model.adapters[str(i)](inputs, weights)
+            return model.spec.scale * banks[str(i)](inputs, weights)
 
         if model.spec.placement == "mlp":
             pre = linear2(relu(mlp_norm(linear1(z)))) + update(z)
         elif model.spec.placement == "mlp-out":  # beside the second Linear, on its input
             hidden = relu(mlp_norm(linear1(z)))
             pre = linear2(hidden) + update(hidden)
+        elif model.spec.placement == "mlp-both":  # the first bank on the first Linear, the second beside the second
+            hidden = relu(mlp_norm(linear1(z) + update(z)))
+            pre = linear2(hidden) + update(hidden, model.out_adapters)
         else:  # mlp-hidden: on the first Linear's output
             pre = linear2(relu(mlp_norm(linear1(z) + update(z))))
         out = bb.norms[i](pre)
@@ -113,7 +121,7 @@ def test_the_mlp_input_is_gineconvs_own():
         assert torch.allclose(gin.conv.nn(gin.aggregate(h, data.edge_index, data.edge_attr)), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
 @pytest.mark.parametrize("readout", ["task", "mixture"])
 def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
     model = mlp_model(readout=readout, zero=True, placement=placement)
@@ -122,7 +130,7 @@ def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
         assert torch.allclose(model(data), model.head(model.backbone(data)), atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
 def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     model = mlp_model(readout="mixture", placement=placement)
     data = tiny_batch()
@@ -137,7 +145,7 @@ def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     {"layers": (0, 1), "pooling": "max"},  # non-linear pooling: stacked copies
     {"layers": (0, 2), "num_layers": 3, "k": 4},
 ])
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
 def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case, placement):
     model = mlp_model(**case, placement=placement)
     data = tiny_batch()
@@ -157,7 +165,7 @@ def test_at_the_last_layer_each_task_reads_exactly_its_own_route():
         assert torch.allclose(model(data), own_route_logits(model, data), atol=1e-5)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-out", "mlp-hidden"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-out", "mlp-hidden", "mlp-both"])
 def test_the_pooled_path_equals_the_stacked_copies(placement):
     """The last-layer shortcut (D_k = s g * V_k pool(phi(U_k z)); for `mlp-hidden` the expert's change
     of the MLP's hidden units pooled before W_2) against running the layer K + 1 times."""
@@ -174,15 +182,19 @@ def test_the_pooled_path_equals_the_stacked_copies(placement):
     assert not torch.allclose(fast, sum_fast, atol=1e-3), "mean and sum pooling differ: the comparison is not vacuous"
 
 
-def test_the_placement_changes_the_function_and_gradients_reach_every_bank():
-    mlp, out = mlp_model(), mlp_model(placement="output")
-    out.load_state_dict(mlp.state_dict())
+@pytest.mark.parametrize("placement", ["mlp", "mlp-both"])
+def test_the_placement_changes_the_function_and_gradients_reach_every_bank(placement):
+    # the same weights elsewhere: on the layer output (`mlp`), or the first bank alone (`mlp-both`)
+    mlp, out = mlp_model(placement=placement), mlp_model(placement="output" if placement == "mlp" else "mlp-hidden")
+    out.load_state_dict(mlp.state_dict(), strict=placement == "mlp")
     data = tiny_batch()
     mlp.train()
     logits = mlp(data)
     assert not torch.allclose(logits, out(data), atol=1e-3)
     logits.sum().backward()
-    for bank in mlp.adapters.values():
+    banks = all_banks(mlp)
+    assert len(banks) == (4 if placement == "mlp-both" else 2)
+    for bank in banks:
         assert bank.U.grad.abs().sum() > 0 and bank.V.grad.abs().sum() > 0
 
 
@@ -194,9 +206,12 @@ def test_the_hidden_placement_updates_the_mlps_hidden_width():
     assert out.adapters["0"].V.shape == (3, 16, 3)
     second = mlp_model(placement="mlp-out").adapters["0"]
     assert second.U.shape == (3, 3, 32) and second.V.shape == (3, 16, 3), "f: 2d -> d, the second Linear's input to its output"
+    both = mlp_model(placement="mlp-both")
+    assert both.adapters["0"].V.shape == (3, 32, 3) and both.out_adapters["0"].U.shape == (3, 3, 32), "both: mlp-hidden's bank and mlp-out's"
+    assert not hasattr(model, "out_adapters"), "one bank per layer but for mlp-both"
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
 def test_a_gcn_backbone_refuses_the_mlp_placements(placement):
     bb = BackboneSpec(arch="gcn", num_layers=2, hidden=16)
     part = PartSpec(name="p", tasks=["a"], layers=[0], num_adapters=2, rank=2)
