@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -33,7 +33,10 @@ chemprop runs start again):
 
 - `adapters`: `cft train recipes/<dataset>.yaml` as shipped, on the shared backbone file
   (`--set backbone.path=FILE backbone.pretrain=null`);
-- `adapters-top`: the same recipe with the adapters in layers 3-4 only (`adapters.layers=[3,4]`):
+- `adapters-former`: the recipe with the adapters it had before it took linear ones on both GIN MLP
+  Linears (`FORMER`: routed K=4, ToxCast K=8, r=8 GELU adapters on the layer outputs). Every
+  method below starts from these, whatever the recipes say now (their runs were measured so);
+- `adapters-top`: the former recipe with the adapters in layers 3-4 only (`adapters.layers=[3,4]`):
   the frozen layers below are computed once per molecule and cached (`train.prefix_cache`), which
   is what makes adapter training several times cheaper than full fine-tuning (BENCHMARKS.md);
 - `adapters-mlp`: the same recipe with the adapters beside each layer's GIN MLP, before its
@@ -134,7 +137,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from quality import METHODS, _code_commit, _commit, run_one, shared_overrides
+from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, run_one, shared_overrides
 from speed import PEERS_PYTHON, TTR_TASKS, machine, write_split_files
 
 
@@ -166,58 +169,65 @@ def resolved(ds: Dataset, data: Path) -> Dataset:
     if ds.tasks is not None:
         return ds
     return ds._replace(tasks=tuple(c for c in pd.read_csv(data / ds.csv, nrows=0).columns if c != "smiles"))
+# The adapters of the recipes before they took linear adapters on both GIN MLP Linears (b57855d and
+# earlier): routed banks of rank 8 with GELU on the layer outputs, K=4 (ToxCast K=8). Every method
+# below but `adapters` starts from them, so a method keeps meaning what it was measured as whatever
+# the recipes say now; `{former_k}` is filled in per dataset (`method_sets`).
+FORMER_K = ROUTED_K
+FORMER = METHODS["full method (label prior)"] + ROUTED + ["adapters.num_adapters={former_k}"]
 # the route settings every route-term method starts from (see adapters-plain-routes)
-PLAIN_ROUTES = ["prior.norm=none", "train.route_entropy=0", "train.route_balance=0"]
+PLAIN_ROUTES = FORMER + ["prior.norm=none", "train.route_entropy=0", "train.route_balance=0"]
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
+    "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
     # once per molecule (train.prefix_cache: memory), so an epoch costs a fraction of `adapters`
-    "adapters-top": ("cft adapters, layers 3-4 (prefix cached)", METHODS["full method (label prior)"] + ["adapters.layers=[3,4]"]),
+    "adapters-top": ("cft adapters, layers 3-4 (prefix cached)", FORMER + ["adapters.layers=[3,4]"]),
     # the same adapters beside each layer's GIN MLP (before its BatchNorm) instead of on its output:
     # where PEFT's LoRA acts, which beat the output adapters (BENCHMARKS.md)
-    "adapters-mlp": ("cft adapters beside the GIN MLP", METHODS["full method (label prior)"] + ["adapters.placement=mlp"]),
+    "adapters-mlp": ("cft adapters beside the GIN MLP", FORMER + ["adapters.placement=mlp"]),
     # one adapter per layer of rank 24 (no routing to learn): 5 x 2 x 300 x 24 = 72,000 weights, exactly
     # LoRA r=8's count, beside the MLP and on the output: the same-budget comparison with PEFT
-    "mlp-k1-r24": ("cft, one adapter r=24 beside the GIN MLP", METHODS["full method (label prior)"] + ["adapters.placement=mlp", "adapters.num_adapters=1", "adapters.rank=24"]),
-    "output-k1-r24": ("cft, one adapter r=24 on the layer output", METHODS["full method (label prior)"] + ["adapters.num_adapters=1", "adapters.rank=24"]),
+    "mlp-k1-r24": ("cft, one adapter r=24 beside the GIN MLP", FORMER + ["adapters.placement=mlp", "adapters.num_adapters=1", "adapters.rank=24"]),
+    "output-k1-r24": ("cft, one adapter r=24 on the layer output", FORMER + ["adapters.num_adapters=1", "adapters.rank=24"]),
     # the update added to the GIN MLP's first Linear (d -> 2d), before its BatchNorm and ReLU: LoRA's
     # place on that Linear; rank 16 on 300 + 600 is 72,000 weights, LoRA r=8's count on both Linears
-    "hidden-k1-r16": ("cft, one adapter r=16 in the GIN MLP's hidden layer", METHODS["full method (label prior)"] + ["adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16"]),
+    "hidden-k1-r16": ("cft, one adapter r=16 in the GIN MLP's hidden layer", FORMER + ["adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16"]),
     # phi = identity (LoRA's linear update V U z) instead of gelu: in the MLP's hidden layer this is
     # LoRA r=16 on the first Linear; on the output, the default recipe with linear adapters
-    "hidden-k1-r16-linear": ("cft, one linear adapter r=16 in the GIN MLP's hidden layer", METHODS["full method (label prior)"] + [
+    "hidden-k1-r16-linear": ("cft, one linear adapter r=16 in the GIN MLP's hidden layer", FORMER + [
         "adapters.placement=mlp-hidden", "adapters.num_adapters=1", "adapters.rank=16", "adapters.activation=identity"]),
     # the dataset's recipe with half the experts: K=4 r=8 puts recipes/toxcast.yaml's adapters under 5%
     # of the backbone's weights (K=8 is 6.7%), the parameter bar of the peers comparison
-    "adapters-k4": ("cft adapters, the recipe with K=4 experts", METHODS["full method (label prior)"] + ["adapters.num_adapters=4"]),
+    "adapters-k4": ("cft adapters, the recipe with K=4 experts", FORMER + ["adapters.num_adapters=4"]),
     # the recipe's routed bank (K=4 r=8 on Tox21) added to each GIN MLP's first Linear, where LoRA acts
     # on it: 5 x 4 x 8 x (300 + 600) = 144,000 adapter weights, 4.3% of the backbone
-    "adapters-hidden": ("cft adapters in the GIN MLP's hidden layer (routed)", METHODS["full method (label prior)"] + ["adapters.placement=mlp-hidden"]),
+    "adapters-hidden": ("cft adapters in the GIN MLP's hidden layer (routed)", FORMER + ["adapters.placement=mlp-hidden"]),
     # the same bank beside each GIN MLP's second Linear, on its input (LoRA's place on that Linear):
     # 5 x 4 x 8 x (600 + 300) = 144,000 adapter weights on Tox21, as `adapters-hidden`
     # the routed bank in the hidden layer with linear experts (LoRA's update V U z per expert): keeps
     # routing where one linear adapter in that place matched LoRA on validation; K=4 r=8 on every
     # dataset (144,000 adapter weights, 4.3% of the backbone; ToxCast's recipe K=8 would be 8.5%)
-    "adapters-hidden-linear": ("cft adapters in the GIN MLP's hidden layer, linear (routed)", METHODS["full method (label prior)"] + [
+    "adapters-hidden-linear": ("cft adapters in the GIN MLP's hidden layer, linear (routed)", FORMER + [
         "adapters.placement=mlp-hidden", "adapters.activation=identity", "adapters.num_adapters=4"]),
-    "adapters-out": ("cft adapters beside the GIN MLP's second Linear (routed)", METHODS["full method (label prior)"] + ["adapters.placement=mlp-out"]),
+    "adapters-out": ("cft adapters beside the GIN MLP's second Linear (routed)", FORMER + ["adapters.placement=mlp-out"]),
     # the recipe at chemprop's default batch of 64 (same lr, half the steps): the time-to-result lever
     # of the speed issue, since a CPU step of 64 molecules costs well under two steps of 32
-    "adapters-b64": ("cft adapters, the recipe at batch 64", METHODS["full method (label prior)"] + ["train.batch_size=64"]),
+    "adapters-b64": ("cft adapters, the recipe at batch 64", FORMER + ["train.batch_size=64"]),
     # the recipe without layer 0's adapters: layer 0 of the frozen backbone is then computed once per
     # molecule (prefix cache), and the step skips its forward and backward (the speed issue's 2x lever)
-    "adapters-l14": ("cft adapters in layers 1-4 (layer 0 cached)", METHODS["full method (label prior)"] + ["adapters.layers=[1,2,3,4]"]),
+    "adapters-l14": ("cft adapters in layers 1-4 (layer 0 cached)", FORMER + ["adapters.layers=[1,2,3,4]"]),
     # both GIN MLP Linears at once (`mlp-both`), linear: where PEFT's LoRA acts, at its weight count.
     # K=1 r=12 is LoRA r=12 (5 x 12 x (900 + 900) = 108,000); K=4 r=3 the routed bank of the same count
-    "both-k1-r12-linear": ("cft, one linear adapter r=12 on both GIN MLP Linears", METHODS["full method (label prior)"] + [
+    "both-k1-r12-linear": ("cft, one linear adapter r=12 on both GIN MLP Linears (the recipes' adapters)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=1", "adapters.rank=12", "adapters.activation=identity"]),
-    "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed)", METHODS["full method (label prior)"] + [
+    "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=4", "adapters.rank=3", "adapters.activation=identity"]),
-    "adapters-linear": ("cft adapters, identity activation", METHODS["full method (label prior)"] + ["adapters.activation=identity"]),
+    "adapters-linear": ("cft adapters, identity activation", FORMER + ["adapters.activation=identity"]),
     # the default recipe with the frozen backbone's dropout on while the adapters train (BatchNorm
     # keeps its pretraining statistics), as PEFT and AdapterGNN leave the base model in training mode
-    "adapters-frozen-dropout": ("cft adapters, frozen backbone's dropout 0.5 while training", METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.5"]),
+    "adapters-frozen-dropout": ("cft adapters, frozen backbone's dropout 0.5 while training", FORMER + ["backbone.frozen_dropout=0.5"]),
     # routes as recipes/toxcast.yaml had them until commit ROUTES_COMMIT (and recipes/tox21.yaml has them):
     # the label prior propagated without PairNorm, no route terms in the loss. The route-term methods
     # below start from these values, so a method means the same runs whatever the recipe's defaults.
@@ -305,10 +315,15 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
     return out / tag / FOLDERS[method] / f"seed{seed}"
 
 
+def method_sets(method: str, dataset: str) -> list[str]:
+    """The `--set` list of a cft method on `dataset` (the former recipes' K filled in)."""
+    return [s.format(former_k=FORMER_K[dataset]) for s in PEERS[method][1]]
+
+
 def run_cft(method: str, seed: int, ctx: dict) -> None:
     """A real `cft train` (quality.run_one: resumes from the checkpoint, skips a finished run)."""
     result = run_one(ctx["tag"], ctx["recipe"], method, seed, ctx["epochs"], ctx["shared"], ctx["out"], ctx["data"], ctx["threads"],
-                     {method: PEERS[method][1]}, ctx["patience"])
+                     {method: method_sets(method, ctx["dataset"])}, ctx["patience"])
     if "error" in result:
         raise RuntimeError(" ".join(result["error"]))
 

@@ -17,7 +17,8 @@ For each recipe (Tox21, ToxCast) and prior variant (the recipe's; `prior.top_k` 
   the router itself (`cft.nn.routing.PartRouter.propagated_embeddings`): the scale rms(E~) /
   rms(E_0) (rms(X) = sqrt(mean_t ||X_t||^2)), the relative spread rms(E~ - mean_t E~) / rms(E~)
   (1: nothing in common; 0: every task alike; as benchmarks/prior_embeddings.py) and the mean
-  routing entropy of the initial routes over the recipe's K random adapter keys (ln K when
+  routing entropy of the initial routes over K random adapter keys (the routed studies' K,
+  `quality.ROUTED_K`: the recipes' before they took one adapter per layer; ln K when
   uniform). The routing softmax divides by tau sqrt(m) for embeddings of rms sqrt(m): a smaller
   scale flattens the routes as a higher temperature would.
 
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from prior_embeddings import relative_spread, rms  # noqa: E402
+from quality import ROUTED_K  # noqa: E402
 
 RECIPES = {"tox21": "recipes/tox21.yaml", "toxcast": "recipes/toxcast.yaml"}
 # name -> (--set style changes of the recipe's prior section; PartSpec fields of the router)
@@ -66,7 +68,7 @@ def describe(name: str, data: Path) -> list[dict]:
         a = torch.as_tensor(relation, dtype=torch.float32)
         t = a.size(0)
         eigenvalues = torch.linalg.eigvalsh(normalized_adjacency(a)).flip(0)
-        k = recipe.adapters.num_adapters
+        k = ROUTED_K[name]  # routes over one adapter are trivial: the routed recipes' K
         spec = PartSpec(name=name, tasks=list(dataset.tasks), layers=[0], num_adapters=k, rank=1, embed_dim=EMBED_DIM, **router_fields)
         scales, spreads, entropies = [], [], []
         for draw in range(DRAWS):

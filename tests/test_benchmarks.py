@@ -25,7 +25,7 @@ BACKBONE = Path("/nonexistent/backbone.safetensors")  # only named in the recipe
 
 def effective_recipes(dataset: str, extra: list[str]) -> dict:
     recipe_path, epochs, _ = quality.FULL[dataset]
-    shared = quality.shared_overrides(BACKBONE, extra)
+    shared = quality.shared_overrides(BACKBONE, extra) + quality.routed_overrides(dataset)
     return {method: load_recipe(REPO / recipe_path, quality.method_overrides(method, shared, 0, epochs, 1)) for method in quality.METHODS}
 
 
@@ -83,10 +83,17 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
 
     recipe_path = peers.DATASETS[dataset].recipe
     base = load_recipe(REPO / recipe_path)
-    loaded = {m: load_recipe(REPO / recipe_path, sets) for m, (_, sets) in peers.PEERS.items() if sets is not None}
+    loaded = {m: load_recipe(REPO / recipe_path, peers.method_sets(m, dataset)) for m, (_, sets) in peers.PEERS.items() if sets is not None}
     assert loaded["adapters"] == base
+    # the former recipe's adapters (the methods' common start) differ from today's recipe in adapters only
+    former = loaded["adapters-former"]
+    assert (former.adapters.num_adapters, former.adapters.rank, former.adapters.placement, former.adapters.activation) == (
+        peers.FORMER_K[dataset], 8, "output", "gelu")
+    assert former.prior == base.prior and former.train == base.train and former.backbone == base.backbone
     assert loaded["adapters-k4"].adapters.num_adapters == 4 and loaded["adapters-k4"].prior == base.prior and loaded["adapters-k4"].train == base.train
-    assert loaded["adapters-hidden"].adapters.placement == "mlp-hidden" and loaded["adapters-hidden"].adapters.num_adapters == base.adapters.num_adapters
+    assert loaded["adapters-hidden"].adapters.placement == "mlp-hidden" and loaded["adapters-hidden"].adapters.num_adapters == former.adapters.num_adapters
+    both = loaded["both-k1-r12-linear"].adapters
+    assert both == base.adapters, "the recipes' adapters are the both-k1-r12-linear method's"
     assert loaded["adapters-out"].adapters.placement == "mlp-out"
     assert loaded["adapters-b64"].train.batch_size == 64 and loaded["adapters-b64"].train.lr == base.train.lr
     assert loaded["adapters-l14"].adapters.layers == [1, 2, 3, 4] and loaded["adapters-l14"].train.prefix_cache == "memory"
