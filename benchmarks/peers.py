@@ -220,9 +220,9 @@ PEERS = {
     "adapters-l14": ("cft adapters in layers 1-4 (layer 0 cached)", FORMER + ["adapters.layers=[1,2,3,4]"]),
     # both GIN MLP Linears at once (`mlp-both`), linear: where PEFT's LoRA acts, at its weight count.
     # K=1 r=12 is LoRA r=12 (5 x 12 x (900 + 900) = 108,000); K=4 r=3 the routed bank of the same count
-    "both-k1-r12-linear": ("cft, one linear adapter r=12 on both GIN MLP Linears (the recipes' adapters)", FORMER + [
+    "both-k1-r12-linear": ("cft, one linear adapter r=12 on both GIN MLP Linears (the recipes' adapters but ToxCast's)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=1", "adapters.rank=12", "adapters.activation=identity"]),
-    "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed)", FORMER + [
+    "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed; recipes/toxcast.yaml's adapters)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=4", "adapters.rank=3", "adapters.activation=identity"]),
     "adapters-linear": ("cft adapters, identity activation", FORMER + ["adapters.activation=identity"]),
     # the default recipe with the frozen backbone's dropout on while the adapters train (BatchNorm

@@ -92,8 +92,8 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
     assert former.prior == base.prior and former.train == base.train and former.backbone == base.backbone
     assert loaded["adapters-k4"].adapters.num_adapters == 4 and loaded["adapters-k4"].prior == base.prior and loaded["adapters-k4"].train == base.train
     assert loaded["adapters-hidden"].adapters.placement == "mlp-hidden" and loaded["adapters-hidden"].adapters.num_adapters == former.adapters.num_adapters
-    both = loaded["both-k1-r12-linear"].adapters
-    assert both == base.adapters, "the recipes' adapters are the both-k1-r12-linear method's"
+    recipes_method = {"tox21": "both-k1-r12-linear", "toxcast": "adapters-both-linear"}[dataset]
+    assert loaded[recipes_method].adapters == base.adapters, f"the recipe's adapters are the {recipes_method} method's"
     assert loaded["adapters-out"].adapters.placement == "mlp-out"
     assert loaded["adapters-b64"].train.batch_size == 64 and loaded["adapters-b64"].train.lr == base.train.lr
     assert loaded["adapters-l14"].adapters.layers == [1, 2, 3, 4] and loaded["adapters-l14"].train.prefix_cache == "memory"
