@@ -287,10 +287,11 @@ class CftModel(nn.Module):
         return z[0], (z[1:] - z[0]).transpose(0, 1)
 
     def _mlp_expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_expert_outputs` for adapters in the GIN MLP (placements `mlp`, `mlp-hidden`, `mlp-out`), from
-        the node states h [N, d] entering `layer` (= L*). Expert k adds s f_k(z) to the MLP's output on
-        its input z (`mlp`), s f_k(z) to its first Linear's output (`mlp-hidden`), or s f_k(u) to its
-        second Linear's output on that Linear's input u (`mlp-out`).
+        """`_expert_outputs` for adapters in the GIN MLP (placements `mlp`, `mlp-hidden`, `mlp-out`,
+        `mlp-both`), from the node states h [N, d] entering `layer` (= L*). Expert k adds s f_k(z) to
+        the MLP's output on its input z (`mlp`), s f_k(z) to its first Linear's output (`mlp-hidden`),
+        s f_k(u) to its second Linear's output on that Linear's input u (`mlp-out`), or both of its
+        pair (`mlp-both`).
 
         When L* is the last layer, its BatchNorms in eval mode and pooling linear, one run of the layer
         serves every expert (`_pooled_mlp_expert_outputs`). Otherwise layer L* and the ones after it
