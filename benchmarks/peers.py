@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -50,6 +50,7 @@ chemprop runs start again):
 - `adapters-hidden-linear`: the recipe's routed bank (K=4) in the MLP's hidden layer with linear experts;
 - `both-k1-r12-linear`, `adapters-both-linear`: linear adapters on both MLP Linears (`mlp-both`), LoRA's
   places and weight count (108,000): one of rank 12 (LoRA r=12 itself), and a routed K=4 r=3 bank;
+- `both-k1-r12-linear-s067`: the rank-12 one at PEFT's scale alpha/r = 8/12;
 - `adapters-frozen-dropout`: the recipe with the frozen backbone's dropout on while the adapters
   train (`backbone.frozen_dropout=0.5`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
@@ -222,6 +223,9 @@ PEERS = {
     # K=1 r=12 is LoRA r=12 (5 x 12 x (900 + 900) = 108,000); K=4 r=3 the routed bank of the same count
     "both-k1-r12-linear": ("cft, one linear adapter r=12 on both GIN MLP Linears (the recipes' adapters but ToxCast's)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=1", "adapters.rank=12", "adapters.activation=identity"]),
+    # the same at PEFT's scale alpha/r = 8/12 (cft's s is 1): the one setting left that differs from LoRA r=12
+    "both-k1-r12-linear-s067": ("cft, one linear adapter r=12 on both GIN MLP Linears, scale 8/12", FORMER + [
+        "adapters.placement=mlp-both", "adapters.num_adapters=1", "adapters.rank=12", "adapters.activation=identity", "adapters.scale=0.6667"]),
     "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed; recipes/toxcast.yaml's adapters)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=4", "adapters.rank=3", "adapters.activation=identity"]),
     "adapters-linear": ("cft adapters, identity activation", FORMER + ["adapters.activation=identity"]),
