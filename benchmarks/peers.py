@@ -174,7 +174,6 @@ def resolved(ds: Dataset, data: Path) -> Dataset:
 # earlier): routed banks of rank 8 with GELU on the layer outputs, K=4 (ToxCast K=8). Every method
 # below but `adapters` starts from them, so a method keeps meaning what it was measured as whatever
 # the recipes say now; `{former_k}` is filled in per dataset (`method_sets`).
-FORMER_K = ROUTED_K
 FORMER = METHODS["full method (label prior)"] + ROUTED + ["adapters.num_adapters={former_k}"]
 # the route settings every route-term method starts from (see adapters-plain-routes)
 PLAIN_ROUTES = FORMER + ["prior.norm=none", "train.route_entropy=0", "train.route_balance=0"]
@@ -321,7 +320,7 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 
 def method_sets(method: str, dataset: str) -> list[str]:
     """The `--set` list of a cft method on `dataset` (the former recipes' K filled in)."""
-    return [s.format(former_k=FORMER_K[dataset]) for s in PEERS[method][1]]
+    return [s.format(former_k=ROUTED_K[dataset]) for s in PEERS[method][1]]
 
 
 def run_cft(method: str, seed: int, ctx: dict) -> None:

@@ -88,7 +88,7 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
     # the former recipe's adapters (the methods' common start) differ from today's recipe in adapters only
     former = loaded["adapters-former"]
     assert (former.adapters.num_adapters, former.adapters.rank, former.adapters.placement, former.adapters.activation) == (
-        peers.FORMER_K[dataset], 8, "output", "gelu")
+        peers.ROUTED_K[dataset], 8, "output", "gelu")
     assert former.prior == base.prior and former.train == base.train and former.backbone == base.backbone
     assert loaded["adapters-k4"].adapters.num_adapters == 4 and loaded["adapters-k4"].prior == base.prior and loaded["adapters-k4"].train == base.train
     assert loaded["adapters-hidden"].adapters.placement == "mlp-hidden" and loaded["adapters-hidden"].adapters.num_adapters == former.adapters.num_adapters

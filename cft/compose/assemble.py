@@ -13,7 +13,7 @@ from cft.compose.merge import merge_layer
 from cft.compose.sources import Source, union_tasks
 from cft.errors import CftError
 from cft.nn.backbone import Backbone
-from cft.nn.model import CftModel
+from cft.nn.model import CftModel, bank_names
 from cft.spec import ModelSpec, PartSpec, concatenated_target_affine
 
 MODES = ("route", "linear", "svd", "cat")
@@ -160,7 +160,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         if any(w < 0 for w in weights):
             raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
     layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})
-    names = ["adapters", "out_adapters"] if _placement(sources) == "mlp-both" else ["adapters"]
+    names = bank_names(_placement(sources))
     merged = {}  # each bank of a layer merged on its own, with the same coefficients (mlp-both: both banks)
     for layer in layers:
         for name in names:

@@ -130,12 +130,8 @@ class CftModel(nn.Module):
         return self
 
     def adapter_banks(self) -> dict[str, nn.ModuleDict]:
-        """The banks per insertion layer, by their state-dict prefix: `adapters` (every placement) and,
-        for `mlp-both`, `out_adapters` (beside each MLP's second Linear; expert i pairs with expert i)."""
-        banks = {"adapters": self.adapters}
-        if self.spec.placement == "mlp-both":
-            banks["out_adapters"] = self.out_adapters
-        return banks
+        """The banks per insertion layer, by their state-dict prefix (`bank_names`)."""
+        return {name: getattr(self, name) for name in bank_names(self.spec.placement)}
 
     # ------------------------------------------------------------------ forward
 
@@ -417,6 +413,12 @@ class CftModel(nn.Module):
     def bundle_state(self) -> dict[str, torch.Tensor]:
         """Everything but the backbone: what a bundle stores."""
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+
+def bank_names(placement: str) -> tuple[str, ...]:
+    """The state-dict prefixes of a placement's banks: `adapters` (every placement) and, for
+    `mlp-both`, `out_adapters` (beside each MLP's second Linear; expert i pairs with expert i)."""
+    return ("adapters", "out_adapters") if placement == "mlp-both" else ("adapters",)
 
 
 def _bank_widths(backbone: Backbone, spec: ModelSpec) -> tuple[int, int]:

@@ -45,6 +45,7 @@ BROKEN = {
     "layer out of range": ("backbone:\n  num_layers: 2\nadapters:\n  layers: [0, 5]\n", "adapters.layers (line 4): layer indices must be < backbone.num_layers (2)"),
     "mlp placement on gcn": ("backbone:\n  arch: gcn\nadapters:\n  placement: mlp\n", "adapters.placement (line 4): `mlp` places the adapters in a GIN MLP"),
     "mlp-out placement on gcn": ("backbone:\n  arch: gcn\nadapters:\n  placement: mlp-out\n", "adapters.placement (line 4): `mlp-out` places the adapters in a GIN MLP"),
+    "mlp-both placement on gcn": ("backbone:\n  arch: gcn\nadapters:\n  placement: mlp-both\n", "adapters.placement (line 4): `mlp-both` places the adapters in a GIN MLP"),
     "negative route entropy": ("train:\n  route_entropy: -0.1\n", "train.route_entropy (line 2): must be >= 0, got -0.1"),
     "negative route balance": ("train:\n  route_balance: -1\n", "train.route_balance (line 2): must be >= 0, got -1"),
     "frozen dropout of one": ("backbone:\n  frozen_dropout: 1.0\n", "backbone.frozen_dropout (line 2): must be < 1, got 1.0"),
