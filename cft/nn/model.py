@@ -19,6 +19,8 @@ Forward pass (one pass serves every task):
          logit_t(x) = w_t . r_t(x) + c_t,
      with R_t its own gates (the routes of L*, [T, K]). All T logits are one einsum,
      logits = z_0 W^T + einsum("bkt,tk->bt", D W^T, R) + c: no loop over tasks (`expert_readout`).
+     With one adapter at L* in a trained (uncomposed) model every gate is 1 and r_t = z_1 for all t:
+     the layers then run once, adapted, into the mixture read-out (no z_0 pass).
      When L* is the backbone's last layer and pooling is linear (mean, sum), F is the identity and
      D_k = s V_k pool(phi(U_k h)): the [N, K*r] activations are pooled to [B, K*r] first, then K
      small products. Otherwise the layers after L* run on K + 1 stacked copies of the batch.
@@ -230,6 +232,10 @@ class CftModel(nn.Module):
             h, vn, edge_index, edge_attr, batch = _replicate(h, vn, edge_index, edge_attr, batch, groups, num_graphs)
         placement = self.spec.placement
         expert, beside_mlp = router.expert_layer, placement != "output"
+        if self._lone_expert():
+            # one expert and every gate R_t1 = 1: logit_t = w_t . (z_0 + D_1) + c_t = w_t . z_1 + c_t, the
+            # mixture read-out of one adapted pass (weight 1), without the separate unadapted z_0
+            alphas, expert = {**alphas, expert: h.new_ones(1, num_graphs, 1)}, None
         for i in range(first, bb.num_layers):
             if i == expert and beside_mlp:  # the experts act inside layer i: from the states entering it
                 base, deltas = self._mlp_expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
@@ -245,6 +251,13 @@ class CftModel(nn.Module):
             if alpha is not None:
                 h = h + self.spec.scale * self.adapters[str(i)](h, alpha)
         return Features(pooled=bb.pool(h, batch, groups * num_graphs).view(groups, num_graphs, -1)), routes
+
+    def _lone_expert(self) -> bool:
+        """The task read-out of a trained (one-part, uncomposed) model with one adapter at L*: its
+        routes there are a softmax over one column, so every gate R_t1 is exactly 1."""
+        router = self.router
+        expert = router.expert_layer
+        return expert is not None and router.num_groups == 1 and router.compose_steps == 0 and router.layer_sizes[expert] == 1
 
     def _mixture_adapter(self, layer: int, alpha: torch.Tensor | None):
         """z -> s * sum_i alpha_i f_i(z) for the bank of `layer` (the placements in the GIN MLP), None

@@ -144,6 +144,8 @@ def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     {"layers": (0,)},  # experts below the last layer: K + 1 stacked copies
     {"layers": (0, 1), "pooling": "max"},  # non-linear pooling: stacked copies
     {"layers": (0, 2), "num_layers": 3, "k": 4},
+    {"layers": (0, 1), "k": 1},  # one expert (the recipes' K=1): one adapted pass into the mixture read-out
+    {"layers": (0,), "k": 1},
 ])
 @pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
 def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case, placement):
@@ -180,6 +182,27 @@ def test_the_pooled_path_equals_the_stacked_copies(placement):
         model.backbone.training = False
     assert torch.allclose(sum_fast, stacked, atol=1e-4), (sum_fast - stacked).abs().max()
     assert not torch.allclose(fast, sum_fast, atol=1e-3), "mean and sum pooling differ: the comparison is not vacuous"
+
+
+@pytest.mark.parametrize("layers", [(0, 1), (0,)])
+@pytest.mark.parametrize("placement", ["output", "mlp", "mlp-hidden", "mlp-both"])
+def test_one_expert_takes_one_adapted_pass_with_the_experts_logits_and_gradients(placement, layers, monkeypatch):
+    """K = 1 in a trained model: every gate is 1, so the read-out runs the adapted layers once
+    (`CftModel._lone_expert`); its logits and gradients are those of the expert path it skips."""
+    model = mlp_model(layers=layers, k=1, placement=placement)
+    data = tiny_batch()
+    assert model._lone_expert() and not mlp_model(layers=layers, k=2, placement=placement)._lone_expert()
+    fast = model(data)
+    fast.square().sum().backward()
+    fast_grads = [b.U.grad.clone() for b in all_banks(model)] + [model.head.weight.grad.clone()]
+    model.zero_grad()
+    monkeypatch.setattr(CftModel, "_lone_expert", lambda self: False)
+    slow = model(data)
+    slow.square().sum().backward()
+    slow_grads = [b.U.grad for b in all_banks(model)] + [model.head.weight.grad]
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-4) and a.abs().sum() > 0
 
 
 @pytest.mark.parametrize("placement", ["mlp", "mlp-both"])
