@@ -94,6 +94,9 @@ class StoreBatches(torch.utils.data.Dataset):
         return math.ceil(len(self.order) / self.batch_size)
 
     def __getitem__(self, i: int) -> Batch:
+        if not -len(self) <= i < len(self):  # iteration and list() stop here (an empty slice would not end them)
+            raise IndexError(f"batch {i} of {len(self)}")
+        i %= len(self)
         return slice_batch(self.store, self.y, self.order[i * self.batch_size : (i + 1) * self.batch_size], self.with_index)
 
 

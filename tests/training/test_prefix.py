@@ -3,6 +3,7 @@ collation, same logits as the uncached forward, same training result, fallbacks,
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from cft.nn.model import CftModel
 from cft.recipe.load import load_recipe
 from cft.spec import BackboneSpec, ModelSpec, PartSpec
 from cft.training import prefix as prefix_mod
-from cft.training.prefix import PrefixCache, compute_prefix, prefix_cache_for, slice_batch
+from cft.training.prefix import PrefixCache, StoreBatches, compute_prefix, prefix_cache_for, slice_batch
 from cft.training.trainer import PendingLosses, train_recipe
 from tests.conftest import TINY_RECIPE
 from tests.model_kit import SMILES
@@ -44,6 +45,17 @@ def test_slice_batch_is_pyg_collation(store):
         a, b = getattr(ours, key), getattr(pyg, key)
         assert a.dtype == b.dtype and torch.equal(a, b), key
     assert ours.num_graphs == pyg.num_graphs == 6
+
+
+def test_an_epochs_batches_iterate_as_a_sequence(store):
+    """Plain iteration (and list()) ends after the last batch: an index past it raises IndexError."""
+    y = torch.zeros(len(store), 2)
+    batches = StoreBatches(store, y, np.arange(len(store)), 5)
+    listed = list(itertools.islice(batches, 10))  # bounded: without the IndexError iteration would not end
+    assert [b.num_graphs for b in listed] == [5, 5, 2] and len(batches) == 3
+    assert torch.equal(batches[-1].x, listed[-1].x)
+    with pytest.raises(IndexError):
+        batches[3]
 
 
 @pytest.mark.parametrize("layers", [(1,), (2,)])
