@@ -1,0 +1,101 @@
+"""What the one-expert read-out saves: training steps of the recipes' model (Tox21, GIN-VN 300x5,
+one linear rank-12 adapter on both GIN MLP Linears of every layer, task read-out) with and without
+it, side by side in one process.
+
+    python benchmarks/readout_k1.py [--rounds 5] [--steps 40] [--threads 1] [--json benchmarks/results/readout_k1.json]
+
+With one adapter at the expert layer L* every gate is 1, so `CftModel._lone_expert` runs the
+adapted layers once into W z_1 + c. Without it (the code before, restored here by patching that
+method to False), the last layer also ran once unadapted for z_0 and the expert's change D_1 was
+computed beside it. Each round times `--steps` training steps (forward, backward, AdamW) of each
+path on the same batches, in alternating order; the median of the per-round ratios is reported.
+The backbone is randomly initialised (the cost does not depend on its weights). One thread by
+default, so that the ratio does not depend on what else the machine runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from cft.data.dataset import load_dataset  # noqa: E402
+from cft.nn.backbone import Backbone  # noqa: E402
+from cft.nn.model import CftModel  # noqa: E402
+from cft.recipe.load import load_recipe  # noqa: E402
+from cft.spec import BackboneSpec  # noqa: E402
+from cft.training.build import build_training_model, set_trainable  # noqa: E402
+from cft.training.optim import make_optimizer  # noqa: E402
+from cft.training.prefix import StoreBatches  # noqa: E402
+
+BATCH = 32
+
+
+def training_setup(data: Path, steps: int):
+    """The recipes' model on Tox21 (random backbone), its optimiser and `steps` training batches."""
+    recipe = load_recipe(REPO / "recipes" / "tox21.yaml", ["backbone.pretrain=null"])
+    dataset = load_dataset(recipe.data, data, recipe.seed)
+    model, _ = build_training_model(recipe, dataset, Backbone(BackboneSpec.of(recipe.backbone)))
+    set_trainable(model, recipe)
+    optimizer = make_optimizer(model, recipe)
+    batches = list(StoreBatches(dataset.store, dataset.y, dataset.split["train"][: BATCH * steps], BATCH))  # IndexError ends it
+    return model.train(), optimizer, batches
+
+
+def graphs_per_second(model: CftModel, optimizer, batches, lone_expert: bool) -> float:
+    CftModel._lone_expert = ORIGINAL if lone_expert else (lambda self: False)
+    start = time.perf_counter()
+    for batch in batches:
+        loss = model.task_loss(model(batch), batch.y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return BATCH * len(batches) / (time.perf_counter() - start)
+
+
+ORIGINAL = CftModel._lone_expert
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "readout_k1.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from speed import machine
+
+    model, optimizer, batches = training_setup(args.data.resolve(), args.steps)
+    assert model._lone_expert(), "the recipe no longer has one expert at L*: nothing to measure"
+    for lone in (True, False):  # warm-up of both paths
+        graphs_per_second(model, optimizer, batches[:5], lone)
+    rounds = []
+    for r in range(args.rounds):
+        pair = {"one pass": graphs_per_second(model, optimizer, batches, True), "expert path": graphs_per_second(model, optimizer, batches, False)}
+        pair["ratio"] = pair["one pass"] / pair["expert path"]
+        rounds.append(pair)
+        print(f"round {r + 1}: one pass {pair['one pass']:.0f} graphs/s, expert path {pair['expert path']:.0f} graphs/s, ratio {pair['ratio']:.3f}", flush=True)
+    CftModel._lone_expert = ORIGINAL
+    command = f"python benchmarks/readout_k1.py --rounds {args.rounds} --steps {args.steps} --threads {args.threads}"
+    result = {"machine": machine() | {"torch_threads": args.threads}, "command": command, "batch_size": BATCH, "steps": args.steps, "rounds": rounds,
+              "median_ratio": statistics.median(p["ratio"] for p in rounds)}
+    print(f"median ratio one pass / expert path: {result['median_ratio']:.3f}")
+    with tempfile.NamedTemporaryFile("w", dir=args.json.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(result, tmp, indent=2)
+    Path(tmp.name).replace(args.json)
+
+
+if __name__ == "__main__":
+    main()
