@@ -139,7 +139,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, run_one, shared_overrides
-from speed import PEERS_PYTHON, TTR_TASKS, machine, write_split_files
+from speed import PEERS_PYTHON, RECIPES_ADAPTERS, TTR_TASKS, machine, write_split_files
 
 
 class Dataset(NamedTuple):
@@ -177,6 +177,9 @@ def resolved(ds: Dataset, data: Path) -> Dataset:
 FORMER = METHODS["full method (label prior)"] + ROUTED + ["adapters.num_adapters={former_k}"]
 # the route settings every route-term method starts from (see adapters-plain-routes)
 PLAIN_ROUTES = FORMER + ["prior.norm=none", "train.route_entropy=0", "train.route_balance=0"]
+# the recipes' adapters since 92a95a3 (but ToxCast's): one linear rank-12 update on both GIN MLP Linears
+BOTH_K1_R12 = RECIPES_ADAPTERS
+
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
@@ -220,15 +223,12 @@ PEERS = {
     "adapters-l14": ("cft adapters in layers 1-4 (layer 0 cached)", FORMER + ["adapters.layers=[1,2,3,4]"]),
     # both GIN MLP Linears at once (`mlp-both`), linear: where PEFT's LoRA acts, at its weight count.
     # K=1 r=12 is LoRA r=12 (5 x 12 x (900 + 900) = 108,000); K=4 r=3 the routed bank of the same count
-    "both-k1-r12-linear": ("cft, one linear adapter r=12 on both GIN MLP Linears (the recipes' adapters but ToxCast's)", FORMER + [
-        "adapters.placement=mlp-both", "adapters.num_adapters=1", "adapters.rank=12", "adapters.activation=identity"]),
+    "both-k1-r12-linear": ("cft, one linear adapter r=12 on both GIN MLP Linears (the recipes' adapters but ToxCast's)", FORMER + BOTH_K1_R12),
     # the same at PEFT's scale alpha/r = 8/12 (cft's s is 1): the one setting left that differs from LoRA r=12
-    "both-k1-r12-linear-s067": ("cft, one linear adapter r=12 on both GIN MLP Linears, scale 8/12", FORMER + [
-        "adapters.placement=mlp-both", "adapters.num_adapters=1", "adapters.rank=12", "adapters.activation=identity", "adapters.scale=0.6667"]),
+    "both-k1-r12-linear-s067": ("cft, one linear adapter r=12 on both GIN MLP Linears, scale 8/12", FORMER + BOTH_K1_R12 + ["adapters.scale=0.6667"]),
     # the recipes' adapters at chemprop's default batch of 64 (same lr and epochs, half the steps):
     # the time-to-result lever, since a CPU step of 64 molecules costs less than two steps of 32
-    "both-k1-r12-linear-b64": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64", FORMER + [
-        "adapters.placement=mlp-both", "adapters.num_adapters=1", "adapters.rank=12", "adapters.activation=identity", "train.batch_size=64"]),
+    "both-k1-r12-linear-b64": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64", FORMER + BOTH_K1_R12 + ["train.batch_size=64"]),
     "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed; recipes/toxcast.yaml's adapters)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=4", "adapters.rank=3", "adapters.activation=identity"]),
     "adapters-linear": ("cft adapters, identity activation", FORMER + ["adapters.activation=identity"]),

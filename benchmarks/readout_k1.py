@@ -39,6 +39,7 @@ from cft.training.optim import make_optimizer  # noqa: E402
 from cft.training.prefix import StoreBatches  # noqa: E402
 
 BATCH = 32
+ORIGINAL = CftModel._lone_expert  # restored after each measurement of the expert path
 
 
 def training_setup(data: Path, steps: int):
@@ -62,8 +63,6 @@ def graphs_per_second(model: CftModel, optimizer, batches, lone_expert: bool) ->
         optimizer.step()
     return BATCH * len(batches) / (time.perf_counter() - start)
 
-
-ORIGINAL = CftModel._lone_expert
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 BATCH = 32
+RECIPES_ADAPTERS = ["adapters.num_adapters=1", "adapters.rank=12", "adapters.placement=mlp-both", "adapters.activation=identity"]  # the shipped recipes' adapters (but ToxCast's)
 MODES = {
     # name: --set overrides of the base recipe (frozen GIN-VN 300x5, Tox21)
     "cft full fine-tuning": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
@@ -51,12 +52,10 @@ MODES = {
     # the shipped recipes' adapters: one linear rank-12 update on both Linear layers of every GIN MLP
     # (LoRA's places); the update enters inside each layer, so the backward pass also runs through
     # each adapted layer's own MLP (input gradients), which adapters on the layer outputs skip
-    "cft adapters of the recipes (K=1 r=12 linear, both GIN MLP Linears)": [
-        "adapters.num_adapters=1", "adapters.rank=12", "adapters.placement=mlp-both", "adapters.activation=identity"],
+    "cft adapters of the recipes (K=1 r=12 linear, both GIN MLP Linears)": RECIPES_ADAPTERS,
     # the same at chemprop's default batch of 64 (same steps, twice the molecules per step): what a
     # step of 64 costs against two of 32, the time-to-result lever (the score is kept: BENCHMARKS.md)
-    "cft adapters of the recipes at batch 64": [
-        "adapters.num_adapters=1", "adapters.rank=12", "adapters.placement=mlp-both", "adapters.activation=identity", "train.batch_size=64"],
+    "cft adapters of the recipes at batch 64": RECIPES_ADAPTERS + ["train.batch_size=64"],
     # adapters in the top two layers: layers 0-2 are a fixed function, run once per molecule
     # every layer but the first: only layer 0 (and the atom encoder) is cached, the step skips its
     # forward and backward (a fifth of the layers), and every adapted layer but one is kept
