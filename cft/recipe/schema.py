@@ -209,7 +209,9 @@ class PriorConfig(_Strict):
 
 class RoutingConfig(_Strict):
     mode: RoutingMode = "routed"
-    """`routed`: gated, prior-shaped routing; `uniform`: every adapter weighted 1/K (ablation)."""
+    """`routed`: gated, prior-shaped routing; `uniform`: every adapter weighted 1/K (ablation).
+    With `adapters.num_adapters: 1` there is nothing to route (every route is 1): the part is
+    trained and saved as `uniform`, without router weights."""
     temperature: Positive = 1.0
     """tau: routing temperature of softmax(E K^T / (tau sqrt(m)))."""
     threshold: Threshold = 0.05

@@ -38,7 +38,7 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
     layers = [] if not ad.enabled else (list(range(backbone_spec.num_layers)) if ad.layers == "all" else list(ad.layers))
     part = PartSpec(
         name=dataset.name, tasks=list(dataset.tasks), layers=layers, num_adapters=ad.num_adapters, rank=ad.rank,
-        embed_dim=rt.embed_dim, mode=rt.mode, temperature=rt.temperature, threshold=rt.threshold, top_k=rt.top_k,
+        embed_dim=rt.embed_dim, mode=routing_mode(recipe), temperature=rt.temperature, threshold=rt.threshold, top_k=rt.top_k,
         prior_steps=pr.steps, prior_restart=pr.restart, prior_norm=pr.norm, prior_source=pr.source if pr.source != "learned" else f"learned:{pr.init}",
         learned_prior=pr.source == "learned", prior_anchor=pr.anchor,
     )
@@ -46,6 +46,18 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
         backbone=backbone_spec, tasks=list(dataset.tasks), kinds=list(dataset.kinds), parts=[part],
         activation=ad.activation, scale=ad.scale, adapter_dropout=ad.dropout, placement=ad.placement, readout=rt.readout, **target_statistics(dataset),
     )
+
+
+def routing_mode(recipe: Recipe) -> str:
+    """The part's routing mode: the recipe's, but `uniform` for one adapter per layer.
+
+    With K = 1 every route is softmax over one column, R = 1, and alpha(x) = w(x)^T R = sum_t w_t(x)
+    = 1 whatever the router holds: a routed part would carry task embeddings, keys and a query
+    (10,176 weights on Tox21) that never change the output. AdamW still moved them by lr-sized
+    steps on float-noise gradients every step (~9% of a step's time), and a composition of such
+    bundles would weight each part's tasks with a query that was never trained. A uniform part
+    holds no router weights and gives its tasks equal weight, which is what a one-adapter model computes."""
+    return "uniform" if recipe.adapters.num_adapters == 1 else recipe.routing.mode
 
 
 def target_statistics(dataset: MolDataset) -> dict:

@@ -199,7 +199,7 @@ def terminal_lines(report: RoutingReport, layers: list[int], width: int, max_row
             style="yellow",
         ))
     if any(m == "uniform" for m in report.part_modes):
-        out.append(Text("a part with uniform routing (merge modes, or routing.mode: uniform) gives every adapter the same weight", style="dim"))
+        out.append(Text("a part with uniform routing (merge modes, routing.mode: uniform, or one adapter per layer) gives every adapter the same weight", style="dim"))
     for layer in layers:
         r = report.routes[layer]
         values = np.stack([r[m].mean(axis=0) for m in plan.members])

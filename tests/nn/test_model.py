@@ -61,3 +61,43 @@ def test_molpcba_recipe_fits_the_papers_parameter_budget():
     counts = model.parameter_counts()
     assert counts["total"] <= 4_800_000
     assert counts["trainable"] / counts["total"] < 0.15
+
+
+def test_one_adapter_per_layer_trains_no_router_and_computes_what_a_routed_one_does():
+    """K = 1: every route is 1, so the recipe's part is `uniform` and holds LoRA's weights exactly."""
+    from conftest import REPO
+
+    from cft.recipe.load import load_recipe
+    from cft.spec import ModelSpec
+    from cft.training.build import model_spec
+
+    recipe = load_recipe(REPO / "recipes" / "tox21.yaml")
+    assert recipe.adapters.num_adapters == 1 and recipe.routing.mode == "routed"
+
+    class FakeData:
+        name, tasks, kinds = "tox21", [f"t{i}" for i in range(12)], ["binary"] * 12
+
+    spec = model_spec(recipe, FakeData(), BackboneSpec.of(recipe.backbone))
+    assert spec.parts[0].mode == "uniform"
+    model = CftModel(Backbone(spec.backbone), spec, [np.eye(12, dtype=np.float32)])
+    assert not [n for n in model.state_dict() if n.startswith("router.parts.0.") and n != "router.parts.0.relation"]
+    head = sum(p.numel() for p in model.head.parameters())
+    # rank 12 beside both Linears (300 -> 600 -> 300) of five GIN MLPs: PEFT LoRA r=12's 108,000
+    assert model.parameter_counts()["trainable"] - head == 5 * 2 * 12 * (300 + 600)
+
+    # the same adapter weights routed: identical logits (the router's output is 1 for every molecule)
+    for readout, placement in (("mixture", "output"), ("task", "mlp-both")):
+        base = tiny_model(k=1, mode="routed")
+        routed_spec = ModelSpec.model_validate({**base.spec.model_dump(), "readout": readout, "placement": placement})
+        routed = CftModel(base.backbone, routed_spec, [np.eye(3, dtype=np.float32)])
+        for p in routed.parameters():
+            if p.requires_grad:
+                p.data.normal_(0.0, 0.3)
+        uniform_spec = ModelSpec.model_validate({**routed_spec.model_dump(), "parts": [{**routed_spec.parts[0].model_dump(), "mode": "uniform"}]})
+        uniform = CftModel(routed.backbone, uniform_spec, [np.eye(3, dtype=np.float32)])
+        missing, unexpected = uniform.load_state_dict(routed.state_dict(), strict=False)
+        assert not missing and unexpected and all(".task_embed" in k or ".keys." in k or ".query." in k for k in unexpected)
+        routed.eval(), uniform.eval()
+        batch = tiny_batch()
+        assert torch.allclose(routed(batch), uniform(batch), atol=1e-6), readout
+        assert not torch.allclose(routed(batch), base.eval()(batch), atol=1e-3)  # the adapters were moved: the check can fail
