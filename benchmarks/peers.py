@@ -229,6 +229,9 @@ PEERS = {
     # the recipes' adapters at chemprop's default batch of 64 (same lr and epochs, half the steps):
     # the time-to-result lever, since a CPU step of 64 molecules costs less than two steps of 32
     "both-k1-r12-linear-b64": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64", FORMER + BOTH_K1_R12 + ["train.batch_size=64"]),
+    # the same with the part written as `uniform` (cft.training.build.routing_mode, commit 7be9b0d):
+    # no router weights at K=1, so the trainable count is LoRA r=12's 108,000 exactly
+    "both-k1-r12-b64-norouter": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router", FORMER + BOTH_K1_R12 + ["train.batch_size=64"]),
     "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed; recipes/toxcast.yaml's adapters)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=4", "adapters.rank=3", "adapters.activation=identity"]),
     "adapters-linear": ("cft adapters, identity activation", FORMER + ["adapters.activation=identity"]),
