@@ -1,7 +1,8 @@
 """Speed benchmarks: ratios measured side by side, in one run, on the same data and batch size.
 
     python benchmarks/speed.py [--quick] [--data ../shared/data] [--json results/speed.json]
-                               [--sections throughput,featurisation,scaling,time-to-result] [--ttr-epochs 30]
+                               [--sections throughput,featurisation,scaling,time-to-result]
+                               [--ttr-epochs N] [--ttr-chemprop-epochs 20,30]
 
 Every measurement runs in its own subprocess (so peak resident memory is that mode's alone), in
 interleaved order (A, B, C, A, B, C, ...), and the median over repetitions is reported:
@@ -16,10 +17,12 @@ interleaved order (A, B, C, A, B, C, ...), and the median over repetitions is re
 - inference graphs/s and peak resident memory of each mode;
 - featurisation cold vs cached (target >= 20x);
 - time per epoch against molecules (MUV subsets) and tasks (ToxCast task subsets);
-- time to a result: `recipes/tox21.yaml` (cft's default recipe) and chemprop with its defaults,
-  trained on the same split file (cft's scaffold split written as a `split` column / a chemprop
-  `--splits-file`) for the same epochs, one after the other: wall clock and test ROC-AUC (both
-  scored by cft.metrics from the test predictions). chemprop runs from its own environment,
+- time to a result: `recipes/tox21.yaml` (cft's default recipe, as shipped: its epochs) and
+  chemprop with its defaults but --epochs, trained on the same split file (cft's scaffold split
+  written as a `split` column / a chemprop `--splits-file`), one after the other: wall clock and
+  test ROC-AUC (both scored by cft.metrics from the test predictions). chemprop runs once per
+  entry of --ttr-chemprop-epochs (default: the recipe's epochs, i.e. the same epochs as cft, and
+  30, what the speed issue measured; chemprop's own default is 50). chemprop runs from its own environment,
   benchmarks/.venv-peers (`python3 -m venv benchmarks/.venv-peers && benchmarks/.venv-peers/bin/pip
   install torch==2.13.0 chemprop`), never from cft's. The backbone's one-off masking pretraining
   is timed apart (it is cached and shared by every later run).
@@ -195,9 +198,20 @@ TTR_TASKS = ["NR-AR", "NR-AR-LBD", "NR-AhR", "NR-Aromatase", "NR-ER", "NR-ER-LBD
 PEERS_PYTHON = REPO / "benchmarks" / ".venv-peers" / "bin" / "python"
 
 
-def ttr_recipe_overrides(split_csv: Path, epochs: int) -> list[str]:
-    """recipes/tox21.yaml as it is, on the split file, for `epochs` epochs (no early stop: the same epochs as chemprop)."""
-    return [f"data.path={split_csv}", "data.split.method=column", "data.split.column=split", f"train.epochs={epochs}", "train.patience=null"]
+TTR_CHEMPROP_EPOCHS = 30  # what the speed issue timed chemprop at (its own default is 50)
+
+
+def ttr_recipe_overrides(split_csv: Path, epochs: int | None) -> list[str]:
+    """recipes/tox21.yaml as it is, on the split file, for `epochs` epochs (None: the recipe's) and
+    without early stopping (every epoch is run, as chemprop runs its --epochs)."""
+    return [f"data.path={split_csv}", "data.split.method=column", "data.split.column=split", "train.patience=null"] + (
+        [f"train.epochs={epochs}"] if epochs else [])
+
+
+def recipe_epochs() -> int:
+    from cft.recipe.load import load_recipe
+
+    return load_recipe(REPO / "recipes" / "tox21.yaml").train.epochs
 
 
 def write_split_files(data: Path, folder: Path, recipe: str = "recipes/tox21.yaml", name: str = "tox21") -> tuple[Path, Path]:
@@ -242,7 +256,7 @@ def child_ttr_pretrain(data: Path, folder: str) -> dict:
     return {"seconds": time.perf_counter() - start, "backbone": summary["backbone"]}
 
 
-def child_ttr_cft(data: Path, folder: str, epochs: int) -> dict:
+def child_ttr_cft(data: Path, folder: str, epochs: int | None) -> dict:
     from cft.recipe.load import load_recipe
     from cft.training.trainer import train_recipe
 
@@ -263,7 +277,7 @@ def ttr_chemprop(folder: Path, epochs: int, env: dict) -> dict:
 
     from cft.metrics import score
 
-    out = folder / "chemprop"
+    out = folder / f"chemprop-{epochs}"  # one output folder per run: the predictions are found by name below
     cmd = [str(PEERS_PYTHON.parent / "chemprop"), "train", "--data-path", str(folder / "tox21_split.csv"), "--task-type", "classification",
            "--smiles-columns", "smiles", "--target-columns", *TTR_TASKS, "--splits-file", str(folder / "tox21_splits.json"),
            "--epochs", str(epochs), "--metrics", "roc", "--output-dir", str(out), "--num-workers", "0", "--accelerator", "cpu", "--devices", "1"]
@@ -307,6 +321,11 @@ def machine() -> dict:
             "commit": commit + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def epoch_list(text: str) -> list[int]:
+    """"20,30" -> [20, 30]."""
+    return [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
@@ -324,7 +343,9 @@ def main() -> None:
     parser.add_argument("--modes", help="throughput modes to run: comma-separated parts of their names (default: all)")
     parser.add_argument("--steps", type=positive_int, help="training steps per throughput measurement (default 200, 60 with --quick)")
     parser.add_argument("--no-inference", action="store_true", help="throughput: measure training only (no inference pass)")
-    parser.add_argument("--ttr-epochs", type=positive_int, default=30, help="epochs of the time-to-result row, both tools (default 30)")
+    parser.add_argument("--ttr-epochs", type=positive_int, help="epochs of cft in the time-to-result row (default: the recipe's)")
+    parser.add_argument("--ttr-chemprop-epochs", type=epoch_list, help=f"chemprop's epochs in the time-to-result row, one run each "
+                        f"(default: cft's epochs and {TTR_CHEMPROP_EPOCHS})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--payload", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -358,7 +379,9 @@ def main() -> None:
     command = ["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else []) + ([f"--repetitions {args.repetitions}"] if args.repetitions else [])
     command += [f"--sections {args.sections}"] if args.sections != parser.get_default("sections") else []
     command += ([f"--steps {args.steps}"] if args.steps else []) + (["--no-inference"] if args.no_inference else []) + ([f"--modes '{args.modes}'"] if args.modes else [])
-    command += [f"--ttr-epochs {args.ttr_epochs}"] if "time-to-result" in sections else []
+    if "time-to-result" in sections:
+        command += ([f"--ttr-epochs {args.ttr_epochs}"] if args.ttr_epochs else []) + (
+            [f"--ttr-chemprop-epochs {','.join(map(str, args.ttr_chemprop_epochs))}"] if args.ttr_chemprop_epochs else [])
     result = {"machine": machine(), "quick": args.quick, "batch_size": BATCH, "steps": steps, "repetitions": reps, "command": " ".join(command)}
     print(f"machine: {result['machine']}", flush=True)
 
@@ -410,28 +433,34 @@ def main() -> None:
         _write(args.json, result, started)
 
     if "time-to-result" in sections:
-        result["time_to_result"] = time_to_result(data, env, args.ttr_epochs)
+        result["time_to_result"] = time_to_result(data, env, args.ttr_epochs, args.ttr_chemprop_epochs)
         _write(args.json, result, started)
     print(json.dumps(result.get("ratios", {}), indent=2))
     print(f"total {result['seconds']:.0f}s; wrote {args.json}")
 
 
-def time_to_result(data: Path, env: dict, epochs: int) -> dict:
-    """cft's default recipe against chemprop's defaults on one split file, one after the other."""
+def time_to_result(data: Path, env: dict, epochs: int | None, chemprop_epochs: list[int] | None) -> dict:
+    """cft's default recipe against chemprop's defaults on one split file, one after the other:
+    cft for `epochs` (None: the recipe's), chemprop once per entry of `chemprop_epochs` (None:
+    cft's epochs and TTR_CHEMPROP_EPOCHS)."""
     if not PEERS_PYTHON.exists():
         print(f"time to result: {PEERS_PYTHON} is missing; skipped (see the module docstring to create it)", flush=True)
         return {"skipped": f"{PEERS_PYTHON.relative_to(REPO)} missing"}
     folder = Path(tempfile.mkdtemp(prefix="cft-ttr-"))
     write_split_files(data, folder)
+    epochs = epochs or recipe_epochs()
+    chemprop_epochs = chemprop_epochs or sorted({epochs, TTR_CHEMPROP_EPOCHS})
     row: dict = {"epochs": epochs, "split": "cft's scaffold split of tox21.csv (recipes/tox21.yaml, seed 0) as one split file"}
     row["cft_backbone_pretraining"] = run_child("ttr_pretrain", {"folder": str(folder)}, data, env)
     print(f"time to result: backbone pretraining (one-off, cached after) {row['cft_backbone_pretraining']['seconds']:.0f} s", flush=True)
     row["cft"] = run_child("ttr_cft", {"folder": str(folder), "epochs": epochs}, data, env)
     print(f"time to result: cft {row['cft']}", flush=True)
     peers_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    row["chemprop"] = ttr_chemprop(folder, epochs, peers_env)
-    print(f"time to result: chemprop {row['chemprop']}", flush=True)
-    row["wall_clock_cft_over_chemprop"] = row["cft"]["wall_seconds"] / row["chemprop"]["wall_seconds"]
+    row["chemprop_runs"] = []
+    for n in chemprop_epochs:
+        row["chemprop_runs"].append(ttr_chemprop(folder, n, peers_env))
+        print(f"time to result: chemprop {row['chemprop_runs'][-1]}", flush=True)
+    row["wall_clock_cft_over_chemprop"] = {str(r["epochs"]): row["cft"]["wall_seconds"] / r["wall_seconds"] for r in row["chemprop_runs"]}
     return row
 
 
