@@ -270,6 +270,7 @@ FOLDERS = {m: m for m in PEERS}  # run folder per method id (the LoRA folder nam
 # Sequential(Linear(d, 2d), BatchNorm1d, ReLU, Linear(2d, d)); the virtual-node MLPs are not GIN MLPs
 LORA_TARGETS = r"backbone\.convs\.\d+\.conv\.nn\.(0|3)"
 QUICK_LIMIT, QUICK_EPOCHS = 400, 2
+FOLDER_EPOCHS = 30  # the epochs of every run in a dataset's plain run folder (the recipes' epochs when they were made); others get `-epochs<N>`
 CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
 DEFAULT_BACKBONE = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv.safetensors"
 
@@ -669,7 +670,9 @@ def main() -> None:
     out = (args.out or REPO / "benchmarks" / "results" / ("peers_quick" if small else "peers")).resolve()
     stem = "peers" if args.dataset == "tox21" else f"peers_{args.dataset}"
     target = args.json or REPO / "benchmarks" / "results" / (f"{stem}_quick.json" if small else f"{stem}.json")
-    tag = args.dataset + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != recipe.train.epochs else "")
+    # the plain `<dataset>` folder holds runs of FOLDER_EPOCHS epochs whatever the recipe says now:
+    # a recipe's epochs may change, the finished runs' may not
+    tag = args.dataset + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != FOLDER_EPOCHS else "")
     csv, splits = split_files(data, out / ("split" if not small else f"split-limit{args.limit}"), args.limit, args.dataset)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     ctx = {"dataset": args.dataset, "ds": ds, "recipe": ds.recipe, "tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads,
