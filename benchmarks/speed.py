@@ -51,6 +51,8 @@ RECIPES_ADAPTERS = ["adapters.num_adapters=1", "adapters.rank=12", "adapters.pla
 MODES = {
     # name: --set overrides of the base recipe (frozen GIN-VN 300x5, Tox21)
     "cft full fine-tuning": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
+    # the same at batch 64, the Tox21 recipe's batch: the 2x target compares the two at one batch size
+    "cft full fine-tuning at batch 64": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001", "train.batch_size=64"],
     "cft adapters K=4 r=8 (routed)": [],
     # the shipped recipes' adapters: one linear rank-12 update on both Linear layers of every GIN MLP
     # (LoRA's places); the update enters inside each layer, so the backward pass also runs through
@@ -78,6 +80,8 @@ MODES = {
 RATIOS = {
     "default-recipe adapters (K=1 r=12, both MLP Linears) / full fine-tuning (target >= 2.0)": (
         "cft adapters of the recipes (K=1 r=12 linear, both GIN MLP Linears)", "cft full fine-tuning"),
+    "the recipes' adapters / full fine-tuning, both at batch 64 (target >= 2.0)": (
+        "cft adapters of the recipes at batch 64", "cft full fine-tuning at batch 64"),
     "the recipes' adapters: batch 64 / batch 32 (graphs/s)": (
         "cft adapters of the recipes at batch 64", "cft adapters of the recipes (K=1 r=12 linear, both GIN MLP Linears)"),
     "routed adapters K=4 on the layer outputs (every layer) / full fine-tuning": ("cft adapters K=4 r=8 (routed)", "cft full fine-tuning"),
