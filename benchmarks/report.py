@@ -285,6 +285,7 @@ def main() -> None:
         ("peers-esol", "peers_esol.json", peers_tables),
         ("peers-toxcast", "peers_toxcast.json", peers_tables),
         ("peers-tox21-epyc", "peers_tox21_epyc.json", peers_tables),
+        ("peers-tox21-e20", "peers_tox21_e20.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
