@@ -91,11 +91,11 @@ def measure(dataset: MolDataset, device: str, workers: int, batch_size: int, fre
         model, _ = load_bundle(Path(tmp) / "run" / "bundle.safetensors")
     model.to(device)
     everything = GraphDataset(dataset.store, dataset.y, np.arange(min(infer_graphs, len(dataset))))
-    predict_logits(model, GraphDataset(dataset.store, dataset.y, np.arange(min(2048, len(dataset)))), 1024, torch.device(device), amp=True)  # warm-up
+    predict_logits(model, GraphDataset(dataset.store, dataset.y, np.arange(min(2048, len(dataset)))), 1024, torch.device(device), amp=device.startswith("cuda"))  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    predict_logits(model, everything, 1024, torch.device(device), amp=True)
+    predict_logits(model, everything, 1024, torch.device(device), amp=device.startswith("cuda"))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     infer = time.perf_counter() - start

@@ -268,7 +268,12 @@ class TrainConfig(_Strict):
     device: str = "auto"
     """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
     bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
+    """bf16 autocast on CUDA, training and evaluation (on CPU see `bf16_cpu`)."""
+    bf16_cpu: bool = False
+    """bf16 autocast of the training steps on a CPU that computes bf16 natively (AVX512-BF16 or
+    AMX; fp32 on any other CPU, where it would be emulated and slower). Matrix products run in
+    bf16 with fp32 weights, optimiser and loss; validation, test and predictions stay fp32. On the
+    AMD EPYC of BENCHMARKS.md a step takes about 1/1.5 of the time."""
     compile: bool = False
     """Opt-in torch.compile of the model."""
     deterministic: bool = True

@@ -50,8 +50,15 @@ def _in_batches(
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast on CUDA when enabled; a disabled autocast (a no-op) otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast on `device` (CUDA or CPU) when enabled; a disabled autocast (a no-op) otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type in ("cuda", "cpu"))
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), so that bf16
+    autocast makes the frozen layers' products faster rather than slower (emulated)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def evaluate_split(

@@ -40,7 +40,7 @@ from cft.training.backbones import BackboneChoice, choose_backbone, obtain_backb
 from cft.training.build import build_training_model, read_init_bundle, resolve_metric, set_trainable
 from cft.training.checkpoint import read_checkpoint, write_checkpoint
 from cft.training.distributed import DistContext, pick_device, single
-from cft.training.inference import autocast, evaluate_split
+from cft.training.inference import autocast, cpu_computes_bf16, evaluate_split
 from cft.training.optim import make_optimizer, make_scheduler
 from cft.training.prefix import PrefixCache, StoreBatches, as_is, prefix_cache_for
 from cft.training.seeding import restore_rng_state, use_deterministic_kernels
@@ -156,7 +156,9 @@ class Trainer:
         self.recipe, self.run, self.inputs, self.device, self.dist = recipe, run, inputs, device, dist
         self.dataset, self.metric = inputs.dataset, inputs.metric
         self.resume_command = resume_command
-        self.amp = recipe.train.bf16 and device.type == "cuda"
+        self.amp = recipe.train.bf16 and device.type == "cuda"  # evaluation (and training) on CUDA
+        # the training steps: also on a CPU with native bf16 products when the recipe asks for it
+        self.train_amp = self.amp or (recipe.train.bf16_cpu and device.type == "cpu" and cpu_computes_bf16())
         self.unscored = self.dataset.unscorable(self.metric)
         if dist.is_main:
             run.write_skipped(self.dataset.skipped)
@@ -284,7 +286,7 @@ class Trainer:
             for batch in loader:
                 prefix = self.prefix.take(batch, self.device) if self.prefix is not None else None
                 batch = batch.to(self.device, non_blocking=True)
-                with autocast(self.device, self.amp):
+                with autocast(self.device, self.train_amp):
                     logits, routes = self._forward(batch, prefix)
                     task_loss = model.task_loss(logits.float(), batch.y)
                     reg = model.router.regularizer(routes) if lam > 0 else task_loss.new_zeros(())
@@ -438,6 +440,7 @@ class Trainer:
             "backbone": self.backbone_info,
             "world_size": self.dist.world_size,
             "device": str(self.device),
+            "precision": "bf16 autocast" if self.train_amp else "fp32",  # of the training steps
             "cft_version": __version__,
         }
         summary["params"]["trainable_fraction"] = summary["params"]["trainable"] / summary["params"]["total"]
