@@ -61,6 +61,9 @@ MODES = {
     # the same at chemprop's default batch of 64 (same steps, twice the molecules per step): what a
     # step of 64 costs against two of 32, the time-to-result lever (the score is kept: BENCHMARKS.md)
     "cft adapters of the recipes at batch 64": RECIPES_ADAPTERS + ["train.batch_size=64"],
+    # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
+    "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
+    "cft full fine-tuning at batch 64, bf16 steps": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001", "train.batch_size=64", "train.bf16_cpu=true"],
     # adapters in the top two layers: layers 0-2 are a fixed function, run once per molecule
     # every layer but the first: only layer 0 (and the atom encoder) is cached, the step skips its
     # forward and backward (a fifth of the layers), and every adapted layer but one is kept
@@ -82,6 +85,12 @@ RATIOS = {
         "cft adapters of the recipes (K=1 r=12 linear, both GIN MLP Linears)", "cft full fine-tuning"),
     "the recipes' adapters / full fine-tuning, both at batch 64 (target >= 2.0)": (
         "cft adapters of the recipes at batch 64", "cft full fine-tuning at batch 64"),
+    "the recipes' adapters / full fine-tuning, both at batch 64 in bf16 steps (target >= 2.0)": (
+        "cft adapters of the recipes at batch 64, bf16 steps", "cft full fine-tuning at batch 64, bf16 steps"),
+    "the recipes' adapters in bf16 steps / full fine-tuning in fp32, both at batch 64": (
+        "cft adapters of the recipes at batch 64, bf16 steps", "cft full fine-tuning at batch 64"),
+    "the recipes' adapters at batch 64: bf16 / fp32 steps": ("cft adapters of the recipes at batch 64, bf16 steps", "cft adapters of the recipes at batch 64"),
+    "full fine-tuning at batch 64: bf16 / fp32 steps": ("cft full fine-tuning at batch 64, bf16 steps", "cft full fine-tuning at batch 64"),
     "the recipes' adapters: batch 64 / batch 32 (graphs/s)": (
         "cft adapters of the recipes at batch 64", "cft adapters of the recipes (K=1 r=12 linear, both GIN MLP Linears)"),
     "routed adapters K=4 on the layer outputs (every layer) / full fine-tuning": ("cft adapters K=4 r=8 (routed)", "cft full fine-tuning"),
@@ -137,7 +146,7 @@ def child_cft(overrides: list[str], steps: int, data: Path, infer: bool = True) 
     seconds = summary["seconds"]
     return {"train_graphs_per_s": summary["graphs_per_second"], "infer_graphs_per_s": infer, "peak_rss_mib": peak_rss_mib(),
             "trainable": summary["params"]["trainable"], "total": summary["params"]["total"], "prefix_seconds": seconds.get("prefix", 0.0),
-            "train_seconds": seconds["train"]}
+            "train_seconds": seconds["train"], "precision": summary["precision"]}
 
 
 def child_reference(steps: int, data: Path) -> dict:
