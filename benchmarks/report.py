@@ -79,7 +79,7 @@ def speed_tables(result: dict) -> str:
         runs = ttr.get("chemprop_runs") or [{**ttr["chemprop"], "epochs": ttr["epochs"]}]  # files before f-/ttr-chemprop-epochs: one run
         lines += ["", f"Time to a result on Tox21 ({ttr['split']}; no early stopping):", "",
                   "| tool | epochs | training wall clock (s) | test ROC-AUC | valid ROC-AUC (best epoch) |", "|---|---:|---:|---:|---:|",
-                  f"| cft recipes/tox21.yaml | {c.get('epochs', ttr['epochs'])} | {c['wall_seconds']:.0f} | {c['test_rocauc']:.4f} | {_valid_cell(c)} |"]
+                  f"| cft recipes/tox21.yaml{' (bf16 steps)' if c.get('precision', 'fp32') != 'fp32' else ''} | {c.get('epochs', ttr['epochs'])} | {c['wall_seconds']:.0f} | {c['test_rocauc']:.4f} | {_valid_cell(c)} |"]
         lines += [f"| chemprop {p.get('chemprop', '')} defaults | {p['epochs']} | {p['wall_seconds']:.0f} | {p['test_rocauc']:.4f} | |" for p in runs]
         ratios = "; ".join(f"{c['wall_seconds'] / p['wall_seconds']:.2f}× (chemprop at {p['epochs']} epochs)" for p in runs)
         lines += ["", f"cft / chemprop wall clock: {ratios}. "

@@ -279,7 +279,7 @@ def child_ttr_cft(data: Path, folder: str, epochs: int | None) -> dict:
         summary = train_recipe(recipe, Path(tmp) / "run", data)
     wall = time.perf_counter() - start
     return {"wall_seconds": wall, "train_seconds": summary["seconds"]["train"], "test_rocauc": summary["test"]["mean"],
-            "valid_rocauc": summary["valid"]["mean"], "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+            "valid_rocauc": summary["valid"]["mean"], "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"], "precision": summary["precision"],
             "backbone_from_cache": summary["backbone"].get("cached", None), "peak_rss_mib": peak_rss_mib()}
 
 
