@@ -272,8 +272,9 @@ class TrainConfig(_Strict):
     bf16_cpu: bool = False
     """bf16 autocast of the training steps on a CPU that computes bf16 natively (AVX512-BF16 or
     AMX; fp32 on any other CPU, where it would be emulated and slower). Matrix products run in
-    bf16 with fp32 weights, optimiser and loss; validation, test and predictions stay fp32. On the
-    AMD EPYC of BENCHMARKS.md a step takes about 1/1.5 of the time."""
+    bf16 with fp32 weights, optimiser and loss; validation, test and predictions stay fp32. Off by
+    default: on the AVX512-BF16 EPYC of BENCHMARKS.md it kept the score but did not pay in
+    training (1.08x in one epoch, none over four)."""
     compile: bool = False
     """Opt-in torch.compile of the model."""
     deterministic: bool = True
