@@ -273,6 +273,7 @@ def main() -> None:
         ("speed-lone-expert", "speed_lone_expert.json", speed_tables),
         ("speed-batch64", "speed_batch64.json", speed_tables),
         ("speed-bf16", "speed_bf16.json", speed_tables),
+        ("speed-ttr", "speed_ttr.json", speed_tables),
         ("quality", "quality.json", quality_tables),
         ("quality-quick", "quality_quick.json", quality_tables),
         ("routing", "routing.json", routing_tables),
