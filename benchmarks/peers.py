@@ -232,8 +232,8 @@ PEERS = {
     # the same with the part written as `uniform` (cft.training.build.routing_mode, commit 7be9b0d):
     # no router weights at K=1, so the trainable count is LoRA r=12's 108,000 exactly
     "both-k1-r12-b64-norouter": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router", FORMER + BOTH_K1_R12 + ["train.batch_size=64"]),
-    # the same with bf16 autocast of the training steps (train.bf16_cpu, commit after 7be9b0d): the
-    # EPYC computes bf16 products natively, a step takes about 1/1.5 of the time; is the score kept?
+    # the same with bf16 autocast of the training steps (train.bf16_cpu, da6c3fd; the EPYC has
+    # native bf16 products): it kept the score, but a step gained only 1.08x (BENCHMARKS.md, "Speed")
     "both-k1-r12-b64-bf16": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router, bf16 steps", FORMER + BOTH_K1_R12 + [
         "train.batch_size=64", "train.bf16_cpu=true"]),
     # the 20-epoch lever with a higher peak lr (0.005 for 0.003): twenty epochs at batch 64 match

@@ -76,7 +76,7 @@ def speed_tables(result: dict) -> str:
     ttr = result.get("time_to_result")
     if ttr and "cft" in ttr:
         c = ttr["cft"]
-        runs = ttr.get("chemprop_runs") or [{**ttr["chemprop"], "epochs": ttr["epochs"]}]  # files before f-/ttr-chemprop-epochs: one run
+        runs = ttr.get("chemprop_runs") or [{**ttr["chemprop"], "epochs": ttr["epochs"]}]  # files written before --ttr-chemprop-epochs: one run
         lines += ["", f"Time to a result on Tox21 ({ttr['split']}; no early stopping):", "",
                   "| tool | epochs | training wall clock (s) | test ROC-AUC | valid ROC-AUC (best epoch) |", "|---|---:|---:|---:|---:|",
                   f"| cft recipes/tox21.yaml{' (bf16 steps)' if c.get('precision', 'fp32') != 'fp32' else ''} | {c.get('epochs', ttr['epochs'])} | {c['wall_seconds']:.0f} | {c['test_rocauc']:.4f} | {_valid_cell(c)} |"]
