@@ -180,6 +180,11 @@ PLAIN_ROUTES = FORMER + ["prior.norm=none", "train.route_entropy=0", "train.rout
 # the recipes' adapters since 92a95a3 (but ToxCast's): one linear rank-12 update on both GIN MLP Linears
 BOTH_K1_R12 = RECIPES_ADAPTERS
 
+# the recipes' adapters at chemprop's batch of 64 (recipes/tox21.yaml's since 81dd543); every
+# method built on it differs from it in one setting. Methods with the same overrides but another
+# id (`-norouter`) were trained at another commit of cft/ and keep their own run folders.
+BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64"]
+
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
@@ -228,18 +233,16 @@ PEERS = {
     "both-k1-r12-linear-s067": ("cft, one linear adapter r=12 on both GIN MLP Linears, scale 8/12", FORMER + BOTH_K1_R12 + ["adapters.scale=0.6667"]),
     # the recipes' adapters at chemprop's default batch of 64 (same lr and epochs, half the steps):
     # the time-to-result lever, since a CPU step of 64 molecules costs less than two steps of 32
-    "both-k1-r12-linear-b64": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64", FORMER + BOTH_K1_R12 + ["train.batch_size=64"]),
+    "both-k1-r12-linear-b64": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64", BOTH_K1_R12_B64),
     # the same with the part written as `uniform` (cft.training.build.routing_mode, commit 7be9b0d):
     # no router weights at K=1, so the trainable count is LoRA r=12's 108,000 exactly
-    "both-k1-r12-b64-norouter": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router", FORMER + BOTH_K1_R12 + ["train.batch_size=64"]),
+    "both-k1-r12-b64-norouter": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router", BOTH_K1_R12_B64),
     # the same with bf16 autocast of the training steps (train.bf16_cpu, da6c3fd; the EPYC has
     # native bf16 products): it kept the score, but a step gained only 1.08x (BENCHMARKS.md, "Speed")
-    "both-k1-r12-b64-bf16": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router, bf16 steps", FORMER + BOTH_K1_R12 + [
-        "train.batch_size=64", "train.bf16_cpu=true"]),
+    "both-k1-r12-b64-bf16": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router, bf16 steps", BOTH_K1_R12_B64 + ["train.bf16_cpu=true"]),
     # the 20-epoch lever with a higher peak lr (0.005 for 0.003): twenty epochs at batch 64 match
     # chemprop's wall clock but lost 0.011 of validation ROC-AUC at the recipe's lr
-    "both-k1-r12-b64-lr005": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router, lr 0.005", FORMER + BOTH_K1_R12 + [
-        "train.batch_size=64", "train.lr=0.005"]),
+    "both-k1-r12-b64-lr005": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, no router, lr 0.005", BOTH_K1_R12_B64 + ["train.lr=0.005"]),
     "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed; recipes/toxcast.yaml's adapters)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=4", "adapters.rank=3", "adapters.activation=identity"]),
     "adapters-linear": ("cft adapters, identity activation", FORMER + ["adapters.activation=identity"]),

@@ -46,13 +46,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from quality import METHODS  # noqa: E402
+
 BATCH = 32
 RECIPES_ADAPTERS = ["adapters.num_adapters=1", "adapters.rank=12", "adapters.placement=mlp-both", "adapters.activation=identity"]  # the shipped recipes' adapters (but ToxCast's)
+FULL_FINE_TUNING = METHODS["full fine-tuning"]
 MODES = {
     # name: --set overrides of the base recipe (frozen GIN-VN 300x5, Tox21)
-    "cft full fine-tuning": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
+    "cft full fine-tuning": FULL_FINE_TUNING,
     # the same at batch 64, the Tox21 recipe's batch: the 2x target compares the two at one batch size
-    "cft full fine-tuning at batch 64": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001", "train.batch_size=64"],
+    "cft full fine-tuning at batch 64": FULL_FINE_TUNING + ["train.batch_size=64"],
     "cft adapters K=4 r=8 (routed)": [],
     # the shipped recipes' adapters: one linear rank-12 update on both Linear layers of every GIN MLP
     # (LoRA's places); the update enters inside each layer, so the backward pass also runs through
@@ -63,7 +66,7 @@ MODES = {
     "cft adapters of the recipes at batch 64": RECIPES_ADAPTERS + ["train.batch_size=64"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
-    "cft full fine-tuning at batch 64, bf16 steps": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001", "train.batch_size=64", "train.bf16_cpu=true"],
+    "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],
     # adapters in the top two layers: layers 0-2 are a fixed function, run once per molecule
     # every layer but the first: only layer 0 (and the atom encoder) is cached, the step skips its
     # forward and backward (a fifth of the layers), and every adapted layer but one is kept
