@@ -50,3 +50,22 @@ def test_bf16_cpu_autocasts_the_training_steps_only_and_only_where_the_cpu_compu
     for a, b in zip(fp32, bf16):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.05)
     assert all(t.dtype == torch.float32 for t in bundles["bf16"].values() if t.is_floating_point())  # weights stay fp32
+
+
+def test_bf16_cpu_through_the_cli_records_the_precision_and_refuses_a_non_boolean(tiny_recipe, tmp_path):
+    """The real `cft train`: bf16 steps exactly where this CPU computes bf16 natively; a bad value is refused."""
+    from conftest import assert_user_error, run_cli
+
+    from cft.training.inference import cpu_computes_bf16
+
+    run = tmp_path / "run"
+    env = {"CFT_CACHE_DIR": str(tmp_path / "cache")}
+    done = run_cli("train", tiny_recipe, "-o", run, "--set", "train.bf16_cpu=true", "--set", "train.epochs=1", "--set", "train.device=cpu", env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == ("bf16 autocast" if cpu_computes_bf16() else "fp32")
+    assert all(t.dtype == torch.float32 for t in load_file(str(run / "bundle.safetensors")).values() if t.is_floating_point())
+
+    refused = run_cli("train", tiny_recipe, "-o", tmp_path / "bad", "--set", "train.bf16_cpu=sometimes", env=env)
+    assert_user_error(refused, "train.bf16_cpu")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
