@@ -54,7 +54,7 @@ def routing_mode(recipe: Recipe) -> str:
     With K = 1 every route is softmax over one column, R = 1, and alpha(x) = w(x)^T R = sum_t w_t(x)
     = 1 whatever the router holds: a routed part would carry task embeddings, keys and a query
     (10,176 weights on Tox21) that never change the output. AdamW still moved them by lr-sized
-    steps on float-noise gradients every step (~9% of a step's time), and a composition of such
+    steps on float-noise gradients every step (~9% of a step's time: BENCHMARKS.md, "Speed"), and a composition of such
     bundles would weight each part's tasks with a query that was never trained. A uniform part
     holds no router weights and gives its tasks equal weight, which is what a one-adapter model computes."""
     return "uniform" if recipe.adapters.num_adapters == 1 else recipe.routing.mode
