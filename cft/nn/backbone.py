@@ -27,6 +27,25 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from cft.spec import BackboneSpec
 
 
+def bond_embeddings(encoder: BondEncoder, edge_attr: torch.Tensor) -> torch.Tensor:
+    """`encoder(edge_attr)`, [E, d], as one lookup per edge instead of one per bond feature.
+
+    OGB's BondEncoder sums one embedding per bond feature, e_i = sum_f emb_f(a_if), and the bond
+    features take few values (type, stereo, conjugation: 5 x 6 x 2 = 60 combinations). So the
+    encoder runs once on every combination, table = encoder(C) [60, d] (C: the combinations in
+    row-major order), and edge i reads row c_i = (a_i0 * 6 + a_i1) * 2 + a_i2: per edge one
+    gather of d values instead of three gathers and two sums. The rows are the encoder's own sums,
+    in its order (the same floats); gradients reach the embeddings through the table.
+    edge_attr: [E, F] integer features (any integer dtype)."""
+    dims = [embedding.num_embeddings for embedding in encoder.bond_embedding_list]
+    combinations = torch.cartesian_prod(*(torch.arange(n, device=edge_attr.device) for n in dims)).view(-1, len(dims))
+    table = encoder(combinations)  # [prod(dims), d]
+    codes = edge_attr[:, 0].long()
+    for f in range(1, len(dims)):
+        codes = codes * dims[f] + edge_attr[:, f].long()
+    return F.embedding(codes, table)
+
+
 class OgbGCNConv(MessagePassing):
     """GCN with bond features as in the OGB example; normalisation from PyG's gcn_norm."""
 
@@ -38,7 +57,7 @@ class OgbGCNConv(MessagePassing):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         x = self.linear(x)
-        edge_embedding = self.bond_encoder(edge_attr.long())
+        edge_embedding = bond_embeddings(self.bond_encoder, edge_attr)
         num_edges = edge_index.size(1)
         # gcn_norm appends one self-loop per node after the real edges: its weight is 1/deg
         _, weight = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
@@ -67,7 +86,7 @@ class GINLayer(nn.Module):
         at `mlp-both`, mlp_adapter = (into_hidden, beside_second), the two at once:
         W_2 u + b_2 + beside_second(u), u = ReLU(BN(W_1 z + b_1 + into_hidden(z)))."""
         if mlp_adapter is None:
-            return self.conv(x, edge_index, self.bond_encoder(edge_attr.long()))
+            return self.conv(x, edge_index, bond_embeddings(self.bond_encoder, edge_attr))
         z = self.aggregate(x, edge_index, edge_attr)
         first, norm, act, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
         if at == "mlp":
@@ -79,7 +98,7 @@ class GINLayer(nn.Module):
     def aggregate(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """The MLP's input z_i = (1 + eps) x_i + sum_{j in N(i)} ReLU(x_j + e_ji), [N, d]: GINEConv's
         forward up to its MLP (its own propagate and eps), so that an adapter can read it."""
-        messages = self.conv.propagate(edge_index, x=(x, x), edge_attr=self.bond_encoder(edge_attr.long()))
+        messages = self.conv.propagate(edge_index, x=(x, x), edge_attr=bond_embeddings(self.bond_encoder, edge_attr))
         return messages + (1 + self.conv.eps) * x
 
 
