@@ -54,12 +54,17 @@ class AdapterBank(nn.Module):
             x = F.dropout(x, self.dropout, training=True)
         return ACTIVATIONS[self.activation](torch.einsum("mkc,krc->mkr", x, self.U))
 
-    def forward(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """h: [N, d] node states; alpha: [N, K] per-node adapter weights. Returns the update
-        sum_i alpha_i f_i(h), [N, out_dim]."""
+    def forward(self, h: torch.Tensor, alpha: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+        """h: [N, d] node states; alpha: [N, K] per-node adapter weights (None: all 1); scale: s.
+        Returns the update s * sum_i alpha_i f_i(h) = sum_i V_i (s alpha_i phi(U_i h)), [N, out_dim]:
+        weights and scale multiply the K*r hidden units, not the out_dim outputs."""
         k, r = self.num_adapters, self.rank
-        z = (self.activations(h) * alpha.unsqueeze(-1)).view(-1, k * r)
-        return z @ self.V.permute(1, 0, 2).reshape(self.out_dim, k * r).t()  # [N, out_dim]
+        z = self.activations(h)
+        if alpha is not None:
+            z = z * alpha.unsqueeze(-1)
+        if scale != 1.0:
+            z = z * scale
+        return z.reshape(-1, k * r) @ self.V.permute(1, 0, 2).reshape(self.out_dim, k * r).t()  # [N, out_dim]
 
     def expert_updates(self, activations: torch.Tensor) -> torch.Tensor:
         """Each adapter's own output V_i a_i from its activations: [M, K, r] -> [M, K, d].

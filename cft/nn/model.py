@@ -240,33 +240,41 @@ class CftModel(nn.Module):
             if i == expert and beside_mlp:  # the experts act inside layer i: from the states entering it
                 base, deltas = self._mlp_expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
                 return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
-            alpha = alphas[i].reshape(groups * num_graphs, -1)[batch] if i in alphas else None
+            adapted = i in alphas
+            # one adapter whose every route is 1 (one uncomposed part): its weight is 1 at every node
+            alpha = None if not adapted or self._single_route(i) else alphas[i].reshape(groups * num_graphs, -1)[batch]
             if beside_mlp:
-                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch, mlp_adapter=self._mixture_adapter(i, alpha), at=placement)
+                mlp_adapter = self._mixture_adapter(i, alpha) if adapted else None
+                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch, mlp_adapter=mlp_adapter, at=placement)
                 continue
             h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
             if i == expert:  # the experts act on layer i's output
                 base, deltas = self._expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
                 return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
-            if alpha is not None:
-                h = h + self.spec.scale * self.adapters[str(i)](h, alpha)
+            if adapted:
+                h = h + self.adapters[str(i)](h, alpha, self.spec.scale)
         return Features(pooled=bb.pool(h, batch, groups * num_graphs).view(groups, num_graphs, -1)), routes
 
-    def _lone_expert(self) -> bool:
-        """The task read-out of a trained (one-part, uncomposed) model with one adapter at L*: its
-        routes there are a softmax over one column, so every gate R_t1 is exactly 1."""
+    def _single_route(self, layer: int) -> bool:
+        """Whether `layer` holds one adapter of a trained (one-part, uncomposed) model: its routes are
+        a softmax over one column (or uniform over one), so every gate R_t1 is exactly 1 and so is
+        every molecule's weight alpha = sum_t w_t R_t1 (the router's arithmetic would give 1 within
+        rounding, at the cost of a per-node product in the forward and backward passes)."""
         router = self.router
-        expert = router.expert_layer
-        return expert is not None and router.num_groups == 1 and router.compose_steps == 0 and router.layer_sizes[expert] == 1
+        return router.num_groups == 1 and router.compose_steps == 0 and router.layer_sizes[layer] == 1
+
+    def _lone_expert(self) -> bool:
+        """The task read-out of a trained (one-part, uncomposed) model with one adapter at L*."""
+        expert = self.router.expert_layer
+        return expert is not None and self._single_route(expert)
 
     def _mixture_adapter(self, layer: int, alpha: torch.Tensor | None):
-        """z -> s * sum_i alpha_i f_i(z) for the bank of `layer` (the placements in the GIN MLP), None
-        without one; for `mlp-both` the pair of such functions of its two banks (`GINLayer.forward`)."""
-        if alpha is None:
-            return None
+        """z -> s * sum_i alpha_i f_i(z) for the bank of `layer` (the placements in the GIN MLP;
+        alpha None: every weight 1); for `mlp-both` the pair of such functions of its two banks
+        (`GINLayer.forward`)."""
         scale = self.spec.scale
         banks = [banks[str(layer)] for banks in self.adapter_banks().values()]
-        updates = tuple((lambda x, bank=bank: scale * bank(x, alpha)) for bank in banks)
+        updates = tuple((lambda x, bank=bank: bank(x, alpha, scale)) for bank in banks)
         return updates if len(updates) == 2 else updates[0]
 
     def _expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,3 +36,35 @@ def test_batched_bank_equals_per_adapter_reference():
         torch.nn.init.normal_(bank.V)
         h, alpha = torch.randn(40, 16), torch.softmax(torch.randn(40, 5), dim=-1)
         assert torch.allclose(bank(h, alpha), per_adapter_loop(bank, h, alpha), atol=1e-5)
+
+
+def test_bank_weights_and_scale_act_on_the_hidden_units():
+    """bank(h, alpha, s) = s * sum_i alpha_i f_i(h) (the weights and s multiply the K*r hidden units,
+    not the outputs); alpha None means every weight 1, without the product."""
+    torch.manual_seed(2)
+    bank = AdapterBank(3, 4, 16, "gelu")
+    torch.nn.init.normal_(bank.V)
+    h, alpha = torch.randn(30, 16), torch.softmax(torch.randn(30, 3), dim=-1)
+    assert torch.allclose(bank(h, alpha, 0.7), 0.7 * per_adapter_loop(bank, h, alpha), atol=1e-5)
+    ones = torch.ones(30, 3)
+    assert torch.equal(bank(h, None), bank(h, ones))
+    assert torch.allclose(bank(h, None, 2.0), 2.0 * per_adapter_loop(bank, h, ones), atol=1e-5)
+    assert not torch.allclose(bank(h, None), bank(h, alpha), atol=1e-3)  # the weights do act
+
+
+def test_one_uncomposed_adapter_per_layer_weighs_every_node_1():
+    """A one-part model with one adapter per layer skips the router's per-node weight (exactly 1 in
+    the method, 1 within rounding in its arithmetic): the same logits as weighting by the router."""
+    torch.manual_seed(3)
+    model = tiny_model(k=1)
+    for bank in model.adapters.values():
+        torch.nn.init.normal_(bank.V)
+    assert all(model._single_route(layer) for layer in model.router.layers)
+    batch = tiny_batch()
+    model.eval()
+    with torch.no_grad():
+        skipped = model(batch)
+        model._single_route = lambda layer: False  # the router's own weights, as for a composition
+        weighted = model(batch)
+    assert torch.allclose(skipped, weighted, atol=1e-5)
+    assert not torch.equal(skipped, model.head(model.backbone(batch)))  # the adapters act

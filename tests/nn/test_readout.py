@@ -46,7 +46,7 @@ def run_layers(model, data, stop_after=None, last_update=None):
             h = h + last_update(h)
             continue
         if i in alphas:
-            h = h + model.spec.scale * model.adapters[str(i)](h, alphas[i][0][data.batch])
+            h = h + model.adapters[str(i)](h, alphas[i][0][data.batch], model.spec.scale)
     return bb.pool(h, data.batch, data.num_graphs), routes
 
 
