@@ -244,6 +244,11 @@ class TrainConfig(_Strict):
     """Linear warm-up epochs."""
     grad_clip: Optional[float] = Field(default=5.0, gt=0)
     """Clip the global gradient norm to this value; null disables."""
+    ema: Optional[float] = Field(default=None, gt=0, lt=1)
+    """Decay of an exponential moving average of the trainable weights, theta_ema <- decay *
+    theta_ema + (1 - decay) * theta after every step (e.g. 0.995: about the last 200 steps).
+    Validation, the choice of the best epoch, the saved bundle and the test score use the averaged
+    weights; BatchNorm statistics are the current ones. null (off) by default."""
     patience: Optional[int] = Field(default=10, ge=1)
     """Early stopping: epochs without a better valid metric; null disables."""
     reg_strength: float = Field(default=0.01, ge=0)

@@ -17,7 +17,10 @@ from cft.training.seeding import rng_state_tensors
 CHECKPOINT_FORMAT = "cft-checkpoint-1"
 
 
-def write_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, state: dict, best_state: dict[str, torch.Tensor]) -> None:
+def write_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scheduler, state: dict, best_state: dict[str, torch.Tensor], average: dict | None = None,
+) -> None:
+    """`average`: the weight average's state (`train.ema`), when the run keeps one."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -26,6 +29,7 @@ def write_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, s
         "state": state,
         "best_state": best_state,
         "rng": rng_state_tensors(),
+        **({"average": average} if average is not None else {}),
     }
     atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
 

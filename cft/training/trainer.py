@@ -13,6 +13,7 @@ from the checkpoint when asked), `run_epochs` trains, `finish` writes bundle and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -36,6 +37,7 @@ from cft.metrics import better
 from cft.nn.model import CftModel
 from cft.prior.sources import build_relation
 from cft.recipe.schema import Recipe
+from cft.training.average import WeightAverage
 from cft.training.backbones import BackboneChoice, choose_backbone, obtain_backbone
 from cft.training.build import build_training_model, read_init_bundle, resolve_metric, set_trainable
 from cft.training.checkpoint import read_checkpoint, write_checkpoint
@@ -176,6 +178,8 @@ class Trainer:
         self.model.to(device)
         self.train_model = self._wrap(self.model)
         self.optimizer = make_optimizer(self.model, recipe)
+        # train.ema: validation, the best epoch and the bundle take the averaged trainable weights
+        self.average = WeightAverage(self.model, recipe.train.ema) if recipe.train.ema else None
         self.steps_per_epoch = math.ceil(math.ceil(len(self.dataset.split["train"]) / dist.world_size) / self.local_batch_size)
         self.scheduler = make_scheduler(self.optimizer, recipe, self.steps_per_epoch)
         self.state = LoopState()
@@ -214,7 +218,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        write_checkpoint(self.run.checkpoint, self.model, self.optimizer, self.scheduler, self.state.to_dict(), self.best_state)
+        average = self.average.state_dict() if self.average is not None else None
+        write_checkpoint(self.run.checkpoint, self.model, self.optimizer, self.scheduler, self.state.to_dict(), self.best_state, average)
         self.checkpoint_at = (self.state.epoch, self.state.batch_in_epoch)
 
     def _gather_epoch_loss(self) -> None:
@@ -236,6 +241,8 @@ class Trainer:
             if not self.dist.is_main:  # rank 0's checkpoint holds the loss sums of every rank (_gather_epoch_loss)
                 self.state.epoch_loss = EpochLoss()
             self.best_state = payload["best_state"]
+            if self.average is not None:
+                self.average.load_state_dict(payload["average"])
             restore_rng_state(payload["rng"])
         except Exception as exc:  # a checkpoint of another model or cft version
             raise CftError(
@@ -302,6 +309,8 @@ class Trainer:
                 if recipe.train.grad_clip:
                     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.train.grad_clip)
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update()
                 if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step()
                 state.step += 1
@@ -371,15 +380,19 @@ class Trainer:
         broken = [name for name, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p.detach()).all()]
         if broken:  # the last step of the epoch can overflow the weights while its loss was still finite
             self._diverged(f"Weights ({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}) became NaN or inf")
-        valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp, self.prefix)
+        # the weights the epoch is judged by: the averaged ones under train.ema, else the trained ones
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp, self.prefix)
+            improved = better(self.metric, valid["mean"], state.best_metric)
+            if improved:
+                self.best_state = self._snapshot()
+            routing_stats, routes = self.model.routing_stats(), self.model.routing_matrices()
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(valid["mean"]):
             self.scheduler.step(valid["mean"])
         acc = self.dist.all_reduce_sums(state.epoch_loss.as_list(), self.device)
         n = max(acc[3], 1)
-        improved = better(self.metric, valid["mean"], state.best_metric)
         if improved:
             state.best_metric, state.best_epoch, state.bad_epochs = valid["mean"], state.epoch, 0
-            self.best_state = self._snapshot()
         else:
             state.bad_epochs += 1
         record = {
@@ -391,10 +404,9 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "step": state.step,
             "seconds": state.train_seconds,
-            "routing": self.model.routing_stats(),
+            "routing": routing_stats,
         }
         state.history.append(record)
-        routes = self.model.routing_matrices()
         state.epoch += 1
         state.batch_in_epoch = 0
         state.epoch_loss = EpochLoss()
@@ -441,6 +453,8 @@ class Trainer:
             "world_size": self.dist.world_size,
             "device": str(self.device),
             "precision": "bf16 autocast" if self.train_amp else "fp32",  # of the training steps
+            # the weights validated, chosen and saved: an average over the steps (train.ema) or the last step's
+            "weights": {"ema": self.average.decay, "updates": self.average.updates} if self.average is not None else "last step",
             "cft_version": __version__,
         }
         summary["params"]["trainable_fraction"] = summary["params"]["trainable"] / summary["params"]["total"]
