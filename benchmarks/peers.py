@@ -248,6 +248,12 @@ PEERS = {
     # issue's lever to 2x full fine-tuning, if the score holds
     "both-k1-r15-l14-b64": ("cft, one linear adapter r=15 on both GIN MLP Linears of layers 1-4 (layer 0 cached), batch 64",
                             FORMER + [o.replace("rank=12", "rank=15") for o in BOTH_K1_R12] + ["adapters.layers=[1,2,3,4]", "train.batch_size=64"]),
+    # the recipe at commit b01c3d5/d5254ba (bond embeddings as one lookup, no per-node weight at K=1: the
+    # same model, other float rounding) on this machine: the baseline of the weight average below
+    "both-k1-r12-b64-d5254ba": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64 (cft/ of d5254ba)", BOTH_K1_R12_B64),
+    # the same, validated, chosen and saved on an exponential moving average of the adapter and head
+    # weights (train.ema = 0.995: about the last 200 steps, two epochs at batch 64)
+    "both-k1-r12-b64-ema995": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64, weights averaged (EMA 0.995)", BOTH_K1_R12_B64 + ["train.ema=0.995"]),
     "adapters-both-linear": ("cft adapters K=4 r=3 on both GIN MLP Linears, linear (routed; recipes/toxcast.yaml's adapters)", FORMER + [
         "adapters.placement=mlp-both", "adapters.num_adapters=4", "adapters.rank=3", "adapters.activation=identity"]),
     "adapters-linear": ("cft adapters, identity activation", FORMER + ["adapters.activation=identity"]),
