@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from peers import DATASETS, split_files, split_overrides  # noqa: E402
+from provenance import machine  # noqa: E402
 from quality import METHODS, _code_commit, _commit, run_one, shared_overrides, summarise  # noqa: E402
-from speed import machine  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 

@@ -138,8 +138,9 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from provenance import machine
 from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, run_one, shared_overrides
-from speed import PEERS_PYTHON, RECIPES_ADAPTERS, TTR_TASKS, machine, write_split_files
+from speed import PEERS_PYTHON, RECIPES_ADAPTERS, TTR_TASKS, write_split_files
 
 
 class Dataset(NamedTuple):

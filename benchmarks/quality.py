@@ -165,7 +165,7 @@ def main() -> None:
     max_seeds = max(v[2] for v in protocol.values())
     jobs = [(name, recipe, method, seed, epochs) for seed in range(max_seeds) for name, (recipe, epochs, seeds) in protocol.items() if seed < seeds for method in methods]
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from speed import machine
+    from provenance import machine
 
     command = " ".join(["python", "benchmarks/quality.py"] + ([f"--protocol {args.protocol}"] if routing else []) + (["--quick"] if args.quick else [])
                        + ([f"--datasets {args.datasets}"] if args.datasets else []))

@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from provenance import machine  # noqa: E402
 from quality import _code_commit  # noqa: E402
-from speed import machine  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 

@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "readout_k1.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from speed import machine
+    from provenance import machine
 
     model, optimizer, batches = training_setup(args.data.resolve(), args.steps)
     assert model._lone_expert(), "the recipe no longer has one expert at L*: nothing to measure"

@@ -53,10 +53,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "route_families.json")
     args = parser.parse_args()
 
+    from provenance import machine
+    from quality import _code_commit, _commit
+
     from cft.files.atomic import atomic_write_json
     from cft.views.routing import load_report
-    from quality import _code_commit, _commit
-    from speed import machine
 
     rows = []
     for run in args.runs:

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "store_size.json")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from speed import machine
+    from provenance import machine
 
     results = {}
     for name, (file, column) in DATASETS.items():
