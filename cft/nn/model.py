@@ -234,13 +234,13 @@ class CftModel(nn.Module):
         expert, beside_mlp = router.expert_layer, placement != "output"
         if self._lone_expert():
             # one expert and every gate R_t1 = 1: logit_t = w_t . (z_0 + D_1) + c_t = w_t . z_1 + c_t, the
-            # mixture read-out of one adapted pass (weight 1), without the separate unadapted z_0
-            alphas, expert = {**alphas, expert: h.new_ones(1, num_graphs, 1)}, None
+            # mixture read-out of one adapted pass (weight 1, `_single_route`), without the separate unadapted z_0
+            expert = None
         for i in range(first, bb.num_layers):
             if i == expert and beside_mlp:  # the experts act inside layer i: from the states entering it
                 base, deltas = self._mlp_expert_outputs(h, vn, i, edge_index, edge_attr, batch, groups * num_graphs)
                 return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
-            adapted = i in alphas
+            adapted = i in layers and i != expert  # the expert layer reads its own gates (above and below)
             # one adapter whose every route is 1 (one uncomposed part): its weight is 1 at every node
             alpha = None if not adapted or self._single_route(i) else alphas[i].reshape(groups * num_graphs, -1)[batch]
             if beside_mlp:
