@@ -140,7 +140,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from provenance import machine
 from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, run_one, shared_overrides
-from speed import PEERS_PYTHON, RECIPES_ADAPTERS, TTR_TASKS, write_split_files
+from speed import PEERS_PYTHON, RECIPES_ADAPTERS, RECIPES_ADAPTERS_L14, TTR_TASKS, write_split_files
 
 
 class Dataset(NamedTuple):
@@ -248,7 +248,7 @@ PEERS = {
     # r=12's): layer 0 of the frozen backbone is computed once per molecule (prefix cache), the speed
     # issue's lever to 2x full fine-tuning, if the score holds
     "both-k1-r15-l14-b64": ("cft, one linear adapter r=15 on both GIN MLP Linears of layers 1-4 (layer 0 cached), batch 64",
-                            FORMER + [o.replace("rank=12", "rank=15") for o in BOTH_K1_R12] + ["adapters.layers=[1,2,3,4]", "train.batch_size=64"]),
+                            FORMER + RECIPES_ADAPTERS_L14 + ["train.batch_size=64"]),
     # the recipe at commit b01c3d5/d5254ba (bond embeddings as one lookup, no per-node weight at K=1: the
     # same model, other float rounding) on this machine: the baseline of the weight average below
     "both-k1-r12-b64-d5254ba": ("cft, one linear adapter r=12 on both GIN MLP Linears, batch 64 (cft/ of d5254ba)", BOTH_K1_R12_B64),
