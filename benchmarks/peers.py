@@ -189,6 +189,10 @@ BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64"]
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
+    # the dataset's recipe validated, chosen and saved on an exponential moving average of the
+    # adapter and head weights (train.ema): 0.995 spans about the last 200 steps, 0.99 the last 100
+    "adapters-ema995": ("cft adapters, the recipe with weights averaged (EMA 0.995)", METHODS["full method (label prior)"] + ["train.ema=0.995"]),
+    "adapters-ema99": ("cft adapters, the recipe with weights averaged (EMA 0.99)", METHODS["full method (label prior)"] + ["train.ema=0.99"]),
     "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
     # once per molecule (train.prefix_cache: memory), so an epoch costs a fraction of `adapters`
