@@ -4,7 +4,8 @@ Node states become h <- h + s * sum_i alpha_i f_i(h). The bank stacks every U_i 
 (K*r x d) matrix and every V_i into one (d x K*r) matrix, so the whole bank is two matrix
 products whatever K is. Because phi acts elementwise and V is linear, the per-node routing
 weights alpha_i can scale the r hidden units of adapter i between the two products.
-V is zero-initialised, so training starts exactly at the backbone.
+V is zero-initialised, so training starts at the backbone (exactly on the layer outputs; within
+float rounding in the GIN MLP, where the frozen BatchNorms are folded into the Linears).
 """
 
 from __future__ import annotations
@@ -58,13 +59,34 @@ class AdapterBank(nn.Module):
         """h: [N, d] node states; alpha: [N, K] per-node adapter weights (None: all 1); scale: s.
         Returns the update s * sum_i alpha_i f_i(h) = sum_i V_i (s alpha_i phi(U_i h)), [N, out_dim]:
         weights and scale multiply the K*r hidden units, not the out_dim outputs."""
-        k, r = self.num_adapters, self.rank
+        return self._weighted_activations(h, alpha, scale) @ self._stacked_v().t()  # [N, out_dim]
+
+    def add_to(self, out: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor | None, scale: float = 1.0, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """out + g * s * sum_i alpha_i f_i(h), accumulated into `out` [N, out_dim] in place by one
+        matrix product (out.addmm_(a, (g V)^T), a [N, K*r] the weighted activations, g [out_dim] a
+        per-output gain, None: 1): no [N, out_dim] update is made and no separate sum runs.
+
+        `out` must be a fresh tensor that autograd does not keep (a Linear's output: its backward
+        keeps the inputs, not the result). g lets a frozen eval-mode BatchNorm after the sum be
+        folded into the Linear before it (`GINLayer.forward`): BN(y + u) = g*y + c + g*u."""
+        v = self._stacked_v()  # [out_dim, K*r]
+        if gain is not None:
+            v = v * gain.unsqueeze(1)
+        a = self._weighted_activations(h, alpha, scale)
+        return out.addmm_(a.to(out.dtype), v.t().to(out.dtype))  # the dtypes of a bf16-autocast Linear's output
+
+    def _weighted_activations(self, h: torch.Tensor, alpha: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """s alpha_i phi(U_i h) of every adapter, flattened: [N, d] -> [N, K*r]."""
         z = self.activations(h)
         if alpha is not None:
             z = z * alpha.unsqueeze(-1)
         if scale != 1.0:
             z = z * scale
-        return z.reshape(-1, k * r) @ self.V.permute(1, 0, 2).reshape(self.out_dim, k * r).t()  # [N, out_dim]
+        return z.reshape(-1, self.num_adapters * self.rank)
+
+    def _stacked_v(self) -> torch.Tensor:
+        """Every V_i side by side: [out_dim, K*r], column block i = V_i."""
+        return self.V.permute(1, 0, 2).reshape(self.out_dim, self.num_adapters * self.rank)
 
     def expert_updates(self, activations: torch.Tensor) -> torch.Tensor:
         """Each adapter's own output V_i a_i from its activations: [M, K, r] -> [M, K, d].
@@ -72,3 +94,18 @@ class AdapterBank(nn.Module):
         With M = nodes this is f_i(h) per node; with M = graphs and activations pooled first, it is
         pool(f_i(h)) for a linear pooling (V_i is linear), at K*r instead of K*d values per node."""
         return torch.einsum("mkr,kdr->mkd", activations, self.V)
+
+
+class BankUpdate:
+    """One bank's update with fixed routing weights, as the GIN MLP's placements call it:
+    `update(z)` is s * sum_i alpha_i f_i(z) [N, out_dim]; `update.add_to(out, z, gain)` adds
+    gain * that into `out` in place (`AdapterBank.add_to`)."""
+
+    def __init__(self, bank: AdapterBank, alpha: torch.Tensor | None, scale: float):
+        self.bank, self.alpha, self.scale = bank, alpha, scale
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return self.bank(h, self.alpha, self.scale)
+
+    def add_to(self, out: torch.Tensor, h: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bank.add_to(out, h, self.alpha, self.scale, gain)

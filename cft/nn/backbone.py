@@ -78,33 +78,69 @@ class GINLayer(nn.Module):
         self.conv = GINEConv(mlp, train_eps=True)
         self.bond_encoder = BondEncoder(hidden)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, mlp_adapter=None, at: str = "mlp") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, mlp_adapter=None, at: str = "mlp", norm: nn.BatchNorm1d | None = None,
+    ) -> torch.Tensor:
         """MLP(z), z [N, d] `aggregate`'s output, with an adapter's update (None adds nothing):
         at `mlp`, MLP(z) + a, a = mlp_adapter(z) [N, d]; at `mlp-hidden`, W_2 ReLU(BN(W_1 z + a)) + b_2,
         a = mlp_adapter(z) [N, 2d] added to the MLP's first Linear; at `mlp-out`, W_2 u + b_2 + a,
         a = mlp_adapter(u) [N, d] beside the second Linear, on its input u = ReLU(BN(W_1 z + b_1)) [N, 2d];
         at `mlp-both`, mlp_adapter = (into_hidden, beside_second), the two at once:
-        W_2 u + b_2 + beside_second(u), u = ReLU(BN(W_1 z + b_1 + into_hidden(z)))."""
+        W_2 u + b_2 + beside_second(u), u = ReLU(BN(W_1 z + b_1 + into_hidden(z))).
+
+        `norm` (with an adapter only): the layer's BatchNorm after the MLP, applied here, so the
+        result is norm(MLP(z) + a) [N, d]. A BatchNorm in eval mode is folded into the Linear before
+        it (`_linear_then_norm`) and each update enters that Linear's output scaled by the norm's
+        gain, in place (`_add_update`): the same values within float rounding, two [N, c] passes
+        fewer forward and backward."""
         if mlp_adapter is None:
-            return self.conv(x, edge_index, bond_embeddings(self.bond_encoder, edge_attr))
+            out = self.conv(x, edge_index, bond_embeddings(self.bond_encoder, edge_attr))
+            return out if norm is None else norm(out)
         z = self.aggregate(x, edge_index, edge_attr)
-        first, norm, act, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
+        first, inner, act, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
+        into_hidden, beside_second = {"mlp": (None, None), "mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter), "mlp-both": mlp_adapter}[at]
+        hidden, inner_gain = _linear_then_norm(first, inner, z)
+        hidden = _add_update(hidden, into_hidden, z, inner_gain)
+        # a folded norm left `hidden` a fresh tensor no backward reads: ReLU may overwrite it
+        u = torch.relu_(hidden) if inner_gain is not None else act(inner(hidden))
+        out, gain = _linear_then_norm(second, norm, u)
+        out = _add_update(out, beside_second, u, gain)
         if at == "mlp":
-            return _plus(self.conv.nn(z), mlp_adapter(z))
-        into_hidden, beside_second = {"mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter), "mlp-both": mlp_adapter}[at]
-        u = act(norm(_plus(first(z), into_hidden(z) if into_hidden else None)))
-        return _plus(second(u), beside_second(u) if beside_second else None)
+            out = _add_update(out, mlp_adapter, z, gain)
+        return out if norm is None or gain is not None else norm(out)
 
     def aggregate(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """The MLP's input z_i = (1 + eps) x_i + sum_{j in N(i)} ReLU(x_j + e_ji), [N, d]: GINEConv's
         forward up to its MLP (its own propagate and eps), so that an adapter can read it."""
         messages = self.conv.propagate(edge_index, x=(x, x), edge_attr=bond_embeddings(self.bond_encoder, edge_attr))
-        return messages + (1 + self.conv.eps) * x
+        return torch.addcmul(messages, 1 + self.conv.eps, x)  # one pass, not a product and a sum
 
 
-def _plus(value: torch.Tensor, update: torch.Tensor | None) -> torch.Tensor:
-    """value + update; an adapter that returns None (a probe reading its input) adds nothing."""
-    return value if update is None else value + update
+def _add_update(value: torch.Tensor, adapter, x: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+    """value + gain * adapter(x), value [N, c] a Linear's fresh output, gain [c] (None: 1).
+
+    An adapter with `add_to` (`cft.nn.adapters.BankUpdate`) accumulates into `value` in place with
+    one matrix product; any other callable returns its update, or None (a probe that only reads
+    x), which adds nothing; None adds nothing."""
+    if adapter is None:
+        return value
+    if hasattr(adapter, "add_to"):
+        return adapter.add_to(value, x, gain)
+    update = adapter(x)
+    if update is None:
+        return value
+    return value + (update if gain is None else gain * update)
+
+
+def _linear_then_norm(linear: nn.Linear, norm: nn.BatchNorm1d | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """linear(x) [N, c], with `norm` folded in when it maps by its running statistics (eval mode):
+    BN(W x + b) = (g W) x + g (b - mu) + beta, g = gamma / sqrt(var + eps) [c], one Linear of
+    [c, d] products instead of a pass over [N, c]. Returns (output, g), or (linear(x), None) when
+    there is no norm or it uses batch statistics (training mode): the caller applies it then."""
+    if norm is None or norm.training or not norm.track_running_stats or norm.running_var is None or not norm.affine:
+        return linear(x), None
+    gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return F.linear(x, linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias), gain
 
 
 POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
@@ -155,10 +191,14 @@ class Backbone(nn.Module):
         conv = self.convs[index]
         if mlp_adapter is not None and not isinstance(conv, GINLayer):
             raise ValueError("an adapter beside the GIN MLP needs a gin backbone")
-        messages = conv(h_in, edge_index, edge_attr) if mlp_adapter is None else conv(h_in, edge_index, edge_attr, mlp_adapter, at)
-        out = self.norms[index](messages)
+        if mlp_adapter is None:
+            out = self.norms[index](conv(h_in, edge_index, edge_attr))
+        else:  # the GIN layer applies the norm, folded into its MLP's second Linear when it can
+            out = conv(h_in, edge_index, edge_attr, mlp_adapter, at, norm=self.norms[index])
         last = index == self.spec.num_layers - 1
-        out = F.dropout(out if last else F.relu(out), self.dropout, training=self.training)
+        # `out` is a fresh tensor whose backward needs nothing of it (a BatchNorm keeps its input),
+        # so the ReLU overwrites it rather than making another [N, d]
+        out = F.dropout(out if last else F.relu(out, inplace=True), self.dropout, training=self.training)
         if self.spec.residual:
             out = out + h_in
         if vn is not None and not last:

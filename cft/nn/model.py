@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cft.nn.adapters import AdapterBank
+from cft.nn.adapters import AdapterBank, BankUpdate
 from cft.nn.backbone import Backbone
 from cft.nn.losses import masked_multitask_loss
 from cft.nn.routing import Router, routing_entropy
@@ -274,7 +274,7 @@ class CftModel(nn.Module):
         (`GINLayer.forward`)."""
         scale = self.spec.scale
         banks = [banks[str(layer)] for banks in self.adapter_banks().values()]
-        updates = tuple((lambda x, bank=bank: bank(x, alpha, scale)) for bank in banks)
+        updates = tuple(BankUpdate(bank, alpha, scale) for bank in banks)
         return updates if len(updates) == 2 else updates[0]
 
     def _expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from model_kit import tiny_batch, tiny_model
 
-from cft.nn.adapters import ACTIVATIONS, AdapterBank
+from cft.nn.adapters import ACTIVATIONS, AdapterBank, BankUpdate
 
 
 def per_adapter_loop(bank: AdapterBank, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -50,6 +50,27 @@ def test_bank_weights_and_scale_act_on_the_hidden_units():
     assert torch.equal(bank(h, None), bank(h, ones))
     assert torch.allclose(bank(h, None, 2.0), 2.0 * per_adapter_loop(bank, h, ones), atol=1e-5)
     assert not torch.allclose(bank(h, None), bank(h, alpha), atol=1e-3)  # the weights do act
+
+
+def test_add_to_accumulates_the_scaled_update_in_place():
+    """bank.add_to(out, h, alpha, s, g) = out + g * s * sum_i alpha_i f_i(h), written into `out`, with
+    the gradients of the out-of-place sum (BankUpdate passes the same through)."""
+    torch.manual_seed(6)
+    bank = AdapterBank(3, 4, 16, "relu", out_dim=24)
+    torch.nn.init.normal_(bank.V)
+    h, alpha, gain = torch.randn(30, 16), torch.softmax(torch.randn(30, 3), dim=-1), torch.rand(24) + 0.5
+    base = torch.randn(30, 24)
+    expected = base + gain * bank(h, alpha, 0.7)
+    expected.square().sum().backward()
+    grads = (bank.U.grad.clone(), bank.V.grad.clone())
+    bank.zero_grad()
+    out = base.clone()
+    result = BankUpdate(bank, alpha, 0.7).add_to(out, h, gain)
+    assert result.data_ptr() == out.data_ptr()  # in place: no [N, out_dim] update made
+    result.square().sum().backward()
+    assert torch.allclose(result, expected, atol=1e-5)
+    assert torch.allclose(grads[0], bank.U.grad, atol=1e-4) and torch.allclose(grads[1], bank.V.grad, atol=1e-4)
+    assert torch.allclose(bank.add_to(base.clone(), h, None), base + bank(h, None), atol=1e-5)
 
 
 def test_one_uncomposed_adapter_per_layer_weighs_every_node_1():
