@@ -289,6 +289,7 @@ def main() -> None:
         ("peers-frozen-dropout", "peers_frozen_dropout.json", peers_tables),
         ("peers-esol", "peers_esol.json", peers_tables),
         ("peers-esol-xeon", "peers_esol_xeon.json", peers_tables),
+        ("peers-esol-10seeds", "peers_esol_10seeds.json", peers_tables),
         ("peers-toxcast", "peers_toxcast.json", peers_tables),
         ("peers-tox21-epyc", "peers_tox21_epyc.json", peers_tables),
         ("peers-tox21-e20", "peers_tox21_e20.json", peers_tables),
