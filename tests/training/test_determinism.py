@@ -48,3 +48,20 @@ def test_the_pretraining_cache_key_tells_deterministic_kernels_apart():
         torch.use_deterministic_algorithms(before, warn_only=True)
     assert keys[0] != keys[1], "the key ignores train.deterministic"
     assert keys[0] == keys[2], "the key is not stable"
+
+
+def test_deterministic_kernels_leave_new_memory_unfilled():
+    """torch's deterministic mode would fill every new tensor with NaN first (a wasted pass over
+    memory); cft switches that off with it, and back to torch's default when it is switched off."""
+    import torch
+
+    from cft.training.seeding import use_deterministic_kernels
+
+    try:
+        use_deterministic_kernels(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    finally:
+        use_deterministic_kernels(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory is True
