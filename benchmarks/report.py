@@ -256,6 +256,13 @@ def spectrum_tables(result: dict) -> str:
     return f"Code: cft/ and recipes/ as at commit {result['code_commit']}; {result['draws']} draws of E_0 per row. Command: `{result['command']}`.\n\n" + table(result["rows"])
 
 
+def eval_batch_tables(result: dict) -> str:
+    """benchmarks/eval_batch.py's rows, as that script prints them."""
+    from eval_batch import table
+
+    return machine_line(result) + "\n\n" + table(result)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -277,6 +284,9 @@ def main() -> None:
         ("speed-bondtable", "speed_bondtable.json", speed_tables),
         ("speed-l14", "speed_l14.json", speed_tables),
         ("speed-ttr15", "speed_ttr15.json", speed_tables),
+        ("speed-fold", "speed_fold.json", speed_tables),
+        ("eval-batch", "eval_batch.json", eval_batch_tables),
+        ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),
         ("quality-quick", "quality_quick.json", quality_tables),
         ("routing", "routing.json", routing_tables),

@@ -8,6 +8,8 @@ effective recipe the way `cft train` does, without training anything.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -346,3 +348,18 @@ def test_pretraining_molecules_are_each_source_molecule_once_less_the_held_out_o
     assert counts["unparsable"] == 1 and counts["duplicates"] == 2 and counts["held_out"] == 2, counts  # benzene twice, ethylamine (CCN = NCC) twice
     assert counts["rows"] == {"HIV.csv.gz": 4, "muv.csv.gz": 3} and counts["pretraining_molecules"] == 2
     assert pretrain_backbone.pretraining_molecules(tmp_path, held, limit=1)[0] == kept[:1]
+
+
+def test_eval_batch_times_inference_at_each_batch_size_and_reports_them(tmp_path, data_root):
+    """benchmarks/eval_batch.py: one JSON row per batch size with a rate per repetition, and the
+    report's table of them."""
+    out = tmp_path / "eval_batch.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_batch.py"), "--data", str(data_root), "--batch-sizes", "16,64",
+                    "--repetitions", "2", "--threads", "1", "--limit", "120", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert [r["batch_size"] for r in result["rows"]] == [16, 64] and result["molecules"] == 120
+    assert all(len(r["graphs_per_s"]) == 2 and r["median_graphs_per_s"] > 0 for r in result["rows"])
+    from report import eval_batch_tables
+
+    table = eval_batch_tables(result)
+    assert "| 16 |" in table and "| 64 |" in table and "1.00 |" in table and result["machine"]["commit"] in table
