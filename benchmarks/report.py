@@ -305,6 +305,7 @@ def main() -> None:
         ("peers-tox21-e20", "peers_tox21_e20.json", peers_tables),
         ("peers-tox21-ema", "peers_tox21_ema.json", peers_tables),
         ("peers-tox21-hivmuv", "peers_tox21_hivmuv.json", peers_tables),
+        ("peers-tox21-xeon10", "peers_tox21_xeon10.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
