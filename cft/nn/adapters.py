@@ -97,15 +97,12 @@ class AdapterBank(nn.Module):
 
 
 class BankUpdate:
-    """One bank's update with fixed routing weights, as the GIN MLP's placements call it:
-    `update(z)` is s * sum_i alpha_i f_i(z) [N, out_dim]; `update.add_to(out, z, gain)` adds
-    gain * that into `out` in place (`AdapterBank.add_to`)."""
+    """One bank's update with fixed routing weights, as the GIN MLP's placements take it:
+    `update.add_to(out, z, gain)` adds gain * s * sum_i alpha_i f_i(z) into `out` in place
+    (`AdapterBank.add_to`)."""
 
     def __init__(self, bank: AdapterBank, alpha: torch.Tensor | None, scale: float):
         self.bank, self.alpha, self.scale = bank, alpha, scale
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return self.bank(h, self.alpha, self.scale)
 
     def add_to(self, out: torch.Tensor, h: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
         return self.bank.add_to(out, h, self.alpha, self.scale, gain)

@@ -137,7 +137,7 @@ def _linear_then_norm(linear: nn.Linear, norm: nn.BatchNorm1d | None, x: torch.T
     BN(W x + b) = (g W) x + g (b - mu) + beta, g = gamma / sqrt(var + eps) [c], one Linear of
     [c, d] products instead of a pass over [N, c]. Returns (output, g), or (linear(x), None) when
     there is no norm or it uses batch statistics (training mode): the caller applies it then."""
-    if norm is None or norm.training or not norm.track_running_stats or norm.running_var is None or not norm.affine:
+    if norm is None or norm.training or not norm.track_running_stats or not norm.affine:
         return linear(x), None
     gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     return F.linear(x, linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias), gain

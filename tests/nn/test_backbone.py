@@ -76,6 +76,7 @@ def test_gin_layer_with_adapters_equals_its_mlp_module_by_module(placement, trai
     alpha = torch.softmax(torch.randn(x.size(0), 2), dim=-1)
     update = {name: BankUpdate(bank, alpha, 0.7) for name, bank in banks.items()}
     adapter = {"mlp": update["mlp"], "mlp-hidden": update["hidden"], "mlp-out": update["out"], "mlp-both": (update["hidden"], update["out"])}[placement]
+    plain = {name: (lambda x, bank=bank: bank(x, alpha, 0.7)) for name, bank in banks.items()}  # the out-of-place updates
     ours = layer(x, edge_index, edge_attr, adapter, placement, norm=outer)
     (ours * torch.linspace(-1, 1, d)).sum().backward()
     grads = {name: (b.U.grad.clone() if b.U.grad is not None else None) for name, b in banks.items()}
@@ -83,9 +84,9 @@ def test_gin_layer_with_adapters_equals_its_mlp_module_by_module(placement, trai
         bank.zero_grad(set_to_none=True)
     z = layer.aggregate(x, edge_index, edge_attr)
     if placement == "mlp":
-        theirs = layer.conv.nn(z) + update["mlp"](z)
+        theirs = layer.conv.nn(z) + plain["mlp"](z)
     else:
-        into, beside = {"mlp-hidden": (update["hidden"], None), "mlp-out": (None, update["out"]), "mlp-both": (update["hidden"], update["out"])}[placement]
+        into, beside = {"mlp-hidden": (plain["hidden"], None), "mlp-out": (None, plain["out"]), "mlp-both": (plain["hidden"], plain["out"])}[placement]
         theirs = _reference(layer, z, into, beside)
     if outer is not None:
         theirs = outer(theirs)
