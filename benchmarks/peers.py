@@ -184,7 +184,8 @@ BOTH_K1_R12 = RECIPES_ADAPTERS
 # the recipes' adapters at chemprop's batch of 64 (recipes/tox21.yaml's since 81dd543); every
 # method built on it differs from it in one setting. Methods with the same overrides but another
 # id (`-norouter`) were trained at another commit of cft/ and keep their own run folders.
-BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64"]
+# fp32 products, as every run of these methods had before train.frozen_bf16 (whose `auto` is bf16 on an AMX CPU)
+BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64", "train.frozen_bf16=false"]
 
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
@@ -192,6 +193,9 @@ PEERS = {
     # the dataset's recipe validated, chosen and saved on an exponential moving average of the
     # adapter and head weights (train.ema): 0.995 spans about the last 200 steps, 0.99 the last 100
     "adapters-ema995": ("cft adapters, the recipe with weights averaged (EMA 0.995)", METHODS["full method (label prior)"] + ["train.ema=0.995"]),
+    # the dataset's recipe with the frozen backbone's GIN MLP products in bf16 while training (steps
+    # and per-epoch validation; final scores fp32): the speed lever on a CPU with AMX tiles
+    "adapters-frozen-bf16": ("cft adapters, the recipe with the frozen products in bf16", METHODS["full method (label prior)"] + ["train.frozen_bf16=true"]),
     "adapters-ema99": ("cft adapters, the recipe with weights averaged (EMA 0.99)", METHODS["full method (label prior)"] + ["train.ema=0.99"]),
     "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed

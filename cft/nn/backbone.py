@@ -24,6 +24,7 @@ from torch_geometric.nn import (
 )
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
+from cft.nn.frozen import bf16_frozen_products_enabled, frozen_linear
 from cft.spec import BackboneSpec
 
 
@@ -92,12 +93,15 @@ class GINLayer(nn.Module):
         result is norm(MLP(z) + a) [N, d]. A BatchNorm in eval mode is folded into the Linear before
         it (`_linear_then_norm`) and each update enters that Linear's output scaled by the norm's
         gain, in place (`_add_update`): the same values within float rounding, two [N, c] passes
-        fewer forward and backward."""
-        if mlp_adapter is None:
+        fewer forward and backward. Inside `cft.nn.frozen.bf16_frozen_products` the frozen Linears'
+        products run in bf16 (`frozen_linear`), with or without an adapter."""
+        if mlp_adapter is None and not (bf16_frozen_products_enabled() and not self.conv.nn[0].weight.requires_grad):
             out = self.conv(x, edge_index, bond_embeddings(self.bond_encoder, edge_attr))
             return out if norm is None else norm(out)
         z = self.aggregate(x, edge_index, edge_attr)
         first, inner, act, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
+        if mlp_adapter is None:
+            at = "mlp"  # no update anywhere (the frozen products in bf16)
         into_hidden, beside_second = {"mlp": (None, None), "mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter), "mlp-both": mlp_adapter}[at]
         hidden, inner_gain = _linear_then_norm(first, inner, z)
         hidden = _add_update(hidden, into_hidden, z, inner_gain)
@@ -138,9 +142,9 @@ def _linear_then_norm(linear: nn.Linear, norm: nn.BatchNorm1d | None, x: torch.T
     [c, d] products instead of a pass over [N, c]. Returns (output, g), or (linear(x), None) when
     there is no norm or it uses batch statistics (training mode): the caller applies it then."""
     if norm is None or norm.training or not norm.track_running_stats or not norm.affine:
-        return linear(x), None
+        return frozen_linear(x, linear.weight, linear.bias), None
     gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    return F.linear(x, linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias), gain
+    return frozen_linear(x, linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias), gain
 
 
 POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
@@ -191,10 +195,10 @@ class Backbone(nn.Module):
         conv = self.convs[index]
         if mlp_adapter is not None and not isinstance(conv, GINLayer):
             raise ValueError("an adapter beside the GIN MLP needs a gin backbone")
-        if mlp_adapter is None:
-            out = self.norms[index](conv(h_in, edge_index, edge_attr))
-        else:  # the GIN layer applies the norm, folded into its MLP's second Linear when it can
+        if isinstance(conv, GINLayer):  # it applies the norm, folded into its MLP's second Linear when it can
             out = conv(h_in, edge_index, edge_attr, mlp_adapter, at, norm=self.norms[index])
+        else:
+            out = self.norms[index](conv(h_in, edge_index, edge_attr))
         last = index == self.spec.num_layers - 1
         # `out` is a fresh tensor whose backward needs nothing of it (a BatchNorm keeps its input),
         # so the ReLU overwrites it rather than making another [N, d]

@@ -34,6 +34,7 @@ from cft.files.backbone import save_backbone
 from cft.files.bundle import BundleInfo, save_bundle
 from cft.files.runfolder import RunFolder
 from cft.metrics import better
+from cft.nn.frozen import bf16_frozen_products
 from cft.nn.model import CftModel
 from cft.prior.sources import build_relation
 from cft.recipe.schema import Recipe
@@ -42,7 +43,7 @@ from cft.training.backbones import BackboneChoice, choose_backbone, obtain_backb
 from cft.training.build import build_training_model, read_init_bundle, resolve_metric, set_trainable
 from cft.training.checkpoint import read_checkpoint, write_checkpoint
 from cft.training.distributed import DistContext, pick_device, single
-from cft.training.inference import autocast, cpu_computes_bf16, evaluate_split
+from cft.training.inference import autocast, cpu_computes_bf16, evaluate_split, frozen_bf16_wanted
 from cft.training.optim import make_optimizer, make_scheduler
 from cft.training.prefix import PrefixCache, StoreBatches, as_is, prefix_cache_for
 from cft.training.seeding import restore_rng_state, use_deterministic_kernels
@@ -161,6 +162,9 @@ class Trainer:
         self.amp = recipe.train.bf16 and device.type == "cuda"  # evaluation (and training) on CUDA
         # the training steps: also on a CPU with native bf16 products when the recipe asks for it
         self.train_amp = self.amp or (recipe.train.bf16_cpu and device.type == "cpu" and cpu_computes_bf16())
+        # the frozen backbone's products in bf16 while training (train.frozen_bf16); autocast, where
+        # on, already makes every product bf16
+        self.frozen_bf16 = frozen_bf16_wanted(recipe.train.frozen_bf16, device) and not self.train_amp
         self.unscored = self.dataset.unscorable(self.metric)
         if dist.is_main:
             run.write_skipped(self.dataset.skipped)
@@ -210,6 +214,14 @@ class Trainer:
         return max(1, self.recipe.train.batch_size // self.dist.world_size)
 
     # --------------------------------------------------------------- checkpoints
+
+    def _precision(self) -> str:
+        """How the training steps computed: bf16 autocast, fp32 with the frozen backbone's products
+        in bf16 (train.frozen_bf16; only where a frozen GIN MLP ran them), or fp32."""
+        if self.train_amp:
+            return "bf16 autocast"
+        frozen = self.model.backbone.spec.arch == "gin" and not any(p.requires_grad for p in self.model.backbone.parameters())
+        return "fp32, frozen products bf16" if self.frozen_bf16 and frozen else "fp32"
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         skip_backbone = self.model.freeze_backbone
@@ -293,7 +305,7 @@ class Trainer:
             for batch in loader:
                 prefix = self.prefix.take(batch, self.device) if self.prefix is not None else None
                 batch = batch.to(self.device, non_blocking=True)
-                with autocast(self.device, self.train_amp):
+                with autocast(self.device, self.train_amp), bf16_frozen_products(self.frozen_bf16):
                     logits, routes = self._forward(batch, prefix)
                     task_loss = model.task_loss(logits.float(), batch.y)
                     reg = model.router.regularizer(routes) if lam > 0 else task_loss.new_zeros(())
@@ -382,7 +394,8 @@ class Trainer:
             self._diverged(f"Weights ({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}) became NaN or inf")
         # the weights the epoch is judged by: the averaged ones under train.ema, else the trained ones
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
-            valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp, self.prefix)
+            with bf16_frozen_products(self.frozen_bf16):  # the final scores (`finish`) are fp32
+                valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp, self.prefix)
             improved = better(self.metric, valid["mean"], state.best_metric)
             if improved:
                 self.best_state = self._snapshot()
@@ -452,7 +465,7 @@ class Trainer:
             "backbone": self.backbone_info,
             "world_size": self.dist.world_size,
             "device": str(self.device),
-            "precision": "bf16 autocast" if self.train_amp else "fp32",  # of the training steps
+            "precision": self._precision(),  # of the training steps
             # the weights validated, chosen and saved: an average over the steps (train.ema) or the last step's
             "weights": {"ema": self.average.decay, "updates": self.average.updates} if self.average is not None else "last step",
             "cft_version": __version__,

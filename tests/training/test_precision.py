@@ -1,4 +1,5 @@
-"""`train.bf16_cpu`: bf16 autocast of the training steps on a CPU with native bf16 products."""
+"""`train.bf16_cpu`: bf16 autocast of the training steps on a CPU with native bf16 products;
+`train.frozen_bf16`: only the frozen backbone's products in bf16 while training."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def test_bf16_cpu_autocasts_the_training_steps_only_and_only_where_the_cpu_compu
     summaries, bundles = {}, {}
     for name, asked, native in (("fp32", False, True), ("bf16", True, True), ("no-native", True, False)):
         monkeypatch.setattr(trainer, "cpu_computes_bf16", lambda native=native: native)
-        recipe = load_recipe(recipe_path, [f"train.bf16_cpu={str(asked).lower()}", "train.threads=1", "train.device=cpu"])
+        # frozen_bf16 off: its own test below; `auto` would turn it on for the fp32 runs on an AMX CPU
+        recipe = load_recipe(recipe_path, [f"train.bf16_cpu={str(asked).lower()}", "train.frozen_bf16=false", "train.threads=1", "train.device=cpu"])
         summaries[name] = train_recipe(recipe, tmp_path / name, Path("."))
         bundles[name] = load_file(str(tmp_path / name / "bundle.safetensors"))
 
@@ -60,7 +62,9 @@ def test_bf16_cpu_through_the_cli_records_the_precision_and_refuses_a_non_boolea
 
     run = tmp_path / "run"
     env = {"CFT_CACHE_DIR": str(tmp_path / "cache")}
-    done = run_cli("train", tiny_recipe, "-o", run, "--set", "train.bf16_cpu=true", "--set", "train.epochs=1", "--set", "train.device=cpu", env=env)
+    done = run_cli(
+        "train", tiny_recipe, "-o", run, "--set", "train.bf16_cpu=true", "--set", "train.frozen_bf16=false", "--set", "train.epochs=1", "--set", "train.device=cpu", env=env,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["precision"] == ("bf16 autocast" if cpu_computes_bf16() else "fp32")
@@ -69,3 +73,49 @@ def test_bf16_cpu_through_the_cli_records_the_precision_and_refuses_a_non_boolea
     refused = run_cli("train", tiny_recipe, "-o", tmp_path / "bad", "--set", "train.bf16_cpu=sometimes", env=env)
     assert_user_error(refused, "train.bf16_cpu")
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_frozen_bf16_rounds_the_frozen_products_of_training_only_and_auto_follows_amx(tmp_path, monkeypatch):
+    """`train.frozen_bf16`: on, the same training to bf16's precision; `auto` is on exactly where
+    the CPU has AMX tiles; the weights stay fp32."""
+    monkeypatch.setenv("CFT_CACHE_DIR", str(tmp_path / "cache"))
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(TINY_RECIPE.replace("limit: 400", "limit: 160").replace("epochs: 3", "epochs: 2"))
+    mlp_both = ["adapters.num_adapters=1", "adapters.placement=mlp-both", "adapters.activation=identity", "train.threads=1", "train.device=cpu"]
+    summaries, bundles = {}, {}
+    for name, setting, amx in (("off", "false", True), ("on", "true", False), ("auto-amx", "auto", True), ("auto-no-amx", "auto", False)):
+        monkeypatch.setattr(inference, "cpu_has_amx", lambda amx=amx: amx)
+        recipe = load_recipe(recipe_path, [*mlp_both, f"train.frozen_bf16={setting}"])
+        summaries[name] = train_recipe(recipe, tmp_path / name, Path("."))
+        bundles[name] = load_file(str(tmp_path / name / "bundle.safetensors"))
+
+    precision = {name: summary["precision"] for name, summary in summaries.items()}
+    assert precision == {"off": "fp32", "on": "fp32, frozen products bf16", "auto-amx": "fp32, frozen products bf16", "auto-no-amx": "fp32"}
+    for same, as_ in (("auto-amx", "on"), ("auto-no-amx", "off")):
+        for key, tensor in bundles[as_].items():
+            assert torch.equal(bundles[same][key], tensor), (same, key)
+    off, on = _history(tmp_path / "off"), _history(tmp_path / "on")
+    assert [a["loss"] for a in off] != [b["loss"] for b in on]
+    for a, b in zip(off, on):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.05)
+    assert all(t.dtype == torch.float32 for t in bundles["on"].values() if t.is_floating_point())
+
+
+def test_frozen_bf16_through_the_cli_scores_in_fp32_and_refuses_a_bad_value(tiny_recipe, tmp_path):
+    """The real `cft train` with `train.frozen_bf16=true`: `cft eval` of the bundle (fp32) gives the
+    summary's test score exactly, so the final scores were not computed in bf16."""
+    from conftest import assert_user_error, run_cli
+
+    run, env = tmp_path / "run", {"CFT_CACHE_DIR": str(tmp_path / "cache")}
+    sets = ["adapters.num_adapters=1", "adapters.placement=mlp-both", "train.frozen_bf16=true", "train.epochs=2", "train.device=cpu"]
+    done = run_cli("train", tiny_recipe, "-o", run, *[arg for s in sets for arg in ("--set", s)], env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == "fp32, frozen products bf16"
+    evaluated = run_cli("eval", run, "--split", "test", "--json", tmp_path / "eval.json", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["mean"] == summary["test"]["mean"]
+
+    refused = run_cli("train", tiny_recipe, "-o", tmp_path / "bad", "--set", "train.frozen_bf16=sometimes", env=env)
+    assert_user_error(refused, "train.frozen_bf16")
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,130 @@
+"""cft.nn.frozen: the frozen backbone's Linear products in bf16 inside `bf16_frozen_products`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cft.nn.adapters import AdapterBank, BankUpdate
+from cft.nn.backbone import Backbone, GINLayer
+from cft.nn.frozen import ROW_MULTIPLE, bf16_frozen_products, bf16_frozen_products_enabled, frozen_linear, padded_bf16_product
+from cft.spec import BackboneSpec
+
+# bf16 keeps 8 bits of mantissa: inputs rounded by up to 2^-9 relative, products summed in fp32
+BF16_RTOL = 2e-2
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = BF16_RTOL) -> None:
+    """Close relative to the tensor's scale (single entries near zero carry an absolute error)."""
+    assert actual.dtype == expected.dtype == torch.float32
+    assert (actual - expected).abs().max() <= rtol * expected.abs().max()
+
+
+def test_the_switch_is_scoped_to_its_block_and_outside_it_the_product_is_exactly_f_linear():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(37, 16), torch.randn(24, 16), torch.randn(24)
+    assert not bf16_frozen_products_enabled()
+    with bf16_frozen_products():
+        assert bf16_frozen_products_enabled()
+        with bf16_frozen_products(False):
+            assert not bf16_frozen_products_enabled()
+            assert torch.equal(frozen_linear(x, weight, bias), F.linear(x, weight, bias))
+        inside = frozen_linear(x, weight, bias)
+    assert not bf16_frozen_products_enabled()
+    assert torch.equal(frozen_linear(x, weight, bias), F.linear(x, weight, bias))
+    assert not torch.equal(inside, F.linear(x, weight, bias))  # it did compute in bf16
+    _close(inside, F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("rows", [1, ROW_MULTIPLE - 1, ROW_MULTIPLE, ROW_MULTIPLE + 1, 5 * ROW_MULTIPLE + 7])
+def test_padding_the_rows_changes_neither_the_shape_nor_the_values_of_the_product(rows):
+    torch.manual_seed(rows)
+    a, b, bias = torch.randn(rows, 40), torch.randn(40, 24).bfloat16(), torch.randn(24).bfloat16()
+    out = padded_bf16_product(a, b, bias)
+    assert out.shape == (rows, 24) and out.dtype == torch.float32
+    # the same rounding of the inputs, unpadded: row i of a product depends on row i of `a` only
+    expected = torch.addmm(bias.float(), a.bfloat16().float(), b.float())
+    torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
+    assert torch.equal(padded_bf16_product(a, b), padded_bf16_product(torch.cat([a, torch.randn(3, 40)]), b)[:rows])
+
+
+def test_frozen_weights_give_the_input_gradient_in_bf16_and_trained_weights_are_left_to_f_linear():
+    torch.manual_seed(1)
+    weight, bias = torch.randn(30, 20), torch.randn(30)
+    x = torch.randn(50, 20, requires_grad=True)
+    upstream = torch.randn(50, 30)
+    expected_grad = upstream @ weight
+    with bf16_frozen_products():
+        out = frozen_linear(x, weight, bias)
+    out.backward(upstream)
+    _close(x.grad, expected_grad)
+    assert not torch.equal(x.grad, expected_grad)
+
+    trained = nn.Linear(20, 30)  # requires_grad: the product stays fp32, weight gradients flow
+    with bf16_frozen_products():
+        out = frozen_linear(x, trained.weight, trained.bias)
+    assert torch.equal(out, trained(x))
+    out.sum().backward()
+    assert trained.weight.grad is not None
+
+
+def _frozen_gin_layer(hidden: int = 24) -> tuple[GINLayer, nn.BatchNorm1d]:
+    torch.manual_seed(2)
+    layer, norm = GINLayer(hidden), nn.BatchNorm1d(hidden)
+    for module in (layer.conv.nn[1], norm):  # running statistics far from (0, 1), as after pretraining
+        module.running_mean.uniform_(-1, 1)
+        module.running_var.uniform_(0.5, 2)
+        module.weight.data.uniform_(0.5, 1.5)
+    layer.eval(), norm.eval()
+    for p in [*layer.parameters(), *norm.parameters()]:
+        p.requires_grad_(False)
+    return layer, norm
+
+
+def _molecule_batch(hidden: int = 24, nodes: int = 45, edges: int = 90):
+    torch.manual_seed(3)
+    x = torch.randn(nodes, hidden, requires_grad=True)
+    edge_index = torch.randint(0, nodes, (2, edges))
+    edge_attr = torch.stack([torch.randint(0, n, (edges,)) for n in (5, 6, 2)], dim=1)
+    return x, edge_index, edge_attr
+
+
+@pytest.mark.parametrize("with_adapter", [True, False])
+def test_a_frozen_gin_layer_in_bf16_products_matches_fp32_values_and_adapter_gradients(with_adapter):
+    hidden = 24
+    layer, norm = _frozen_gin_layer(hidden)
+    x, edge_index, edge_attr = _molecule_batch(hidden)
+    banks = (AdapterBank(1, 4, hidden, "identity", out_dim=2 * hidden), AdapterBank(1, 4, 2 * hidden, "identity", out_dim=hidden))
+    for bank in banks:
+        nn.init.normal_(bank.V, std=0.1)  # non-zero updates
+
+    def run(bf16: bool):
+        for p in [x, *banks[0].parameters(), *banks[1].parameters()]:
+            p.grad = None
+        adapter = (BankUpdate(banks[0], None, 1.0), BankUpdate(banks[1], None, 1.0)) if with_adapter else None
+        with bf16_frozen_products(bf16):
+            out = layer(x, edge_index, edge_attr, adapter, "mlp-both", norm=norm)
+        out.pow(2).sum().backward()
+        grads = [x.grad.clone()] + ([banks[0].U.grad.clone(), banks[1].V.grad.clone()] if with_adapter else [])
+        return out.detach(), grads
+
+    (fp32, fp32_grads), (bf16, bf16_grads) = run(False), run(True)
+    assert not torch.equal(bf16, fp32)
+    _close(bf16, fp32)
+    for got, expected in zip(bf16_grads, fp32_grads):
+        _close(got, expected, rtol=5e-2)  # through two products and a ReLU mask: a little more rounding
+
+
+def test_full_fine_tuning_keeps_pyg_s_gin_layer_and_fp32_inside_the_block():
+    spec = BackboneSpec(arch="gin", num_layers=2, hidden=16, dropout=0.0)
+    torch.manual_seed(4)
+    backbone = Backbone(spec).train()
+    x, edge_index, edge_attr = _molecule_batch(16)
+    h, vn = backbone.encode(torch.randint(0, 2, (45, 9)), 2)  # every OGB atom feature has >= 2 values
+    batch = (torch.arange(45) >= 20).long()  # two molecules: the virtual node's norms need two in training
+    outside, _ = backbone.layer(0, h, vn, edge_index, edge_attr, batch)
+    with bf16_frozen_products():
+        inside, _ = backbone.layer(0, h, vn, edge_index, edge_attr, batch)
+    assert torch.equal(inside, outside)
