@@ -147,6 +147,18 @@ def _linear_then_norm(linear: nn.Linear, norm: nn.BatchNorm1d | None, x: torch.T
     return frozen_linear(x, linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias), gain
 
 
+def _virtual_node_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """mlp(x) for the virtual node's Sequential(Linear, BN, ReLU, Linear, BN, ReLU), x [G, d] -> [G, d],
+    with each eval-mode BatchNorm folded into the Linear before it (`_linear_then_norm`): the same
+    values within float rounding, and its products in bf16 inside `bf16_frozen_products` when frozen."""
+    first, first_norm, _, second, second_norm, _ = mlp
+    hidden, gain = _linear_then_norm(first, first_norm, x)
+    # a Linear's fresh output, which its backward does not keep: ReLU may overwrite it
+    hidden = torch.relu_(hidden) if gain is not None else F.relu(first_norm(hidden))
+    out, gain = _linear_then_norm(second, second_norm, hidden)
+    return torch.relu_(out) if gain is not None else F.relu(second_norm(out))
+
+
 POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
 
 
@@ -191,7 +203,7 @@ class Backbone(nn.Module):
         (`at="mlp-hidden"`); at `mlp-out` it is a function of the second Linear's input [N, 2d]
         instead, its update added to that Linear's output; at `mlp-both` a pair of the two; see
         `GINLayer.forward`."""
-        h_in = h + vn[batch] if vn is not None else h
+        h_in = h + vn.index_select(0, batch) if vn is not None else h  # index_select: a cheaper backward than vn[batch]
         conv = self.convs[index]
         if mlp_adapter is not None and not isinstance(conv, GINLayer):
             raise ValueError("an adapter beside the GIN MLP needs a gin backbone")
@@ -206,7 +218,7 @@ class Backbone(nn.Module):
         if self.spec.residual:
             out = out + h_in
         if vn is not None and not last:
-            update = self.vn_mlps[index](global_add_pool(h_in, batch, size=vn.size(0)) + vn)
+            update = _virtual_node_mlp(self.vn_mlps[index], global_add_pool(h_in, batch, size=vn.size(0)) + vn)
             update = F.dropout(update, self.dropout, training=self.training)
             vn = vn + update if self.spec.residual else update
         return out, vn

@@ -48,6 +48,7 @@ from torch import nn
 
 from cft.nn.adapters import AdapterBank, BankUpdate
 from cft.nn.backbone import Backbone
+from cft.nn.frozen import bf16_frozen_products
 from cft.nn.losses import masked_multitask_loss
 from cft.nn.routing import Router, routing_entropy
 from cft.spec import ModelSpec
@@ -211,10 +212,13 @@ class CftModel(nn.Module):
         if prefix is not None and (prefix[0] != first or not self.freeze_backbone):
             raise ValueError(f"a cached prefix to layer {prefix[0]} does not fit this model (first insertion layer {first}, frozen {self.freeze_backbone})")
         if not layers:  # head only / full fine-tuning: the plain backbone, or its cached node states (head only)
-            pooled = bb(data) if prefix is None else bb.pool(prefix[1], batch, num_graphs)
+            with bf16_frozen_products(False):  # head only: the whole backbone is the prefix (fp32, as below)
+                pooled = bb(data) if prefix is None else bb.pool(prefix[1], batch, num_graphs)
             return Features(pooled=pooled.unsqueeze(0)), {}
         frozen_prefix = torch.no_grad() if self.freeze_backbone else contextlib.nullcontext()
-        with frozen_prefix:
+        # the layers below the first insertion layer in fp32 even among bf16 frozen products: the same
+        # states whether recomputed here or taken from the prefix cache (computed once, in fp32)
+        with frozen_prefix, bf16_frozen_products(False):
             if prefix is not None:
                 h, vn = prefix[1], prefix[2]
             else:

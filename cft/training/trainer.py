@@ -220,7 +220,9 @@ class Trainer:
         in bf16 (train.frozen_bf16; only where a frozen GIN MLP ran them), or fp32."""
         if self.train_amp:
             return "bf16 autocast"
+        # the products run in the GIN layers from the first insertion layer up (below it: the fp32 prefix)
         frozen = self.model.backbone.spec.arch == "gin" and not any(p.requires_grad for p in self.model.backbone.parameters())
+        frozen = frozen and bool(self.model.router.layers)
         return "fp32, frozen products bf16" if self.frozen_bf16 and frozen else "fp32"
 
     def _snapshot(self) -> dict[str, torch.Tensor]:

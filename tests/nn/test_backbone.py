@@ -7,7 +7,7 @@ import torch
 from ogb.graphproppred.mol_encoder import BondEncoder
 
 from cft.nn.adapters import AdapterBank, BankUpdate
-from cft.nn.backbone import GINLayer, bond_embeddings
+from cft.nn.backbone import GINLayer, _virtual_node_mlp, bond_embeddings
 
 
 def test_bond_embeddings_are_the_bond_encoders_to_the_bit():
@@ -116,3 +116,27 @@ def test_gin_layer_with_adapters_runs_under_bf16_autocast():
     assert low.dtype == torch.bfloat16
     assert hidden.V.grad is not None and out.V.grad is not None
     assert torch.allclose(low.float(), exact, atol=0.1 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_virtual_node_mlp_with_folded_norms_equals_its_module(training):
+    """Eval mode: both BatchNorms folded into the Linears before them, the same values and input
+    gradient within float rounding; training mode (batch statistics): the module's own path."""
+    torch.manual_seed(5)
+    d = 12
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(d, 2 * d), torch.nn.BatchNorm1d(2 * d), torch.nn.ReLU(), torch.nn.Linear(2 * d, d), torch.nn.BatchNorm1d(d), torch.nn.ReLU(),
+    )
+    for norm in (mlp[1], mlp[4]):  # statistics and affine far from the defaults, as after pretraining
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    mlp.train(training)
+    x = torch.randn(7, d, requires_grad=True)
+    expected = mlp(x)
+    (expected_grad,) = torch.autograd.grad(expected.pow(2).sum(), x)
+    got = _virtual_node_mlp(mlp, x)
+    (got_grad,) = torch.autograd.grad(got.pow(2).sum(), x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
