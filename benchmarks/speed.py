@@ -8,7 +8,8 @@ Every measurement runs in its own subprocess (so peak resident memory is that mo
 interleaved order (A, B, C, A, B, C, ...), and the median over repetitions is reported:
 
 - training graphs/s: cft adapters as in the shipped recipes (one linear rank-12 update on both GIN
-  MLP Linears of every layer) and routed K=4 r=8 adapters on the layer outputs (the recipes
+  MLP Linears of every layer; with `train.frozen_bf16: auto`, i.e. the frozen products in bf16 on
+  a CPU with AMX tiles, and the same with them in fp32) and routed K=4 r=8 adapters on the layer outputs (the recipes
   before) vs cft full fine-tuning of the same GIN-VN 300x5 (target >= 2.0x); adapters in the top two layers only, with
   the frozen prefix (layers 0-2) cached and recomputed; K=8 routed vs one adapter of the same rank
   vs no adapter, and one adapter of rank 64 (K=8 r=8's bank width, so the same adapter FLOPs: the
@@ -66,6 +67,9 @@ MODES = {
     # the same at chemprop's default batch of 64 (same steps, twice the molecules per step): what a
     # step of 64 costs against two of 32, the time-to-result lever (the score is kept: BENCHMARKS.md)
     "cft adapters of the recipes at batch 64": RECIPES_ADAPTERS + ["train.batch_size=64"],
+    # the same with the frozen backbone's products in fp32: train.frozen_bf16's default `auto` runs
+    # them in bf16 on a CPU with AMX tiles (where the mode above then differs from this one)
+    "cft adapters of the recipes at batch 64, frozen products fp32": RECIPES_ADAPTERS + ["train.batch_size=64", "train.frozen_bf16=false"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
     "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],
@@ -93,6 +97,10 @@ RATIOS = {
         "cft adapters of the recipes (K=1 r=12 linear, both GIN MLP Linears)", "cft full fine-tuning"),
     "the recipes' adapters / full fine-tuning, both at batch 64 (target >= 2.0)": (
         "cft adapters of the recipes at batch 64", "cft full fine-tuning at batch 64"),
+    "the recipes' adapters at batch 64 with frozen products fp32 / full fine-tuning at batch 64": (
+        "cft adapters of the recipes at batch 64, frozen products fp32", "cft full fine-tuning at batch 64"),
+    "the recipes' adapters at batch 64: frozen products as train.frozen_bf16 auto / fp32": (
+        "cft adapters of the recipes at batch 64", "cft adapters of the recipes at batch 64, frozen products fp32"),
     "the recipes' adapters / full fine-tuning, both at batch 64 in bf16 steps (target >= 2.0)": (
         "cft adapters of the recipes at batch 64, bf16 steps", "cft full fine-tuning at batch 64, bf16 steps"),
     "the recipes' adapters in bf16 steps / full fine-tuning in fp32, both at batch 64": (
