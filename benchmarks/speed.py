@@ -69,7 +69,7 @@ MODES = {
     "cft adapters of the recipes at batch 64": RECIPES_ADAPTERS + ["train.batch_size=64"],
     # the same with the frozen backbone's products in fp32: train.frozen_bf16's default `auto` runs
     # them in bf16 on a CPU with AMX tiles (where the mode above then differs from this one)
-    "cft adapters of the recipes at batch 64, frozen products fp32": RECIPES_ADAPTERS + ["train.batch_size=64", "train.frozen_bf16=false"],
+    "cft adapters of the recipes at batch 64 with frozen products fp32": RECIPES_ADAPTERS + ["train.batch_size=64", "train.frozen_bf16=false"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
     "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],
@@ -98,9 +98,9 @@ RATIOS = {
     "the recipes' adapters / full fine-tuning, both at batch 64 (target >= 2.0)": (
         "cft adapters of the recipes at batch 64", "cft full fine-tuning at batch 64"),
     "the recipes' adapters at batch 64 with frozen products fp32 / full fine-tuning at batch 64": (
-        "cft adapters of the recipes at batch 64, frozen products fp32", "cft full fine-tuning at batch 64"),
+        "cft adapters of the recipes at batch 64 with frozen products fp32", "cft full fine-tuning at batch 64"),
     "the recipes' adapters at batch 64: frozen products as train.frozen_bf16 auto / fp32": (
-        "cft adapters of the recipes at batch 64", "cft adapters of the recipes at batch 64, frozen products fp32"),
+        "cft adapters of the recipes at batch 64", "cft adapters of the recipes at batch 64 with frozen products fp32"),
     "the recipes' adapters / full fine-tuning, both at batch 64 in bf16 steps (target >= 2.0)": (
         "cft adapters of the recipes at batch 64, bf16 steps", "cft full fine-tuning at batch 64, bf16 steps"),
     "the recipes' adapters in bf16 steps / full fine-tuning in fp32, both at batch 64": (
