@@ -79,7 +79,7 @@ def speed_tables(result: dict) -> str:
         runs = ttr.get("chemprop_runs") or [{**ttr["chemprop"], "epochs": ttr["epochs"]}]  # files written before --ttr-chemprop-epochs: one run
         lines += ["", f"Time to a result on Tox21 ({ttr['split']}; no early stopping):", "",
                   "| tool | epochs | training wall clock (s) | test ROC-AUC | valid ROC-AUC (best epoch) |", "|---|---:|---:|---:|---:|",
-                  f"| cft recipes/tox21.yaml{' (bf16 steps)' if c.get('precision', 'fp32') != 'fp32' else ''} | {c.get('epochs', ttr['epochs'])} | {c['wall_seconds']:.0f} | {c['test_rocauc']:.4f} | {_valid_cell(c)} |"]
+                  f"| cft recipes/tox21.yaml{_precision_note(c.get('precision', 'fp32'))} | {c.get('epochs', ttr['epochs'])} | {c['wall_seconds']:.0f} | {c['test_rocauc']:.4f} | {_valid_cell(c)} |"]
         lines += [f"| chemprop {p.get('chemprop', '')} defaults | {p['epochs']} | {p['wall_seconds']:.0f} | {p['test_rocauc']:.4f} | |" for p in runs]
         ratios = "; ".join(f"{c['wall_seconds'] / p['wall_seconds']:.2f}× (chemprop at {p['epochs']} epochs)" for p in runs)
         lines += ["", f"cft / chemprop wall clock: {ratios}. "
@@ -270,6 +270,11 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
 
 
+def _precision_note(precision: str) -> str:
+    """How a time-to-result run's steps computed, as the cft row names it ("" for fp32)."""
+    return {"fp32": "", "bf16 autocast": " (bf16 steps)"}.get(precision, f" ({precision})")
+
+
 def main() -> None:
     path = REPO / "BENCHMARKS.md"
     text = path.read_text()
@@ -286,6 +291,8 @@ def main() -> None:
         ("speed-ttr15", "speed_ttr15.json", speed_tables),
         ("speed-fold", "speed_fold.json", speed_tables),
         ("speed-frozen-bf16", "speed_frozen_bf16.json", speed_tables),
+        ("speed-frozen-bf16-ttr2", "speed_frozen_bf16_ttr2.json", speed_tables),
+        ("speed-k8-frozen-bf16", "speed_k8_frozen_bf16.json", speed_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),
