@@ -281,8 +281,8 @@ class TrainConfig(_Strict):
     default: on the AVX512-BF16 EPYC of BENCHMARKS.md it kept the score but did not pay in
     training (1.08x in one epoch, none over four; commit 81dd543)."""
     frozen_bf16: Literal["auto", True, False] = "auto"
-    """The frozen backbone's GIN MLP products in bf16 while training (the steps and the validation of
-    each epoch): forward product and input gradient of each frozen Linear take bf16 inputs and
+    """The frozen backbone's GIN MLP and virtual-node MLP products in bf16 while training (the steps
+    and the validation of each epoch): forward product and input gradient of each frozen Linear take bf16 inputs and
     accumulate in fp32; every other value (messages, norms, adapters, heads, loss, optimiser) stays
     fp32, and the final valid/test scores, the bundle and its predictions are fp32. `auto`: on a
     CPU with AMX tiles (Intel Sapphire Rapids and later), where these products run several times

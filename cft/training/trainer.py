@@ -213,8 +213,6 @@ class Trainer:
     def local_batch_size(self) -> int:
         return max(1, self.recipe.train.batch_size // self.dist.world_size)
 
-    # --------------------------------------------------------------- checkpoints
-
     def _precision(self) -> str:
         """How the training steps computed: bf16 autocast, fp32 with the frozen backbone's products
         in bf16 (train.frozen_bf16; only where a frozen GIN MLP ran them), or fp32."""
@@ -224,6 +222,8 @@ class Trainer:
         frozen = self.model.backbone.spec.arch == "gin" and not any(p.requires_grad for p in self.model.backbone.parameters())
         frozen = frozen and bool(self.model.router.layers)
         return "fp32, frozen products bf16" if self.frozen_bf16 and frozen else "fp32"
+
+    # --------------------------------------------------------------- checkpoints
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         skip_backbone = self.model.freeze_backbone
