@@ -196,6 +196,10 @@ PEERS = {
     # the dataset's recipe with the frozen backbone's GIN MLP products in bf16 while training (steps
     # and per-epoch validation; final scores fp32): the speed lever on a CPU with AMX tiles
     "adapters-frozen-bf16": ("cft adapters, the recipe with the frozen products in bf16", METHODS["full method (label prior)"] + ["train.frozen_bf16=true"]),
+    # the same, the best epoch (and early stopping) judged on the validation loss, as chemprop's
+    # val_loss monitor does, instead of the metric: #13's seed-to-seed spread lever
+    "adapters-frozen-bf16-loss": ("cft adapters, the recipe with the frozen products in bf16, epoch chosen on valid loss",
+                                  METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "train.select_on=loss"]),
     "adapters-ema99": ("cft adapters, the recipe with weights averaged (EMA 0.99)", METHODS["full method (label prior)"] + ["train.ema=0.99"]),
     "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed

@@ -63,8 +63,11 @@ def _mae(y_true: np.ndarray, y_pred: np.ndarray, tasks: Sequence[str]) -> dict:
 
 
 def better(metric: str, new: float, old: float | None) -> bool:
+    """Whether `new` beats `old` (None: nothing yet) for `metric` (a key of HIGHER_IS_BETTER, or
+    "loss": lower is better); NaN never beats anything."""
     if old is None or math.isnan(old):
         return not math.isnan(new)
     if math.isnan(new):
         return False
-    return new > old if HIGHER_IS_BETTER[metric] else new < old
+    higher = False if metric == "loss" else HIGHER_IS_BETTER[metric]
+    return new > old if higher else new < old

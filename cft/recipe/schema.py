@@ -250,7 +250,11 @@ class TrainConfig(_Strict):
     Validation, the choice of the best epoch, the saved bundle and the test score use the averaged
     weights; BatchNorm statistics are the current ones. null (off) by default."""
     patience: Optional[int] = Field(default=10, ge=1)
-    """Early stopping: epochs without a better valid metric; null disables."""
+    """Early stopping: epochs without a better valid metric (or loss, see `select_on`); null disables."""
+    select_on: Literal["metric", "loss"] = "metric"
+    """What judges each epoch on the validation split: `metric` (eval.metric, e.g. ROC-AUC) or `loss`
+    (the task loss, lower is better: chemprop's `val_loss` monitor). It picks the best epoch (whose
+    weights the bundle keeps), drives early stopping and the `plateau` scheduler."""
     reg_strength: float = Field(default=0.01, ge=0)
     """lambda: weight of the prior consistency regulariser in L = L_task + lambda L_reg."""
     route_entropy: float = Field(default=0.0, ge=0)

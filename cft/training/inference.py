@@ -77,12 +77,20 @@ def frozen_bf16_wanted(setting: bool | str, device: torch.device) -> bool:
 
 def evaluate_split(
     model: CftModel, dataset: MolDataset, split: str, metric: str, batch_size: int, device: torch.device, dist: DistContext, amp: bool = False,
-    prefix: PrefixCache | None = None,
+    prefix: PrefixCache | None = None, with_loss: bool = False,
 ) -> dict:
+    """`score`'s {"mean", "per_task", ...} of the split; with_loss: also "loss", the model's task
+    loss (`CftModel.task_loss`, the training objective without the regulariser) over the split."""
     indices = dataset.split[split]
     logits = predict_logits(model, GraphDataset(dataset.store, dataset.y, dist.shard(indices)), batch_size, device, amp, prefix)
     logits = dist.gather_rows(logits, len(indices), device)
-    return score(metric, dataset.labels(split), logits, dataset.tasks)
+    labels = dataset.labels(split)
+    result = score(metric, labels, logits, dataset.tasks)
+    if with_loss:
+        with torch.no_grad():
+            on = model.is_binary.device  # the model's buffers (label statistics) live there
+            result["loss"] = float(model.task_loss(torch.as_tensor(logits, device=on), torch.as_tensor(labels, device=on)).cpu())
+    return result
 
 
 def predict_representations(model: CftModel, dataset: GraphDataset, batch_size: int, device: torch.device) -> np.ndarray:

@@ -27,7 +27,8 @@ def make_optimizer(model: CftModel, recipe: Recipe) -> torch.optim.Optimizer:
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
     tr = recipe.train
     if tr.scheduler == "plateau":
-        mode = "max" if HIGHER_IS_BETTER.get(recipe.eval.metric if recipe.eval.metric != "auto" else "rocauc", True) else "min"
+        higher = HIGHER_IS_BETTER.get(recipe.eval.metric if recipe.eval.metric != "auto" else "rocauc", True)
+        mode = "max" if higher and tr.select_on == "metric" else "min"  # the loss: lower is better
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=3)
     warmup = tr.warmup_epochs * steps_per_epoch
     total = max(tr.epochs * steps_per_epoch, 1)

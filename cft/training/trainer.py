@@ -213,6 +213,15 @@ class Trainer:
     def local_batch_size(self) -> int:
         return max(1, self.recipe.train.batch_size // self.dist.world_size)
 
+    @property
+    def _judged_by(self) -> str:
+        """What picks the best epoch (train.select_on): the eval metric's name, or "loss"."""
+        return "loss" if self.recipe.train.select_on == "loss" else self.metric
+
+    def _judged(self, valid: dict) -> float:
+        """The validation number an epoch is judged by: valid["loss"] or the metric's mean."""
+        return valid["loss"] if self._judged_by == "loss" else valid["mean"]
+
     def _precision(self) -> str:
         """How the training steps computed: bf16 autocast, fp32 with the frozen backbone's products
         in bf16 (train.frozen_bf16; only where a frozen GIN MLP ran them), or fp32."""
@@ -397,17 +406,21 @@ class Trainer:
         # the weights the epoch is judged by: the averaged ones under train.ema, else the trained ones
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
             with bf16_frozen_products(self.frozen_bf16):  # the final scores (`finish`) are fp32
-                valid = evaluate_split(self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp, self.prefix)
-            improved = better(self.metric, valid["mean"], state.best_metric)
+                valid = evaluate_split(
+                    self.model, self.dataset, "valid", self.metric, recipe.eval.batch_size, self.device, self.dist, self.amp, self.prefix,
+                    with_loss=self._judged_by == "loss",
+                )
+            criterion = self._judged(valid)
+            improved = better(self._judged_by, criterion, state.best_metric)
             if improved:
                 self.best_state = self._snapshot()
             routing_stats, routes = self.model.routing_stats(), self.model.routing_matrices()
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(valid["mean"]):
-            self.scheduler.step(valid["mean"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(criterion):
+            self.scheduler.step(criterion)
         acc = self.dist.all_reduce_sums(state.epoch_loss.as_list(), self.device)
         n = max(acc[3], 1)
         if improved:
-            state.best_metric, state.best_epoch, state.bad_epochs = valid["mean"], state.epoch, 0
+            state.best_metric, state.best_epoch, state.bad_epochs = criterion, state.epoch, 0
         else:
             state.bad_epochs += 1
         record = {
@@ -416,6 +429,7 @@ class Trainer:
             "task_loss": acc[0] / n,
             "reg_loss": acc[1] / n,
             f"valid_{self.metric}": valid["mean"],
+            **({"valid_loss": valid["loss"]} if "loss" in valid else {}),
             "lr": self.optimizer.param_groups[0]["lr"],
             "step": state.step,
             "seconds": state.train_seconds,
@@ -427,7 +441,7 @@ class Trainer:
         state.epoch_loss = EpochLoss()
         if recipe.train.patience and state.bad_epochs >= recipe.train.patience:
             state.finished = True
-            info(f"early stopping: no better valid {self.metric} for {recipe.train.patience} epochs")
+            info(f"early stopping: no better valid {self._judged_by if self._judged_by == 'loss' else self.metric} for {recipe.train.patience} epochs")
         if recipe.train.max_steps and state.step >= recipe.train.max_steps:
             state.finished = True
         if self.dist.is_main:
