@@ -441,7 +441,7 @@ class Trainer:
         state.epoch_loss = EpochLoss()
         if recipe.train.patience and state.bad_epochs >= recipe.train.patience:
             state.finished = True
-            info(f"early stopping: no better valid {self._judged_by if self._judged_by == 'loss' else self.metric} for {recipe.train.patience} epochs")
+            info(f"early stopping: no better valid {self._judged_by} for {recipe.train.patience} epochs")
         if recipe.train.max_steps and state.step >= recipe.train.max_steps:
             state.finished = True
         if self.dist.is_main:
