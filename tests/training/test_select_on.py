@@ -48,8 +48,17 @@ def test_the_plateau_scheduler_minimises_the_loss(tmp_path):
         assert make_scheduler(optimizer, recipe, 10).mode == mode
 
 
-def test_select_on_refuses_anything_else(tiny_recipe, tmp_path):
+def test_select_on_loss_through_the_cli_and_a_bad_value_refused(tiny_recipe, tmp_path):
+    """The real `cft train --set train.select_on=loss`: the summary's best epoch is the one of the
+    lowest valid_loss in metrics.jsonl; any other value exits 2 before anything is written."""
     from conftest import assert_user_error, run_cli
+
+    run = tmp_path / "run"
+    done = run_cli("train", tiny_recipe, "-o", run, "--set", "train.select_on=loss", "--set", "train.lr=0.05",
+                   env={"CFT_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    losses = [epoch["valid_loss"] for epoch in _history(run)]
+    assert json.loads((run / "summary.json").read_text())["best_epoch"] == 1 + losses.index(min(losses))
 
     refused = run_cli("train", tiny_recipe, "-o", tmp_path / "bad", "--set", "train.select_on=accuracy")
     assert_user_error(refused, "train.select_on")
