@@ -24,7 +24,7 @@ from torch_geometric.nn import (
 )
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from cft.nn.frozen import bf16_frozen_products_enabled, frozen_linear
+from cft.nn.frozen import frozen_linear
 from cft.spec import BackboneSpec
 
 
@@ -89,24 +89,20 @@ class GINLayer(nn.Module):
         at `mlp-both`, mlp_adapter = (into_hidden, beside_second), the two at once:
         W_2 u + b_2 + beside_second(u), u = ReLU(BN(W_1 z + b_1 + into_hidden(z))).
 
-        `norm` (with an adapter only): the layer's BatchNorm after the MLP, applied here, so the
-        result is norm(MLP(z) + a) [N, d]. A BatchNorm in eval mode is folded into the Linear before
-        it (`_linear_then_norm`) and each update enters that Linear's output scaled by the norm's
-        gain, in place (`_add_update`): the same values within float rounding, two [N, c] passes
-        fewer forward and backward. Inside `cft.nn.frozen.bf16_frozen_products` the frozen Linears'
-        products run in bf16 (`frozen_linear`), with or without an adapter."""
-        if mlp_adapter is None and not (bf16_frozen_products_enabled() and not self.conv.nn[0].weight.requires_grad):
-            out = self.conv(x, edge_index, bond_embeddings(self.bond_encoder, edge_attr))
-            return out if norm is None else norm(out)
+        `norm`: the layer's BatchNorm after the MLP, applied here, so the result is norm(MLP(z) + a)
+        [N, d]. A BatchNorm in eval mode is folded into the Linear before it (`_linear_then_norm`)
+        and each update enters that Linear's output scaled by the norm's gain, in place
+        (`_add_update`): the same values within float rounding, two [N, c] passes fewer forward and
+        backward. In training mode (batch statistics) the norms run as modules: the values of PyG's
+        `GINEConv` forward and the norm. Inside `cft.nn.frozen.bf16_frozen_products` the frozen
+        Linears' products run in bf16 (`frozen_linear`)."""
         z = self.aggregate(x, edge_index, edge_attr)
-        first, inner, act, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
-        if mlp_adapter is None:
-            at = "mlp"  # no update anywhere (the frozen products in bf16)
-        into_hidden, beside_second = {"mlp": (None, None), "mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter), "mlp-both": mlp_adapter}[at]
+        first, inner, _, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
+        into_hidden, beside_second = {"mlp": (None, None), "mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter),
+                                      "mlp-both": mlp_adapter or (None, None)}[at]
         hidden, inner_gain = _linear_then_norm(first, inner, z)
         hidden = _add_update(hidden, into_hidden, z, inner_gain)
-        # a folded norm left `hidden` a fresh tensor no backward reads: ReLU may overwrite it
-        u = torch.relu_(hidden) if inner_gain is not None else act(inner(hidden))
+        u = _relu_after_norm(hidden, inner, inner_gain)
         out, gain = _linear_then_norm(second, norm, u)
         out = _add_update(out, beside_second, u, gain)
         if at == "mlp":
@@ -153,10 +149,14 @@ def _virtual_node_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     values within float rounding, and its products in bf16 inside `bf16_frozen_products` when frozen."""
     first, first_norm, _, second, second_norm, _ = mlp
     hidden, gain = _linear_then_norm(first, first_norm, x)
-    # a Linear's fresh output, which its backward does not keep: ReLU may overwrite it
-    hidden = torch.relu_(hidden) if gain is not None else F.relu(first_norm(hidden))
-    out, gain = _linear_then_norm(second, second_norm, hidden)
-    return torch.relu_(out) if gain is not None else F.relu(second_norm(out))
+    out, gain = _linear_then_norm(second, second_norm, _relu_after_norm(hidden, first_norm, gain))
+    return _relu_after_norm(out, second_norm, gain)
+
+
+def _relu_after_norm(value: torch.Tensor, norm: nn.BatchNorm1d, gain: torch.Tensor | None) -> torch.Tensor:
+    """ReLU(norm(value)) after `_linear_then_norm`: with the norm folded in (gain not None) `value`
+    is already normed, a Linear's fresh output its backward does not keep, so ReLU overwrites it."""
+    return torch.relu_(value) if gain is not None else F.relu(norm(value))
 
 
 POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}

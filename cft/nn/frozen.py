@@ -45,10 +45,6 @@ def bf16_frozen_products(enabled: bool = True):
         _ENABLED.reset(token)
 
 
-def bf16_frozen_products_enabled() -> bool:
-    return _ENABLED.get()
-
-
 def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), x [N, in], weight [out, in], bias [out] -> [N, out]; in bf16
     products inside `bf16_frozen_products` when neither weight nor bias needs a gradient."""

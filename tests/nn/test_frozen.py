@@ -9,7 +9,7 @@ from torch import nn
 
 from cft.nn.adapters import AdapterBank, BankUpdate
 from cft.nn.backbone import Backbone, GINLayer
-from cft.nn.frozen import ROW_MULTIPLE, bf16_frozen_products, bf16_frozen_products_enabled, frozen_linear, padded_bf16_product
+from cft.nn.frozen import ROW_MULTIPLE, bf16_frozen_products, frozen_linear, padded_bf16_product
 from cft.spec import BackboneSpec
 
 # bf16 keeps 8 bits of mantissa: inputs rounded by up to 2^-9 relative, products summed in fp32
@@ -25,15 +25,11 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = BF16_RTOL
 def test_the_switch_is_scoped_to_its_block_and_outside_it_the_product_is_exactly_f_linear():
     torch.manual_seed(0)
     x, weight, bias = torch.randn(37, 16), torch.randn(24, 16), torch.randn(24)
-    assert not bf16_frozen_products_enabled()
     with bf16_frozen_products():
-        assert bf16_frozen_products_enabled()
         with bf16_frozen_products(False):
-            assert not bf16_frozen_products_enabled()
             assert torch.equal(frozen_linear(x, weight, bias), F.linear(x, weight, bias))
         inside = frozen_linear(x, weight, bias)
-    assert not bf16_frozen_products_enabled()
-    assert torch.equal(frozen_linear(x, weight, bias), F.linear(x, weight, bias))
+    assert torch.equal(frozen_linear(x, weight, bias), F.linear(x, weight, bias))  # the block ended
     assert not torch.equal(inside, F.linear(x, weight, bias))  # it did compute in bf16
     _close(inside, F.linear(x, weight, bias))
 
@@ -117,7 +113,7 @@ def test_a_frozen_gin_layer_in_bf16_products_matches_fp32_values_and_adapter_gra
         _close(got, expected, rtol=5e-2)  # through two products and a ReLU mask: a little more rounding
 
 
-def test_full_fine_tuning_keeps_pyg_s_gin_layer_and_fp32_inside_the_block():
+def test_full_fine_tuning_stays_fp32_inside_the_block():
     spec = BackboneSpec(arch="gin", num_layers=2, hidden=16, dropout=0.0)
     torch.manual_seed(4)
     backbone = Backbone(spec).train()
@@ -128,3 +124,16 @@ def test_full_fine_tuning_keeps_pyg_s_gin_layer_and_fp32_inside_the_block():
     with bf16_frozen_products():
         inside, _ = backbone.layer(0, h, vn, edge_index, edge_attr, batch)
     assert torch.equal(inside, outside)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_gin_layer_without_adapter_computes_what_pyg_s_gineconv_and_the_norm_compute(training):
+    """One path for every GIN layer: in training mode (batch statistics) the values of PyG's
+    GINEConv forward followed by the norm; in eval mode (norms folded) the same within rounding."""
+    layer, norm = _frozen_gin_layer()
+    layer.train(training), norm.train(training)
+    x, edge_index, edge_attr = _molecule_batch()
+    from cft.nn.backbone import bond_embeddings
+
+    expected = norm(layer.conv(x, edge_index, bond_embeddings(layer.bond_encoder, edge_attr)))
+    torch.testing.assert_close(layer(x, edge_index, edge_attr, norm=norm), expected, rtol=1e-5, atol=1e-5)
