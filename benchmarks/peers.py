@@ -200,6 +200,14 @@ PEERS = {
     # val_loss monitor does, instead of the metric: #13's seed-to-seed spread lever
     "adapters-frozen-bf16-loss": ("cft adapters, the recipe with the frozen products in bf16, epoch chosen on valid loss",
                                   METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "train.select_on=loss"]),
+    # #13's spread levers on the bf16 recipe: PEFT's LoRA scale alpha/r = 8/12 (a smaller step of the
+    # update V U z; cft's scale is 1), and the weight average with the frozen backbone's dropout on
+    # (both narrowed the spread alone on a few seeds: "Layer 0's adapters and averaged weights",
+    # "The frozen backbone's dropout while the adapters train")
+    "adapters-frozen-bf16-s067": ("cft adapters, the recipe with the frozen products in bf16, scale 8/12",
+                                  METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667"]),
+    "adapters-frozen-bf16-ema-dropout": ("cft adapters, the recipe with the frozen products in bf16, EMA 0.995, frozen dropout 0.5",
+                                         METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "train.ema=0.995", "backbone.frozen_dropout=0.5"]),
     "adapters-ema99": ("cft adapters, the recipe with weights averaged (EMA 0.99)", METHODS["full method (label prior)"] + ["train.ema=0.99"]),
     "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
