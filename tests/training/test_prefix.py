@@ -164,7 +164,9 @@ def test_training_with_and_without_the_cache_agrees(tmp_path, monkeypatch, adapt
         recipe = load_recipe(recipe_path, [adapters, f"train.prefix_cache={mode}", "train.threads=1"])
         summaries[mode] = train_recipe(recipe, tmp_path / mode, Path("."))
         bundles[mode] = load_file(str(tmp_path / mode / "bundle.safetensors"))
-    assert summaries["recompute"]["seconds"]["prefix"] < 1e-3  # nothing cached
+        if mode == "recompute":  # nothing cached, in this process or on disk (a state, not a time: the cores are shared)
+            assert not prefix_mod._MEMORY
+            assert not list((tmp_path / "cache").glob("prefix/*.safetensors"))
     assert list((tmp_path / "cache" / "prefix").glob("*.safetensors"))
     history = {m: [json.loads(line) for line in (tmp_path / m / "metrics.jsonl").read_text().splitlines()] for m in summaries}
     for mode in ("memory", "disk"):
