@@ -215,6 +215,12 @@ PEERS = {
                                     METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "train.lr=0.001"]),
     "adapters-frozen-bf16-ema-lr1e-3": ("cft adapters, the recipe with the frozen products in bf16, EMA 0.995, lr 0.001",
                                         METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "train.ema=0.995", "train.lr=0.001"]),
+    # the speed-neutral levers together: LoRA's scale 8/12 with the weight average (EMA 0.995 about the
+    # last 200 steps, 0.998 about the last 500: two of the recipe's ~98-step epochs, or five)
+    "adapters-frozen-bf16-s067-ema995": ("cft adapters, the recipe with the frozen products in bf16, scale 8/12, EMA 0.995",
+                                         METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995"]),
+    "adapters-frozen-bf16-s067-ema998": ("cft adapters, the recipe with the frozen products in bf16, scale 8/12, EMA 0.998",
+                                         METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.998"]),
     "adapters-ema99": ("cft adapters, the recipe with weights averaged (EMA 0.99)", METHODS["full method (label prior)"] + ["train.ema=0.99"]),
     "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
