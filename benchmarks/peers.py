@@ -382,7 +382,7 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
     return out / tag / FOLDERS[method] / f"seed{seed}"
 
 
-# recipes/tox21.yaml took LoRA's scale 8/12 and the weight average (EMA 0.995) after commit 1eb7093;
+# recipes/tox21.yaml took LoRA's scale 8/12 and the weight average (EMA 0.995) in commit 5410d2b;
 # every method but `adapters` (the recipe as it is) was measured without them, so they are set back
 # first (a method's own sets come after and win): a method keeps meaning what its rows measured
 BEFORE_SCALE_AND_EMA = ["adapters.scale=1", "train.ema=null"]
