@@ -53,6 +53,11 @@ chemprop runs start again):
 - `both-k1-r12-linear-s067`: the rank-12 one at PEFT's scale alpha/r = 8/12;
 - `adapters-frozen-dropout`: the recipe with the frozen backbone's dropout on while the adapters
   train (`backbone.frozen_dropout=0.5`);
+- `adapters-frozen-bf16-*`: the recipe with the frozen products in bf16 and one lever of #13's
+  seed-to-seed spread: `-loss` (best epoch on the validation loss), `-s067` (LoRA's scale 8/12),
+  `-ema-dropout`, `-lr1e-3`, `-ema-lr1e-3`, `-s067-ema995`, `-s067-ema998` (what
+  recipes/tox21.yaml took: scale 8/12, EMA 0.995). Every method but `adapters` starts from the
+  recipe as it was before that (`BEFORE_SCALE_AND_EMA`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
   the two route terms);
