@@ -136,11 +136,25 @@ def _linear_then_norm(linear: nn.Linear, norm: nn.BatchNorm1d | None, x: torch.T
     """linear(x) [N, c], with `norm` folded in when it maps by its running statistics (eval mode):
     BN(W x + b) = (g W) x + g (b - mu) + beta, g = gamma / sqrt(var + eps) [c], one Linear of
     [c, d] products instead of a pass over [N, c]. Returns (output, g), or (linear(x), None) when
-    there is no norm or it uses batch statistics (training mode): the caller applies it then."""
+    there is no norm or it uses batch statistics (training mode): the caller applies it then.
+
+    A Linear that another library has wrapped or hooked (PEFT's LoRA layers, a quantised Linear:
+    anything but a plain `nn.Linear`, `_plain_linear`) is called as the module it is, never read
+    through its `.weight`, which would skip its own update; its norm is then applied by the caller."""
+    if not _plain_linear(linear):
+        return linear(x), None
     if norm is None or norm.training or not norm.track_running_stats or not norm.affine:
         return frozen_linear(x, linear.weight, linear.bias), None
     gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     return frozen_linear(x, linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias), gain
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    """Whether `module` computes exactly F.linear(x, module.weight, module.bias): an `nn.Linear`
+    whose forward is nn.Linear's, without forward hooks. Only such a Linear may be folded with
+    its norm or run as a bf16 product from its weights."""
+    return (isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+            and not module._forward_hooks and not module._forward_pre_hooks)
 
 
 def _virtual_node_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

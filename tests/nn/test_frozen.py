@@ -137,3 +137,49 @@ def test_a_gin_layer_without_adapter_computes_what_pyg_s_gineconv_and_the_norm_c
 
     expected = norm(layer.conv(x, edge_index, bond_embeddings(layer.bond_encoder, edge_attr)))
     torch.testing.assert_close(layer(x, edge_index, edge_attr, norm=norm), expected, rtol=1e-5, atol=1e-5)
+
+
+class _LowRankWrapped(nn.Module):
+    """What PEFT's LoRA makes of a Linear: a module holding the frozen base layer (its `.weight`
+    still readable through the wrapper) whose forward adds B A x. Reading the weight alone would
+    skip the update."""
+
+    def __init__(self, base: nn.Linear, rank: int = 3):
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.normal_(self.lora_B.weight)  # not LoRA's zero start: the update must show
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + self.lora_B(self.lora_A(x))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_wrapped_or_hooked_mlp_linear_is_called_as_a_module(training, bf16):
+    """A GIN MLP Linear that another library wrapped (PEFT's LoRA) or hooked runs its own forward:
+    the layer computes PyG's GINEConv through those modules, then the norm, in training mode and
+    in eval mode (no folding, no bf16 product from the bare weight)."""
+    from cft.nn.backbone import bond_embeddings
+
+    layer, norm = _frozen_gin_layer()
+    layer.conv.nn[0] = _LowRankWrapped(layer.conv.nn[0])
+    layer.conv.nn[3].register_forward_hook(lambda module, inputs, output: output * 2.0)
+    layer.train(training), norm.train(training)
+    x, edge_index, edge_attr = _molecule_batch()
+    expected = norm(layer.conv(x, edge_index, bond_embeddings(layer.bond_encoder, edge_attr)))
+    plain = norm(layer.conv.nn[3].forward(F.relu(layer.conv.nn[1](layer.conv.nn[0].base_layer(
+        layer.aggregate(x, edge_index, edge_attr))))))
+    assert not torch.allclose(expected, plain, atol=1e-3)  # the wrapper and the hook both change the output
+    with bf16_frozen_products(bf16):
+        got = layer(x, edge_index, edge_attr, norm=norm)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
