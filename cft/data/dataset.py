@@ -15,8 +15,8 @@ from cft.console import info, warn
 from cft.data.graphs import GraphDataset, GraphStore, featurise
 from cft.data.select import select
 from cft.data.split import (
-    chemprop_splits,
     check_nonempty,
+    chemprop_splits,
     column_split,
     random_split,
     read_splits_file,
