@@ -498,8 +498,8 @@ def child_lora(payload: dict, data: Path) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if state["graphs_seen"] == 0 and not any(p.grad is not None for n, p in model.named_parameters() if ".lora_" in n):
-                # the backbone read a wrapped Linear's bare weight (as cft/ did from 82a98fe until the fix
-                # after 9243c50): the run would train the head alone and be reported as LoRA's
+                # the backbone read a wrapped Linear's bare weight (as cft/ did from 82a98fe until b7d2bee):
+                # the run would train the head alone and be reported as LoRA's
                 raise RuntimeError("no LoRA weight received a gradient: the model's forward does not call the LoRA layers")
             if tr.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tr.grad_clip)

@@ -132,7 +132,7 @@ def _add_update(value: torch.Tensor, adapter, x: torch.Tensor, gain: torch.Tenso
     return value + (update if gain is None else gain * update)
 
 
-def _linear_then_norm(linear: nn.Linear, norm: nn.BatchNorm1d | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _linear_then_norm(linear: nn.Module, norm: nn.BatchNorm1d | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """linear(x) [N, c], with `norm` folded in when it maps by its running statistics (eval mode):
     BN(W x + b) = (g W) x + g (b - mu) + beta, g = gamma / sqrt(var + eps) [c], one Linear of
     [c, d] products instead of a pass over [N, c]. Returns (output, g), or (linear(x), None) when
