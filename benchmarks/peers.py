@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,both-k1-r12-linear-b64,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora]
+                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,both-k1-r12-linear-b64,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora,lora-vn,lora-bn,lora-bn-batch]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -82,7 +82,13 @@ chemprop runs start again):
   Tox21, masked MSE on the standardised targets on ESOL), AdamW and the cosine schedule
   (`cft.training.optim`), gradient clipping, early stopping on the valid metric (ROC-AUC or RMSE,
   `cft.metrics.better` knows which way is better) with the recipe's patience, test at the best
-  valid epoch, scored by `cft.metrics` (OGB's evaluator).
+  valid epoch, scored by `cft.metrics` (OGB's evaluator);
+- `lora-vn`, `lora-bn`, `lora-bn-batch`: `lora` plus one thing its GIN-MLP targets leave as the
+  masked pretraining made it (what full fine-tuning moves and LoRA does not): LoRA at half the rank
+  on the virtual-node MLPs' Linears (`vn_mlps.<i>.0` and `.3`, alpha halved too: the same scale);
+  every BatchNorm's gain and shift trainable (still on the pretraining statistics); every BatchNorm
+  in training mode while training (batch statistics; the running statistics move to the training
+  molecules', which is what full fine-tuning's norms do). Their folders are `<method>-r<rank>`.
 
 Every method gets the recipe's epochs (30) and early stopping (patience 10) unless --epochs says
 otherwise; chemprop has no early stopping by default and runs them all (with fewer epochs than its
@@ -330,12 +336,25 @@ PEERS = {
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),
     "chemprop": ("chemprop 2.3.1 (defaults)", None),
     "lora": ("PEFT LoRA r=8 (GIN MLPs)", None),
+    # where full fine-tuning's lead over LoRA (and the recipe) on Tox21 may come from: LoRA r plus one
+    # thing LoRA's GIN-MLP targets leave as the masked pretraining made it (LORA_VARIANTS)
+    "lora-vn": ("PEFT LoRA (GIN MLPs) + LoRA r/2 (virtual-node MLPs)", None),
+    "lora-bn": ("PEFT LoRA (GIN MLPs) + every BatchNorm's gain and shift", None),
+    "lora-bn-batch": ("PEFT LoRA (GIN MLPs), BatchNorms on batch statistics", None),
 }
 LORA_RANK = 8  # --lora-rank; r = 12 gives 108,000 LoRA weights, about cft's 106,656 adapter and routing weights of recipes/tox21.yaml
 FOLDERS = {m: m for m in PEERS}  # run folder per method id (the LoRA folder names a rank other than 8)
 # the Linear layers of every GIN MLP: GINLayer.conv (PyG GINEConv) holds the MLP as `nn`,
 # Sequential(Linear(d, 2d), BatchNorm1d, ReLU, Linear(2d, d)); the virtual-node MLPs are not GIN MLPs
 LORA_TARGETS = r"backbone\.convs\.\d+\.conv\.nn\.(0|3)"
+VN_TARGETS = r"backbone\.vn_mlps\.\d+\.(0|3)"  # the virtual-node MLPs' Linear(d, 2d) and Linear(2d, d)
+# LoRA method -> what it adds to LoRA on the GIN MLPs: `vn` LoRA at half the rank on the virtual-node
+# MLPs' Linears (r = 12 + 6: 108,000 + 43,200 weights, 4.5% of the backbone); `bn` the gain and
+# shift of every BatchNorm trainable (16,200 weights; normalised by the pretraining statistics, as
+# cft's frozen backbone); `bn-batch` every BatchNorm in training mode while training (batch
+# statistics, running statistics re-estimated on the training molecules with momentum 0.1; no
+# weight added), as full fine-tuning runs them
+LORA_VARIANTS = {"lora": "", "lora-vn": "vn", "lora-bn": "bn", "lora-bn-batch": "bn-batch"}
 QUICK_LIMIT, QUICK_EPOCHS = 400, 2
 FOLDER_EPOCHS = 30  # the epochs of every run in a dataset's plain run folder (the recipes' epochs when they were made); others get `-epochs<N>`
 CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
@@ -421,7 +440,8 @@ def lora_overrides(ctx: dict, seed: int) -> list[str]:
 
 def run_lora(method: str, seed: int, ctx: dict) -> None:
     folder = run_folder(ctx["out"], ctx["tag"], method, seed)
-    payload = {"recipe": ctx["recipe"], "overrides": lora_overrides(ctx, seed), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"]}
+    payload = {"recipe": ctx["recipe"], "overrides": lora_overrides(ctx, seed), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"],
+               "variant": LORA_VARIANTS[method]}
     cmd = [str(PEERS_PYTHON), __file__, "--child", "lora", "--payload", json.dumps(payload), "--data", str(ctx["data"])]
     env = {**os.environ, "CFT_QUIET": "1", "OMP_NUM_THREADS": str(ctx["threads"])}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)
@@ -463,9 +483,18 @@ def child_lora(payload: dict, data: Path) -> None:
     # split's mean/std (build.target_statistics), outputs in label units, as in every cft run
     model, _ = build_training_model(recipe, dataset, backbone)
     set_trainable(model, recipe)
-    config = peft.LoraConfig(r=payload["rank"], target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none")
+    variant, rank = payload.get("variant", ""), payload["rank"]
+    targets = f"({LORA_TARGETS})|({VN_TARGETS})" if variant == "vn" else LORA_TARGETS
+    # vn: half the rank on the virtual-node MLPs, alpha halved with it so that their scale alpha / r is
+    # the GIN MLPs' (8 / r)
+    patterns = {"rank_pattern": {VN_TARGETS: max(1, rank // 2)}, "alpha_pattern": {VN_TARGETS: 8 * max(1, rank // 2) / rank}} if variant == "vn" else {}
+    config = peft.LoraConfig(r=rank, target_modules=targets, lora_dropout=0.0, bias="none", **patterns)
     peft_model = peft.get_peft_model(model, config)  # LoRA layers injected in place into model.backbone
     model.head.requires_grad_(True)  # get_peft_model froze everything else; the head trains, as in cft
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    if variant == "bn":
+        for norm in norms:
+            norm.requires_grad_(True)  # gain and shift; the folded norm (cft.nn.backbone) passes their gradients
     lora_layers = sorted({n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n})
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     device, dist = torch.device("cpu"), single()
@@ -492,15 +521,19 @@ def child_lora(payload: dict, data: Path) -> None:
             order = order[:-1]  # a one-graph batch breaks BatchNorm in training mode (as the trainer does)
         loader = DataLoader(StoreBatches(dataset.store, dataset.y, order, tr.batch_size), batch_size=None, shuffle=False, collate_fn=as_is)
         peft_model.train()  # CftModel.train keeps the frozen backbone in eval mode
+        if variant == "bn-batch":
+            for norm in norms:
+                norm.train()  # batch statistics; dropout stays off (the backbone module keeps eval mode)
         started, losses = time.perf_counter(), []
         for batch in loader:
             loss = model.task_loss(model(batch), batch.y)  # cft's loss: masked BCE (binary tasks), masked MSE on standardised targets (regression)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if state["graphs_seen"] == 0 and not any(p.grad is not None for n, p in model.named_parameters() if ".lora_" in n):
+            missed = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and not n.startswith("head.")]
+            if state["graphs_seen"] == 0 and missed:
                 # the backbone read a wrapped Linear's bare weight (as cft/ did from 82a98fe until b7d2bee):
-                # the run would train the head alone and be reported as LoRA's
-                raise RuntimeError("no LoRA weight received a gradient: the model's forward does not call the LoRA layers")
+                # the run would train without those weights and be reported as LoRA's
+                raise RuntimeError(f"{len(missed)} trainable weights received no gradient (first: {missed[0]}): the model's forward does not use them")
             if tr.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tr.grad_clip)
             optimizer.step()
@@ -533,7 +566,8 @@ def child_lora(payload: dict, data: Path) -> None:
                    "backbone": counted - lora - head, "lora": lora, "head": head},
         "seconds": {"train": state["train_seconds"]},
         "graphs_per_second": state["graphs_seen"] / state["train_seconds"] if state["train_seconds"] else None,
-        "history": state["history"], "lora": {"rank": payload["rank"], "alpha": config.lora_alpha, "layers": lora_layers},
+        "history": state["history"], "lora": {"rank": payload["rank"], "alpha": config.lora_alpha, "layers": lora_layers, "variant": variant,
+                                              "norms_trained": sum(p.numel() for m in norms for p in m.parameters() if p.requires_grad)},
         "versions": {"peft": peft.__version__, "torch": torch.__version__},
     }
     atomic_write_json(folder / "summary.json", summary)
@@ -622,6 +656,18 @@ def _chemprop_epochs(out: Path) -> int | None:
     return None
 
 
+def lora_name(method: str, rank: int) -> str:
+    """A LoRA method's row name at `rank`: PEERS' name with the rank(s) written in."""
+    return {"lora": f"PEFT LoRA r={rank} (GIN MLPs)", "lora-vn": f"PEFT LoRA r={rank} (GIN MLPs) + r={max(1, rank // 2)} (virtual-node MLPs)",
+            "lora-bn": f"PEFT LoRA r={rank} (GIN MLPs) + every BatchNorm's gain and shift",
+            "lora-bn-batch": f"PEFT LoRA r={rank} (GIN MLPs), BatchNorms on batch statistics"}[method]
+
+
+def lora_folder(method: str, rank: int) -> str:
+    """Run folder of a LoRA method: `lora` at the default rank, `<method>-r<rank>` otherwise."""
+    return "lora" if method == "lora" and rank == LORA_RANK else f"{method}-r{rank}"
+
+
 def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) -> dict | None:
     """One result row from a run's summary.json; a cft run's head is its linear layer, (hidden + 1) x
     the tasks it trained (its summary's: cft drops a task with no label in the rows it reads)."""
@@ -632,8 +678,8 @@ def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) 
     p = s["params"]
     head = p.get("head", (hidden + 1) * len(s.get("tasks") or range(num_tasks)) if method != "chemprop" else None)
     name = PEERS[method][0]
-    if method == "lora":  # the rank the run was trained with (runs of every --lora-rank share the result file)
-        name = f"PEFT LoRA r={s['lora']['rank']} (GIN MLPs)"
+    if method in LORA_VARIANTS:  # the rank the run was trained with (runs of every --lora-rank share the result file)
+        name = lora_name(method, s["lora"]["rank"])
     entropy = _best_epoch_entropy(folder / "metrics.jsonl", s["best_epoch"])
     use = _last_layer_use(folder / "routing_history.safetensors", s["best_epoch"])
     return {"method": name, "id": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
@@ -723,12 +769,12 @@ def main() -> None:
         parser.error(f"--methods: {', '.join(unknown) or 'none given'}; choose from {', '.join(PEERS)}")
     if args.quick:
         args.limit, args.seeds, args.epochs = args.limit or QUICK_LIMIT, 1, args.epochs or QUICK_EPOCHS
-    if ({"chemprop", "lora"} & set(wanted)) and not PEERS_PYTHON.exists():
+    if (({"chemprop"} | set(LORA_VARIANTS)) & set(wanted)) and not PEERS_PYTHON.exists():
         parser.error(f"{PEERS_PYTHON} is missing: create it as the module docstring says, or leave chemprop and lora out of --methods")
     if args.lora_rank < 1:
         parser.error(f"--lora-rank must be at least 1, got {args.lora_rank}")
-    if args.lora_rank != LORA_RANK:
-        PEERS["lora"], FOLDERS["lora"] = (f"PEFT LoRA r={args.lora_rank} (GIN MLPs)", None), f"lora-r{args.lora_rank}"
+    for method in LORA_VARIANTS:
+        PEERS[method], FOLDERS[method] = (lora_name(method, args.lora_rank), None), lora_folder(method, args.lora_rank)
     backbone = args.backbone.resolve()
     if not backbone.is_file():
         parser.error(f"--backbone {backbone} does not exist")
@@ -755,7 +801,7 @@ def main() -> None:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     ctx = {"dataset": args.dataset, "ds": ds, "recipe": ds.recipe, "tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads,
            "backbone": backbone, "lora_rank": args.lora_rank, "csv": csv, "splits": splits, "shared": shared_overrides(backbone, split_overrides(csv, splits))}
-    runners = {"chemprop": run_chemprop, "lora": run_lora}
+    runners = {"chemprop": run_chemprop, **{m: run_lora for m in LORA_VARIANTS}}
     jobs = [(m, seed) for seed in range(args.seeds) for m in wanted]  # seed by seed: a stopped run leaves every method with the same seeds
     frame_splits = json.loads(splits.read_text())[0]
     command = " ".join(["python", "benchmarks/peers.py"] + ([f"--dataset {args.dataset}"] if args.dataset != "tox21" else []) + (["--quick"] if args.quick else []) + ([f"--limit {args.limit}"] if small and not args.quick else [])
@@ -766,8 +812,10 @@ def main() -> None:
 
     def write(partial: bool) -> dict:
         """Every finished run in the run folders (any seed up to --seeds, any method), rewritten atomically."""
-        folders = [(m, run_folder(out, tag, m, seed), seed) for m in PEERS if m != "lora" for seed in range(args.seeds)]
-        folders += [("lora", f / f"seed{seed}", seed) for f in sorted((out / tag).glob("lora*")) for seed in range(args.seeds)]  # every LoRA rank run here
+        folders = [(m, run_folder(out, tag, m, seed), seed) for m in PEERS if m not in LORA_VARIANTS for seed in range(args.seeds)]
+        # every LoRA method at every rank run here: folder lora (rank 8) or <method>-r<rank>
+        folders += [(f.name.rsplit("-r", 1)[0] if f.name != "lora" else "lora", f / f"seed{seed}", seed)
+                    for f in sorted((out / tag).glob("lora*")) if f.name == "lora" or f.name.rsplit("-r", 1)[0] in LORA_VARIANTS for seed in range(args.seeds)]
         rows = [r for m, folder, seed in folders if (r := read_row(m, seed, folder, recipe.backbone.hidden, len(ds.tasks)))]
         result = {
             "machine": machine(), "commit": _commit(), "code_commit": _code_commit(), "command": command, "quick": args.quick, "partial": partial,
