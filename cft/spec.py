@@ -170,6 +170,9 @@ class ModelSpec(_Frozen):
     placement: Placement = "output"
     """Where the adapters act (`PLACEMENTS`, `cft.nn.model`); a header without the field is `output`,
     which is where bundles written before it existed put them."""
+    virtual_node_adapters: bool = False
+    """With `placement` `mlp-both`: banks on the virtual node's MLP too, in each insertion layer but the
+    last (`vn_adapters`, `vn_out_adapters`; `cft.nn.model`). A header without the field is false."""
     compose_steps: PropagationSteps = 0
     compose_threshold: Threshold = 0.0
     compose_rule: ComposeRule = "propagate"
@@ -215,6 +218,8 @@ class ModelSpec(_Frozen):
             problems.append("duplicate task names")
         if self.placement != "output" and self.backbone.arch != "gin":
             problems.append(f"adapters placed in the GIN MLP ({self.placement}) need a gin backbone, not {self.backbone.arch}")
+        if self.virtual_node_adapters and (self.placement != "mlp-both" or not self.backbone.virtual_node):
+            problems.append("adapters on the virtual node's MLP need placement mlp-both and a backbone with a virtual node")
         for p in self.parts:
             if any(layer >= self.backbone.num_layers for layer in p.layers):
                 problems.append(f"part {p.name!r} names insertion layers outside the backbone's {self.backbone.num_layers}")

@@ -49,6 +49,8 @@ def _effective_rank(source: Source, g: int, part: PartSpec) -> int:
     for layer in part.layers:
         off = model.router.adapter_offsets[g][layer]
         for banks in model.adapter_banks().values():
+            if str(layer) not in banks:  # the virtual-node banks have no last layer
+                continue
             bank = banks[str(layer)]
             if bank.rank > r and (bank.U[off : off + part.num_adapters, r:].abs().sum() > 0 or bank.V[off : off + part.num_adapters, :, r:].abs().sum() > 0):
                 return bank.rank
@@ -73,11 +75,12 @@ def compose_route(
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, placement=_placement(sources), scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
-        compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, **concatenated_target_affine([s.spec for s in sources]),
+        compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, virtual_node_adapters=_virtual_node(sources),
+        **concatenated_target_affine([s.spec for s in sources]),
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
     model = _new_model(spec, part_relations, union)
-    names = list(model.adapter_banks())  # `adapters`, and `out_adapters` for mlp-both
+    names = list(model.adapter_banks())  # `adapters`, `out_adapters` for mlp-both, `vn_adapters` and `vn_out_adapters`
     state = {k: v.clone() for k, v in model.bundle_state().items()}
     for key in state:
         if key.split(".", 1)[0] in names:
@@ -93,6 +96,8 @@ def compose_route(
             src_off = s.model.router.adapter_offsets[g][layer]
             dst_off = model.router.adapter_offsets[new_g][layer]
             for name in names:
+                if f"{name}.{layer}.U" not in src_state:  # a source without virtual-node banks (or the last layer): its rows stay zero
+                    continue
                 state[f"{name}.{layer}.U"][dst_off : dst_off + k, :r] = src_state[f"{name}.{layer}.U"][src_off : src_off + k, :r]
                 state[f"{name}.{layer}.V"][dst_off : dst_off + k, :, :r] = src_state[f"{name}.{layer}.V"][src_off : src_off + k, :, :r] * s.spec.scale
     _copy_heads(state, sources)
@@ -108,6 +113,12 @@ def _placement(sources: list[Source]) -> str:
     return adapted[0].spec.placement if adapted else "output"
 
 
+def _virtual_node(sources: list[Source]) -> bool:
+    """Whether the composed model has banks on the virtual node's MLP: when any source has them (a
+    source without them leaves its rows there zero: no update, as it was trained)."""
+    return any(s.spec.virtual_node_adapters for s in sources if any(p.layers for p in s.spec.parts))
+
+
 def _new_model(spec: ModelSpec, part_relations: list[np.ndarray], union: np.ndarray) -> CftModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -118,10 +129,11 @@ def _components(source: Source, layer: int, weight: float, name: str = "adapters
     """(coefficient, U_i [r, d], V_i [d, r]) for each adapter of the source's bank `name` at `layer`."""
     model = source.model
     routes = model.router.routes()
-    if layer not in routes:
+    banks = model.adapter_banks().get(name, {})
+    if layer not in routes or str(layer) not in banks:  # no adapters here, or no virtual-node bank (none trained, or the last layer)
         return []
     mean_route = routes[layer].detach().mean(dim=0)
-    bank = model.adapter_banks()[name][str(layer)]
+    bank = banks[str(layer)]
     out = []
     for g, part in enumerate(source.spec.parts):
         if layer not in part.layers:
@@ -160,12 +172,13 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         if any(w < 0 for w in weights):
             raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
     layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})
-    names = bank_names(_placement(sources))
+    names = bank_names(_placement(sources), _virtual_node(sources))
     merged = {}  # each bank of a layer merged on its own, with the same coefficients (mlp-both: both banks)
     for layer in layers:
         for name in names:
             comps = [c for s, w in zip(sources, weights) for c in _components(s, layer, w, name)]
-            merged[name, layer] = merge_layer(comps, mode)
+            if comps:  # a virtual-node bank no source has at this layer stays zero
+                merged[name, layer] = merge_layer(comps, mode)
     rank = max((u.size(0) for u, _ in merged.values()), default=1)
     tasks = union_tasks(sources)
     part = PartSpec(
@@ -174,14 +187,18 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     )
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
-        activation=activation, placement=_placement(sources), scale=1.0, adapter_dropout=0.0, **concatenated_target_affine([s.spec for s in sources]),
+        activation=activation, placement=_placement(sources), scale=1.0, adapter_dropout=0.0, virtual_node_adapters=_virtual_node(sources),
+        **concatenated_target_affine([s.spec for s in sources]),
     )
     model = _new_model(spec, [union], union)
     state = {k: v.clone() for k, v in model.bundle_state().items()}
+    for key in state:  # every bank starts at zero: one that merged nothing adds nothing
+        if key.split(".", 1)[0] in names:
+            state[key].zero_()
     for (name, layer), (u, v) in merged.items():
         r = u.size(0)
-        state[f"{name}.{layer}.U"].zero_()[0, :r] = u
-        state[f"{name}.{layer}.V"].zero_()[0, :, :r] = v
+        state[f"{name}.{layer}.U"][0, :r] = u
+        state[f"{name}.{layer}.V"][0, :, :r] = v
     # a uniform part has no router parameters; should it ever gain some, they must not carry over
     for key in state:
         if key.startswith("router.parts.0."):

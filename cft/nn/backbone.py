@@ -157,14 +157,20 @@ def _plain_linear(module: nn.Module) -> bool:
             and not module._forward_hooks and not module._forward_pre_hooks)
 
 
-def _virtual_node_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def _virtual_node_mlp(mlp: nn.Sequential, x: torch.Tensor, adapter=None) -> torch.Tensor:
     """mlp(x) for the virtual node's Sequential(Linear, BN, ReLU, Linear, BN, ReLU), x [G, d] -> [G, d],
     with each eval-mode BatchNorm folded into the Linear before it (`_linear_then_norm`): the same
-    values within float rounding, and its products in bf16 inside `bf16_frozen_products` when frozen."""
+    values within float rounding, and its products in bf16 inside `bf16_frozen_products` when frozen.
+
+    `adapter` = (into_hidden, beside_second), either None, as `GINLayer.forward` takes at `mlp-both`:
+    ReLU(BN_2(W_2 u + b_2 + beside_second(u))), u = ReLU(BN_1(W_1 x + b_1 + into_hidden(x))) [G, 2d],
+    each update scaled by its norm's gain when that norm is folded (`_add_update`)."""
+    into_hidden, beside_second = adapter or (None, None)
     first, first_norm, _, second, second_norm, _ = mlp
     hidden, gain = _linear_then_norm(first, first_norm, x)
-    out, gain = _linear_then_norm(second, second_norm, _relu_after_norm(hidden, first_norm, gain))
-    return _relu_after_norm(out, second_norm, gain)
+    u = _relu_after_norm(_add_update(hidden, into_hidden, x, gain), first_norm, gain)
+    out, gain = _linear_then_norm(second, second_norm, u)
+    return _relu_after_norm(_add_update(out, beside_second, u, gain), second_norm, gain)
 
 
 def _relu_after_norm(value: torch.Tensor, norm: nn.BatchNorm1d, gain: torch.Tensor | None) -> torch.Tensor:
@@ -208,7 +214,7 @@ class Backbone(nn.Module):
 
     def layer(
         self, index: int, h: torch.Tensor, vn: torch.Tensor | None, edge_index: torch.Tensor, edge_attr: torch.Tensor, batch: torch.Tensor,
-        mlp_adapter=None, at: str = "mlp",
+        mlp_adapter=None, at: str = "mlp", vn_adapter=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Layer `index`: returns (node states after it, virtual node for the next layer).
 
@@ -216,7 +222,9 @@ class Backbone(nn.Module):
         added to the MLP's output (`at="mlp"`, before the layer's BatchNorm) or to its hidden layer
         (`at="mlp-hidden"`); at `mlp-out` it is a function of the second Linear's input [N, 2d]
         instead, its update added to that Linear's output; at `mlp-both` a pair of the two; see
-        `GINLayer.forward`."""
+        `GINLayer.forward`. `vn_adapter`: such a pair for the virtual node's MLP, whose rows are
+        graphs ([B, d] in, [B, 2d] between its Linears; `_virtual_node_mlp`); not for the last layer,
+        which updates no virtual node."""
         h_in = h + vn.index_select(0, batch) if vn is not None else h  # index_select: a cheaper backward than vn[batch]
         conv = self.convs[index]
         if mlp_adapter is not None and not isinstance(conv, GINLayer):
@@ -231,8 +239,10 @@ class Backbone(nn.Module):
         out = F.dropout(out if last else F.relu(out, inplace=True), self.dropout, training=self.training)
         if self.spec.residual:
             out = out + h_in
+        if vn_adapter is not None and (vn is None or last):
+            raise ValueError(f"layer {index} updates no virtual node: an adapter for its MLP has nothing to act on")
         if vn is not None and not last:
-            update = _virtual_node_mlp(self.vn_mlps[index], global_add_pool(h_in, batch, size=vn.size(0)) + vn)
+            update = _virtual_node_mlp(self.vn_mlps[index], global_add_pool(h_in, batch, size=vn.size(0)) + vn, vn_adapter)
             update = F.dropout(update, self.dropout, training=self.training)
             vn = vn + update if self.spec.residual else update
         return out, vn

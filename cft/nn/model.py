@@ -9,7 +9,9 @@ Forward pass (one pass serves every task):
    bank acts beside the layer's GIN MLP instead, MLP(z) + s * bank_l(z, alpha^l) on the MLP's
    input z (the aggregated messages), before the layer's BatchNorm and ReLU (`mlp-hidden`: on the
    MLP's first Linear; `mlp-out`: beside its second Linear, on that Linear's input; `mlp-both`:
-   both at once, a second bank `out_adapters` under the same weights);
+   both at once, a second bank `out_adapters` under the same weights; with virtual-node adapters,
+   a pair more, `vn_adapters` and `vn_out_adapters`, on the virtual node's MLP in the same places,
+   its rows graphs, under the same weights per graph, alpha^l(x));
 4. the read-out, by `spec.readout`:
    - `mixture`: one logit per task from the pooled adapted representation, logit = W pool(h) + c;
    - `task`: the K adapters of L* are experts. Expert k's pooled output is
@@ -102,6 +104,17 @@ class CftModel(nn.Module):
                     for layer, size in self.router.layer_sizes.items()
                 }
             )
+        if spec.virtual_node_adapters:
+            # the pair again on the virtual node's MLP (Linear(d, 2d), BN, ReLU, Linear(2d, d), BN, ReLU)
+            # of every insertion layer but the last, which updates no virtual node
+            vn_hidden = backbone.vn_mlps[0][0].out_features
+            vn_layers = {layer: size for layer, size in self.router.layer_sizes.items() if layer < backbone.num_layers - 1}
+            self.vn_adapters = nn.ModuleDict(
+                {str(layer): AdapterBank(size, spec.bank_rank, hidden, spec.activation, spec.adapter_dropout, out_dim=vn_hidden) for layer, size in vn_layers.items()}
+            )
+            self.vn_out_adapters = nn.ModuleDict(
+                {str(layer): AdapterBank(size, spec.bank_rank, vn_hidden, spec.activation, spec.adapter_dropout, out_dim=hidden) for layer, size in vn_layers.items()}
+            )
         self.head = nn.Linear(hidden, len(spec.tasks))
         self.register_buffer("is_binary", torch.tensor([k == "binary" for k in spec.kinds]), persistent=False)
         mean, std = spec.target_affine
@@ -133,8 +146,9 @@ class CftModel(nn.Module):
         return self
 
     def adapter_banks(self) -> dict[str, nn.ModuleDict]:
-        """The banks per insertion layer, by their state-dict prefix (`bank_names`)."""
-        return {name: getattr(self, name) for name in bank_names(self.spec.placement)}
+        """The banks per insertion layer, by their state-dict prefix (`bank_names`); the virtual-node
+        banks hold no entry for the last layer."""
+        return {name: getattr(self, name) for name in bank_names(self.spec.placement, self.spec.virtual_node_adapters)}
 
     # ------------------------------------------------------------------ forward
 
@@ -246,10 +260,12 @@ class CftModel(nn.Module):
                 return Features(base=base.view(groups, num_graphs, -1), deltas=deltas.unflatten(0, (groups, num_graphs)), gates=routes[i]), routes
             adapted = i in layers and i != expert  # the expert layer reads its own gates (above and below)
             # one adapter whose every route is 1 (one uncomposed part): its weight is 1 at every node
-            alpha = None if not adapted or self._single_route(i) else alphas[i].reshape(groups * num_graphs, -1)[batch]
+            per_graph = None if not adapted or self._single_route(i) else alphas[i].reshape(groups * num_graphs, -1)  # [G B, K]
+            alpha = None if per_graph is None else per_graph[batch]
             if beside_mlp:
                 mlp_adapter = self._mixture_adapter(i, alpha) if adapted else None
-                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch, mlp_adapter=mlp_adapter, at=placement)
+                vn_adapter = self._vn_adapter(i, per_graph) if adapted else None
+                h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch, mlp_adapter=mlp_adapter, at=placement, vn_adapter=vn_adapter)
                 continue
             h, vn = bb.layer(i, h, vn, edge_index, edge_attr, batch)
             if i == expert:  # the experts act on layer i's output
@@ -277,9 +293,18 @@ class CftModel(nn.Module):
         alpha None: every weight 1); for `mlp-both` the pair of such functions of its two banks
         (`GINLayer.forward`)."""
         scale = self.spec.scale
-        banks = [banks[str(layer)] for banks in self.adapter_banks().values()]
+        banks = [getattr(self, name)[str(layer)] for name in bank_names(self.spec.placement)]
         updates = tuple(BankUpdate(bank, alpha, scale) for bank in banks)
         return updates if len(updates) == 2 else updates[0]
+
+    def _vn_adapter(self, layer: int, alpha: torch.Tensor | None):
+        """(into_hidden, beside_second) for the virtual node's MLP of `layer` (`_virtual_node_mlp`),
+        each s * sum_i alpha_i f_i of its bank; alpha [B, K] per graph (None: every weight 1). None
+        without virtual-node adapters, or for the last layer."""
+        if not self.spec.virtual_node_adapters or str(layer) not in self.vn_adapters:
+            return None
+        scale = self.spec.scale
+        return BankUpdate(self.vn_adapters[str(layer)], alpha, scale), BankUpdate(self.vn_out_adapters[str(layer)], alpha, scale)
 
     def _expert_outputs(self, h, vn, layer, edge_index, edge_attr, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts of the task read-out at `layer` (= L*), from the node states h [N, d] after it.
@@ -327,7 +352,9 @@ class CftModel(nn.Module):
         states = h.repeat(copies, 1)
         vn, edge_index, edge_attr, batch = _replicate_graph(h.size(0), vn, edge_index, edge_attr, batch, copies, num_graphs)
         alpha = onehot.repeat_interleave(h.size(0), dim=0)  # [(K + 1) N, K]
-        states, vn = bb.layer(layer, states, vn, edge_index, edge_attr, batch, mlp_adapter=self._mixture_adapter(layer, alpha), at=at)
+        per_graph = onehot.repeat_interleave(num_graphs, dim=0)  # [(K + 1) B, K]: the virtual node's rows
+        states, vn = bb.layer(layer, states, vn, edge_index, edge_attr, batch, mlp_adapter=self._mixture_adapter(layer, alpha), at=at,
+                              vn_adapter=self._vn_adapter(layer, per_graph))
         for i in range(layer + 1, bb.num_layers):
             states, vn = bb.layer(i, states, vn, edge_index, edge_attr, batch)
         z = bb.pool(states, batch, copies * num_graphs).view(copies, num_graphs, -1)
@@ -440,10 +467,12 @@ class CftModel(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
 
-def bank_names(placement: str) -> tuple[str, ...]:
+def bank_names(placement: str, virtual_node: bool = False) -> tuple[str, ...]:
     """The state-dict prefixes of a placement's banks: `adapters` (every placement) and, for
-    `mlp-both`, `out_adapters` (beside each MLP's second Linear; expert i pairs with expert i)."""
-    return ("adapters", "out_adapters") if placement == "mlp-both" else ("adapters",)
+    `mlp-both`, `out_adapters` (beside each MLP's second Linear; expert i pairs with expert i);
+    with `virtual_node` (adapters on the virtual node's MLP) `vn_adapters` and `vn_out_adapters`."""
+    names = ("adapters", "out_adapters") if placement == "mlp-both" else ("adapters",)
+    return names + (("vn_adapters", "vn_out_adapters") if virtual_node else ())
 
 
 def _bank_widths(backbone: Backbone, spec: ModelSpec) -> tuple[int, int]:

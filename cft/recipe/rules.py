@@ -42,6 +42,10 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
             out.append((("adapters", "layers"), f"layer indices must be < backbone.num_layers ({bb.num_layers})", bad))
     if ad.placement != "output" and bb.arch != "gin":
         out.append((("adapters", "placement"), f"`{ad.placement}` places the adapters in a GIN MLP; backbone.arch {bb.arch} has none (use `output`)", ad.placement))
+    if ad.virtual_node and ad.placement != "mlp-both":
+        out.append((("adapters", "virtual_node"), "adapts the virtual node's MLP beside `placement: mlp-both` only; set adapters.placement: mlp-both", True))
+    if ad.virtual_node and not bb.virtual_node:  # a backbone file must match the recipe's backbone section, so this covers files too
+        out.append((("adapters", "virtual_node"), "the backbone has no virtual node (backbone.virtual_node: false)", True))
     if ad.rank > bb.hidden:
         out.append((("adapters", "rank"), f"must be <= backbone.hidden ({bb.hidden})", ad.rank))
     if recipe.routing.top_k is not None and recipe.routing.top_k > ad.num_adapters:

@@ -158,6 +158,11 @@ class AdapterConfig(_Strict):
     W_2 u + s f(u) on its input u = ReLU(BN(W_1 z)), f: 2d -> d (where LoRA on that Linear acts).
     `mlp-both` (GIN only): `mlp-hidden` and `mlp-out` together, two banks per layer whose experts
     share their weights (where LoRA on both Linears acts; twice the adapter weights)."""
+    virtual_node: bool = False
+    """With `placement: mlp-both` on a backbone with a virtual node: two more banks in each insertion
+    layer but the last, of the same K and rank, on the virtual node's MLP (into its first Linear's
+    output and beside its second Linear: where LoRA on those Linears acts). The last layer updates
+    no virtual node. About 1.8x the adapter weights of `mlp-both` alone with every layer adapted."""
 
     @field_validator("layers", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """Adapters in the GIN MLP: beside it (`placement: mlp`, MLP(z) + s f(z) on the MLP's input z,
 before the layer's BatchNorm), on its hidden layer (`mlp-hidden`, W_1 z + s f(z) before the
 MLP's BatchNorm and ReLU) and beside its second Linear (`mlp-out`, W_2 u + s f(u), u that Linear's
-input), under both read-outs; checked against forward passes written by hand."""
+input), under both read-outs; checked against forward passes written by hand. `mlp-both+vn` is
+`mlp-both` with a pair of banks more on the virtual node's MLP (`ModelSpec.virtual_node_adapters`)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ def mlp_model(readout="task", tasks=4, layers=(0, 1), k=3, num_layers=2, pooling
     bb = BackboneSpec(num_layers=num_layers, hidden=16, dropout=0.0, pooling=pooling)
     names = [f"t{i}" for i in range(tasks)]
     part = PartSpec(name="p", tasks=names, layers=list(layers), num_adapters=k, rank=3, embed_dim=8, threshold=0.0)
-    spec = ModelSpec(backbone=bb, tasks=names, kinds=["binary"] * tasks, parts=[part], readout=readout, scale=0.7, placement=placement)
+    placement, virtual_node = placement.removesuffix("+vn"), placement.endswith("+vn")
+    spec = ModelSpec(backbone=bb, tasks=names, kinds=["binary"] * tasks, parts=[part], readout=readout, scale=0.7, placement=placement,
+                     virtual_node_adapters=virtual_node)
     model = CftModel(Backbone(bb), spec, [np.eye(tasks, dtype=np.float32)])
     with torch.no_grad():
-        for norm in model.backbone.norms:
+        vn_norms = [m for mlp in model.backbone.vn_mlps for m in mlp if isinstance(m, torch.nn.BatchNorm1d)]
+        for norm in list(model.backbone.norms) + vn_norms:
             norm.running_mean.normal_(0, 0.3)
             norm.running_var.uniform_(0.3, 3.0)
             norm.weight.normal_(1.0, 0.5)
@@ -37,8 +41,9 @@ def mlp_model(readout="task", tasks=4, layers=(0, 1), k=3, num_layers=2, pooling
 
 
 def all_banks(model) -> list:
-    """Every adapter bank: one per insertion layer, two for `mlp-both`."""
-    return list(model.adapters.values()) + (list(model.out_adapters.values()) if model.spec.placement == "mlp-both" else [])
+    """Every adapter bank: one per insertion layer, two for `mlp-both`, two more per layer but the
+    last on the virtual node's MLP."""
+    return [bank for banks in model.adapter_banks().values() for bank in banks.values()]
 
 
 def by_hand(model, data, expert_weights=None) -> torch.Tensor:
@@ -79,7 +84,14 @@ def by_hand(model, data, expert_weights=None) -> torch.Tensor:
         last = i == bb.num_layers - 1
         out = out if last else torch.relu(out)
         if not last:
-            update = bb.vn_mlps[i](global_add_pool(h_in, data.batch, size=data.num_graphs) + vn)
+            pooled = global_add_pool(h_in, data.batch, size=data.num_graphs) + vn
+            if model.spec.virtual_node_adapters and i in router.layers:  # per graph, the same weights as its nodes
+                weights = alphas[i][0] if i in alphas else expert_weights.expand(pooled.size(0), -1)
+                first, first_norm, first_relu, second, second_norm, second_relu = bb.vn_mlps[i]
+                hidden = first_relu(first_norm(first(pooled) + model.spec.scale * model.vn_adapters[str(i)](pooled, weights)))
+                update = second_relu(second_norm(second(hidden) + model.spec.scale * model.vn_out_adapters[str(i)](hidden, weights)))
+            else:
+                update = bb.vn_mlps[i](pooled)
             vn = vn + update if bb.spec.residual else update
         h = out + h_in if bb.spec.residual else out
     return bb.pool(h, data.batch, data.num_graphs)
@@ -121,7 +133,7 @@ def test_the_mlp_input_is_gineconvs_own():
         assert torch.allclose(gin.conv.nn(gin.aggregate(h, data.edge_index, data.edge_attr)), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn"])
 @pytest.mark.parametrize("readout", ["task", "mixture"])
 def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
     model = mlp_model(readout=readout, zero=True, placement=placement)
@@ -130,7 +142,7 @@ def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
         assert torch.allclose(model(data), model.head(model.backbone(data)), atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn"])
 def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     model = mlp_model(readout="mixture", placement=placement)
     data = tiny_batch()
@@ -147,7 +159,7 @@ def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     {"layers": (0, 1), "k": 1},  # one expert (the recipes' K=1): one adapted pass into the mixture read-out
     {"layers": (0,), "k": 1},
 ])
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn"])
 def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case, placement):
     model = mlp_model(**case, placement=placement)
     data = tiny_batch()
@@ -167,7 +179,7 @@ def test_at_the_last_layer_each_task_reads_exactly_its_own_route():
         assert torch.allclose(model(data), own_route_logits(model, data), atol=1e-5)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-out", "mlp-hidden", "mlp-both"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-out", "mlp-hidden", "mlp-both", "mlp-both+vn"])
 def test_the_pooled_path_equals_the_stacked_copies(placement):
     """The last-layer shortcut (D_k = s g * V_k pool(phi(U_k z)); for `mlp-hidden` the expert's change
     of the MLP's hidden units pooled before W_2) against running the layer K + 1 times."""
@@ -185,7 +197,7 @@ def test_the_pooled_path_equals_the_stacked_copies(placement):
 
 
 @pytest.mark.parametrize("layers", [(0, 1), (0,)])
-@pytest.mark.parametrize("placement", ["output", "mlp", "mlp-hidden", "mlp-both"])
+@pytest.mark.parametrize("placement", ["output", "mlp", "mlp-hidden", "mlp-both", "mlp-both+vn"])
 def test_one_expert_takes_one_adapted_pass_with_the_experts_logits_and_gradients(placement, layers, monkeypatch):
     """K = 1 in a trained model: every gate is 1, so the read-out runs the adapted layers once
     (`CftModel._lone_expert`); its logits and gradients are those of the expert path it skips."""
@@ -205,10 +217,12 @@ def test_one_expert_takes_one_adapted_pass_with_the_experts_logits_and_gradients
         assert torch.allclose(a, b, atol=1e-4) and a.abs().sum() > 0
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-both"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-both", "mlp-both+vn"])
 def test_the_placement_changes_the_function_and_gradients_reach_every_bank(placement):
-    # the same weights elsewhere: on the layer output (`mlp`), or the first bank alone (`mlp-both`)
-    mlp, out = mlp_model(placement=placement), mlp_model(placement="output" if placement == "mlp" else "mlp-hidden")
+    # the same weights elsewhere: on the layer output (`mlp`), the first bank alone (`mlp-both`), or
+    # without the virtual node's banks (`mlp-both+vn`)
+    mlp = mlp_model(placement=placement)
+    out = mlp_model(placement={"mlp": "output", "mlp-both": "mlp-hidden", "mlp-both+vn": "mlp-both"}[placement])
     out.load_state_dict(mlp.state_dict(), strict=placement == "mlp")
     data = tiny_batch()
     mlp.train()
@@ -216,7 +230,7 @@ def test_the_placement_changes_the_function_and_gradients_reach_every_bank(place
     assert not torch.allclose(logits, out(data), atol=1e-3)
     logits.sum().backward()
     banks = all_banks(mlp)
-    assert len(banks) == (4 if placement == "mlp-both" else 2)
+    assert len(banks) == {"mlp": 2, "mlp-both": 4, "mlp-both+vn": 6}[placement], "layers 0 and 1; the virtual node's banks in layer 0 only"
     for bank in banks:
         assert bank.U.grad.abs().sum() > 0 and bank.V.grad.abs().sum() > 0
 
