@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,both-k1-r12-linear-b64,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora,lora-vn,lora-bn,lora-bn-batch]
+                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,both-k1-r12-linear-b64,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora,lora-vn,lora-bn,lora-bn-batch,lora-vn-emb]
                                [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -90,7 +90,8 @@ chemprop runs start again):
   on the virtual-node MLPs' Linears (`vn_mlps.<i>.0` and `.3`, alpha halved too: the same scale);
   every BatchNorm's gain and shift trainable (still on the pretraining statistics); every BatchNorm
   in training mode while training (batch statistics; the running statistics move to the training
-  molecules', which is what full fine-tuning's norms do). Their folders are `<method>-r<rank>`.
+  molecules', which is what full fine-tuning's norms do); `lora-vn-emb`: `lora-vn` plus LoRA at a
+  third of the rank on the atom encoder's embedding tables. Their folders are `<method>-r<rank>`.
 
 Every method gets the recipe's epochs (30) and early stopping (patience 10) unless --epochs says
 otherwise; chemprop has no early stopping by default and runs them all (with fewer epochs than its
@@ -352,6 +353,7 @@ PEERS = {
     "lora-vn": ("PEFT LoRA (GIN MLPs) + LoRA r/2 (virtual-node MLPs)", None),
     "lora-bn": ("PEFT LoRA (GIN MLPs) + every BatchNorm's gain and shift", None),
     "lora-bn-batch": ("PEFT LoRA (GIN MLPs), BatchNorms on batch statistics", None),
+    "lora-vn-emb": ("PEFT LoRA (GIN MLPs) + LoRA r/2 (virtual-node MLPs) + LoRA r/3 (atom embeddings)", None),
 }
 LORA_RANK = 8  # --lora-rank; r = 12 gives 108,000 LoRA weights, about cft's 106,656 adapter and routing weights of recipes/tox21.yaml
 FOLDERS = {m: m for m in PEERS}  # run folder per method id (the LoRA folder names a rank other than 8)
@@ -359,13 +361,15 @@ FOLDERS = {m: m for m in PEERS}  # run folder per method id (the LoRA folder nam
 # Sequential(Linear(d, 2d), BatchNorm1d, ReLU, Linear(2d, d)); the virtual-node MLPs are not GIN MLPs
 LORA_TARGETS = r"backbone\.convs\.\d+\.conv\.nn\.(0|3)"
 VN_TARGETS = r"backbone\.vn_mlps\.\d+\.(0|3)"  # the virtual-node MLPs' Linear(d, 2d) and Linear(2d, d)
+EMBEDDING_TARGETS = r"backbone\.atom_encoder\.atom_embedding_list\.\d+"  # OGB's AtomEncoder: one table per atom feature
 # LoRA method -> what it adds to LoRA on the GIN MLPs: `vn` LoRA at half the rank on the virtual-node
 # MLPs' Linears (r = 12 + 6: 108,000 + 43,200 weights, 4.5% of the backbone); `bn` the gain and
 # shift of every BatchNorm trainable (16,200 weights; normalised by the pretraining statistics, as
 # cft's frozen backbone); `bn-batch` every BatchNorm in training mode while training (batch
 # statistics, running statistics re-estimated on the training molecules with momentum 0.1; no
-# weight added), as full fine-tuning runs them
-LORA_VARIANTS = {"lora": "", "lora-vn": "vn", "lora-bn": "bn", "lora-bn-batch": "bn-batch"}
+# weight added), as full fine-tuning runs them; `vn-emb` `vn` plus LoRA at a third of the rank on the
+# atom encoder's nine embedding tables (rank 4: 11,496 weights; 162,696 in all, 4.9%)
+LORA_VARIANTS = {"lora": "", "lora-vn": "vn", "lora-bn": "bn", "lora-bn-batch": "bn-batch", "lora-vn-emb": "vn-emb"}
 QUICK_LIMIT, QUICK_EPOCHS = 400, 2
 FOLDER_EPOCHS = 30  # the epochs of every run in a dataset's plain run folder (the recipes' epochs when they were made); others get `-epochs<N>`
 CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
@@ -495,10 +499,12 @@ def child_lora(payload: dict, data: Path) -> None:
     model, _ = build_training_model(recipe, dataset, backbone)
     set_trainable(model, recipe)
     variant, rank = payload.get("variant", ""), payload["rank"]
-    targets = f"({LORA_TARGETS})|({VN_TARGETS})" if variant == "vn" else LORA_TARGETS
-    # vn: half the rank on the virtual-node MLPs, alpha halved with it so that their scale alpha / r is
-    # the GIN MLPs' (8 / r)
-    patterns = {"rank_pattern": {VN_TARGETS: max(1, rank // 2)}, "alpha_pattern": {VN_TARGETS: 8 * max(1, rank // 2) / rank}} if variant == "vn" else {}
+    targets = {"vn": f"({LORA_TARGETS})|({VN_TARGETS})", "vn-emb": f"({LORA_TARGETS})|({VN_TARGETS})|({EMBEDDING_TARGETS})"}.get(variant, LORA_TARGETS)
+    # vn: half the rank on the virtual-node MLPs (a third on the embeddings), alpha scaled with it so
+    # that every scale alpha / r is the GIN MLPs' (8 / r)
+    ranks = {VN_TARGETS: max(1, rank // 2)} if variant in ("vn", "vn-emb") else {}
+    ranks |= {EMBEDDING_TARGETS: max(1, rank // 3)} if variant == "vn-emb" else {}
+    patterns = {"rank_pattern": ranks, "alpha_pattern": {k: 8 * r / rank for k, r in ranks.items()}} if ranks else {}
     config = peft.LoraConfig(r=rank, target_modules=targets, lora_dropout=0.0, bias="none", **patterns)
     peft_model = peft.get_peft_model(model, config)  # LoRA layers injected in place into model.backbone
     model.head.requires_grad_(True)  # get_peft_model froze everything else; the head trains, as in cft
@@ -671,7 +677,8 @@ def lora_name(method: str, rank: int) -> str:
     """A LoRA method's row name at `rank`: PEERS' name with the rank(s) written in."""
     return {"lora": f"PEFT LoRA r={rank} (GIN MLPs)", "lora-vn": f"PEFT LoRA r={rank} (GIN MLPs) + r={max(1, rank // 2)} (virtual-node MLPs)",
             "lora-bn": f"PEFT LoRA r={rank} (GIN MLPs) + every BatchNorm's gain and shift",
-            "lora-bn-batch": f"PEFT LoRA r={rank} (GIN MLPs), BatchNorms on batch statistics"}[method]
+            "lora-bn-batch": f"PEFT LoRA r={rank} (GIN MLPs), BatchNorms on batch statistics",
+            "lora-vn-emb": f"PEFT LoRA r={rank} (GIN MLPs) + r={max(1, rank // 2)} (virtual-node MLPs) + r={max(1, rank // 3)} (atom embeddings)"}[method]
 
 
 def lora_folder(method: str, rank: int) -> str:
