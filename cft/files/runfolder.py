@@ -179,7 +179,7 @@ class RunFolder:
         except (OSError, yaml.YAMLError):
             return ["its recipe.yaml is unreadable"]
         current = recipe.model_dump(mode="json")
-        return [f"{'.'.join(p)}: {a!r} there, {b!r} now" for p, a, b in _diff(saved, current) if p not in _EXECUTION_ONLY]
+        return [f"{'.'.join(p)}: {a!r} there, {b!r} now" for p, a, b in _diff(_with_defaults(saved), current) if p not in _EXECUTION_ONLY]
 
     def _clear(self) -> None:
         """Remove what cft wrote (only that: other files a user put there stay)."""
@@ -188,6 +188,16 @@ class RunFolder:
             if target.is_symlink() or target.is_file():
                 target.unlink()
         self._remove_stale_temporaries()
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A run folder's recipe with the fields it predates at their defaults: a field a later cft
+    added defaults to what runs did before it existed, so an older run resumes. A recipe the schema
+    no longer reads (a field removed or renamed) is compared as written, and differs."""
+    try:
+        return Recipe.model_validate(saved).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError
+        return saved
 
 
 def _diff(a, b, prefix: tuple = ()) -> list[tuple[tuple, object, object]]:

@@ -112,6 +112,26 @@ def test_existing_run_folder_is_protected(trained, tmp_path):
     assert (stranger / "thesis.txt").read_text() == "precious"
 
 
+def test_a_run_from_before_a_recipe_field_existed_resumes(trained, tmp_path):
+    """A run folder whose recipe.yaml lacks a field a later cft added (at its default: what runs did
+    before it existed) resumes; a different value of a field is still refused."""
+    import shutil
+
+    import yaml
+
+    recipe, run, _ = trained
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    saved = yaml.safe_load((older / "recipe.yaml").read_text())
+    del saved["adapters"]["virtual_node"]  # a run of the code before 9be11d6 added the field
+    (older / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    finished = run_cli("train", recipe, "-o", older, "--resume")
+    assert finished.returncode == 0 and "already finished" in finished.stderr, finished.stderr
+    saved["adapters"]["rank"] = saved["adapters"]["rank"] + 1
+    (older / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    assert_user_error(run_cli("train", recipe, "-o", older, "--resume"), "adapters.rank")
+
+
 def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path):
     """Ctrl-C at a fixed optimiser step of the second epoch (a hook in the CLI process sends SIGINT to
     itself after step 45: deterministic on any machine): exit 130, a checkpoint, and the resumed run
