@@ -322,6 +322,7 @@ def main() -> None:
         ("peers-esol-spread", "peers_esol_spread.json", peers_tables),
         ("peers-tox21-lora-full", "peers_tox21_lora_full_xeon.json", peers_tables),
         ("peers-tox21-vn", "peers_tox21_vn10_xeon.json", peers_tables),
+        ("peers-toxcast-xeon", "peers_toxcast_xeon.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
