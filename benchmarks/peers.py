@@ -347,16 +347,8 @@ PEERS = {
     "full": ("full fine-tuning", METHODS["full fine-tuning"]),
     "scratch": ("GIN-VN from scratch", METHODS["GIN-VN from scratch"]),
     "chemprop": ("chemprop 2.3.1 (defaults)", None),
-    "lora": ("PEFT LoRA r=8 (GIN MLPs)", None),
-    # where full fine-tuning's lead over LoRA (and the recipe) on Tox21 may come from: LoRA r plus one
-    # thing LoRA's GIN-MLP targets leave as the masked pretraining made it (LORA_VARIANTS)
-    "lora-vn": ("PEFT LoRA (GIN MLPs) + LoRA r/2 (virtual-node MLPs)", None),
-    "lora-bn": ("PEFT LoRA (GIN MLPs) + every BatchNorm's gain and shift", None),
-    "lora-bn-batch": ("PEFT LoRA (GIN MLPs), BatchNorms on batch statistics", None),
-    "lora-vn-emb": ("PEFT LoRA (GIN MLPs) + LoRA r/2 (virtual-node MLPs) + LoRA r/3 (atom embeddings)", None),
 }
 LORA_RANK = 8  # --lora-rank; r = 12 gives 108,000 LoRA weights, about cft's 106,656 adapter and routing weights of recipes/tox21.yaml
-FOLDERS = {m: m for m in PEERS}  # run folder per method id (the LoRA folder names a rank other than 8)
 # the Linear layers of every GIN MLP: GINLayer.conv (PyG GINEConv) holds the MLP as `nn`,
 # Sequential(Linear(d, 2d), BatchNorm1d, ReLU, Linear(2d, d)); the virtual-node MLPs are not GIN MLPs
 LORA_TARGETS = r"backbone\.convs\.\d+\.conv\.nn\.(0|3)"
@@ -368,8 +360,36 @@ EMBEDDING_TARGETS = r"backbone\.atom_encoder\.atom_embedding_list\.\d+"  # OGB's
 # cft's frozen backbone); `bn-batch` every BatchNorm in training mode while training (batch
 # statistics, running statistics re-estimated on the training molecules with momentum 0.1; no
 # weight added), as full fine-tuning runs them; `vn-emb` `vn` plus LoRA at a third of the rank on the
-# atom encoder's nine embedding tables (rank 4: 11,496 weights; 162,696 in all, 4.9%)
-LORA_VARIANTS = {"lora": "", "lora-vn": "vn", "lora-bn": "bn", "lora-bn-batch": "bn-batch", "lora-vn-emb": "vn-emb"}
+# atom encoder's nine embedding tables (rank 4: 11,496 weights; 162,696 in all, 4.9%). The methods
+# after `lora` ask where full fine-tuning's lead over LoRA (and the recipe) on Tox21 comes from.
+# method -> (the child's variant, what its row name adds to LoRA on the GIN MLPs; {h}, {t}: r/2, r/3)
+LORA_VARIANTS = {
+    "lora": ("", ""),
+    "lora-vn": ("vn", " + r={h} (virtual-node MLPs)"),
+    "lora-bn": ("bn", " + every BatchNorm's gain and shift"),
+    "lora-bn-batch": ("bn-batch", ", BatchNorms on batch statistics"),
+    "lora-vn-emb": ("vn-emb", " + r={h} (virtual-node MLPs) + r={t} (atom embeddings)"),
+}
+
+
+def lora_name(method: str, rank: int) -> str:
+    """A LoRA method's row name at `rank`, the rank(s) written in."""
+    return f"PEFT LoRA r={rank} (GIN MLPs)" + LORA_VARIANTS[method][1].format(h=max(1, rank // 2), t=max(1, rank // 3))
+
+
+def lora_folder(method: str, rank: int) -> str:
+    """Run folder of a LoRA method: `lora` at the default rank, `<method>-r<rank>` otherwise."""
+    return "lora" if method == "lora" and rank == LORA_RANK else f"{method}-r{rank}"
+
+
+def lora_method(folder: str) -> str | None:
+    """The LoRA method a run folder name belongs to (`lora_folder`'s inverse), None for another folder."""
+    method = "lora" if folder == "lora" else folder.rsplit("-r", 1)[0]
+    return method if method in LORA_VARIANTS else None
+
+
+PEERS |= {m: (lora_name(m, LORA_RANK), None) for m in LORA_VARIANTS}  # main() writes --lora-rank in
+FOLDERS = {m: lora_folder(m, LORA_RANK) if m in LORA_VARIANTS else m for m in PEERS}  # run folder per method id
 QUICK_LIMIT, QUICK_EPOCHS = 400, 2
 FOLDER_EPOCHS = 30  # the epochs of every run in a dataset's plain run folder (the recipes' epochs when they were made); others get `-epochs<N>`
 CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
@@ -456,7 +476,7 @@ def lora_overrides(ctx: dict, seed: int) -> list[str]:
 def run_lora(method: str, seed: int, ctx: dict) -> None:
     folder = run_folder(ctx["out"], ctx["tag"], method, seed)
     payload = {"recipe": ctx["recipe"], "overrides": lora_overrides(ctx, seed), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"],
-               "variant": LORA_VARIANTS[method]}
+               "variant": LORA_VARIANTS[method][0]}
     cmd = [str(PEERS_PYTHON), __file__, "--child", "lora", "--payload", json.dumps(payload), "--data", str(ctx["data"])]
     env = {**os.environ, "CFT_QUIET": "1", "OMP_NUM_THREADS": str(ctx["threads"])}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)
@@ -673,19 +693,6 @@ def _chemprop_epochs(out: Path) -> int | None:
     return None
 
 
-def lora_name(method: str, rank: int) -> str:
-    """A LoRA method's row name at `rank`: PEERS' name with the rank(s) written in."""
-    return {"lora": f"PEFT LoRA r={rank} (GIN MLPs)", "lora-vn": f"PEFT LoRA r={rank} (GIN MLPs) + r={max(1, rank // 2)} (virtual-node MLPs)",
-            "lora-bn": f"PEFT LoRA r={rank} (GIN MLPs) + every BatchNorm's gain and shift",
-            "lora-bn-batch": f"PEFT LoRA r={rank} (GIN MLPs), BatchNorms on batch statistics",
-            "lora-vn-emb": f"PEFT LoRA r={rank} (GIN MLPs) + r={max(1, rank // 2)} (virtual-node MLPs) + r={max(1, rank // 3)} (atom embeddings)"}[method]
-
-
-def lora_folder(method: str, rank: int) -> str:
-    """Run folder of a LoRA method: `lora` at the default rank, `<method>-r<rank>` otherwise."""
-    return "lora" if method == "lora" and rank == LORA_RANK else f"{method}-r{rank}"
-
-
 def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) -> dict | None:
     """One result row from a run's summary.json; a cft run's head is its linear layer, (hidden + 1) x
     the tasks it trained (its summary's: cft drops a task with no label in the rows it reads)."""
@@ -832,8 +839,7 @@ def main() -> None:
         """Every finished run in the run folders (any seed up to --seeds, any method), rewritten atomically."""
         folders = [(m, run_folder(out, tag, m, seed), seed) for m in PEERS if m not in LORA_VARIANTS for seed in range(args.seeds)]
         # every LoRA method at every rank run here: folder lora (rank 8) or <method>-r<rank>
-        folders += [(f.name.rsplit("-r", 1)[0] if f.name != "lora" else "lora", f / f"seed{seed}", seed)
-                    for f in sorted((out / tag).glob("lora*")) if f.name == "lora" or f.name.rsplit("-r", 1)[0] in LORA_VARIANTS for seed in range(args.seeds)]
+        folders += [(lora_method(f.name), f / f"seed{seed}", seed) for f in sorted((out / tag).glob("lora*")) if lora_method(f.name) for seed in range(args.seeds)]
         rows = [r for m, folder, seed in folders if (r := read_row(m, seed, folder, recipe.backbone.hidden, len(ds.tasks)))]
         result = {
             "machine": machine(), "commit": _commit(), "code_commit": _code_commit(), "command": command, "quick": args.quick, "partial": partial,
