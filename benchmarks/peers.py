@@ -59,7 +59,9 @@ chemprop runs start again):
   recipes/tox21.yaml took: scale 8/12, EMA 0.995), and `-s067-ema995-r18` (that at rank 18, 4.9% of
   the backbone); `adapters-vn-r10`, `adapters-vn-r12`: that recipe with the same pair of banks on
   the virtual-node MLPs too (`adapters.virtual_node=true`; rank 10: 162,000 weights, 4.9%; rank 12:
-  194,400, 5.8%). Every method but `adapters` starts from the recipe as it was before that
+  194,400, 5.8%); `adapters-vn-emb-r10`: that at rank 10 with a bank on the atom embeddings too
+  (`adapters.embeddings=true`; 166,740, 4.998%), `adapters-emb`: the recipe with the embeddings'
+  bank alone (113,688, 3.4%). Every method but `adapters` starts from the recipe as it was before that
   (`BEFORE_SCALE_AND_EMA`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
@@ -250,6 +252,15 @@ PEERS = {
     "adapters-vn-r12": ("cft adapters, the recipe plus the virtual-node MLPs, rank 12",
                         METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
                                                                 "adapters.virtual_node=true"]),
+    # the atom encoder's embeddings adapted too (adapters.embeddings), where PEFT LoRA on the encoder's
+    # tables with the virtual-node MLPs (`lora-vn-emb`) reached full fine-tuning's level: with the
+    # virtual node's banks at rank 10, 166,740 weights (4.998% of the backbone); alone at rank 12, 113,688
+    "adapters-vn-emb-r10": ("cft adapters, the recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
+                            METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
+                                                                    "adapters.virtual_node=true", "adapters.embeddings=true", "adapters.rank=10"]),
+    "adapters-emb": ("cft adapters, the recipe plus the atom embeddings",
+                     METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
+                                                             "adapters.embeddings=true"]),
     "adapters-ema99": ("cft adapters, the recipe with weights averaged (EMA 0.99)", METHODS["full method (label prior)"] + ["train.ema=0.99"]),
     "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed

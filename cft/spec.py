@@ -173,6 +173,9 @@ class ModelSpec(_Frozen):
     virtual_node_adapters: bool = False
     """With `placement` `mlp-both`: banks on the virtual node's MLP too, in each insertion layer but the
     last (`vn_adapters`, `vn_out_adapters`; `cft.nn.model`). A header without the field is false."""
+    embedding_adapters: bool = False
+    """A bank on the atom encoder's embeddings too (`embedding_adapters.0`, `cft.nn.adapters.EmbeddingAdapterBank`),
+    under the weights of insertion layer 0, which some part must adapt. A header without the field is false."""
     compose_steps: PropagationSteps = 0
     compose_threshold: Threshold = 0.0
     compose_rule: ComposeRule = "propagate"
@@ -220,6 +223,12 @@ class ModelSpec(_Frozen):
             problems.append(f"adapters placed in the GIN MLP ({self.placement}) need a gin backbone, not {self.backbone.arch}")
         if self.virtual_node_adapters and (self.placement != "mlp-both" or not self.backbone.virtual_node):
             problems.append("adapters on the virtual node's MLP need placement mlp-both and a backbone with a virtual node")
+        if self.embedding_adapters:
+            layers = sorted({layer for p in self.parts for layer in p.layers})
+            if 0 not in layers:
+                problems.append("adapters on the atom embeddings act under the weights of layer 0, which no part adapts")
+            elif self.readout == "task" and layers[-1] == 0:
+                problems.append("adapters on the atom embeddings need an insertion layer above 0 under the task read-out (layer 0 would hold its experts)")
         for p in self.parts:
             if any(layer >= self.backbone.num_layers for layer in p.layers):
                 problems.append(f"part {p.name!r} names insertion layers outside the backbone's {self.backbone.num_layers}")

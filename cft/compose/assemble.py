@@ -76,11 +76,12 @@ def compose_route(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, placement=_placement(sources), scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
         compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, virtual_node_adapters=_virtual_node(sources),
+        embedding_adapters=_embeddings(sources),
         **concatenated_target_affine([s.spec for s in sources]),
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
     model = _new_model(spec, part_relations, union)
-    names = list(model.adapter_banks())  # `adapters`, `out_adapters` for mlp-both, `vn_adapters` and `vn_out_adapters`
+    names = list(model.adapter_banks())  # `adapters`, `out_adapters` for mlp-both, `vn_adapters`, `vn_out_adapters`, `embedding_adapters`
     state = {k: v.clone() for k, v in model.bundle_state().items()}
     for key in state:
         if key.split(".", 1)[0] in names:
@@ -117,6 +118,12 @@ def _virtual_node(sources: list[Source]) -> bool:
     """Whether the composed model has banks on the virtual node's MLP: when any source has them (a
     source without them leaves its rows there zero: no update, as it was trained)."""
     return any(s.spec.virtual_node_adapters for s in sources if any(p.layers for p in s.spec.parts))
+
+
+def _embeddings(sources: list[Source]) -> bool:
+    """Whether the composed model has a bank on the atom embeddings: when any source has one (the
+    rows of a source without one stay zero; such a source's parts at layer 0 get rows there too)."""
+    return any(s.spec.embedding_adapters for s in sources if any(p.layers for p in s.spec.parts))
 
 
 def _new_model(spec: ModelSpec, part_relations: list[np.ndarray], union: np.ndarray) -> CftModel:
@@ -172,7 +179,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         if any(w < 0 for w in weights):
             raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
     layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})
-    names = bank_names(_placement(sources), _virtual_node(sources))
+    names = bank_names(_placement(sources), _virtual_node(sources), _embeddings(sources))
     merged = {}  # each bank of a layer merged on its own, with the same coefficients (mlp-both: both banks)
     for layer in layers:
         for name in names:
@@ -188,7 +195,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
         activation=activation, placement=_placement(sources), scale=1.0, adapter_dropout=0.0, virtual_node_adapters=_virtual_node(sources),
-        **concatenated_target_affine([s.spec for s in sources]),
+        embedding_adapters=_embeddings(sources), **concatenated_target_affine([s.spec for s in sources]),
     )
     model = _new_model(spec, [union], union)
     state = {k: v.clone() for k, v in model.bundle_state().items()}

@@ -96,6 +96,38 @@ class AdapterBank(nn.Module):
         return torch.einsum("mkr,kdr->mkd", activations, self.V)
 
 
+class EmbeddingAdapterBank(AdapterBank):
+    """A bank beside the atom encoder: adapters on the embeddings every layer reads.
+
+    OGB's AtomEncoder sums one embedding per atom feature, e(x) = sum_f E_f[x_f], which is a
+    linear map of the atom's multi-hot vector m(x) [n], n = sum_f n_f (feature f's values at
+    offsets o_f): e(x) = W m(x) with W = [E_0^T ... E_{F-1}^T] [d, n]. The bank reads m(x), so
+    adapter i adds f_i(x) = V_i phi(U_i m(x)), U_i [r, n], V_i [d, r]: with phi = identity a
+    low-rank update V_i U_i of W, LoRA on the encoder's tables seen as one Linear. U_i m(x) is
+    computed as F column lookups, sum_f U_i[:, o_f + x_f]; no multi-hot tensor is built.
+
+    Input dropout drops whole features of an atom (entries of m(x)), scaling the rest by 1/(1-p).
+    """
+
+    def __init__(self, num_adapters: int, rank: int, vocabulary: list[int], out_dim: int, activation: str = "gelu", dropout: float = 0.0):
+        """`vocabulary`: n_f, the number of values of each atom feature (the encoder's table sizes)."""
+        super().__init__(num_adapters, rank, sum(vocabulary), activation, dropout, out_dim=out_dim)
+        offsets = torch.tensor([0, *vocabulary[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """phi(U_i m(x)) of every adapter: x [N, F] integer atom features -> [N, K, r]."""
+        k, r = self.num_adapters, self.rank
+        table = self.U.permute(2, 0, 1).reshape(self.hidden, k * r)  # [n, K*r]: row o_f + v is value v of feature f
+        rows = F.embedding(x.long() + self.offsets, table)  # [N, F, K*r]
+        if self.dropout and self.training:
+            rows = rows * F.dropout(rows.new_ones(rows.shape[:2]).unsqueeze(-1), self.dropout, training=True)
+        return ACTIVATIONS[self.activation](rows.sum(1)).view(-1, k, r)
+
+    def own_activations(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("an embedding bank reads the atom features, not another bank's outputs")
+
+
 class BankUpdate:
     """One bank's update with fixed routing weights, as the GIN MLP's placements take it:
     `update.add_to(out, z, gain)` adds gain * s * sum_i alpha_i f_i(z) into `out` in place

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cft.nn.adapters import AdapterBank, BankUpdate
+from cft.nn.adapters import AdapterBank, BankUpdate, EmbeddingAdapterBank
 from cft.nn.backbone import Backbone
 from cft.nn.frozen import bf16_frozen_products
 from cft.nn.losses import masked_multitask_loss
@@ -115,6 +115,13 @@ class CftModel(nn.Module):
             self.vn_out_adapters = nn.ModuleDict(
                 {str(layer): AdapterBank(size, spec.bank_rank, vn_hidden, spec.activation, spec.adapter_dropout, out_dim=hidden) for layer, size in vn_layers.items()}
             )
+        if spec.embedding_adapters:
+            # one bank on the atom encoder's output, under layer 0's weights alpha^0(x), before layer 0
+            vocabulary = [table.num_embeddings for table in backbone.atom_encoder.atom_embedding_list]
+            size = self.router.layer_sizes[0]
+            self.embedding_adapters = nn.ModuleDict(
+                {"0": EmbeddingAdapterBank(size, spec.bank_rank, vocabulary, hidden, spec.activation, spec.adapter_dropout)}
+            )
         self.head = nn.Linear(hidden, len(spec.tasks))
         self.register_buffer("is_binary", torch.tensor([k == "binary" for k in spec.kinds]), persistent=False)
         mean, std = spec.target_affine
@@ -148,7 +155,7 @@ class CftModel(nn.Module):
     def adapter_banks(self) -> dict[str, nn.ModuleDict]:
         """The banks per insertion layer, by their state-dict prefix (`bank_names`); the virtual-node
         banks hold no entry for the last layer."""
-        return {name: getattr(self, name) for name in bank_names(self.spec.placement, self.spec.virtual_node_adapters)}
+        return {name: getattr(self, name) for name in bank_names(self.spec.placement, self.spec.virtual_node_adapters, self.spec.embedding_adapters)}
 
     # ------------------------------------------------------------------ forward
 
@@ -262,6 +269,9 @@ class CftModel(nn.Module):
             # one adapter whose every route is 1 (one uncomposed part): its weight is 1 at every node
             per_graph = None if not adapted or self._single_route(i) else alphas[i].reshape(groups * num_graphs, -1)  # [G B, K]
             alpha = None if per_graph is None else per_graph[batch]
+            if i == 0 and adapted and self.spec.embedding_adapters:  # the atom embeddings' update, under layer 0's weights
+                atoms = x if groups == 1 else x.repeat(groups, 1)
+                h = h + self.embedding_adapters["0"](atoms, alpha, self.spec.scale)
             if beside_mlp:
                 mlp_adapter = self._mixture_adapter(i, alpha) if adapted else None
                 vn_adapter = self._vn_adapter(i, per_graph) if adapted else None
@@ -467,12 +477,14 @@ class CftModel(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
 
-def bank_names(placement: str, virtual_node: bool = False) -> tuple[str, ...]:
+def bank_names(placement: str, virtual_node: bool = False, embeddings: bool = False) -> tuple[str, ...]:
     """The state-dict prefixes of a placement's banks: `adapters` (every placement) and, for
     `mlp-both`, `out_adapters` (beside each MLP's second Linear; expert i pairs with expert i);
-    with `virtual_node` (adapters on the virtual node's MLP) `vn_adapters` and `vn_out_adapters`."""
+    with `virtual_node` (adapters on the virtual node's MLP) `vn_adapters` and `vn_out_adapters`;
+    with `embeddings` (on the atom encoder's output) `embedding_adapters`, layer 0 only."""
     names = ("adapters", "out_adapters") if placement == "mlp-both" else ("adapters",)
-    return names + (("vn_adapters", "vn_out_adapters") if virtual_node else ())
+    names += ("vn_adapters", "vn_out_adapters") if virtual_node else ()
+    return names + (("embedding_adapters",) if embeddings else ())
 
 
 def _bank_widths(backbone: Backbone, spec: ModelSpec) -> tuple[int, int]:

@@ -163,6 +163,11 @@ class AdapterConfig(_Strict):
     layer but the last, of the same K and rank, on the virtual node's MLP (into its first Linear's
     output and beside its second Linear: where LoRA on those Linears acts). The last layer updates
     no virtual node. About 1.8x the adapter weights of `mlp-both` alone with every layer adapted."""
+    embeddings: bool = False
+    """One more bank of the same K and rank on the atom encoder's embeddings, under layer 0's weights
+    (layer 0 must be adapted): f_i reads the atom's features, so with `activation: identity` it is a
+    rank-r update of the encoder's tables (LoRA on the embeddings). (n + d) r weights per adapter,
+    n = 174 atom feature values for OGB's encoder: 5,688 at d = 300, r = 12."""
 
     @field_validator("layers", mode="before")
     @classmethod

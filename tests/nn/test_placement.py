@@ -2,7 +2,9 @@
 before the layer's BatchNorm), on its hidden layer (`mlp-hidden`, W_1 z + s f(z) before the
 MLP's BatchNorm and ReLU) and beside its second Linear (`mlp-out`, W_2 u + s f(u), u that Linear's
 input), under both read-outs; checked against forward passes written by hand. `mlp-both+vn` is
-`mlp-both` with a pair of banks more on the virtual node's MLP (`ModelSpec.virtual_node_adapters`)."""
+`mlp-both` with a pair of banks more on the virtual node's MLP (`ModelSpec.virtual_node_adapters`);
+`+emb` adds the bank on the atom encoder's embeddings (`ModelSpec.embedding_adapters`), checked
+against the multi-hot product it stands for."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from model_kit import SMILES, tiny_batch
 from torch_geometric.nn import global_add_pool
 
+from cft.nn.adapters import ACTIVATIONS
 from cft.nn.backbone import Backbone
 from cft.nn.model import CftModel
 from cft.spec import BackboneSpec, ModelSpec, PartSpec
@@ -24,9 +27,10 @@ def mlp_model(readout="task", tasks=4, layers=(0, 1), k=3, num_layers=2, pooling
     bb = BackboneSpec(num_layers=num_layers, hidden=16, dropout=0.0, pooling=pooling)
     names = [f"t{i}" for i in range(tasks)]
     part = PartSpec(name="p", tasks=names, layers=list(layers), num_adapters=k, rank=3, embed_dim=8, threshold=0.0)
+    placement, embeddings = placement.removesuffix("+emb"), placement.endswith("+emb")
     placement, virtual_node = placement.removesuffix("+vn"), placement.endswith("+vn")
     spec = ModelSpec(backbone=bb, tasks=names, kinds=["binary"] * tasks, parts=[part], readout=readout, scale=0.7, placement=placement,
-                     virtual_node_adapters=virtual_node)
+                     virtual_node_adapters=virtual_node, embedding_adapters=embeddings)
     model = CftModel(Backbone(bb), spec, [np.eye(tasks, dtype=np.float32)])
     with torch.no_grad():
         vn_norms = [m for mlp in model.backbone.vn_mlps for m in mlp if isinstance(m, torch.nn.BatchNorm1d)]
@@ -46,6 +50,16 @@ def all_banks(model) -> list:
     return [bank for banks in model.adapter_banks().values() for bank in banks.values()]
 
 
+def embedding_update_by_hand(model, x, weights) -> torch.Tensor:
+    """s sum_i w_i V_i phi(U_i m(x)) [N, d] with m(x) the atom's multi-hot vector over every
+    feature's values, built explicitly (the bank looks its columns up instead)."""
+    bank = model.embedding_adapters["0"]
+    tables = model.backbone.atom_encoder.atom_embedding_list
+    multi_hot = torch.cat([torch.nn.functional.one_hot(x[:, f].long(), t.num_embeddings) for f, t in enumerate(tables)], dim=1).float()
+    act = ACTIVATIONS[bank.activation](torch.einsum("nc,krc->nkr", multi_hot, bank.U))
+    return model.spec.scale * torch.einsum("nkr,kdr->nd", act * weights.unsqueeze(-1), bank.V)
+
+
 def by_hand(model, data, expert_weights=None) -> torch.Tensor:
     """Pooled node states [B, d] with each insertion layer's bank added beside its GIN MLP:
     mixture weights alpha(x) below the expert layer, `expert_weights` [K] (or the mixture's when
@@ -58,6 +72,8 @@ def by_hand(model, data, expert_weights=None) -> torch.Tensor:
     for i in range(first):
         h, vn = bb.layer(i, h, vn, data.edge_index, data.edge_attr, data.batch)
     alphas = router.alphas([bb.pool(h, data.batch, data.num_graphs)], routes, emb)
+    if model.spec.embedding_adapters:  # under layer 0's weights, before layer 0
+        h = h + embedding_update_by_hand(model, data.x, alphas[0][0][data.batch] if 0 in alphas else expert_weights.expand(h.size(0), -1))
     for i in range(first, bb.num_layers):
         h_in = h + vn[data.batch]
         gin = bb.convs[i]
@@ -133,7 +149,7 @@ def test_the_mlp_input_is_gineconvs_own():
         assert torch.allclose(gin.conv.nn(gin.aggregate(h, data.edge_index, data.edge_attr)), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn", "mlp-both+vn+emb", "mlp+emb"])
 @pytest.mark.parametrize("readout", ["task", "mixture"])
 def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
     model = mlp_model(readout=readout, zero=True, placement=placement)
@@ -142,7 +158,7 @@ def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
         assert torch.allclose(model(data), model.head(model.backbone(data)), atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn", "mlp-both+vn+emb", "mlp+emb"])
 def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     model = mlp_model(readout="mixture", placement=placement)
     data = tiny_batch()
@@ -159,8 +175,13 @@ def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     {"layers": (0, 1), "k": 1},  # one expert (the recipes' K=1): one adapted pass into the mixture read-out
     {"layers": (0,), "k": 1},
 ])
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn", "mlp-both+vn+emb"])
 def test_einsum_readout_beside_the_mlp_equals_a_per_task_reference_loop(case, placement):
+    if placement.endswith("+emb") and (0 not in case["layers"] or case["layers"] == (0,)):
+        # the embeddings' bank needs layer 0 adapted, and a layer above it under the task read-out
+        with pytest.raises(ValueError, match="atom embeddings"):
+            mlp_model(**case, placement=placement)
+        return
     model = mlp_model(**case, placement=placement)
     data = tiny_batch()
     with torch.no_grad():
@@ -179,7 +200,7 @@ def test_at_the_last_layer_each_task_reads_exactly_its_own_route():
         assert torch.allclose(model(data), own_route_logits(model, data), atol=1e-5)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-out", "mlp-hidden", "mlp-both", "mlp-both+vn"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-out", "mlp-hidden", "mlp-both", "mlp-both+vn", "mlp-both+vn+emb"])
 def test_the_pooled_path_equals_the_stacked_copies(placement):
     """The last-layer shortcut (D_k = s g * V_k pool(phi(U_k z)); for `mlp-hidden` the expert's change
     of the MLP's hidden units pooled before W_2) against running the layer K + 1 times."""
@@ -197,10 +218,14 @@ def test_the_pooled_path_equals_the_stacked_copies(placement):
 
 
 @pytest.mark.parametrize("layers", [(0, 1), (0,)])
-@pytest.mark.parametrize("placement", ["output", "mlp", "mlp-hidden", "mlp-both", "mlp-both+vn"])
+@pytest.mark.parametrize("placement", ["output", "mlp", "mlp-hidden", "mlp-both", "mlp-both+vn", "output+emb", "mlp-both+vn+emb"])
 def test_one_expert_takes_one_adapted_pass_with_the_experts_logits_and_gradients(placement, layers, monkeypatch):
     """K = 1 in a trained model: every gate is 1, so the read-out runs the adapted layers once
     (`CftModel._lone_expert`); its logits and gradients are those of the expert path it skips."""
+    if placement.endswith("+emb") and layers == (0,):  # under the task read-out the embeddings' bank needs a layer above 0
+        with pytest.raises(ValueError, match="insertion layer above 0"):
+            mlp_model(layers=layers, k=1, placement=placement)
+        return
     model = mlp_model(layers=layers, k=1, placement=placement)
     data = tiny_batch()
     assert model._lone_expert() and not mlp_model(layers=layers, k=2, placement=placement)._lone_expert()
@@ -217,12 +242,12 @@ def test_one_expert_takes_one_adapted_pass_with_the_experts_logits_and_gradients
         assert torch.allclose(a, b, atol=1e-4) and a.abs().sum() > 0
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-both", "mlp-both+vn"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-both", "mlp-both+vn", "mlp-both+vn+emb"])
 def test_the_placement_changes_the_function_and_gradients_reach_every_bank(placement):
     # the same weights elsewhere: on the layer output (`mlp`), the first bank alone (`mlp-both`), or
-    # without the virtual node's banks (`mlp-both+vn`)
+    # without the virtual node's banks (`mlp-both+vn`) or the embeddings' (`+emb`)
     mlp = mlp_model(placement=placement)
-    out = mlp_model(placement={"mlp": "output", "mlp-both": "mlp-hidden", "mlp-both+vn": "mlp-both"}[placement])
+    out = mlp_model(placement={"mlp": "output", "mlp-both": "mlp-hidden", "mlp-both+vn": "mlp-both", "mlp-both+vn+emb": "mlp-both+vn"}[placement])
     out.load_state_dict(mlp.state_dict(), strict=placement == "mlp")
     data = tiny_batch()
     mlp.train()
@@ -230,7 +255,7 @@ def test_the_placement_changes_the_function_and_gradients_reach_every_bank(place
     assert not torch.allclose(logits, out(data), atol=1e-3)
     logits.sum().backward()
     banks = all_banks(mlp)
-    assert len(banks) == {"mlp": 2, "mlp-both": 4, "mlp-both+vn": 6}[placement], "layers 0 and 1; the virtual node's banks in layer 0 only"
+    assert len(banks) == {"mlp": 2, "mlp-both": 4, "mlp-both+vn": 6, "mlp-both+vn+emb": 7}[placement], "layers 0 and 1; the virtual node's banks in layer 0 only"
     for bank in banks:
         assert bank.U.grad.abs().sum() > 0 and bank.V.grad.abs().sum() > 0
 
