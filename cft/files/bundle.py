@@ -1,7 +1,8 @@
 """Bundles: one .safetensors file holding everything a model has beyond its backbone.
 
 Tensors: adapter banks (`adapters.<layer>.U/V`; `out_adapters.<layer>.U/V` for `mlp-both`;
-`vn_adapters.<layer>.U/V` and `vn_out_adapters.<layer>.U/V` on the virtual node's MLP), router (`router.parts.<p>.task_embed`,
+`vn_adapters.<layer>.U/V` and `vn_out_adapters.<layer>.U/V` on the virtual node's MLP;
+`embedding_adapters.0.U/V` on the atom encoder's output), router (`router.parts.<p>.task_embed`,
 `.keys.<layer>`, `.query.*`, `.relation`), the union relation matrix (`router.relation`) and the
 task heads (`head.*`). The safetensors header metadata (string -> string) holds the format
 version, the model spec (backbone config, tasks and kinds, parts with their adapter and

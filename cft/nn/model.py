@@ -11,7 +11,9 @@ Forward pass (one pass serves every task):
    MLP's first Linear; `mlp-out`: beside its second Linear, on that Linear's input; `mlp-both`:
    both at once, a second bank `out_adapters` under the same weights; with virtual-node adapters,
    a pair more, `vn_adapters` and `vn_out_adapters`, on the virtual node's MLP in the same places,
-   its rows graphs, under the same weights per graph, alpha^l(x));
+   its rows graphs, under the same weights per graph, alpha^l(x)); with embedding adapters, one
+   bank more on the atom encoder's output before layer 0, h^0 <- h^0 + s * bank(m(x), alpha^0),
+   m(x) the atoms' multi-hot features (`EmbeddingAdapterBank`);
 4. the read-out, by `spec.readout`:
    - `mixture`: one logit per task from the pooled adapted representation, logit = W pool(h) + c;
    - `task`: the K adapters of L* are experts. Expert k's pooled output is

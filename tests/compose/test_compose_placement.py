@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from conftest import TINY_PART_TASKS, assert_user_error, run_cli_inprocess
 
+from ogb.utils.features import get_atom_feature_dims
+
 from cft.files.stfile import read_header
 
 A_TASKS, B_TASKS = TINY_PART_TASKS
@@ -117,3 +119,50 @@ def test_a_merge_keeps_the_virtual_node_banks(vn_and_plain, tiny_parts, tmp_path
         assert f.get_tensor("vn_out_adapters.0.V").abs().sum() > 0, "A's virtual-node update survives the merge"
     assert run_cli_inprocess("eval", merged, "--json", tmp_path / "m.json").returncode == 0
 
+
+
+@pytest.fixture(scope="module")
+def emb_and_plain(tiny_parts, tmp_path_factory):
+    """Part A with a bank on the atom embeddings too (`adapters.embeddings`) and linear adapters,
+    part B without; trained through the CLI."""
+    folder = tmp_path_factory.mktemp("emb-parts")
+    out = {}
+    for name, tasks, extra in (("A", A_TASKS, ["--set", "adapters.embeddings=true"]), ("B", B_TASKS, [])):
+        trained = run_cli_inprocess("train", tiny_parts["recipe"], "-o", folder / name, "--set", f"data.tasks={json.dumps(tasks)}",
+                                    "--set", "adapters.activation=identity", "--set", "train.epochs=1", *extra)
+        assert trained.returncode == 0, trained.stderr
+        out[name] = folder / name / "bundle.safetensors"
+    return out
+
+
+def test_embedding_banks_are_saved_and_compose_beside_a_bundle_without_them(emb_and_plain, tiny_parts, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(emb_and_plain["A"], "pt") as f:
+        names = set(f.keys())
+        assert f.get_tensor("embedding_adapters.0.V").abs().sum() > 0, "the embeddings' bank trained"
+        # U reads the multi-hot atom vector: one column per value of each of OGB's atom features
+        assert f.get_tensor("embedding_adapters.0.U").shape[-1] == sum(get_atom_feature_dims())
+    assert not any(n.startswith("embedding_adapters.1.") for n in names)
+    assert read_header(emb_and_plain["A"], "bundle")["spec"]["embedding_adapters"] is True
+    ab = tmp_path / "AB.safetensors"
+    result = run_cli_inprocess("compose", emb_and_plain["A"], emb_and_plain["B"], "-o", ab)
+    assert result.returncode == 0, result.stderr
+    assert read_header(ab, "bundle")["spec"]["embedding_adapters"] is True
+    got = _predict(ab, tiny_parts["smiles"], tmp_path / "ab.csv")
+    for part, tasks in (("A", A_TASKS), ("B", B_TASKS)):
+        alone = _predict(emb_and_plain[part], tiny_parts["smiles"], tmp_path / f"{part}.csv")
+        for t in tasks:
+            assert np.allclose(got[t].to_numpy(), alone[t].to_numpy(), atol=1e-5, equal_nan=True), t
+
+
+@pytest.mark.parametrize("mode", ["cat", "svd"])
+def test_a_merge_keeps_the_embedding_bank(emb_and_plain, tmp_path, mode):
+    merged = tmp_path / f"{mode}.safetensors"
+    result = run_cli_inprocess("compose", emb_and_plain["A"], emb_and_plain["B"], "--mode", mode, "-o", merged)
+    assert result.returncode == 0, result.stderr
+    from safetensors import safe_open
+
+    with safe_open(merged, "pt") as f:
+        assert f.get_tensor("embedding_adapters.0.V").abs().sum() > 0, "A's embedding update survives the merge"
+    assert run_cli_inprocess("eval", merged, "--json", tmp_path / "m.json").returncode == 0
