@@ -27,6 +27,7 @@ import yaml
 from safetensors.torch import load_file
 
 from cft.errors import CftError
+from cft.files.backbone import read_backbone_header
 from cft.files.atomic import atomic_write_text
 from cft.files.stfile import write_safetensors
 from cft.recipe.load import recipe_to_yaml
@@ -179,7 +180,23 @@ class RunFolder:
         except (OSError, yaml.YAMLError):
             return ["its recipe.yaml is unreadable"]
         current = recipe.model_dump(mode="json")
-        return [f"{'.'.join(p)}: {a!r} there, {b!r} now" for p, a, b in _diff(_with_defaults(saved), current) if p not in _EXECUTION_ONLY]
+        return [
+            f"{'.'.join(p)}: {a!r} there, {b!r} now" for p, a, b in _diff(_with_defaults(saved), current)
+            if p not in _EXECUTION_ONLY and not (p == ("backbone", "path") and self._holds_backbone_of(b))
+        ]
+
+    def _holds_backbone_of(self, path) -> bool:
+        """Whether the copy of the starting backbone this run made when it started has the fingerprint
+        of the backbone file at `path`: `backbone.path` then names the same weights from another
+        place (a moved project, another checkout), and a resume continues on the copy either way."""
+        if not isinstance(path, str):
+            return False
+        try:
+            wanted = read_backbone_header(path).get("fingerprint")
+            kept = [read_backbone_header(self.file(name)).get("fingerprint") for name in ("backbone.safetensors", "backbone_start.safetensors") if self.file(name).exists()]
+        except (CftError, OSError, ValueError):
+            return False
+        return wanted is not None and wanted in kept
 
     def _clear(self) -> None:
         """Remove what cft wrote (only that: other files a user put there stay)."""

@@ -132,6 +132,37 @@ def test_a_run_from_before_a_recipe_field_existed_resumes(trained, tmp_path):
     assert_user_error(run_cli("train", recipe, "-o", older, "--resume"), "adapters.rank")
 
 
+def test_a_run_resumes_with_its_backbone_file_moved(trained, tmp_path):
+    """backbone.path names another place (a moved project, another checkout) but the same weights
+    (the fingerprint of the copy the run made when it started): the run resumes. A file with other
+    weights there is refused, naming backbone.path."""
+    import shutil
+
+    import torch
+    import yaml
+
+    from cft.files.backbone import load_backbone, save_backbone
+
+    recipe, run, _ = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    there, here, other = (tmp_path / name / "backbone.safetensors" for name in ("there", "here", "other"))
+    for path in (there, here, other):
+        path.parent.mkdir()
+    shutil.copy(run / "backbone.safetensors", there)
+    shutil.copy(run / "backbone.safetensors", here)
+    saved = yaml.safe_load((moved / "recipe.yaml").read_text())
+    saved["backbone"]["path"] = str(there)  # the run was started from a file at `there`
+    (moved / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    finished = run_cli("train", recipe, "-o", moved, "--resume", "--set", f"backbone.path={here}")
+    assert finished.returncode == 0 and "already finished" in finished.stderr, finished.stderr
+    changed = load_backbone(here)
+    with torch.no_grad():
+        changed.atom_encoder.atom_embedding_list[0].weight.add_(0.01)
+    save_backbone(changed, other)
+    assert_user_error(run_cli("train", recipe, "-o", moved, "--resume", "--set", f"backbone.path={other}"), "backbone.path")
+
+
 def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path):
     """Ctrl-C at a fixed optimiser step of the second epoch (a hook in the CLI process sends SIGINT to
     itself after step 45: deterministic on any machine): exit 130, a checkpoint, and the resumed run
