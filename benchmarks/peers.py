@@ -61,7 +61,9 @@ chemprop runs start again):
   the virtual-node MLPs too (`adapters.virtual_node=true`; rank 10: 162,000 weights, 4.9%; rank 12:
   194,400, 5.8%); `adapters-vn-emb-r10`: that at rank 10 with a bank on the atom embeddings too
   (`adapters.embeddings=true`; 166,740, 4.998%), `adapters-emb`: the recipe with the embeddings'
-  bank alone (113,688, 3.4%). Every method but `adapters` starts from the recipe as it was before that
+  bank alone (113,688, 3.4%); `recipe-emb`, `recipe-vn-r10`, `recipe-vn-emb-r10`: the same options
+  on the dataset's recipe as it is (recipes/esol.yaml has neither the scale nor the weight
+  average). Every other method but `adapters` starts from the recipe as it was before that
   (`BEFORE_SCALE_AND_EMA`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
@@ -261,6 +263,13 @@ PEERS = {
     "adapters-emb": ("cft adapters, the recipe plus the atom embeddings",
                      METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
                                                              "adapters.embeddings=true"]),
+    # the dataset's own recipe as it is plus one option (no setting put back first: ON_THE_RECIPE), for
+    # recipes that did not take tox21.yaml's scale and weight average (recipes/esol.yaml)
+    "recipe-emb": ("cft adapters, the dataset's recipe plus the atom embeddings", METHODS["full method (label prior)"] + ["adapters.embeddings=true"]),
+    "recipe-vn-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs, rank 10",
+                      METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10"]),
+    "recipe-vn-emb-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
+                          METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.embeddings=true", "adapters.rank=10"]),
     "adapters-ema99": ("cft adapters, the recipe with weights averaged (EMA 0.99)", METHODS["full method (label prior)"] + ["train.ema=0.99"]),
     "adapters-former": ("cft adapters, the recipes before the linear ones (routed r=8 GELU on the layer outputs)", FORMER),
     # the same adapters in the top two layers only: the frozen layers 0-2 below them are computed
@@ -462,12 +471,13 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 # every method but `adapters` (the recipe as it is) was measured without them, so they are set back
 # first (a method's own sets come after and win): a method keeps meaning what its rows measured
 BEFORE_SCALE_AND_EMA = ["adapters.scale=1", "train.ema=null"]
+ON_THE_RECIPE = {"adapters", "recipe-emb", "recipe-vn-r10", "recipe-vn-emb-r10"}  # methods measured on the recipe as it is
 
 
 def method_sets(method: str, dataset: str) -> list[str]:
     """The `--set` list of a cft method on `dataset` (the former recipes' K filled in)."""
     sets = [s.format(former_k=ROUTED_K[dataset]) for s in PEERS[method][1]]
-    return sets if method == "adapters" else BEFORE_SCALE_AND_EMA + sets
+    return sets if method in ON_THE_RECIPE else BEFORE_SCALE_AND_EMA + sets
 
 
 def run_cft(method: str, seed: int, ctx: dict) -> None:
