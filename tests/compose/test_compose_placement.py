@@ -5,6 +5,7 @@ refused with a clear error and nothing written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,18 +70,36 @@ def test_mixed_placements_do_not_compose(mlp_parts, tiny_parts, tmp_path, mode):
     assert not out.exists()
 
 
+def _train_a_with_b_without(tiny_parts, folder, a_sets: list[str], both_sets: list[str]) -> dict:
+    """Parts A (with `a_sets`) and B (without), both with `both_sets`, trained through the CLI."""
+    out = {}
+    for name, tasks, extra in (("A", A_TASKS, a_sets), ("B", B_TASKS, [])):
+        trained = run_cli_inprocess("train", tiny_parts["recipe"], "-o", folder / name, "--set", f"data.tasks={json.dumps(tasks)}",
+                                    "--set", "train.epochs=1", *both_sets, *extra)
+        assert trained.returncode == 0, trained.stderr
+        out[name] = folder / name / "bundle.safetensors"
+    return out
+
+
+def _composed_predicts_like_its_parts(parts: dict, tiny_parts, tmp_path) -> Path:
+    """Compose parts A and B (route mode) and check every task predicts as in its own bundle."""
+    ab = tmp_path / "AB.safetensors"
+    result = run_cli_inprocess("compose", parts["A"], parts["B"], "-o", ab)
+    assert result.returncode == 0, result.stderr
+    got = _predict(ab, tiny_parts["smiles"], tmp_path / "ab.csv")
+    for part, tasks in (("A", A_TASKS), ("B", B_TASKS)):
+        alone = _predict(parts[part], tiny_parts["smiles"], tmp_path / f"{part}.csv")
+        for t in tasks:
+            assert np.allclose(got[t].to_numpy(), alone[t].to_numpy(), atol=1e-5, equal_nan=True), t
+    return ab
+
+
 @pytest.fixture(scope="module")
 def vn_and_plain(tiny_parts, tmp_path_factory):
     """Part A with banks on the virtual node's MLP too (`adapters.virtual_node`), part B without:
     both `mlp-both`, trained through the CLI."""
-    folder = tmp_path_factory.mktemp("vn-parts")
-    out = {}
-    for name, tasks, extra in (("A", A_TASKS, ["--set", "adapters.virtual_node=true"]), ("B", B_TASKS, [])):
-        trained = run_cli_inprocess("train", tiny_parts["recipe"], "-o", folder / name, "--set", f"data.tasks={json.dumps(tasks)}",
-                                    "--set", "adapters.placement=mlp-both", "--set", "train.epochs=1", *extra)
-        assert trained.returncode == 0, trained.stderr
-        out[name] = folder / name / "bundle.safetensors"
-    return out
+    return _train_a_with_b_without(tiny_parts, tmp_path_factory.mktemp("vn-parts"), ["--set", "adapters.virtual_node=true"],
+                                   ["--set", "adapters.placement=mlp-both"])
 
 
 def test_virtual_node_banks_are_saved_and_compose_beside_a_bundle_without_them(vn_and_plain, tiny_parts, tmp_path):
@@ -94,15 +113,8 @@ def test_virtual_node_banks_are_saved_and_compose_beside_a_bundle_without_them(v
     with safe_open(vn_and_plain["A"], "pt") as f:
         assert f.get_tensor("vn_out_adapters.0.V").abs().sum() > 0, "the virtual node's banks trained"
     assert read_header(vn_and_plain["A"], "bundle")["spec"]["virtual_node_adapters"] is True
-    ab = tmp_path / "AB.safetensors"
-    result = run_cli_inprocess("compose", vn_and_plain["A"], vn_and_plain["B"], "-o", ab)
-    assert result.returncode == 0, result.stderr
+    ab = _composed_predicts_like_its_parts(vn_and_plain, tiny_parts, tmp_path)
     assert read_header(ab, "bundle")["spec"]["virtual_node_adapters"] is True
-    got = _predict(ab, tiny_parts["smiles"], tmp_path / "ab.csv")
-    for part, tasks in (("A", A_TASKS), ("B", B_TASKS)):
-        alone = _predict(vn_and_plain[part], tiny_parts["smiles"], tmp_path / f"{part}.csv")
-        for t in tasks:
-            assert np.allclose(got[t].to_numpy(), alone[t].to_numpy(), atol=1e-5, equal_nan=True), t
 
 
 @pytest.mark.parametrize("mode", ["cat", "svd"])
@@ -123,16 +135,10 @@ def test_a_merge_keeps_the_virtual_node_banks(vn_and_plain, tiny_parts, tmp_path
 
 @pytest.fixture(scope="module")
 def emb_and_plain(tiny_parts, tmp_path_factory):
-    """Part A with a bank on the atom embeddings too (`adapters.embeddings`) and linear adapters,
-    part B without; trained through the CLI."""
-    folder = tmp_path_factory.mktemp("emb-parts")
-    out = {}
-    for name, tasks, extra in (("A", A_TASKS, ["--set", "adapters.embeddings=true"]), ("B", B_TASKS, [])):
-        trained = run_cli_inprocess("train", tiny_parts["recipe"], "-o", folder / name, "--set", f"data.tasks={json.dumps(tasks)}",
-                                    "--set", "adapters.activation=identity", "--set", "train.epochs=1", *extra)
-        assert trained.returncode == 0, trained.stderr
-        out[name] = folder / name / "bundle.safetensors"
-    return out
+    """Part A with a bank on the atom embeddings too (`adapters.embeddings`), part B without; both
+    with linear adapters (svd merges them), trained through the CLI."""
+    return _train_a_with_b_without(tiny_parts, tmp_path_factory.mktemp("emb-parts"), ["--set", "adapters.embeddings=true"],
+                                   ["--set", "adapters.activation=identity"])
 
 
 def test_embedding_banks_are_saved_and_compose_beside_a_bundle_without_them(emb_and_plain, tiny_parts, tmp_path):
@@ -145,15 +151,8 @@ def test_embedding_banks_are_saved_and_compose_beside_a_bundle_without_them(emb_
         assert f.get_tensor("embedding_adapters.0.U").shape[-1] == sum(get_atom_feature_dims())
     assert not any(n.startswith("embedding_adapters.1.") for n in names)
     assert read_header(emb_and_plain["A"], "bundle")["spec"]["embedding_adapters"] is True
-    ab = tmp_path / "AB.safetensors"
-    result = run_cli_inprocess("compose", emb_and_plain["A"], emb_and_plain["B"], "-o", ab)
-    assert result.returncode == 0, result.stderr
+    ab = _composed_predicts_like_its_parts(emb_and_plain, tiny_parts, tmp_path)
     assert read_header(ab, "bundle")["spec"]["embedding_adapters"] is True
-    got = _predict(ab, tiny_parts["smiles"], tmp_path / "ab.csv")
-    for part, tasks in (("A", A_TASKS), ("B", B_TASKS)):
-        alone = _predict(emb_and_plain[part], tiny_parts["smiles"], tmp_path / f"{part}.csv")
-        for t in tasks:
-            assert np.allclose(got[t].to_numpy(), alone[t].to_numpy(), atol=1e-5, equal_nan=True), t
 
 
 @pytest.mark.parametrize("mode", ["cat", "svd"])
