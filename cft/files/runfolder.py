@@ -27,8 +27,8 @@ import yaml
 from safetensors.torch import load_file
 
 from cft.errors import CftError
-from cft.files.backbone import read_backbone_header
 from cft.files.atomic import atomic_write_text
+from cft.files.backbone import read_backbone_header
 from cft.files.stfile import write_safetensors
 from cft.recipe.load import recipe_to_yaml
 from cft.recipe.schema import Recipe

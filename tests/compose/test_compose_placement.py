@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY_PART_TASKS, assert_user_error, run_cli_inprocess
-
 from ogb.utils.features import get_atom_feature_dims
 
 from cft.files.stfile import read_header
