@@ -61,10 +61,10 @@ chemprop runs start again):
   the virtual-node MLPs too (`adapters.virtual_node=true`; rank 10: 162,000 weights, 4.9%; rank 12:
   194,400, 5.8%); `adapters-vn-emb-r10`: that at rank 10 with a bank on the atom embeddings too
   (`adapters.embeddings=true`; 166,740, 4.998%), `adapters-emb`: the recipe with the embeddings'
-  bank alone (113,688, 3.4%); `recipe-emb`, `recipe-vn-r10`, `recipe-vn-emb-r10`: the same options
+  bank alone (113,688, 3.4%: what recipes/tox21.yaml took); `recipe-emb`, `recipe-vn-r10`, `recipe-vn-emb-r10`: the same options
   on the dataset's recipe as it is (recipes/esol.yaml has neither the scale nor the weight
-  average). Every other method but `adapters` starts from the recipe as it was before that
-  (`BEFORE_SCALE_AND_EMA`);
+  average). Every method but these and `adapters` starts from the recipe as it was before the
+  scale, the weight average and the embeddings' bank (`BEFORE_RECIPE_CHANGES`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
   the two route terms);
@@ -467,17 +467,18 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
     return out / tag / FOLDERS[method] / f"seed{seed}"
 
 
-# recipes/tox21.yaml took LoRA's scale 8/12 and the weight average (EMA 0.995) in commit 5410d2b;
-# every method but `adapters` (the recipe as it is) was measured without them, so they are set back
-# first (a method's own sets come after and win): a method keeps meaning what its rows measured
-BEFORE_SCALE_AND_EMA = ["adapters.scale=1", "train.ema=null"]
+# recipes/tox21.yaml took LoRA's scale 8/12 and the weight average (EMA 0.995) in commit 5410d2b,
+# and the atom embeddings' bank after the `adapters-emb` runs; every method but ON_THE_RECIPE was
+# measured without them, so they are set back first (a method's own sets come after and win): a
+# method keeps meaning what its rows measured
+BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false"]
 ON_THE_RECIPE = {"adapters", "recipe-emb", "recipe-vn-r10", "recipe-vn-emb-r10"}  # methods measured on the recipe as it is
 
 
 def method_sets(method: str, dataset: str) -> list[str]:
     """The `--set` list of a cft method on `dataset` (the former recipes' K filled in)."""
     sets = [s.format(former_k=ROUTED_K[dataset]) for s in PEERS[method][1]]
-    return sets if method in ON_THE_RECIPE else BEFORE_SCALE_AND_EMA + sets
+    return sets if method in ON_THE_RECIPE else BEFORE_RECIPE_CHANGES + sets
 
 
 def run_cft(method: str, seed: int, ctx: dict) -> None:

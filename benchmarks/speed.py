@@ -73,6 +73,9 @@ MODES = {
     # recipes/tox21.yaml's training as a whole: its adapters at scale 8/12 and validated, chosen and
     # saved on a moving average of the weights (train.ema 0.995: one foreach lerp after every step)
     "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995)": RECIPES_ADAPTERS + ["train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995"],
+    # and with its bank on the atom encoder's embeddings (adapters.embeddings, since the `adapters-emb` runs)
+    "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995, atom embeddings)": RECIPES_ADAPTERS + [
+        "train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995", "adapters.embeddings=true"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
     "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],
@@ -102,6 +105,8 @@ RATIOS = {
         "cft adapters of the recipes at batch 64", "cft full fine-tuning at batch 64"),
     "the Tox21 recipe's adapters (scale 8/12, EMA 0.995) / full fine-tuning, both at batch 64 (target >= 2.0)": (
         "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995)", "cft full fine-tuning at batch 64"),
+    "the Tox21 recipe's adapters (scale 8/12, EMA 0.995, atom embeddings) / full fine-tuning, both at batch 64 (target >= 2.0)": (
+        "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995, atom embeddings)", "cft full fine-tuning at batch 64"),
     "the recipes' adapters at batch 64 with frozen products fp32 / full fine-tuning at batch 64": (
         "cft adapters of the recipes at batch 64 with frozen products fp32", "cft full fine-tuning at batch 64"),
     "the recipes' adapters at batch 64: frozen products as train.frozen_bf16 auto / fp32": (

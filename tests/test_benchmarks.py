@@ -87,13 +87,14 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
     base = load_recipe(REPO / recipe_path)
     loaded = {m: load_recipe(REPO / recipe_path, peers.method_sets(m, dataset)) for m, (_, sets) in peers.PEERS.items() if sets is not None}
     assert loaded["adapters"] == base
-    # every other method starts from the recipe as it was before the Tox21 recipe took LoRA's scale
-    # and the weight average, so its rows keep meaning what they measured
-    base = load_recipe(REPO / recipe_path, peers.BEFORE_SCALE_AND_EMA)
+    # every other method starts from the recipe as it was before the Tox21 recipe took LoRA's scale,
+    # the weight average and the embeddings' bank, so its rows keep meaning what they measured
+    base = load_recipe(REPO / recipe_path, peers.BEFORE_RECIPE_CHANGES)
     if dataset == "tox21":  # the recipe is what that method's ten seeds measured (but frozen_bf16, pinned there)
-        measured = loaded["adapters-frozen-bf16-s067-ema995"]
+        measured = loaded["adapters-emb"]
         assert measured.adapters == loaded["adapters"].adapters and measured.train.ema == loaded["adapters"].train.ema == 0.995
-        assert base.adapters.scale == 1 and base.train.ema is None
+        assert loaded["adapters"].adapters.embeddings and not loaded["adapters-frozen-bf16-s067-ema995"].adapters.embeddings
+        assert base.adapters.scale == 1 and base.train.ema is None and not base.adapters.embeddings
     # the former recipe's adapters (the methods' common start) differ from today's recipe in adapters only
     former = loaded["adapters-former"]
     assert (former.adapters.num_adapters, former.adapters.rank, former.adapters.placement, former.adapters.activation) == (

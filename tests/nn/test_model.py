@@ -82,8 +82,9 @@ def test_one_adapter_per_layer_trains_no_router_and_computes_what_a_routed_one_d
     model = CftModel(Backbone(spec.backbone), spec, [np.eye(12, dtype=np.float32)])
     assert not [n for n in model.state_dict() if n.startswith("router.parts.0.") and n != "router.parts.0.relation"]
     head = sum(p.numel() for p in model.head.parameters())
-    # rank 12 beside both Linears (300 -> 600 -> 300) of five GIN MLPs: PEFT LoRA r=12's 108,000
-    assert model.parameter_counts()["trainable"] - head == 5 * 2 * 12 * (300 + 600)
+    # rank 12 beside both Linears (300 -> 600 -> 300) of five GIN MLPs (PEFT LoRA r=12's 108,000) and
+    # on the atom encoder's 174 embedding rows (174 -> 300)
+    assert model.parameter_counts()["trainable"] - head == 5 * 2 * 12 * (300 + 600) + 12 * (174 + 300)
 
     # the same adapter weights routed: identical logits (the router's output is 1 for every molecule)
     for readout, placement in (("mixture", "output"), ("task", "mlp-both")):
