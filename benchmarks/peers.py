@@ -207,6 +207,11 @@ BOTH_K1_R12 = RECIPES_ADAPTERS
 BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64", "train.frozen_bf16=false"]
 
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
+# recipes/tox21.yaml's scale and weight average over the recipe as it was (BEFORE_RECIPE_CHANGES),
+# with the frozen products in bf16 pinned (what `auto` gives on an AMX CPU): the base of the methods
+# that measure one thing on top of the Tox21 recipe
+TOX21_SETTINGS = METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995"]
+
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
     # the dataset's recipe validated, chosen and saved on an exponential moving average of the
@@ -237,32 +242,27 @@ PEERS = {
     # the speed-neutral levers together: LoRA's scale 8/12 with the weight average (EMA 0.995 about the
     # last 200 steps, 0.998 about the last 500: two of the recipe's ~98-step epochs, or five)
     "adapters-frozen-bf16-s067-ema995": ("cft adapters, the recipe with the frozen products in bf16, scale 8/12, EMA 0.995",
-                                         METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995"]),
+                                         TOX21_SETTINGS),
     "adapters-frozen-bf16-s067-ema998": ("cft adapters, the recipe with the frozen products in bf16, scale 8/12, EMA 0.998",
                                          METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.998"]),
     # the recipe as it is now at rank 18: 162,000 weights, 4.9% of the backbone (#13's 5% ceiling),
     # against full fine-tuning's lead on validation (0.811 against 0.802 over its first seeds on the Xeon)
     "adapters-frozen-bf16-s067-ema995-r18": ("cft adapters, the recipe with the frozen products in bf16, scale 8/12, EMA 0.995, rank 18",
-                                             METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
-                                                                                     "adapters.rank=18"]),
+                                             TOX21_SETTINGS + ["adapters.rank=18"]),
     # the recipe with the same pair of banks on the virtual node's MLPs too (adapters.virtual_node), where
     # PEFT LoRA on those Linears (`lora-vn`) gained over LoRA on the GIN MLPs alone: at rank 10, 162,000
     # weights (4.9% of the backbone), and at the recipe's rank 12, 194,400 (5.8%: over #13's ceiling)
     "adapters-vn-r10": ("cft adapters, the recipe plus the virtual-node MLPs, rank 10",
-                        METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
-                                                                "adapters.virtual_node=true", "adapters.rank=10"]),
+                        TOX21_SETTINGS + ["adapters.virtual_node=true", "adapters.rank=10"]),
     "adapters-vn-r12": ("cft adapters, the recipe plus the virtual-node MLPs, rank 12",
-                        METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
-                                                                "adapters.virtual_node=true"]),
+                        TOX21_SETTINGS + ["adapters.virtual_node=true"]),
     # the atom encoder's embeddings adapted too (adapters.embeddings), where PEFT LoRA on the encoder's
     # tables with the virtual-node MLPs (`lora-vn-emb`) reached full fine-tuning's level: with the
     # virtual node's banks at rank 10, 166,740 weights (4.998% of the backbone); alone at rank 12, 113,688
     "adapters-vn-emb-r10": ("cft adapters, the recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
-                            METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
-                                                                    "adapters.virtual_node=true", "adapters.embeddings=true", "adapters.rank=10"]),
+                            TOX21_SETTINGS + ["adapters.virtual_node=true", "adapters.embeddings=true", "adapters.rank=10"]),
     "adapters-emb": ("cft adapters, the recipe plus the atom embeddings",
-                     METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995",
-                                                             "adapters.embeddings=true"]),
+                     TOX21_SETTINGS + ["adapters.embeddings=true"]),
     # the dataset's own recipe as it is plus one option (no setting put back first: ON_THE_RECIPE), for
     # recipes that did not take tox21.yaml's scale and weight average (recipes/esol.yaml)
     "recipe-emb": ("cft adapters, the dataset's recipe plus the atom embeddings", METHODS["full method (label prior)"] + ["adapters.embeddings=true"]),

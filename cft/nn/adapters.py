@@ -124,9 +124,6 @@ class EmbeddingAdapterBank(AdapterBank):
             rows = rows * F.dropout(rows.new_ones(rows.shape[:2]).unsqueeze(-1), self.dropout, training=True)
         return ACTIVATIONS[self.activation](rows.sum(1)).view(-1, k, r)
 
-    def own_activations(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("an embedding bank reads the atom features, not another bank's outputs")
-
 
 class BankUpdate:
     """One bank's update with fixed routing weights, as the GIN MLP's placements take it:
