@@ -3,7 +3,7 @@ and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split 
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
                                [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,both-k1-r12-linear-b64,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora,lora-vn,lora-bn,lora-bn-batch,lora-vn-emb]
-                               [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
+                               [--split-seed N] [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
 `--task-type`), metric, chemprop's `--metrics`):
@@ -25,6 +25,9 @@ parses), written once, by the first invocation, as `<dataset>_split.csv` (those 
 that CSV) in the result folder's `split/`. Every method reads the JSON file: cft through
 `data.split.method=file`, chemprop through `--splits-file`, the LoRA runs through cft's own
 loader with the same overrides. The result file records the SHA-256 of both files.
+`--split-seed N` repeats a comparison on another scaffold split: cft's balanced scaffold split of
+seed N (`data.split.method=scaffold_balanced`, `data.split.seed=N`) in `split-balanced<N>/`, its
+runs in `<dataset>-balanced<N>/`, its result file `peers[_<dataset>]_balanced<N>.json`.
 
 Methods (one run per method and seed, each in its own folder under benchmarks/results/peers/<dataset>/;
 a run whose summary.json exists is skipped, so a stopped benchmark continues where it stopped;
@@ -426,11 +429,24 @@ def check_dataset(name: str, ds: Dataset, recipe) -> None:
         raise SystemExit(f"peers.py: DATASETS[{name!r}] {ours} disagrees with {ds.recipe} {theirs}")
 
 
-def split_files(data: Path, folder: Path, limit: int | None, name: str = "tox21") -> tuple[Path, Path]:
+def split_folder_name(limit: int | None, split_seed: int | None) -> str:
+    """The split files' folder under the result root: `split` for the recipe's scaffold split,
+    `split-balanced<N>` for the balanced scaffold split of seed N, with `-limit<L>` for a subset."""
+    return "split" + (f"-balanced{split_seed}" if split_seed is not None else "") + (f"-limit{limit}" if limit is not None else "")
+
+
+def split_recipe_overrides(split_seed: int | None) -> list[str]:
+    """The recipe's own split (None), or cft's balanced scaffold split of seed `split_seed`."""
+    return [] if split_seed is None else ["data.split.method=scaffold_balanced", f"data.split.seed={split_seed}"]
+
+
+def split_files(data: Path, folder: Path, limit: int | None, name: str = "tox21", split_seed: int | None = None) -> tuple[Path, Path]:
     """The split files of dataset `name` in `folder` (`<name>_split.csv`, `<name>_splits.json`),
     written on the first call and reused after (never rewritten: finished runs were trained on
-    them). `limit`: the first N rows of the full split file, each keeping its split (a check of the
-    pipeline, not a benchmark)."""
+    them). `limit`: the first N rows of the full split file (in `folder`'s sibling
+    `split_folder_name(None, split_seed)`), each keeping its split (a check of the pipeline, not a
+    benchmark); `split_seed`: cft's `scaffold_balanced` split of that seed instead of the recipe's
+    scaffold split."""
     import pandas as pd
 
     csv, splits = folder / f"{name}_split.csv", folder / f"{name}_splits.json"
@@ -438,10 +454,9 @@ def split_files(data: Path, folder: Path, limit: int | None, name: str = "tox21"
         return csv, splits
     folder.mkdir(parents=True, exist_ok=True)
     if limit is None:
-        write_split_files(data, folder, DATASETS[name].recipe, name)
+        write_split_files(data, folder, DATASETS[name].recipe, name, split_recipe_overrides(split_seed))
         return csv, splits
-    full = folder.parent / "split"
-    full_csv, _ = split_files(data, full, None, name)
+    full_csv, _ = split_files(data, folder.parent / split_folder_name(None, split_seed), None, name, split_seed)
     full_frame = pd.read_csv(full_csv)
     # each split's first rows, in the split's share of the full file (the first N rows of the file hold no valid molecule)
     counts = full_frame["split"].value_counts()
@@ -799,6 +814,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
     parser.add_argument("--epochs", type=int, help="epochs of every method (default: the recipe's)")
     parser.add_argument("--methods", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)} (default: all)")
+    parser.add_argument("--split-seed", type=int, help="train on cft's balanced scaffold split of this seed (data.split.method=scaffold_balanced; "
+                        "files in split-balanced<N>/, run folders in <dataset>-balanced<N>/, result file *_balanced<N>.json) instead of the recipe's scaffold split")
     parser.add_argument("--limit", type=int, help="about N rows of the split file only, each split in its share (a check, not a benchmark)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores // jobs threads)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs); 1 when another benchmark shares the cores")
@@ -839,12 +856,13 @@ def main() -> None:
     small = args.limit is not None
     # run folders of every dataset share one root (the tag and the split file names carry the dataset); result files do not
     out = (args.out or REPO / "benchmarks" / "results" / ("peers_quick" if small else "peers")).resolve()
-    stem = "peers" if args.dataset == "tox21" else f"peers_{args.dataset}"
+    stem = ("peers" if args.dataset == "tox21" else f"peers_{args.dataset}") + (f"_balanced{args.split_seed}" if args.split_seed is not None else "")
     target = args.json or REPO / "benchmarks" / "results" / (f"{stem}_quick.json" if small else f"{stem}.json")
     # the plain `<dataset>` folder holds runs of FOLDER_EPOCHS epochs whatever the recipe says now:
     # a recipe's epochs may change, the finished runs' may not
-    tag = args.dataset + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != FOLDER_EPOCHS else "")
-    csv, splits = split_files(data, out / ("split" if not small else f"split-limit{args.limit}"), args.limit, args.dataset)
+    tag = (args.dataset + (f"-balanced{args.split_seed}" if args.split_seed is not None else "") + (f"-limit{args.limit}" if small else "")
+           + (f"-epochs{epochs}" if epochs != FOLDER_EPOCHS else ""))
+    csv, splits = split_files(data, out / split_folder_name(args.limit, args.split_seed), args.limit, args.dataset, args.split_seed)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     ctx = {"dataset": args.dataset, "ds": ds, "recipe": ds.recipe, "tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads,
            "backbone": backbone, "lora_rank": args.lora_rank, "csv": csv, "splits": splits, "shared": shared_overrides(backbone, split_overrides(csv, splits))}
@@ -852,6 +870,7 @@ def main() -> None:
     jobs = [(m, seed) for seed in range(args.seeds) for m in wanted]  # seed by seed: a stopped run leaves every method with the same seeds
     frame_splits = json.loads(splits.read_text())[0]
     command = " ".join(["python", "benchmarks/peers.py"] + ([f"--dataset {args.dataset}"] if args.dataset != "tox21" else []) + (["--quick"] if args.quick else []) + ([f"--limit {args.limit}"] if small and not args.quick else [])
+                       + ([f"--split-seed {args.split_seed}"] if args.split_seed is not None else [])
                        + ([f"--seeds {args.seeds}"] if args.seeds != 3 and not args.quick else []) + ([f"--epochs {args.epochs}"] if args.epochs and not args.quick else [])
                        + ([f"--methods {args.methods}"] if wanted != list(PEERS) else []) + ([f"--backbone {args.backbone}"] if backbone != DEFAULT_BACKBONE else []) + ([f"--lora-rank {args.lora_rank}"] if args.lora_rank != LORA_RANK else [])
                        + [f"--jobs {args.jobs}"] + ([f"--threads {args.threads}"] if args.threads else []))
@@ -870,7 +889,10 @@ def main() -> None:
             "split": {"csv": str(csv.relative_to(REPO)) if csv.is_relative_to(REPO) else str(csv), "csv_sha256": sha256_file(csv),
                       "splits_json": str(splits.relative_to(REPO)) if splits.is_relative_to(REPO) else str(splits), "splits_json_sha256": sha256_file(splits),
                       "sizes": {k: len(v) for k, v in frame_splits.items()},
-                      "made_by": f"cft's scaffold split of {ds.csv} ({ds.recipe}) by speed.write_split_files" + (f", first {args.limit} rows" if small else "")},
+                      "made_by": (f"cft's scaffold split of {ds.csv} ({ds.recipe})" if args.split_seed is None
+                                  else f"cft's balanced scaffold split of {ds.csv} ({ds.recipe} with data.split.method=scaffold_balanced, data.split.seed={args.split_seed})")
+                      + " by speed.write_split_files" + (f", first {args.limit} rows" if small else ""),
+                      "split_seed": args.split_seed},
             "backbone": {"path": str(backbone.relative_to(REPO)) if backbone.is_relative_to(REPO) else str(backbone),
                          "fingerprint": read_backbone_header(backbone).get("fingerprint")},
             "lora": {"rank": args.lora_rank, "targets": LORA_TARGETS, "alpha": "peft's default (8)", "dropout": 0.0},

@@ -172,7 +172,10 @@ def peers_tables(result: dict) -> str:
     """The peers benchmark: per method its seeds' test scores, mean ± sample std (n - 1), valid
     mean, best epochs, trainable parameters outside the task heads and seconds per run."""
     lines = [machine_line(result), "", f"Code: cft/ and recipes/ as at commit {result['code_commit']}. "
-             f"Split: `{Path(result['split']['csv']).name}` (SHA-256 `{result['split']['csv_sha256'][:12]}…`; train {result['split']['sizes']['train']:,}, "
+             f"Split: `{Path(result['split']['csv']).name}`"
+             + (f" of `{Path(result['split']['csv']).parent.name}/`, cft's balanced scaffold split of seed {result['split']['split_seed']}"
+                if result["split"].get("split_seed") is not None else "")
+             + f" (SHA-256 `{result['split']['csv_sha256'][:12]}…`; train {result['split']['sizes']['train']:,}, "
              f"valid {result['split']['sizes']['val']:,}, test {result['split']['sizes']['test']:,}); up to {result['epochs']} epochs, patience {result['patience']}"
              f"{' (chemprop: none, its default)' if result['patience'] else ''}; backbone fingerprint `{result['backbone']['fingerprint'][:8]}…`."
              + (" **Partial: not every planned run has finished.**" if result.get("partial") else ""), ""]

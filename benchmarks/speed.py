@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -257,8 +258,9 @@ def recipe_epochs() -> int:
     return load_recipe(REPO / "recipes" / "tox21.yaml").train.epochs
 
 
-def write_split_files(data: Path, folder: Path, recipe: str = "recipes/tox21.yaml", name: str = "tox21") -> tuple[Path, Path]:
-    """cft's split of the recipe's CSV (by default recipes/tox21.yaml's scaffold split of tox21.csv)
+def write_split_files(data: Path, folder: Path, recipe: str = "recipes/tox21.yaml", name: str = "tox21", overrides: Sequence[str] = ()) -> tuple[Path, Path]:
+    """cft's split of the recipe's CSV (by default recipes/tox21.yaml's scaffold split of tox21.csv;
+    `overrides`: `--set` items on the recipe, such as another split method)
     as one CSV with a `split` column (the rows cft keeps, in input order), `<name>_split.csv`, and
     the same rows' indices as chemprop's --splits-file, `<name>_splits.json`."""
     import pandas as pd
@@ -266,7 +268,7 @@ def write_split_files(data: Path, folder: Path, recipe: str = "recipes/tox21.yam
     from cft.data.dataset import load_dataset
     from cft.recipe.load import load_recipe
 
-    loaded = load_recipe(REPO / recipe)
+    loaded = load_recipe(REPO / recipe, list(overrides))
     dataset = load_dataset(loaded.data, data, loaded.seed)
     frame = pd.read_csv(data / loaded.data.path)  # dataset.rows index this file's data rows
     which = {}

@@ -77,6 +77,29 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     assert len(list(out.glob("tox21*/*/seed0"))) == 4
 
 
+def test_peers_benchmark_trains_on_a_balanced_scaffold_split_of_its_seed(tmp_path, data_root):
+    """`--split-seed N`: the split file is cft's `scaffold_balanced` split of seed N (not the recipe's
+    scaffold split), kept apart from it (split-balanced<N>/, run folders <dataset>-balanced<N>/), and
+    every run trains on it."""
+    import json
+
+    import pandas as pd
+
+    from cft.data.split import balanced_scaffold_split, scaffold_split
+
+    out, result = _peers(tmp_path, data_root, "--methods", "head", "--limit", "300", "--split-seed", "1")
+    assert result["split"]["split_seed"] == 1 and "balanced scaffold split" in result["split"]["made_by"] and "--split-seed 1" in result["command"]
+    full = pd.read_csv(out / "split-balanced1" / "tox21_split.csv")
+    fractions = (0.8, 0.1, 0.1)
+    written = {k: full.index[full["split"] == k].tolist() for k in ("train", "valid", "test")}
+    assert written == {k: v.tolist() for k, v in balanced_scaffold_split(full["smiles"].tolist(), fractions, 1).items()}
+    assert written["test"] != scaffold_split(full["smiles"].tolist(), fractions)["test"].tolist()
+    subset = json.loads((out / "split-balanced1-limit300" / "tox21_splits.json").read_text())
+    runs = list(out.glob("tox21-balanced1-limit300*/*/seed0"))
+    assert len(runs) == 1 and json.loads((runs[0] / "splits.json").read_text()) == subset
+    assert not (out / "split").exists()
+
+
 @pytest.mark.parametrize("dataset", ["tox21", "toxcast"])
 def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says(dataset):
     """Each cft method of benchmarks/peers.py loads as its dataset's recipe plus its overrides (what

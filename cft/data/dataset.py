@@ -15,6 +15,7 @@ from cft.console import info, warn
 from cft.data.graphs import GraphDataset, GraphStore, featurise
 from cft.data.select import select
 from cft.data.split import (
+    balanced_scaffold_split,
     check_nonempty,
     chemprop_splits,
     column_split,
@@ -176,8 +177,11 @@ def _split(cfg: DataConfig, smiles: list[str], split_values: Optional[list], see
     method = cfg.split.method
     if method in ("scaffold", "auto"):
         return scaffold_split(smiles, cfg.split.fractions)
+    split_seed = cfg.split.seed if cfg.split.seed is not None else seed
+    if method == "scaffold_balanced":
+        return balanced_scaffold_split(smiles, cfg.split.fractions, split_seed)
     if method == "random":
-        return random_split(len(smiles), cfg.split.fractions, cfg.split.seed if cfg.split.seed is not None else seed)
+        return random_split(len(smiles), cfg.split.fractions, split_seed)
     if method == "column":
         return column_split(split_values or [], source, cfg.split.column or "", rows)
     raise CftError(f"data.split.method {method!r} is not available for {cfg.source} data.")
@@ -229,7 +233,7 @@ def _load_ogb(cfg: DataConfig, root: Path, seed: int, need_labels: bool) -> MolD
         store, labels = store.select(keep), labels[: cfg.limit]
         split = {k: v[v < cfg.limit] for k, v in split.items()}
         n = cfg.limit
-    if cfg.split.method in ("scaffold", "random"):
+    if cfg.split.method in ("scaffold", "scaffold_balanced", "random"):
         split = _split(cfg, ogb.smiles[:n], None, seed, str(ogb.folder))  # _split uses split.seed, else the recipe seed
     elif cfg.split.method == "file":
         split = rows_to_split(read_splits_file(_split_file(cfg, root), n), np.arange(n))

@@ -1,4 +1,5 @@
-"""Train/valid/test splits: scaffold (Bemis-Murcko via RDKit, as OGB/MoleculeNet do), random, given."""
+"""Train/valid/test splits: scaffold (Bemis-Murcko via RDKit, as OGB/MoleculeNet do), seeded balanced
+scaffold (as chemprop's `scaffold_balanced`), random, given."""
 
 from __future__ import annotations
 
@@ -67,6 +68,37 @@ def scaffold_split(smiles: Sequence[str], fractions: Sequence[float]) -> dict[st
                 valid.extend(group)
         else:
             train.extend(group)
+    return {k: np.array(sorted(v), dtype=np.int64) for k, v in zip(SPLITS, (train, valid, test))}
+
+
+def balanced_scaffold_split(smiles: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """Seeded scaffold split: another scaffold split per seed, with the same guarantee (no scaffold
+    in two splits), for repeating an evaluation over several scaffold splits.
+
+    Molecules are grouped by Bemis-Murcko scaffold. Groups larger than half the valid or the test
+    size ("big") are visited first, then the others, each kind in a random order drawn from
+    `seed`; a group goes to train if it fits in train's share n * f_train, else to valid if it
+    fits in n * f_valid, else to test. Visiting the big groups first keeps them out of valid and
+    test, which they would otherwise fill alone (the balancing of chemprop's `scaffold_balanced`).
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, scaffold in enumerate(scaffolds(smiles)):
+        groups[scaffold].append(i)
+    n = len(smiles)
+    sizes = [f * n for f in fractions]
+    big_limit = min(sizes[1], sizes[2]) / 2
+    rng = np.random.default_rng(seed)
+    big = [g for g in groups.values() if len(g) > big_limit]
+    small = [g for g in groups.values() if len(g) <= big_limit]
+    ordered = [big[i] for i in rng.permutation(len(big))] + [small[i] for i in rng.permutation(len(small))]
+    train, valid, test = [], [], []
+    for group in ordered:
+        if len(train) + len(group) <= sizes[0]:
+            train.extend(group)
+        elif len(valid) + len(group) <= sizes[1]:
+            valid.extend(group)
+        else:
+            test.extend(group)
     return {k: np.array(sorted(v), dtype=np.int64) for k, v in zip(SPLITS, (train, valid, test))}
 
 

@@ -38,20 +38,22 @@ class _Strict(BaseModel):
 
 
 class SplitConfig(_Strict):
-    method: Literal["auto", "scaffold", "random", "column", "file", "official"] = "auto"
+    method: Literal["auto", "scaffold", "scaffold_balanced", "random", "column", "file", "official"] = "auto"
     """How molecules are split: `auto` (OGB's official split for OGB data, else scaffold),
-    `scaffold` (Bemis-Murcko groups, largest to train, as OGB does),
+    `scaffold` (Bemis-Murcko groups, largest to train, as OGB does: one split per dataset),
+    `scaffold_balanced` (Bemis-Murcko groups in a seeded order, the large ones first: another
+    scaffold split per seed, as chemprop's `scaffold_balanced`),
     `random` (seeded), `column` (a CSV column holding train/valid/test), `file` (a chemprop
     `splits.json` at `path`, such as the one every run folder holds) or `official` (OGB's split)."""
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    """Train/valid/test fractions for `scaffold` and `random`; they must sum to 1."""
+    """Train/valid/test fractions for `scaffold`, `scaffold_balanced` and `random`; they must sum to 1."""
     column: Optional[str] = None
     """For `method: column`: the CSV column whose values are train / valid / test."""
     path: Optional[str] = None
     """For `method: file`: a chemprop splits.json (a list with one object of `train`, `val`, `test`
     lists of 0-based data-row indices of the input); relative paths are read from the data root."""
     seed: Optional[int] = None
-    """Seed of the `random` split; defaults to the recipe's seed."""
+    """Seed of the `scaffold_balanced` and `random` splits; defaults to the recipe's seed."""
 
     @field_validator("fractions")
     @classmethod

@@ -64,6 +64,30 @@ def test_train_a_csv_without_a_recipe(csv, tmp_path):
     assert summary["metric"] == "rmse" and summary["tasks"] == ["size"]
 
 
+def test_train_on_a_seeded_balanced_scaffold_split(csv, tmp_path):
+    """chemprop's `--split-type scaffold_balanced --data-seed 2` as `--set data.split.method=scaffold_balanced
+    --set data.split.seed=2`: the run folder's splits.json holds that split, another seed another one."""
+    import pandas as pd
+
+    from cft.data.split import balanced_scaffold_split
+
+    smiles = pd.read_csv(csv)["structure"].tolist()
+    splits = {}
+    for seed in (2, 3):
+        run = tmp_path / f"seed{seed}"
+        result = run_cli("train", "--data", csv, "--smiles-column", "structure", "--tasks", "has_N,has_O", "-o", run, *SMALL,
+                         "--set", "data.split.method=scaffold_balanced", "--set", f"data.split.seed={seed}")
+        assert result.returncode == 0, result.stderr
+        written = json.loads((run / "splits.json").read_text())[0]
+        expected = balanced_scaffold_split(smiles, (0.8, 0.1, 0.1), seed)
+        assert {k: sorted(written[k]) for k in ("train", "val", "test")} == {
+            "train": expected["train"].tolist(), "val": expected["valid"].tolist(), "test": expected["test"].tolist()}
+        splits[seed] = written
+    assert splits[2] != splits[3]
+    refused = run_cli_inprocess("train", "--data", csv, "-o", tmp_path / "x", *SMALL, "--set", "data.split.method=balanced")
+    assert_user_error(refused, "data.split.method", "scaffold_balanced")
+
+
 def test_train_csv_refusals(csv, tmp_path):
     assert_user_error(run_cli_inprocess("train"), "needs a RECIPE or --data CSV")
     assert_user_error(run_cli_inprocess("train", "recipes/quickstart.yaml", "--tasks", "a"), "--smiles-column, --tasks and --task-type apply to --data CSV")

@@ -67,6 +67,38 @@ def test_tox21_loads_with_scaffold_split_and_skips_invalid(data_root):
     assert not train_scaffolds & {scaffold_of(data.smiles[i]) for i in data.split["test"]}
 
 
+def test_balanced_scaffold_split_is_another_scaffold_split_per_seed(data_root):
+    """`scaffold_balanced`: every seed keeps each scaffold in one split, with the fractions' sizes;
+    seeds give different splits, a seed gives the same one, and the large groups land in train."""
+    from collections import Counter
+
+    from cft.data.split import scaffold_of
+
+    def load(seed: int | None, recipe_seed: int = 0):
+        return load_dataset(DataConfig(source="csv", path="tox21.csv", split=SplitConfig(method="scaffold_balanced", seed=seed)), data_root, recipe_seed)
+
+    data = load(None)
+    n = len(data)
+    scaffold = [scaffold_of(s) for s in data.smiles]
+    part_of = {}
+    for name, indices in data.split.items():
+        for i in indices:
+            assert part_of.setdefault(scaffold[i], name) == name, f"scaffold {scaffold[i]} is in {part_of[scaffold[i]]} and {name}"
+    sizes = {k: len(v) for k, v in data.split.items()}
+    assert sum(sizes.values()) == n
+    assert 0.8 * n - 10 <= sizes["train"] <= 0.8 * n and 0.1 * n - 10 <= sizes["valid"] <= 0.1 * n
+    group_size = Counter(scaffold)
+    big = {s for s, c in group_size.items() if c > 0.1 * n / 2}
+    assert big and all(part_of[s] == "train" for s in big), "groups larger than half the valid/test size go to train"
+    again = load(None)
+    assert all(np.array_equal(data.split[k], again.split[k]) for k in data.split)
+    other = load(None, recipe_seed=1)
+    assert not np.array_equal(data.split["test"], other.split["test"]), "the recipe seed draws another split"
+    assert np.array_equal(load(1).split["test"], other.split["test"]), "data.split.seed draws it too"
+    deterministic = load_dataset(DataConfig(source="csv", path="tox21.csv", split=SplitConfig(method="scaffold")), data_root)
+    assert not np.array_equal(data.split["test"], deterministic.split["test"])
+
+
 def test_toxcast_loads_617_tasks(data_root):
     data = load_dataset(DataConfig(source="csv", path="toxcast.csv.gz"), data_root)
     assert len(data.tasks) == 617 and len(data) == 8576 - len(data.skipped)

@@ -302,7 +302,7 @@ def test_csv_reader_mutated_files(data):
         options["smiles_column"] = data.draw(st.sampled_from(header + ["absent"]), label="smiles_column")
     if data.draw(st.booleans(), label="tasks"):
         options["tasks"] = data.draw(st.lists(st.sampled_from(header + ["*", "?", "[", "absent"]), min_size=1, max_size=3), label="tasks")
-    options["split"] = data.draw(st.sampled_from([{"method": "column", "column": "split"}, {"method": "random"}, {"method": "scaffold"}]), label="split")
+    options["split"] = data.draw(st.sampled_from([{"method": "column", "column": "split"}, {"method": "random"}, {"method": "scaffold"}, {"method": "scaffold_balanced"}]), label="split")
     if data.draw(st.booleans(), label="task kinds"):
         options["task_kinds"] = {data.draw(st.sampled_from(header), label="kind task"): data.draw(st.sampled_from(["binary", "regression"]), label="kind")}
     options["strict"] = data.draw(st.booleans(), label="strict")
