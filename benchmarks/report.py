@@ -330,6 +330,8 @@ def main() -> None:
         ("peers-tox21-emb", "peers_tox21_emb10.json", peers_tables),
         ("peers-esol-emb", "peers_esol_emb_ema.json", peers_tables),
         ("peers-toxcast-emb", "peers_toxcast_emb.json", peers_tables),
+        ("peers-toxcast-full-xeon", "peers_toxcast_full_xeon.json", peers_tables),
+        ("peers-tox21-balanced1", "peers_balanced1.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
