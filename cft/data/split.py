@@ -78,8 +78,9 @@ def balanced_scaffold_split(smiles: Sequence[str], fractions: Sequence[float], s
     Molecules are grouped by Bemis-Murcko scaffold. Groups larger than half the valid or the test
     size ("big") are visited first, then the others, each kind in a random order drawn from
     `seed`; a group goes to train if it fits in train's share n * f_train, else to valid if it
-    fits in n * f_valid, else to test. Visiting the big groups first keeps them out of valid and
-    test, which they would otherwise fill alone (the balancing of chemprop's `scaffold_balanced`).
+    fits in n * f_valid, else to test (with f_test = 0: to the last split with a share). Visiting
+    the big groups first keeps them out of valid and test, which they would otherwise fill alone
+    (the balancing of chemprop's `scaffold_balanced`).
     """
     groups: dict[str, list[int]] = defaultdict(list)
     for i, scaffold in enumerate(scaffolds(smiles)):
@@ -91,15 +92,13 @@ def balanced_scaffold_split(smiles: Sequence[str], fractions: Sequence[float], s
     big = [g for g in groups.values() if len(g) > big_limit]
     small = [g for g in groups.values() if len(g) <= big_limit]
     ordered = [big[i] for i in rng.permutation(len(big))] + [small[i] for i in rng.permutation(len(small))]
-    train, valid, test = [], [], []
+    parts: list[list[int]] = [[], [], []]
+    # a group that fits nowhere goes to the last split with a share (test, unless its fraction is 0)
+    last = max(i for i, f in enumerate(fractions) if f > 0)
     for group in ordered:
-        if len(train) + len(group) <= sizes[0]:
-            train.extend(group)
-        elif len(valid) + len(group) <= sizes[1]:
-            valid.extend(group)
-        else:
-            test.extend(group)
-    return {k: np.array(sorted(v), dtype=np.int64) for k, v in zip(SPLITS, (train, valid, test))}
+        fits = [i for i in range(3) if len(parts[i]) + len(group) <= sizes[i]]
+        parts[fits[0] if fits else last].extend(group)
+    return {k: np.array(sorted(v), dtype=np.int64) for k, v in zip(SPLITS, parts)}
 
 
 def random_split(n: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:

@@ -72,7 +72,7 @@ def test_balanced_scaffold_split_is_another_scaffold_split_per_seed(data_root):
     seeds give different splits, a seed gives the same one, and the large groups land in train."""
     from collections import Counter
 
-    from cft.data.split import scaffold_of
+    from cft.data.split import balanced_scaffold_split, scaffold_of
 
     def load(seed: int | None, recipe_seed: int = 0):
         return load_dataset(DataConfig(source="csv", path="tox21.csv", split=SplitConfig(method="scaffold_balanced", seed=seed)), data_root, recipe_seed)
@@ -97,6 +97,11 @@ def test_balanced_scaffold_split_is_another_scaffold_split_per_seed(data_root):
     assert np.array_equal(load(1).split["test"], other.split["test"]), "data.split.seed draws it too"
     deterministic = load_dataset(DataConfig(source="csv", path="tox21.csv", split=SplitConfig(method="scaffold")), data_root)
     assert not np.array_equal(data.split["test"], deterministic.split["test"])
+    # no test share: what fits nowhere goes to valid, and the empty test split is refused as for every method
+    no_test = balanced_scaffold_split(data.smiles, (0.9, 0.1, 0.0), 0)
+    assert len(no_test["test"]) == 0 and len(no_test["train"]) + len(no_test["valid"]) == n
+    with pytest.raises(CftError, match="leaves test empty"):
+        load_dataset(DataConfig(source="csv", path="tox21.csv", split=SplitConfig(method="scaffold_balanced", fractions=(0.9, 0.1, 0.0))), data_root)
 
 
 def test_toxcast_loads_617_tasks(data_root):
