@@ -331,7 +331,7 @@ def main() -> None:
         ("peers-esol-emb", "peers_esol_emb_ema.json", peers_tables),
         ("peers-toxcast-emb", "peers_toxcast_emb.json", peers_tables),
         ("peers-toxcast-full-xeon", "peers_toxcast_full_xeon.json", peers_tables),
-        ("peers-tox21-balanced1", "peers_balanced1_lora12.json", peers_tables),
+        ("peers-tox21-balanced1", "peers_balanced1_all.json", peers_tables),
         ("peers-esol-balanced1", "peers_esol_balanced1.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
