@@ -429,10 +429,16 @@ def check_dataset(name: str, ds: Dataset, recipe) -> None:
         raise SystemExit(f"peers.py: DATASETS[{name!r}] {ours} disagrees with {ds.recipe} {theirs}")
 
 
+def split_suffix(split_seed: int | None) -> str:
+    """What names the split in folder and file names: nothing for the recipe's scaffold split,
+    `-balanced<N>` for the balanced scaffold split of seed N."""
+    return f"-balanced{split_seed}" if split_seed is not None else ""
+
+
 def split_folder_name(limit: int | None, split_seed: int | None) -> str:
     """The split files' folder under the result root: `split` for the recipe's scaffold split,
     `split-balanced<N>` for the balanced scaffold split of seed N, with `-limit<L>` for a subset."""
-    return "split" + (f"-balanced{split_seed}" if split_seed is not None else "") + (f"-limit{limit}" if limit is not None else "")
+    return "split" + split_suffix(split_seed) + (f"-limit{limit}" if limit is not None else "")
 
 
 def split_recipe_overrides(split_seed: int | None) -> list[str]:
@@ -856,12 +862,11 @@ def main() -> None:
     small = args.limit is not None
     # run folders of every dataset share one root (the tag and the split file names carry the dataset); result files do not
     out = (args.out or REPO / "benchmarks" / "results" / ("peers_quick" if small else "peers")).resolve()
-    stem = ("peers" if args.dataset == "tox21" else f"peers_{args.dataset}") + (f"_balanced{args.split_seed}" if args.split_seed is not None else "")
+    stem = ("peers" if args.dataset == "tox21" else f"peers_{args.dataset}") + split_suffix(args.split_seed).replace("-", "_")
     target = args.json or REPO / "benchmarks" / "results" / (f"{stem}_quick.json" if small else f"{stem}.json")
     # the plain `<dataset>` folder holds runs of FOLDER_EPOCHS epochs whatever the recipe says now:
     # a recipe's epochs may change, the finished runs' may not
-    tag = (args.dataset + (f"-balanced{args.split_seed}" if args.split_seed is not None else "") + (f"-limit{args.limit}" if small else "")
-           + (f"-epochs{epochs}" if epochs != FOLDER_EPOCHS else ""))
+    tag = args.dataset + split_suffix(args.split_seed) + (f"-limit{args.limit}" if small else "") + (f"-epochs{epochs}" if epochs != FOLDER_EPOCHS else "")
     csv, splits = split_files(data, out / split_folder_name(args.limit, args.split_seed), args.limit, args.dataset, args.split_seed)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     ctx = {"dataset": args.dataset, "ds": ds, "recipe": ds.recipe, "tag": tag, "epochs": epochs, "patience": patience, "out": out, "data": data, "threads": threads,

@@ -45,6 +45,14 @@ def scaffolds(smiles: Sequence[str]) -> list[str]:
     return out
 
 
+def scaffold_groups(smiles: Sequence[str]) -> list[list[int]]:
+    """The molecules' indices grouped by Bemis-Murcko scaffold, groups in order of first appearance."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, scaffold in enumerate(scaffolds(smiles)):
+        groups[scaffold].append(i)
+    return list(groups.values())
+
+
 def scaffold_split(smiles: Sequence[str], fractions: Sequence[float]) -> dict[str, np.ndarray]:
     """Deterministic scaffold split (the OGB / Hu et al. 2020 procedure).
 
@@ -52,10 +60,7 @@ def scaffold_split(smiles: Sequence[str], fractions: Sequence[float]) -> dict[st
     first molecule comes later first, as in the reference code) and each goes to train until
     train would exceed its fraction, then to valid, then to test.
     """
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, scaffold in enumerate(scaffolds(smiles)):
-        groups[scaffold].append(i)
-    ordered = sorted(groups.values(), key=lambda g: (len(g), g[0]), reverse=True)
+    ordered = sorted(scaffold_groups(smiles), key=lambda g: (len(g), g[0]), reverse=True)
     n = len(smiles)
     train_cut = fractions[0] * n
     valid_cut = (fractions[0] + fractions[1]) * n
@@ -82,15 +87,13 @@ def balanced_scaffold_split(smiles: Sequence[str], fractions: Sequence[float], s
     the big groups first keeps them out of valid and test, which they would otherwise fill alone
     (the balancing of chemprop's `scaffold_balanced`).
     """
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, scaffold in enumerate(scaffolds(smiles)):
-        groups[scaffold].append(i)
+    groups = scaffold_groups(smiles)
     n = len(smiles)
     sizes = [f * n for f in fractions]
     big_limit = min(sizes[1], sizes[2]) / 2
     rng = np.random.default_rng(seed)
-    big = [g for g in groups.values() if len(g) > big_limit]
-    small = [g for g in groups.values() if len(g) <= big_limit]
+    big = [g for g in groups if len(g) > big_limit]
+    small = [g for g in groups if len(g) <= big_limit]
     ordered = [big[i] for i in rng.permutation(len(big))] + [small[i] for i in rng.permutation(len(small))]
     parts: list[list[int]] = [[], [], []]
     # a group that fits nowhere goes to the last split with a share (test, unless its fraction is 0)
