@@ -9,9 +9,8 @@ and compare the printed lines (they are sorted by tensor name)::
          <(python scripts/bundle_hashes.py --bundle /tmp/qs-after/bundle.safetensors)
 
 Only ``safetensors`` and ``numpy`` are read here: the hashes do not depend on cft's own code.
-Training runs with one CPU thread by default. Since `train.deterministic` (on by default) two runs
-at two threads agree as well; before it, some kernel's results differed in the last bits from run
-to run at two threads.
+Training runs with one CPU thread by default: two runs at one thread are identical, while at two
+threads about one run in twenty was seen to differ in the last bits (AVX2 kernels under load).
 """
 from __future__ import annotations
 

@@ -307,9 +307,10 @@ class TrainConfig(_Strict):
     compile: bool = False
     """Opt-in torch.compile of the model."""
     deterministic: bool = True
-    """torch's deterministic kernels: two runs of one recipe and seed at the same thread count give
-    identical bundles (at two CPU threads they differed without them). `false` allows the faster
-    non-deterministic kernels where torch has them (mostly on CUDA)."""
+    """torch's deterministic kernels where it has non-deterministic ones (mostly CUDA's scatter and index sums):
+    two runs of one recipe and seed at one CPU thread give identical bundles; at more threads they
+    agree on most runs, but 1 in about 20 differed in the last bits on one CPU (AVX2 kernels under
+    load). `false` allows the faster non-deterministic kernels where torch has them."""
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend for multi-process runs: `auto` is NCCL on CUDA, gloo on CPU."""
     num_workers: int = Field(default=0, ge=0)

@@ -13,10 +13,11 @@ import torch.utils.deterministic  # the fill setting (use_deterministic_kernels)
 
 def use_deterministic_kernels(enabled: bool) -> None:
     """torch's deterministic kernels (`torch.use_deterministic_algorithms`), so that two runs of one
-    recipe with one seed at the same thread count give the same bits. Without them, CPU runs at
-    two threads were measured to differ (the quickstart's bundle and backbone tensors, run to run);
-    with them they were identical. `warn_only`: an op with no deterministic kernel (some CUDA ones)
-    warns instead of failing; cuBLAS needs a fixed workspace for deterministic GEMMs.
+    recipe with one seed give the same bits where torch has a non-deterministic kernel (mostly on
+    CUDA). On a CPU two runs at one thread are identical (tests/training/test_determinism.py); at two
+    threads they agree on most runs, but one in about twenty was seen to differ in the last bits
+    with AVX2 kernels under load, with these kernels on. `warn_only`: an op with no deterministic
+    kernel (some CUDA ones) warns instead of failing; cuBLAS needs a fixed workspace for deterministic GEMMs.
 
     torch's deterministic mode also fills every new uninitialised tensor (`torch.empty` and the
     outputs of most ops) with NaN by default, a pass over memory that every op then overwrites
