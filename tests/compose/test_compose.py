@@ -299,3 +299,23 @@ def test_compose_rule_threshold_and_calibration_folder(parts, tmp_path):
                                    "--calibrate-dir", folder, "--set", "train.max_steps=2", "--set", "train.epochs=1")
     assert calibrated.returncode == 0, calibrated.stderr
     assert (folder / "summary.json").exists() and not (tmp_path / "AB_cal.calibration").exists()
+
+
+def test_calibration_does_not_average_the_routes(parts, tmp_path):
+    """A recipe's train.ema is not used by --calibrate: the average would start at the composed
+    routes and, over a few hundred steps, keep decay**steps of them (said on the terminal)."""
+    import yaml
+    from safetensors.torch import load_file
+
+    bundles = {}
+    for name, extra in (("plain", []), ("ema", ["--set", "train.ema=0.99"])):
+        out, folder = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.calibration"
+        result = run_cli_inprocess("compose", parts["A"], parts["B"], "--prior-from", parts["recipe"], "-o", out, "--calibrate", parts["recipe"],
+                                   "--set", "train.max_steps=3", "--set", "train.epochs=1", *extra)
+        assert result.returncode == 0, result.stderr
+        assert ("train.ema=0.99 is not used" in result.stderr + result.stdout) == bool(extra)
+        assert yaml.safe_load((folder / "recipe.yaml").read_text())["train"]["ema"] is None
+        bundles[name] = load_file(str(out))
+    assert bundles["plain"].keys() == bundles["ema"].keys()
+    for key, tensor in bundles["plain"].items():
+        assert torch.equal(tensor, bundles["ema"][key]), f"{key}: calibration with train.ema set differs from one without"
