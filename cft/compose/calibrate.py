@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from cft.compose.composition import Composition
 from cft.console import info as say
+from cft.errors import CftError
 from cft.files.bundle import find_backbone_path, load_bundle, read_bundle_info
 from cft.nn.model import CftModel
 from cft.recipe.load import load_recipe, resolve_data_root, validate_raw
@@ -35,6 +36,14 @@ def calibrate(
     validated again, so calibration runs through the ordinary recipe and training path. The
     recipe's weight average (`train.ema`) is switched off: it starts at the composed weights, and
     over a short run it would keep decay**steps of them in the calibrated bundle."""
+    if not any(part.routed for part in composition.model.router.parts):
+        # parts with one adapter per layer (the default recipes') or uniform routes hold no router:
+        # their composed routes are fixed by the prior, so routing-only training has no parameter
+        raise CftError(
+            "--calibrate trains the routers of the composed bundle, and none of its parts has one: each "
+            "has one adapter per layer (or uniform routes), so the composed routes are fixed by the prior "
+            "and --compose-mix. Compose without --calibrate, or train the parts with routed adapters "
+            "(adapters.num_adapters > 1).")
     recipe = load_recipe(recipe_path, list(sets))
     with tempfile.TemporaryDirectory(prefix=".cft-compose-", dir=run_dir.parent if run_dir.parent.exists() else None) as tmp:
         staged = Path(tmp) / "composed.safetensors"

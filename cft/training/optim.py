@@ -19,6 +19,9 @@ def make_optimizer(model: CftModel, recipe: Recipe) -> torch.optim.Optimizer:
     head_ids = {id(p) for p in head}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [g for g in ({"params": rest, "lr": tr.lr}, {"params": head, "lr": tr.head_lr or tr.lr}) if g["params"]]
+    if not groups and tr.trainable == "routing":
+        raise CftError("Nothing to train: train.trainable is routing, and the model has no router (one adapter per layer, "
+                       "or uniform routes: its routes are fixed).", hint="Set train.trainable: all, or start from a bundle with routed adapters.")
     if not groups:
         raise CftError("Nothing to train: every parameter is frozen.", hint="Enable adapters, unfreeze the backbone, or train the heads.")
     return torch.optim.AdamW(groups, weight_decay=tr.weight_decay)

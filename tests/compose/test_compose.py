@@ -319,3 +319,29 @@ def test_calibration_does_not_average_the_routes(parts, tmp_path):
     assert bundles["plain"].keys() == bundles["ema"].keys()
     for key, tensor in bundles["plain"].items():
         assert torch.equal(tensor, bundles["ema"][key]), f"{key}: calibration with train.ema set differs from one without"
+
+
+def test_calibration_of_parts_without_routers_is_refused(parts, tmp_path):
+    """Parts with one adapter per layer (the shipped recipes') have no router: their composed
+    routes are fixed, so --calibrate is refused before anything is written; `cft train` with
+    train.trainable=routing on such a bundle names the reason too."""
+    import json
+
+    single = {}
+    for name, tasks in zip("CD", (A_TASKS, B_TASKS)):
+        out = tmp_path / name
+        result = run_cli_inprocess("train", parts["recipe"], "-o", out, "--set", f"data.tasks={json.dumps(tasks)}",
+                                   "--set", "adapters.num_adapters=1", "--set", "train.epochs=1")
+        assert result.returncode == 0, result.stderr
+        single[name] = out / "bundle.safetensors"
+    cal = tmp_path / "CD_cal.safetensors"
+    refused = run_cli_inprocess("compose", single["C"], single["D"], "--prior-from", parts["recipe"], "-o", cal,
+                                "--calibrate", parts["recipe"], "--set", "train.max_steps=2")
+    assert_user_error(refused, "--calibrate", "none of its parts has one", "adapters.num_adapters > 1")
+    assert not cal.exists() and not (tmp_path / "CD_cal.calibration").exists()
+    composed = tmp_path / "CD.safetensors"
+    assert run_cli_inprocess("compose", single["C"], single["D"], "--prior-from", parts["recipe"], "-o", composed).returncode == 0
+    routing_only = run_cli_inprocess("train", parts["recipe"], "-o", tmp_path / "CD_train", "--set", f"train.init_bundle={composed}",
+                                     "--set", "train.trainable=routing", "--set", f"data.tasks={json.dumps(A_TASKS + B_TASKS)}",
+                                     "--set", "train.max_steps=2")
+    assert_user_error(routing_only, "train.trainable is routing", "has no router")
