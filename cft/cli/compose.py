@@ -33,7 +33,7 @@ def compose_command(
     min_support: int = typer.Option(20, "--min-support", min=1, help="--prior-from: minimum co-labelled molecules for an edge."),
     min_value: float = typer.Option(0.1, "--min-value", min=0.0, help="--prior-from: edges weaker than this are dropped."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="--prior-from: keep each task's K strongest links."),
-    calibrate: Optional[Path] = typer.Option(None, "--calibrate", metavar="RECIPE", help="Then train only routing and task embeddings as this recipe says (data, lr, train.max_steps; default 200 steps)."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", metavar="RECIPE", help="Then train only routing and task embeddings as this recipe says (data, lr, train.max_steps; default 200 steps; no weight average). Parts need routed adapters (adapters.num_adapters > 1)."),
     sets: Optional[List[str]] = SetOption,
     calibrate_dir: Optional[Path] = typer.Option(None, "--calibrate-dir", help="Run folder of the calibration (default: OUTPUT without .safetensors, plus .calibration)."),
     data_root: Optional[str] = DataRootOption,
