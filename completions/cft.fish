@@ -40,7 +40,7 @@ complete -c cft -n '__fish_seen_subcommand_from compose' -l method -r -F -d '--p
 complete -c cft -n '__fish_seen_subcommand_from compose' -l min-support -r -F -d '--prior-from: minimum co-labelled molecules for an edge'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l min-value -r -F -d '--prior-from: edges weaker than this are dropped'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l top-k -r -F -d '--prior-from: keep each task'\''s K strongest links'
-complete -c cft -n '__fish_seen_subcommand_from compose' -l calibrate -r -F -d 'Then train only routing and task embeddings as this recipe says (data, lr, train.max_steps; default 200 steps)'
+complete -c cft -n '__fish_seen_subcommand_from compose' -l calibrate -r -F -d 'Then train only routing and task embeddings as this recipe says (data, lr, train.max_steps; default 200 steps; no weight average). Parts need routed adapters (adapters.num_adapters > 1)'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l set -s s -r -F -d 'Override a recipe field, e.g. --set routing.temperature=0.5 (repeatable; validated like the recipe)'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l calibrate-dir -r -F -d 'Run folder of the calibration (default: OUTPUT without .safetensors, plus .calibration)'
 complete -c cft -n '__fish_seen_subcommand_from compose' -l data-root -r -F -d 'Where CSVs and OGB folders live (default: $CFT_DATA_ROOT, then the recipe'\''s data.root, then '\''.'\'')'
