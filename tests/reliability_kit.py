@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -228,6 +229,10 @@ def bad_priors(tasks: list[str], out: Path) -> dict[str, BadInput]:
     np.save(whole, good, allow_pickle=False)
     (out / "truncated.npy").write_bytes(whole.read_bytes()[:-40])
     cases["truncated"] = BadInput(out / "truncated.npy", "truncated")
+    huge = io.BytesIO()  # a header whose shape's size overflows int64 (found by the fuzzer)
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<f8", "fortran_order": False, "shape": (2**62, 2**62)})
+    (out / "huge_shape.npy").write_bytes(huge.getvalue() + bytes(64))
+    cases["huge_shape"] = BadInput(out / "huge_shape.npy", "too large for any array")
     (out / "garbage.npy").write_bytes(b"\x93NUMPY garbage")
     cases["garbage"] = BadInput(out / "garbage.npy", "not a valid .npy array")
     cases["pickled"] = BadInput(pickled_npy(out / "pickled.npy", out / "CANARY-unpickled"), "refuses to unpickle")

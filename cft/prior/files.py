@@ -56,7 +56,11 @@ def read_npy(path: Path) -> np.ndarray:
     unpickling anything, and a header whose shape the file cannot hold before any memory is allocated;
     the dtype and shape are then checked on the map and only a valid matrix is copied into memory."""
     try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        with np.errstate(over="raise"):  # a fuzzed shape whose size overflows int64 is refused, not warned about
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FloatingPointError:
+        raise CftError(f"{path} is not a valid .npy array: its header declares a shape too large for any array.",
+                       hint="Save a plain numeric array with np.save(path, array).") from None
     except ValueError as exc:
         text = str(exc)
         if "pickled data" in text:  # no .npy magic: numpy would take the file for a pickle

@@ -68,7 +68,7 @@ def test_bad_bundle_is_refused_by_compose(tiny_parts, broken, tmp_path, case):
 
 # tests/test_compose.py::test_refuses_bad_priors covers these cases of bad_priors with its own files
 PRIORS_IN_TEST_COMPOSE = {"wrong_shape", "nan", "inf", "negative", "asymmetric", "pickled", "missing", "garbage", "csv_names"}
-PRIOR_CASES = ["csv_header_index", "csv_not_numbers", "csv_unreadable", "not_square", "strings", "suffix", "three_d", "truncated"]
+PRIOR_CASES = ["csv_header_index", "csv_not_numbers", "csv_unreadable", "huge_shape", "not_square", "strings", "suffix", "three_d", "truncated"]
 
 
 @pytest.mark.parametrize("case", PRIOR_CASES)

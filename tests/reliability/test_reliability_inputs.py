@@ -149,7 +149,7 @@ def test_unknown_ogb_dataset_is_refused(tmp_path):
 
 
 PRIOR_CASES = [
-    "asymmetric", "csv_header_index", "csv_names", "csv_not_numbers", "csv_unreadable", "garbage", "inf", "missing", "nan",
+    "asymmetric", "csv_header_index", "csv_names", "csv_not_numbers", "csv_unreadable", "garbage", "huge_shape", "inf", "missing", "nan",
     "negative", "not_square", "pickled", "strings", "suffix", "three_d", "truncated", "wrong_shape",
 ]
 
