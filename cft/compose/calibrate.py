@@ -35,7 +35,7 @@ def calibrate(
     bundle's backbone, tasks and the routing-only training are then set on it and the result is
     validated again, so calibration runs through the ordinary recipe and training path. The
     recipe's weight average (`train.ema`) is switched off: it starts at the composed weights, and
-    over a short run it would keep decay**steps of them in the calibrated bundle."""
+    over a short run it would keep decay**steps of them in the calibrated bundle (0.995**200 = 37%)."""
     if not any(part.routed for part in composition.model.router.parts):
         # parts with one adapter per layer (the default recipes') or uniform routes hold no router:
         # their composed routes are fixed by the prior, so routing-only training has no parameter
@@ -53,9 +53,7 @@ def calibrate(
         spec = composition.model.spec
         if not recipe.train.max_steps:
             say(f"calibration: the recipe sets no train.max_steps; stopping after {default_steps} steps")
-        if recipe.train.ema is not None:
-            # the average starts at the composed routes: after n of a few hundred steps it still holds
-            # decay**n of them (0.995**200 = 37%): a third of the calibrated bundle would be uncalibrated routes
+        if recipe.train.ema is not None:  # why: the docstring (0.995**200 = 37% of the composed routes kept)
             say(f"calibration: train.ema={recipe.train.ema} is not used (an average over a short run keeps much of the uncalibrated routes)")
         calibration = recipe.model_copy(update={
             "output_dir": str(run_dir),
