@@ -173,6 +173,9 @@ class ModelSpec(_Frozen):
     virtual_node_adapters: bool = False
     """With `placement` `mlp-both`: banks on the virtual node's MLP too, in each insertion layer but the
     last (`vn_adapters`, `vn_out_adapters`; `cft.nn.model`). A header without the field is false."""
+    virtual_node_rank: Optional[Rank] = None
+    """The width of the virtual-node banks when it differs from `bank_rank` (`virtual_node_bank_rank`);
+    None, and a header without the field: `bank_rank`."""
     embedding_adapters: bool = False
     """A bank on the atom encoder's embeddings too (`embedding_adapters.0`, `cft.nn.adapters.EmbeddingAdapterBank`),
     under the weights of insertion layer 0, which some part must adapt. A header without the field is false."""
@@ -223,6 +226,8 @@ class ModelSpec(_Frozen):
             problems.append(f"adapters placed in the GIN MLP ({self.placement}) need a gin backbone, not {self.backbone.arch}")
         if self.virtual_node_adapters and (self.placement != "mlp-both" or not self.backbone.virtual_node):
             problems.append("adapters on the virtual node's MLP need placement mlp-both and a backbone with a virtual node")
+        if self.virtual_node_rank is not None and not self.virtual_node_adapters:
+            problems.append("virtual_node_rank is given for virtual-node banks the model does not have")
         if self.embedding_adapters:
             layers = sorted({layer for p in self.parts for layer in p.layers})
             if 0 not in layers:
@@ -239,6 +244,11 @@ class ModelSpec(_Frozen):
     @property
     def bank_rank(self) -> int:
         return max((p.rank for p in self.parts if p.layers), default=0)
+
+    @property
+    def virtual_node_bank_rank(self) -> int:
+        """The width of the virtual-node banks: `virtual_node_rank`, else `bank_rank`."""
+        return self.virtual_node_rank if self.virtual_node_rank is not None else self.bank_rank
 
 
 def concatenated_target_affine(specs: list[ModelSpec]) -> dict:

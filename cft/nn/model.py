@@ -112,10 +112,10 @@ class CftModel(nn.Module):
             vn_hidden = backbone.vn_mlps[0][0].out_features
             vn_layers = {layer: size for layer, size in self.router.layer_sizes.items() if layer < backbone.num_layers - 1}
             self.vn_adapters = nn.ModuleDict(
-                {str(layer): AdapterBank(size, spec.bank_rank, hidden, spec.activation, spec.adapter_dropout, out_dim=vn_hidden) for layer, size in vn_layers.items()}
+                {str(layer): AdapterBank(size, spec.virtual_node_bank_rank, hidden, spec.activation, spec.adapter_dropout, out_dim=vn_hidden) for layer, size in vn_layers.items()}
             )
             self.vn_out_adapters = nn.ModuleDict(
-                {str(layer): AdapterBank(size, spec.bank_rank, vn_hidden, spec.activation, spec.adapter_dropout, out_dim=hidden) for layer, size in vn_layers.items()}
+                {str(layer): AdapterBank(size, spec.virtual_node_bank_rank, vn_hidden, spec.activation, spec.adapter_dropout, out_dim=hidden) for layer, size in vn_layers.items()}
             )
         if spec.embedding_adapters:
             # one bank on the atom encoder's output, under layer 0's weights alpha^0(x), before layer 0

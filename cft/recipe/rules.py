@@ -46,6 +46,10 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
         out.append((("adapters", "virtual_node"), "adapts the virtual node's MLP beside `placement: mlp-both` only; set adapters.placement: mlp-both", True))
     if ad.virtual_node and not bb.virtual_node:  # a backbone file must match the recipe's backbone section, so this covers files too
         out.append((("adapters", "virtual_node"), "the backbone has no virtual node (backbone.virtual_node: false)", True))
+    if ad.virtual_node_rank is not None and not ad.virtual_node:
+        out.append((("adapters", "virtual_node_rank"), "is the rank of the virtual node's banks, which adapters.virtual_node: false leaves out; set it true or drop this field", ad.virtual_node_rank))
+    if ad.virtual_node_rank is not None and ad.virtual_node_rank > bb.hidden:
+        out.append((("adapters", "virtual_node_rank"), f"must be <= backbone.hidden ({bb.hidden})", ad.virtual_node_rank))
     if ad.embeddings and isinstance(ad.layers, list) and 0 not in ad.layers:
         out.append((("adapters", "embeddings"), "the embeddings' bank acts under layer 0's weights; add 0 to adapters.layers (or use `all`)", True))
     elif ad.embeddings and recipe.routing.readout == "task" and ad.layers == [0]:

@@ -165,6 +165,10 @@ class AdapterConfig(_Strict):
     layer but the last, of the same K and rank, on the virtual node's MLP (into its first Linear's
     output and beside its second Linear: where LoRA on those Linears acts). The last layer updates
     no virtual node. About 1.8x the adapter weights of `mlp-both` alone with every layer adapted."""
+    virtual_node_rank: Optional[Rank] = None
+    """Rank of the virtual node's banks when it should differ from `rank` (PEFT's `rank_pattern` for
+    those Linears); unset, they take `rank`. Each of their adapters holds 3d r weights (d -> 2d and
+    2d -> d): 10,800 per layer at d = 300, K = 1, r = 6."""
     embeddings: bool = False
     """One more bank of the same K and rank on the atom encoder's embeddings, under layer 0's weights
     (layer 0 must be adapted): f_i reads the atom's features, so with `activation: identity` it is a
