@@ -43,13 +43,17 @@ def _flattened_parts(sources: list[Source]) -> list[tuple[Source, int, PartSpec]
     return out
 
 
+VIRTUAL_NODE_BANKS = ("vn_adapters", "vn_out_adapters")  # their width is the spec's virtual_node_bank_rank, not the parts' rank
+
+
 def _effective_rank(source: Source, g: int, part: PartSpec) -> int:
-    """The part's rank, or the source bank's rank when its padding rows were trained (not zero)."""
+    """The part's rank, or the source bank's rank when its padding rows were trained (not zero);
+    the virtual-node banks have their own width and do not count."""
     model, r = source.model, part.rank
     for layer in part.layers:
         off = model.router.adapter_offsets[g][layer]
-        for banks in model.adapter_banks().values():
-            if str(layer) not in banks:  # the virtual-node banks have no last layer
+        for name, banks in model.adapter_banks().items():
+            if name in VIRTUAL_NODE_BANKS or str(layer) not in banks:
                 continue
             bank = banks[str(layer)]
             if bank.rank > r and (bank.U[off : off + part.num_adapters, r:].abs().sum() > 0 or bank.V[off : off + part.num_adapters, :, r:].abs().sum() > 0):
@@ -76,6 +80,7 @@ def compose_route(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, placement=_placement(sources), scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
         compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, virtual_node_adapters=_virtual_node(sources),
+        virtual_node_rank=_virtual_node_rank([s.spec.virtual_node_bank_rank for s in sources if s.spec.virtual_node_adapters], parts),
         embedding_adapters=_embeddings(sources),
         **concatenated_target_affine([s.spec for s in sources]),
     )
@@ -99,8 +104,9 @@ def compose_route(
             for name in names:
                 if f"{name}.{layer}.U" not in src_state:  # a source without virtual-node banks (or the last layer): its rows stay zero
                     continue
-                state[f"{name}.{layer}.U"][dst_off : dst_off + k, :r] = src_state[f"{name}.{layer}.U"][src_off : src_off + k, :r]
-                state[f"{name}.{layer}.V"][dst_off : dst_off + k, :, :r] = src_state[f"{name}.{layer}.V"][src_off : src_off + k, :, :r] * s.spec.scale
+                w = s.spec.virtual_node_bank_rank if name in VIRTUAL_NODE_BANKS else r  # columns this part holds in the bank
+                state[f"{name}.{layer}.U"][dst_off : dst_off + k, :w] = src_state[f"{name}.{layer}.U"][src_off : src_off + k, :w]
+                state[f"{name}.{layer}.V"][dst_off : dst_off + k, :, :w] = src_state[f"{name}.{layer}.V"][src_off : src_off + k, :, :w] * s.spec.scale
     _copy_heads(state, sources)
     state["router.relation"] = torch.as_tensor(union, dtype=torch.float32)
     model.load_state_dict(state, strict=False)
@@ -118,6 +124,15 @@ def _virtual_node(sources: list[Source]) -> bool:
     """Whether the composed model has banks on the virtual node's MLP: when any source has them (a
     source without them leaves its rows there zero: no update, as it was trained)."""
     return any(s.spec.virtual_node_adapters for s in sources if any(p.layers for p in s.spec.parts))
+
+
+def _virtual_node_rank(widths: list[int], parts: list[PartSpec]) -> int | None:
+    """The composed virtual-node banks' width: the widest of the sources' (`widths`), so every
+    source's columns fit; None (the parts' rank) where that is the same number."""
+    if not widths:
+        return None
+    width = max(widths)
+    return None if width == max((p.rank for p in parts if p.layers), default=0) else width
 
 
 def _embeddings(sources: list[Source]) -> bool:
@@ -145,7 +160,7 @@ def _components(source: Source, layer: int, weight: float, name: str = "adapters
     for g, part in enumerate(source.spec.parts):
         if layer not in part.layers:
             continue
-        r = _effective_rank(source, g, part)
+        r = source.spec.virtual_node_bank_rank if name in VIRTUAL_NODE_BANKS else _effective_rank(source, g, part)
         off = model.router.adapter_offsets[g][layer]
         for i in range(part.num_adapters):
             c = float(weight * mean_route[off + i] * source.spec.scale)
@@ -176,6 +191,12 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         ranks = sorted({_effective_rank(s, g, p) for s in sources for g, p in enumerate(s.spec.parts) if p.layers})
         if len(ranks) > 1:
             raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these have ranks {ranks}.", hint="Use --mode cat or svd.")
+        vn_ranks = sorted({s.spec.virtual_node_bank_rank for s in sources if s.spec.virtual_node_adapters and any(p.layers for p in s.spec.parts)})
+        if len(vn_ranks) > 1:
+            raise CftError(
+                f"--mode linear needs adapters of one rank (as PEFT does); these bundles' virtual-node banks have ranks {vn_ranks}.",
+                hint="Use --mode cat or svd.",
+            )
         if any(w < 0 for w in weights):
             raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
     layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})
@@ -186,7 +207,8 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
             comps = [c for s, w in zip(sources, weights) for c in _components(s, layer, w, name)]
             if comps:  # a virtual-node bank no source has at this layer stays zero
                 merged[name, layer] = merge_layer(comps, mode)
-    rank = max((u.size(0) for u, _ in merged.values()), default=1)
+    rank = max((u.size(0) for (name, _), (u, _) in merged.items() if name not in VIRTUAL_NODE_BANKS), default=1)
+    vn_widths = [u.size(0) for (name, _), (u, _) in merged.items() if name in VIRTUAL_NODE_BANKS]
     tasks = union_tasks(sources)
     part = PartSpec(
         name="merged", tasks=tasks, layers=layers, num_adapters=1, rank=rank, embed_dim=1, mode="uniform", prior_steps=0,
@@ -195,7 +217,8 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
         activation=activation, placement=_placement(sources), scale=1.0, adapter_dropout=0.0, virtual_node_adapters=_virtual_node(sources),
-        embedding_adapters=_embeddings(sources), **concatenated_target_affine([s.spec for s in sources]),
+        virtual_node_rank=_virtual_node_rank(vn_widths, [part]), embedding_adapters=_embeddings(sources),
+        **concatenated_target_affine([s.spec for s in sources]),
     )
     model = _new_model(spec, [union], union)
     state = {k: v.clone() for k, v in model.bundle_state().items()}

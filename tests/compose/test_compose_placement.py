@@ -131,6 +131,64 @@ def test_a_merge_keeps_the_virtual_node_banks(vn_and_plain, tiny_parts, tmp_path
     assert run_cli_inprocess("eval", merged, "--json", tmp_path / "m.json").returncode == 0
 
 
+@pytest.fixture(scope="module")
+def vn_ranks(tiny_parts, tmp_path_factory):
+    """Parts A and B, both with linear adapters at rank 4 and banks on the virtual node's MLP: A's at
+    their own rank 6 (`adapters.virtual_node_rank`, wider than the parts' rank), B's at the parts'."""
+    both = ["--set", "adapters.placement=mlp-both", "--set", "adapters.virtual_node=true", "--set", "adapters.rank=4",
+            "--set", "adapters.activation=identity"]
+    folder = tmp_path_factory.mktemp("vn-rank-parts")
+    out = {}
+    for name, tasks, extra in (("A", A_TASKS, ["--set", "adapters.virtual_node_rank=6"]), ("B", B_TASKS, [])):
+        trained = run_cli_inprocess("train", tiny_parts["recipe"], "-o", folder / name, "--set", f"data.tasks={json.dumps(tasks)}",
+                                    "--set", "train.epochs=1", *both, *extra)
+        assert trained.returncode == 0, trained.stderr
+        out[name] = folder / name / "bundle.safetensors"
+    return out
+
+
+def _widths(bundle) -> dict[str, int]:
+    """The rank (columns) of each bank at layer 0 of a bundle: U is [K, r, d_in]."""
+    from safetensors import safe_open
+
+    with safe_open(bundle, "pt") as f:
+        return {name: f.get_slice(f"{name}.0.U").get_shape()[1] for name in ("adapters", "out_adapters", "vn_adapters", "vn_out_adapters")}
+
+
+def test_virtual_node_banks_take_their_own_rank_and_keep_it_when_composed(vn_ranks, tiny_parts, tmp_path):
+    assert _widths(vn_ranks["A"]) == {"adapters": 4, "out_adapters": 4, "vn_adapters": 6, "vn_out_adapters": 6}
+    assert read_header(vn_ranks["A"], "bundle")["spec"]["virtual_node_rank"] == 6
+    assert _widths(vn_ranks["B"])["vn_adapters"] == 4 and read_header(vn_ranks["B"], "bundle")["spec"]["virtual_node_rank"] is None
+    ab = _composed_predicts_like_its_parts(vn_ranks, tiny_parts, tmp_path)  # A's six columns all carried over
+    assert read_header(ab, "bundle")["spec"]["virtual_node_rank"] == 6
+    assert _widths(ab) == {"adapters": 4, "out_adapters": 4, "vn_adapters": 6, "vn_out_adapters": 6}
+    # the narrower source first: the banks still take the widest
+    ba = tmp_path / "BA.safetensors"
+    assert run_cli_inprocess("compose", vn_ranks["B"], vn_ranks["A"], "-o", ba).returncode == 0
+    assert _widths(ba)["vn_out_adapters"] == 6 and read_header(ba, "bundle")["spec"]["virtual_node_rank"] == 6
+
+
+@pytest.mark.parametrize("mode", ["cat", "svd"])
+def test_a_merge_of_virtual_node_banks_of_two_ranks(vn_ranks, tmp_path, mode):
+    merged = tmp_path / f"{mode}.safetensors"
+    result = run_cli_inprocess("compose", vn_ranks["A"], vn_ranks["B"], "--mode", mode, "-o", merged)
+    assert result.returncode == 0, result.stderr
+    # cat stacks the K components of each (rank 4 + 4 in the GIN MLPs' banks, 6 + 4 on the virtual
+    # node); svd keeps the widest component's rank
+    k = read_header(vn_ranks["A"], "bundle")["spec"]["parts"][0]["num_adapters"]
+    expected = {"cat": (k * (4 + 4), k * (6 + 4)), "svd": (4, 6)}[mode]
+    widths = _widths(merged)
+    assert (widths["adapters"], widths["vn_adapters"]) == expected
+    assert read_header(merged, "bundle")["spec"]["virtual_node_rank"] == expected[1]
+    assert run_cli_inprocess("eval", merged, "--json", tmp_path / "m.json").returncode == 0
+
+
+def test_a_linear_merge_of_virtual_node_banks_of_two_ranks_is_refused(vn_ranks, tmp_path):
+    merged = tmp_path / "linear.safetensors"
+    refused = run_cli_inprocess("compose", vn_ranks["A"], vn_ranks["B"], "--mode", "linear", "-o", merged)
+    assert_user_error(refused, "--mode linear", "virtual-node banks have ranks [4, 6]")
+    assert not merged.exists()
+
 
 @pytest.fixture(scope="module")
 def emb_and_plain(tiny_parts, tmp_path_factory):

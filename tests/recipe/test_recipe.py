@@ -49,6 +49,8 @@ BROKEN = {
     "virtual-node adapters at the output": ("adapters:\n  virtual_node: true\n", "adapters.virtual_node (line 2): adapts the virtual node's MLP beside `placement: mlp-both` only"),
     "virtual-node adapters without a virtual node": ("backbone:\n  virtual_node: false\nadapters:\n  placement: mlp-both\n  virtual_node: true\n",
                                                      "adapters.virtual_node (line 5): the backbone has no virtual node"),
+    "virtual-node rank without virtual-node banks": ("adapters:\n  placement: mlp-both\n  virtual_node_rank: 6\n",
+                                                     "adapters.virtual_node_rank (line 3): is the rank of the virtual node's banks, which adapters.virtual_node: false leaves out"),
     "embedding adapters without layer 0": ("adapters:\n  layers: [1, 2]\n  embeddings: true\n",
                                            "adapters.embeddings (line 3): the embeddings' bank acts under layer 0's weights; add 0 to adapters.layers"),
     "embedding adapters at layer 0 alone, task read-out": ("adapters:\n  layers: [0]\n  embeddings: true\n",
