@@ -68,7 +68,8 @@ chemprop runs start again):
   `recipe-vn-emb-r10`: the same options on the dataset's recipe as it is (recipes/esol.yaml has
   neither the scale nor the weight average), and `recipe-vn6`: the dataset's recipe plus the
   virtual-node MLPs at their own rank 6 (`adapters.virtual_node_rank=6`; on Tox21 156,888 weights,
-  4.7%). Every method but these and `adapters` starts from the recipe as it was before the
+  4.7%), `recipe-emb36`: the dataset's recipe with the embeddings' bank at rank 36
+  (`adapters.embeddings_rank=36`; on Tox21 125,064 weights, 3.7%). Every method but these and `adapters` starts from the recipe as it was before the
   scale, the weight average and the embeddings' bank (`BEFORE_RECIPE_CHANGES`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
@@ -276,6 +277,11 @@ PEERS = {
     # 156,888 weights, 4.7% of the backbone)
     "recipe-vn6": ("cft adapters, the dataset's recipe plus the virtual-node MLPs at rank 6",
                    METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.virtual_node_rank=6"]),
+    # the recipe's embeddings' bank at rank 36 (adapters.embeddings_rank; 17,064 weights, 125,064 in
+    # all, 3.7%): PEFT `lora-vn-emb`'s LoRA r=4 on each of the nine tables is a rank-36 update of
+    # the encoder seen as one table
+    "recipe-emb36": ("cft adapters, the dataset's recipe with the embeddings' bank at rank 36",
+                     METHODS["full method (label prior)"] + ["adapters.embeddings=true", "adapters.embeddings_rank=36"]),
     "recipe-vn-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs, rank 10",
                       METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10"]),
     "recipe-vn-emb-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
@@ -500,7 +506,7 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 # measured without them, so they are set back first (a method's own sets come after and win): a
 # method keeps meaning what its rows measured
 BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false"]
-ON_THE_RECIPE = {"adapters", "recipe-emb", "recipe-vn6", "recipe-vn-r10", "recipe-vn-emb-r10"}  # methods measured on the recipe as it is
+ON_THE_RECIPE = {"adapters", "recipe-emb", "recipe-vn6", "recipe-emb36", "recipe-vn-r10", "recipe-vn-emb-r10"}  # methods measured on the recipe as it is
 
 
 def method_sets(method: str, dataset: str) -> list[str]:

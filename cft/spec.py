@@ -179,6 +179,9 @@ class ModelSpec(_Frozen):
     embedding_adapters: bool = False
     """A bank on the atom encoder's embeddings too (`embedding_adapters.0`, `cft.nn.adapters.EmbeddingAdapterBank`),
     under the weights of insertion layer 0, which some part must adapt. A header without the field is false."""
+    embeddings_rank: Optional[Rank] = None
+    """The width of the embeddings' bank when it differs from `bank_rank` (`embedding_bank_rank`);
+    None, and a header without the field: `bank_rank`."""
     compose_steps: PropagationSteps = 0
     compose_threshold: Threshold = 0.0
     compose_rule: ComposeRule = "propagate"
@@ -228,6 +231,8 @@ class ModelSpec(_Frozen):
             problems.append("adapters on the virtual node's MLP need placement mlp-both and a backbone with a virtual node")
         if self.virtual_node_rank is not None and not self.virtual_node_adapters:
             problems.append("virtual_node_rank is given for virtual-node banks the model does not have")
+        if self.embeddings_rank is not None and not self.embedding_adapters:
+            problems.append("embeddings_rank is given for an embeddings' bank the model does not have")
         if self.embedding_adapters:
             layers = sorted({layer for p in self.parts for layer in p.layers})
             if 0 not in layers:
@@ -249,6 +254,11 @@ class ModelSpec(_Frozen):
     def virtual_node_bank_rank(self) -> int:
         """The width of the virtual-node banks: `virtual_node_rank`, else `bank_rank`."""
         return self.virtual_node_rank if self.virtual_node_rank is not None else self.bank_rank
+
+    @property
+    def embedding_bank_rank(self) -> int:
+        """The width of the embeddings' bank: `embeddings_rank`, else `bank_rank`."""
+        return self.embeddings_rank if self.embeddings_rank is not None else self.bank_rank
 
 
 def concatenated_target_affine(specs: list[ModelSpec]) -> dict:

@@ -43,17 +43,23 @@ def _flattened_parts(sources: list[Source]) -> list[tuple[Source, int, PartSpec]
     return out
 
 
-VIRTUAL_NODE_BANKS = ("vn_adapters", "vn_out_adapters")  # their width is the spec's virtual_node_bank_rank, not the parts' rank
+# banks whose width is a spec field of their own, not the parts' rank: bank -> the spec property
+OWN_WIDTH = {"vn_adapters": "virtual_node_bank_rank", "vn_out_adapters": "virtual_node_bank_rank", "embedding_adapters": "embedding_bank_rank"}
+
+
+def _own_width(spec: ModelSpec, name: str) -> int | None:
+    """The width of bank `name` in a model of `spec` where it has one of its own (`OWN_WIDTH`), else None."""
+    return getattr(spec, OWN_WIDTH[name]) if name in OWN_WIDTH else None
 
 
 def _effective_rank(source: Source, g: int, part: PartSpec) -> int:
     """The part's rank, or the source bank's rank when its padding rows were trained (not zero);
-    the virtual-node banks have their own width and do not count."""
+    the banks with a width of their own (`OWN_WIDTH`) do not count."""
     model, r = source.model, part.rank
     for layer in part.layers:
         off = model.router.adapter_offsets[g][layer]
         for name, banks in model.adapter_banks().items():
-            if name in VIRTUAL_NODE_BANKS or str(layer) not in banks:
+            if name in OWN_WIDTH or str(layer) not in banks:
                 continue
             bank = banks[str(layer)]
             if bank.rank > r and (bank.U[off : off + part.num_adapters, r:].abs().sum() > 0 or bank.V[off : off + part.num_adapters, :, r:].abs().sum() > 0):
@@ -80,8 +86,8 @@ def compose_route(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, placement=_placement(sources), scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
         compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, virtual_node_adapters=_virtual_node(sources),
-        virtual_node_rank=_virtual_node_rank([s.spec.virtual_node_bank_rank for s in sources if s.spec.virtual_node_adapters], parts),
-        embedding_adapters=_embeddings(sources),
+        virtual_node_rank=_own_rank([s.spec.virtual_node_bank_rank for s in adapted if s.spec.virtual_node_adapters], parts),
+        embedding_adapters=_embeddings(sources), embeddings_rank=_own_rank([s.spec.embedding_bank_rank for s in adapted if s.spec.embedding_adapters], parts),
         **concatenated_target_affine([s.spec for s in sources]),
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
@@ -104,7 +110,7 @@ def compose_route(
             for name in names:
                 if f"{name}.{layer}.U" not in src_state:  # a source without virtual-node banks (or the last layer): its rows stay zero
                     continue
-                w = s.spec.virtual_node_bank_rank if name in VIRTUAL_NODE_BANKS else r  # columns this part holds in the bank
+                w = _own_width(s.spec, name) or r  # columns this part holds in the bank
                 state[f"{name}.{layer}.U"][dst_off : dst_off + k, :w] = src_state[f"{name}.{layer}.U"][src_off : src_off + k, :w]
                 state[f"{name}.{layer}.V"][dst_off : dst_off + k, :, :w] = src_state[f"{name}.{layer}.V"][src_off : src_off + k, :, :w] * s.spec.scale
     _copy_heads(state, sources)
@@ -126,9 +132,10 @@ def _virtual_node(sources: list[Source]) -> bool:
     return any(s.spec.virtual_node_adapters for s in sources if any(p.layers for p in s.spec.parts))
 
 
-def _virtual_node_rank(widths: list[int], parts: list[PartSpec]) -> int | None:
-    """The composed virtual-node banks' width: the widest of the sources' (`widths`), so every
-    source's columns fit; None (the parts' rank) where that is the same number."""
+def _own_rank(widths: list[int], parts: list[PartSpec]) -> int | None:
+    """The width of a composed bank with a width of its own (`OWN_WIDTH`): the widest of the
+    sources' (`widths`), so every source's columns fit; None (the parts' rank) where that is the
+    same number, or no source has the bank."""
     if not widths:
         return None
     width = max(widths)
@@ -160,7 +167,7 @@ def _components(source: Source, layer: int, weight: float, name: str = "adapters
     for g, part in enumerate(source.spec.parts):
         if layer not in part.layers:
             continue
-        r = source.spec.virtual_node_bank_rank if name in VIRTUAL_NODE_BANKS else _effective_rank(source, g, part)
+        r = _own_width(source.spec, name) or _effective_rank(source, g, part)
         off = model.router.adapter_offsets[g][layer]
         for i in range(part.num_adapters):
             c = float(weight * mean_route[off + i] * source.spec.scale)
@@ -191,12 +198,11 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         ranks = sorted({_effective_rank(s, g, p) for s in sources for g, p in enumerate(s.spec.parts) if p.layers})
         if len(ranks) > 1:
             raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these have ranks {ranks}.", hint="Use --mode cat or svd.")
-        vn_ranks = sorted({s.spec.virtual_node_bank_rank for s in sources if s.spec.virtual_node_adapters and any(p.layers for p in s.spec.parts)})
-        if len(vn_ranks) > 1:
-            raise CftError(
-                f"--mode linear needs adapters of one rank (as PEFT does); these bundles' virtual-node banks have ranks {vn_ranks}.",
-                hint="Use --mode cat or svd.",
-            )
+        adapted = [s for s in sources if any(p.layers for p in s.spec.parts)]
+        for what, flag, width in (("virtual-node banks", "virtual_node_adapters", "virtual_node_bank_rank"), ("embeddings' banks", "embedding_adapters", "embedding_bank_rank")):
+            own = sorted({getattr(s.spec, width) for s in adapted if getattr(s.spec, flag)})
+            if len(own) > 1:
+                raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these bundles' {what} have ranks {own}.", hint="Use --mode cat or svd.")
         if any(w < 0 for w in weights):
             raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
     layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})
@@ -207,8 +213,9 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
             comps = [c for s, w in zip(sources, weights) for c in _components(s, layer, w, name)]
             if comps:  # a virtual-node bank no source has at this layer stays zero
                 merged[name, layer] = merge_layer(comps, mode)
-    rank = max((u.size(0) for (name, _), (u, _) in merged.items() if name not in VIRTUAL_NODE_BANKS), default=1)
-    vn_widths = [u.size(0) for (name, _), (u, _) in merged.items() if name in VIRTUAL_NODE_BANKS]
+    rank = max((u.size(0) for (name, _), (u, _) in merged.items() if name not in OWN_WIDTH), default=1)
+    vn_widths = [u.size(0) for (name, _), (u, _) in merged.items() if name in ("vn_adapters", "vn_out_adapters")]
+    emb_widths = [u.size(0) for (name, _), (u, _) in merged.items() if name == "embedding_adapters"]
     tasks = union_tasks(sources)
     part = PartSpec(
         name="merged", tasks=tasks, layers=layers, num_adapters=1, rank=rank, embed_dim=1, mode="uniform", prior_steps=0,
@@ -217,7 +224,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
         activation=activation, placement=_placement(sources), scale=1.0, adapter_dropout=0.0, virtual_node_adapters=_virtual_node(sources),
-        virtual_node_rank=_virtual_node_rank(vn_widths, [part]), embedding_adapters=_embeddings(sources),
+        virtual_node_rank=_own_rank(vn_widths, [part]), embedding_adapters=_embeddings(sources), embeddings_rank=_own_rank(emb_widths, [part]),
         **concatenated_target_affine([s.spec for s in sources]),
     )
     model = _new_model(spec, [union], union)

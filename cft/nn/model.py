@@ -122,7 +122,7 @@ class CftModel(nn.Module):
             vocabulary = [table.num_embeddings for table in backbone.atom_encoder.atom_embedding_list]
             size = self.router.layer_sizes[0]
             self.embedding_adapters = nn.ModuleDict(
-                {"0": EmbeddingAdapterBank(size, spec.bank_rank, vocabulary, hidden, spec.activation, spec.adapter_dropout)}
+                {"0": EmbeddingAdapterBank(size, spec.embedding_bank_rank, vocabulary, hidden, spec.activation, spec.adapter_dropout)}
             )
         self.head = nn.Linear(hidden, len(spec.tasks))
         self.register_buffer("is_binary", torch.tensor([k == "binary" for k in spec.kinds]), persistent=False)

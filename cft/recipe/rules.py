@@ -50,6 +50,8 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
         out.append((("adapters", "virtual_node_rank"), "is the rank of the virtual node's banks, which adapters.virtual_node: false leaves out; set it true or drop this field", ad.virtual_node_rank))
     if ad.virtual_node_rank is not None and ad.virtual_node_rank > bb.hidden:
         out.append((("adapters", "virtual_node_rank"), f"must be <= backbone.hidden ({bb.hidden})", ad.virtual_node_rank))
+    if ad.embeddings_rank is not None and not ad.embeddings:
+        out.append((("adapters", "embeddings_rank"), "is the rank of the embeddings' bank, which adapters.embeddings: false leaves out; set it true or drop this field", ad.embeddings_rank))
     if ad.embeddings and isinstance(ad.layers, list) and 0 not in ad.layers:
         out.append((("adapters", "embeddings"), "the embeddings' bank acts under layer 0's weights; add 0 to adapters.layers (or use `all`)", True))
     elif ad.embeddings and recipe.routing.readout == "task" and ad.layers == [0]:

@@ -174,6 +174,9 @@ class AdapterConfig(_Strict):
     (layer 0 must be adapted): f_i reads the atom's features, so with `activation: identity` it is a
     rank-r update of the encoder's tables (LoRA on the embeddings). (n + d) r weights per adapter,
     n = 174 atom feature values for OGB's encoder: 5,688 at d = 300, r = 12."""
+    embeddings_rank: Optional[Rank] = None
+    """Rank of the embeddings' bank when it should differ from `rank` (at most n = 174 for OGB's
+    encoder); unset, it takes `rank`."""
 
     @field_validator("layers", mode="before")
     @classmethod

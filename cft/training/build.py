@@ -46,7 +46,8 @@ def model_spec(recipe: Recipe, dataset: MolDataset, backbone_spec: BackboneSpec)
         backbone=backbone_spec, tasks=list(dataset.tasks), kinds=list(dataset.kinds), parts=[part],
         activation=ad.activation, scale=ad.scale, adapter_dropout=ad.dropout, placement=ad.placement, readout=rt.readout,
         virtual_node_adapters=ad.enabled and ad.virtual_node, virtual_node_rank=ad.virtual_node_rank if ad.enabled and ad.virtual_node else None,
-        embedding_adapters=ad.enabled and ad.embeddings, **target_statistics(dataset),
+        embedding_adapters=ad.enabled and ad.embeddings, embeddings_rank=ad.embeddings_rank if ad.enabled and ad.embeddings else None,
+        **target_statistics(dataset),
     )
 
 
