@@ -132,14 +132,15 @@ def test_a_merge_keeps_the_virtual_node_banks(vn_and_plain, tiny_parts, tmp_path
 
 
 @pytest.fixture(scope="module")
-def vn_ranks(tiny_parts, tmp_path_factory):
-    """Parts A and B, both with linear adapters at rank 4 and banks on the virtual node's MLP: A's at
-    their own rank 6 (`adapters.virtual_node_rank`, wider than the parts' rank), B's at the parts'."""
-    both = ["--set", "adapters.placement=mlp-both", "--set", "adapters.virtual_node=true", "--set", "adapters.rank=4",
-            "--set", "adapters.activation=identity"]
-    folder = tmp_path_factory.mktemp("vn-rank-parts")
+def own_ranks(tiny_parts, tmp_path_factory):
+    """Parts A and B, both with linear adapters at rank 4, banks on the virtual node's MLP and on the
+    atom embeddings: A's at ranks of their own (`adapters.virtual_node_rank` 6, wider than the parts'
+    rank; `adapters.embeddings_rank` 5), B's at the parts'."""
+    both = ["--set", "adapters.placement=mlp-both", "--set", "adapters.virtual_node=true", "--set", "adapters.embeddings=true",
+            "--set", "adapters.rank=4", "--set", "adapters.activation=identity"]
+    folder = tmp_path_factory.mktemp("own-rank-parts")
     out = {}
-    for name, tasks, extra in (("A", A_TASKS, ["--set", "adapters.virtual_node_rank=6"]), ("B", B_TASKS, [])):
+    for name, tasks, extra in (("A", A_TASKS, ["--set", "adapters.virtual_node_rank=6", "--set", "adapters.embeddings_rank=5"]), ("B", B_TASKS, [])):
         trained = run_cli_inprocess("train", tiny_parts["recipe"], "-o", folder / name, "--set", f"data.tasks={json.dumps(tasks)}",
                                     "--set", "train.epochs=1", *both, *extra)
         assert trained.returncode == 0, trained.stderr
@@ -152,40 +153,44 @@ def _widths(bundle) -> dict[str, int]:
     from safetensors import safe_open
 
     with safe_open(bundle, "pt") as f:
-        return {name: f.get_slice(f"{name}.0.U").get_shape()[1] for name in ("adapters", "out_adapters", "vn_adapters", "vn_out_adapters")}
+        return {name: f.get_slice(f"{name}.0.U").get_shape()[1] for name in ("adapters", "out_adapters", "vn_adapters", "vn_out_adapters", "embedding_adapters")}
 
 
-def test_virtual_node_banks_take_their_own_rank_and_keep_it_when_composed(vn_ranks, tiny_parts, tmp_path):
-    assert _widths(vn_ranks["A"]) == {"adapters": 4, "out_adapters": 4, "vn_adapters": 6, "vn_out_adapters": 6}
-    assert read_header(vn_ranks["A"], "bundle")["spec"]["virtual_node_rank"] == 6
-    assert _widths(vn_ranks["B"])["vn_adapters"] == 4 and read_header(vn_ranks["B"], "bundle")["spec"]["virtual_node_rank"] is None
-    ab = _composed_predicts_like_its_parts(vn_ranks, tiny_parts, tmp_path)  # A's six columns all carried over
-    assert read_header(ab, "bundle")["spec"]["virtual_node_rank"] == 6
-    assert _widths(ab) == {"adapters": 4, "out_adapters": 4, "vn_adapters": 6, "vn_out_adapters": 6}
+def _own_ranks(bundle) -> tuple:
+    spec = read_header(bundle, "bundle")["spec"]
+    return spec["virtual_node_rank"], spec["embeddings_rank"]
+
+
+def test_banks_take_their_own_rank_and_keep_it_when_composed(own_ranks, tiny_parts, tmp_path):
+    a_widths = {"adapters": 4, "out_adapters": 4, "vn_adapters": 6, "vn_out_adapters": 6, "embedding_adapters": 5}
+    assert _widths(own_ranks["A"]) == a_widths and _own_ranks(own_ranks["A"]) == (6, 5)
+    assert set(_widths(own_ranks["B"]).values()) == {4} and _own_ranks(own_ranks["B"]) == (None, None)
+    ab = _composed_predicts_like_its_parts(own_ranks, tiny_parts, tmp_path)  # A's columns all carried over
+    assert _widths(ab) == a_widths and _own_ranks(ab) == (6, 5)
     # the narrower source first: the banks still take the widest
     ba = tmp_path / "BA.safetensors"
-    assert run_cli_inprocess("compose", vn_ranks["B"], vn_ranks["A"], "-o", ba).returncode == 0
-    assert _widths(ba)["vn_out_adapters"] == 6 and read_header(ba, "bundle")["spec"]["virtual_node_rank"] == 6
+    assert run_cli_inprocess("compose", own_ranks["B"], own_ranks["A"], "-o", ba).returncode == 0
+    assert _widths(ba) == a_widths and _own_ranks(ba) == (6, 5)
 
 
 @pytest.mark.parametrize("mode", ["cat", "svd"])
-def test_a_merge_of_virtual_node_banks_of_two_ranks(vn_ranks, tmp_path, mode):
+def test_a_merge_of_banks_of_two_ranks(own_ranks, tmp_path, mode):
     merged = tmp_path / f"{mode}.safetensors"
-    result = run_cli_inprocess("compose", vn_ranks["A"], vn_ranks["B"], "--mode", mode, "-o", merged)
+    result = run_cli_inprocess("compose", own_ranks["A"], own_ranks["B"], "--mode", mode, "-o", merged)
     assert result.returncode == 0, result.stderr
     # cat stacks the K components of each (rank 4 + 4 in the GIN MLPs' banks, 6 + 4 on the virtual
-    # node); svd keeps the widest component's rank
-    k = read_header(vn_ranks["A"], "bundle")["spec"]["parts"][0]["num_adapters"]
-    expected = {"cat": (k * (4 + 4), k * (6 + 4)), "svd": (4, 6)}[mode]
+    # node, 5 + 4 on the embeddings); svd keeps the widest component's rank
+    k = read_header(own_ranks["A"], "bundle")["spec"]["parts"][0]["num_adapters"]
+    expected = {"cat": (k * (4 + 4), k * (6 + 4), k * (5 + 4)), "svd": (4, 6, 5)}[mode]
     widths = _widths(merged)
-    assert (widths["adapters"], widths["vn_adapters"]) == expected
-    assert read_header(merged, "bundle")["spec"]["virtual_node_rank"] == expected[1]
+    assert (widths["adapters"], widths["vn_adapters"], widths["embedding_adapters"]) == expected
+    assert _own_ranks(merged) == expected[1:]
     assert run_cli_inprocess("eval", merged, "--json", tmp_path / "m.json").returncode == 0
 
 
-def test_a_linear_merge_of_virtual_node_banks_of_two_ranks_is_refused(vn_ranks, tmp_path):
+def test_a_linear_merge_of_banks_of_two_ranks_is_refused(own_ranks, tmp_path):
     merged = tmp_path / "linear.safetensors"
-    refused = run_cli_inprocess("compose", vn_ranks["A"], vn_ranks["B"], "--mode", "linear", "-o", merged)
+    refused = run_cli_inprocess("compose", own_ranks["A"], own_ranks["B"], "--mode", "linear", "-o", merged)
     assert_user_error(refused, "--mode linear", "virtual-node banks have ranks [4, 6]")
     assert not merged.exists()
 

@@ -3,7 +3,8 @@ before the layer's BatchNorm), on its hidden layer (`mlp-hidden`, W_1 z + s f(z)
 MLP's BatchNorm and ReLU) and beside its second Linear (`mlp-out`, W_2 u + s f(u), u that Linear's
 input), under both read-outs; checked against forward passes written by hand. `mlp-both+vn` is
 `mlp-both` with a pair of banks more on the virtual node's MLP (`ModelSpec.virtual_node_adapters`);
-`mlp-both+vn5` gives those banks a rank of their own (`ModelSpec.virtual_node_rank`);
+`mlp-both+vn5` gives those banks a rank of their own (`ModelSpec.virtual_node_rank`), `+emb7` the
+embeddings' bank (`ModelSpec.embeddings_rank`);
 `+emb` adds the bank on the atom encoder's embeddings (`ModelSpec.embedding_adapters`), checked
 against the multi-hot product it stands for."""
 
@@ -28,11 +29,12 @@ def mlp_model(readout="task", tasks=4, layers=(0, 1), k=3, num_layers=2, pooling
     bb = BackboneSpec(num_layers=num_layers, hidden=16, dropout=0.0, pooling=pooling)
     names = [f"t{i}" for i in range(tasks)]
     part = PartSpec(name="p", tasks=names, layers=list(layers), num_adapters=k, rank=3, embed_dim=8, threshold=0.0)
+    placement, emb_rank = (placement.removesuffix("7"), 7) if placement.endswith("+emb7") else (placement, None)  # the embeddings' bank at rank 7
     placement, embeddings = placement.removesuffix("+emb"), placement.endswith("+emb")
     placement, vn_rank = (placement.removesuffix("5"), 5) if placement.endswith("+vn5") else (placement, None)  # the virtual node's banks at rank 5
     placement, virtual_node = placement.removesuffix("+vn"), placement.endswith("+vn")
     spec = ModelSpec(backbone=bb, tasks=names, kinds=["binary"] * tasks, parts=[part], readout=readout, scale=0.7, placement=placement,
-                     virtual_node_adapters=virtual_node, virtual_node_rank=vn_rank, embedding_adapters=embeddings)
+                     virtual_node_adapters=virtual_node, virtual_node_rank=vn_rank, embedding_adapters=embeddings, embeddings_rank=emb_rank)
     model = CftModel(Backbone(bb), spec, [np.eye(tasks, dtype=np.float32)])
     with torch.no_grad():
         vn_norms = [m for mlp in model.backbone.vn_mlps for m in mlp if isinstance(m, torch.nn.BatchNorm1d)]
@@ -151,7 +153,7 @@ def test_the_mlp_input_is_gineconvs_own():
         assert torch.allclose(gin.conv.nn(gin.aggregate(h, data.edge_index, data.edge_attr)), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn", "mlp-both+vn5", "mlp-both+vn+emb", "mlp+emb"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn", "mlp-both+vn5", "mlp-both+vn+emb", "mlp-both+vn5+emb7", "mlp+emb"])
 @pytest.mark.parametrize("readout", ["task", "mixture"])
 def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
     model = mlp_model(readout=readout, zero=True, placement=placement)
@@ -160,7 +162,7 @@ def test_zero_initialised_adapters_start_at_the_backbone(readout, placement):
         assert torch.allclose(model(data), model.head(model.backbone(data)), atol=1e-6)
 
 
-@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn", "mlp-both+vn5", "mlp-both+vn+emb", "mlp+emb"])
+@pytest.mark.parametrize("placement", ["mlp", "mlp-hidden", "mlp-out", "mlp-both", "mlp-both+vn", "mlp-both+vn5", "mlp-both+vn+emb", "mlp-both+vn5+emb7", "mlp+emb"])
 def test_mixture_readout_beside_the_mlp_equals_the_hand_written_pass(placement):
     model = mlp_model(readout="mixture", placement=placement)
     data = tiny_batch()
@@ -290,9 +292,10 @@ def test_a_header_without_placement_means_the_output_placement():
     assert ModelSpec.from_dict(raw).placement == "output"
 
 
-def test_the_virtual_node_banks_take_their_own_rank():
-    model = mlp_model(placement="mlp-both+vn5")
+def test_the_virtual_node_and_embeddings_banks_take_their_own_rank():
+    model = mlp_model(placement="mlp-both+vn5+emb7")
     assert {name: {bank.rank for bank in banks.values()} for name, banks in model.adapter_banks().items()} == {
-        "adapters": {3}, "out_adapters": {3}, "vn_adapters": {5}, "vn_out_adapters": {5}}
-    with pytest.raises(ValueError, match="virtual_node_rank"):  # a width for banks the model does not have
-        ModelSpec(**{**model.spec.model_dump(), "virtual_node_adapters": False})
+        "adapters": {3}, "out_adapters": {3}, "vn_adapters": {5}, "vn_out_adapters": {5}, "embedding_adapters": {7}}
+    for flag, width in (("virtual_node_adapters", "virtual_node_rank"), ("embedding_adapters", "embeddings_rank")):
+        with pytest.raises(ValueError, match=width):  # a width for a bank the model does not have
+            ModelSpec(**{**model.spec.model_dump(), flag: False})

@@ -51,6 +51,8 @@ BROKEN = {
                                                      "adapters.virtual_node (line 5): the backbone has no virtual node"),
     "virtual-node rank without virtual-node banks": ("adapters:\n  placement: mlp-both\n  virtual_node_rank: 6\n",
                                                      "adapters.virtual_node_rank (line 3): is the rank of the virtual node's banks, which adapters.virtual_node: false leaves out"),
+    "embeddings' rank without the embeddings' bank": ("adapters:\n  embeddings_rank: 36\n",
+                                                       "adapters.embeddings_rank (line 2): is the rank of the embeddings' bank, which adapters.embeddings: false leaves out"),
     "embedding adapters without layer 0": ("adapters:\n  layers: [1, 2]\n  embeddings: true\n",
                                            "adapters.embeddings (line 3): the embeddings' bank acts under layer 0's weights; add 0 to adapters.layers"),
     "embedding adapters at layer 0 alone, task read-out": ("adapters:\n  layers: [0]\n  embeddings: true\n",
