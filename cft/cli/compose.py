@@ -116,7 +116,8 @@ def _print_summary(composition, output: Path) -> None:
     layers = composition.model.router.layer_sizes
     if layers:
         table.add_row("adapters per layer", ", ".join(f"{layer}: {k}" for layer, k in sorted(layers.items())) + f" (rank {spec.bank_rank}"
-                      + (f"; the virtual node's banks {spec.virtual_node_rank}" if spec.virtual_node_rank is not None else "") + ")")
+                      + (f"; the virtual node's banks {spec.virtual_node_rank}" if spec.virtual_node_rank is not None else "")
+                      + (f"; the embeddings' bank {spec.embeddings_rank}" if spec.embeddings_rank is not None else "") + ")")
     prior = prov["prior"]
     table.add_row("prior", prior["source"] + (f" ({prior.get('path') or prior.get('data')})" if prior.get("path") or prior.get("data") else ""))
     if prov["mode"] == "route":
