@@ -334,6 +334,7 @@ def main() -> None:
         ("peers-tox21-balanced1", "peers_balanced1_all.json", peers_tables),
         ("peers-esol-balanced1", "peers_esol_balanced1.json", peers_tables),
         ("peers-tox21-own-ranks", "peers_tox21_own_ranks_epyc.json", peers_tables),
+        ("peers-tox21-full-epyc", "peers_tox21_full_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
