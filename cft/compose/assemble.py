@@ -43,13 +43,35 @@ def _flattened_parts(sources: list[Source]) -> list[tuple[Source, int, PartSpec]
     return out
 
 
-# banks whose width is a spec field of their own, not the parts' rank: bank -> the spec property
-OWN_WIDTH = {"vn_adapters": "virtual_node_bank_rank", "vn_out_adapters": "virtual_node_bank_rank", "embedding_adapters": "embedding_bank_rank"}
+# banks whose width is a ModelSpec field of their own, not the parts' rank:
+# bank -> (the field, the spec property that resolves it, what an error calls the bank)
+OWN_WIDTH = {
+    "vn_adapters": ("virtual_node_rank", "virtual_node_bank_rank", "virtual-node banks"),
+    "vn_out_adapters": ("virtual_node_rank", "virtual_node_bank_rank", "virtual-node banks"),
+    "embedding_adapters": ("embeddings_rank", "embedding_bank_rank", "embeddings' banks"),
+}
 
 
 def _own_width(spec: ModelSpec, name: str) -> int | None:
     """The width of bank `name` in a model of `spec` where it has one of its own (`OWN_WIDTH`), else None."""
-    return getattr(spec, OWN_WIDTH[name]) if name in OWN_WIDTH else None
+    return getattr(spec, OWN_WIDTH[name][1]) if name in OWN_WIDTH else None
+
+
+def _source_widths(sources: Sequence[Source]) -> list[tuple[str, int]]:
+    """(bank, width) for every bank with a width of its own that an adapted source has."""
+    return [(name, _own_width(s.spec, name)) for s in sources if any(p.layers for p in s.spec.parts)
+            for name in s.model.adapter_banks() if name in OWN_WIDTH]
+
+
+def _own_ranks(widths: list[tuple[str, int]], rank: int) -> dict:
+    """The composed spec's width fields (`virtual_node_rank`, `embeddings_rank`) from the (bank,
+    width) pairs of what it holds: each the widest, so every source's columns fit; None (the
+    parts' rank) where that is `rank`, or where no source has the bank."""
+    widest: dict[str, int] = {}
+    for name, width in widths:
+        field = OWN_WIDTH[name][0]
+        widest[field] = max(widest.get(field, 0), width)
+    return {field: None if width == rank else width for field, width in widest.items()}
 
 
 def _effective_rank(source: Source, g: int, part: PartSpec) -> int:
@@ -86,8 +108,7 @@ def compose_route(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=kinds, parts=parts, activation=activation, placement=_placement(sources), scale=1.0,
         adapter_dropout=0.0, compose_steps=compose_steps if len(parts) > 1 else 0, compose_threshold=compose_threshold,
         compose_rule=compose_rule, compose_mix=compose_mix, readout=readout, virtual_node_adapters=_virtual_node(sources),
-        virtual_node_rank=_own_rank([s.spec.virtual_node_bank_rank for s in adapted if s.spec.virtual_node_adapters], parts),
-        embedding_adapters=_embeddings(sources), embeddings_rank=_own_rank([s.spec.embedding_bank_rank for s in adapted if s.spec.embedding_adapters], parts),
+        embedding_adapters=_embeddings(sources), **_own_ranks(_source_widths(sources), max((p.rank for p in parts if p.layers), default=0)),
         **concatenated_target_affine([s.spec for s in sources]),
     )
     part_relations = [s.model.router.parts[g].relation.detach().cpu().numpy() for s, g, _ in flat]
@@ -130,16 +151,6 @@ def _virtual_node(sources: list[Source]) -> bool:
     """Whether the composed model has banks on the virtual node's MLP: when any source has them (a
     source without them leaves its rows there zero: no update, as it was trained)."""
     return any(s.spec.virtual_node_adapters for s in sources if any(p.layers for p in s.spec.parts))
-
-
-def _own_rank(widths: list[int], parts: list[PartSpec]) -> int | None:
-    """The width of a composed bank with a width of its own (`OWN_WIDTH`): the widest of the
-    sources' (`widths`), so every source's columns fit; None (the parts' rank) where that is the
-    same number, or no source has the bank."""
-    if not widths:
-        return None
-    width = max(widths)
-    return None if width == max((p.rank for p in parts if p.layers), default=0) else width
 
 
 def _embeddings(sources: list[Source]) -> bool:
@@ -198,9 +209,8 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         ranks = sorted({_effective_rank(s, g, p) for s in sources for g, p in enumerate(s.spec.parts) if p.layers})
         if len(ranks) > 1:
             raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these have ranks {ranks}.", hint="Use --mode cat or svd.")
-        adapted = [s for s in sources if any(p.layers for p in s.spec.parts)]
-        for what, flag, width in (("virtual-node banks", "virtual_node_adapters", "virtual_node_bank_rank"), ("embeddings' banks", "embedding_adapters", "embedding_bank_rank")):
-            own = sorted({getattr(s.spec, width) for s in adapted if getattr(s.spec, flag)})
+        for what in dict.fromkeys(label for _, _, label in OWN_WIDTH.values()):
+            own = sorted({width for name, width in _source_widths(sources) if OWN_WIDTH[name][2] == what})
             if len(own) > 1:
                 raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these bundles' {what} have ranks {own}.", hint="Use --mode cat or svd.")
         if any(w < 0 for w in weights):
@@ -214,8 +224,6 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
             if comps:  # a virtual-node bank no source has at this layer stays zero
                 merged[name, layer] = merge_layer(comps, mode)
     rank = max((u.size(0) for (name, _), (u, _) in merged.items() if name not in OWN_WIDTH), default=1)
-    vn_widths = [u.size(0) for (name, _), (u, _) in merged.items() if name in ("vn_adapters", "vn_out_adapters")]
-    emb_widths = [u.size(0) for (name, _), (u, _) in merged.items() if name == "embedding_adapters"]
     tasks = union_tasks(sources)
     part = PartSpec(
         name="merged", tasks=tasks, layers=layers, num_adapters=1, rank=rank, embed_dim=1, mode="uniform", prior_steps=0,
@@ -224,7 +232,7 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
     spec = ModelSpec(
         backbone=sources[0].spec.backbone, tasks=tasks, kinds=[k for s in sources for k in s.spec.kinds], parts=[part],
         activation=activation, placement=_placement(sources), scale=1.0, adapter_dropout=0.0, virtual_node_adapters=_virtual_node(sources),
-        virtual_node_rank=_own_rank(vn_widths, [part]), embedding_adapters=_embeddings(sources), embeddings_rank=_own_rank(emb_widths, [part]),
+        embedding_adapters=_embeddings(sources), **_own_ranks([(name, u.size(0)) for (name, _), (u, _) in merged.items() if name in OWN_WIDTH], rank),
         **concatenated_target_affine([s.spec for s in sources]),
     )
     model = _new_model(spec, [union], union)
