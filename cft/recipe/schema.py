@@ -175,8 +175,8 @@ class AdapterConfig(_Strict):
     rank-r update of the encoder's tables (LoRA on the embeddings). (n + d) r weights per adapter,
     n = 174 atom feature values for OGB's encoder: 5,688 at d = 300, r = 12."""
     embeddings_rank: Optional[Rank] = None
-    """Rank of the embeddings' bank when it should differ from `rank` (at most n = 174 for OGB's
-    encoder); unset, it takes `rank`."""
+    """Rank of the embeddings' bank when it should differ from `rank`; unset, it takes `rank`. At most
+    min(n, backbone.hidden) (n = 174 for OGB's encoder): the rank of the map it updates."""
 
     @field_validator("layers", mode="before")
     @classmethod

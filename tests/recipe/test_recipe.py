@@ -53,6 +53,8 @@ BROKEN = {
                                                      "adapters.virtual_node_rank (line 3): is the rank of the virtual node's banks, which adapters.virtual_node: false leaves out"),
     "embeddings' rank without the embeddings' bank": ("adapters:\n  embeddings_rank: 36\n",
                                                        "adapters.embeddings_rank (line 2): is the rank of the embeddings' bank, which adapters.embeddings: false leaves out"),
+    "embeddings' rank above the encoder's rank": ("adapters:\n  embeddings: true\n  embeddings_rank: 175\n",
+                                                 "adapters.embeddings_rank (line 3): must be <= 174: the bank updates a map from the atoms' 174 feature values"),
     "embedding adapters without layer 0": ("adapters:\n  layers: [1, 2]\n  embeddings: true\n",
                                            "adapters.embeddings (line 3): the embeddings' bank acts under layer 0's weights; add 0 to adapters.layers"),
     "embedding adapters at layer 0 alone, task read-out": ("adapters:\n  layers: [0]\n  embeddings: true\n",
