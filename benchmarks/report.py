@@ -335,6 +335,8 @@ def main() -> None:
         ("peers-esol-balanced1", "peers_esol_balanced1.json", peers_tables),
         ("peers-tox21-own-ranks", "peers_tox21_own_ranks_epyc.json", peers_tables),
         ("peers-tox21-full-epyc", "peers_tox21_full_epyc.json", peers_tables),
+        ("peers-tox21-e50", "peers_tox21_e50_epyc.json", peers_tables),
+        ("peers-tox21-screens", "peers_tox21_screens_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
