@@ -512,7 +512,7 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 # measured without them, so they are set back first (a method's own sets come after and win): a
 # method keeps meaning what its rows measured
 BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false"]
-ON_THE_RECIPE = {"adapters", "recipe-emb", "recipe-vn6", "recipe-emb36", "recipe-wd01", "recipe-dropout01", "recipe-vn-r10", "recipe-vn-emb-r10"}  # methods measured on the recipe as it is
+ON_THE_RECIPE = {"adapters"} | {m for m in PEERS if m.startswith("recipe-")}  # methods measured on the recipe as it is (named recipe-*)
 
 
 def method_sets(method: str, dataset: str) -> list[str]:

@@ -209,10 +209,12 @@ def compose_merge(sources: list[Source], union: np.ndarray, mode: str, weights: 
         ranks = sorted({_effective_rank(s, g, p) for s in sources for g, p in enumerate(s.spec.parts) if p.layers})
         if len(ranks) > 1:
             raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these have ranks {ranks}.", hint="Use --mode cat or svd.")
-        for what in dict.fromkeys(label for _, _, label in OWN_WIDTH.values()):
-            own = sorted({width for name, width in _source_widths(sources) if OWN_WIDTH[name][2] == what})
-            if len(own) > 1:
-                raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these bundles' {what} have ranks {own}.", hint="Use --mode cat or svd.")
+        own: dict[str, set[int]] = {}  # what an error calls the bank -> the sources' widths of it
+        for name, width in _source_widths(sources):
+            own.setdefault(OWN_WIDTH[name][2], set()).add(width)
+        for what, widths in own.items():
+            if len(widths) > 1:
+                raise CftError(f"--mode linear needs adapters of one rank (as PEFT does); these bundles' {what} have ranks {sorted(widths)}.", hint="Use --mode cat or svd.")
         if any(w < 0 for w in weights):
             raise CftError("--mode linear takes square roots of the weights (as PEFT does); give non-negative --weights.", hint="Use --mode cat or svd for negative weights.")
     layers = sorted({layer for s in sources for p in s.spec.parts for layer in p.layers})

@@ -52,8 +52,9 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
         out.append((("adapters", "virtual_node_rank"), f"must be <= backbone.hidden ({bb.hidden})", ad.virtual_node_rank))
     if ad.embeddings_rank is not None and not ad.embeddings:
         out.append((("adapters", "embeddings_rank"), "is the rank of the embeddings' bank, which adapters.embeddings: false leaves out; set it true or drop this field", ad.embeddings_rank))
-    if ad.embeddings_rank is not None and ad.embeddings_rank > (widest := _widest_embeddings_rank(bb.hidden)):
-        out.append((("adapters", "embeddings_rank"), f"must be <= {widest}: the bank updates a map from the atoms' {_atom_values()} feature values "
+    # the bank updates a [hidden, n] map (n: the atom features' values): a rank above min(hidden, n) adds nothing
+    if ad.embeddings_rank is not None and ad.embeddings_rank > min(bb.hidden, values := _atom_values()):
+        out.append((("adapters", "embeddings_rank"), f"must be <= {min(bb.hidden, values)}: the bank updates a map from the atoms' {values} feature values "
                     f"to backbone.hidden ({bb.hidden}) channels, whose rank is at most the smaller of the two", ad.embeddings_rank))
     if ad.embeddings and isinstance(ad.layers, list) and 0 not in ad.layers:
         out.append((("adapters", "embeddings"), "the embeddings' bank acts under layer 0's weights; add 0 to adapters.layers (or use `all`)", True))
@@ -78,8 +79,3 @@ def _atom_values() -> int:
     from ogb.utils.features import get_atom_feature_dims  # only when the field is set: it costs a quarter second
 
     return sum(get_atom_feature_dims())
-
-
-def _widest_embeddings_rank(hidden: int) -> int:
-    """The embeddings' bank updates a [hidden, n] map: a rank above min(hidden, n) adds nothing."""
-    return min(hidden, _atom_values())
