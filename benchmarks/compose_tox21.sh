@@ -21,7 +21,7 @@ mkdir -p "$out"
 # lr 1e-3 and routed adapters (K=4, r=8 GELU on the layer outputs, no embeddings' bank, scale 1, no
 # weight average): the settings the published table was made with. recipes/tox21.yaml has since moved
 # to lr 3e-3 and one linear adapter per layer, which has no router for --calibrate to train.
-common=(--set backbone.pretrain=null --set "backbone.path=$backbone" --set train.threads=1 --set "train.epochs=$epochs" --set train.lr=0.001
+common=(--set backbone.pretrain=null --set backbone.pretrained=null --set "backbone.path=$backbone" --set train.threads=1 --set "train.epochs=$epochs" --set train.lr=0.001
         --set adapters.num_adapters=4 --set adapters.rank=8 --set adapters.placement=output --set adapters.activation=gelu
         --set adapters.embeddings=false --set adapters.scale=1 --set train.ema=null)
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-BACKBONE = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv.safetensors"
+BACKBONE = REPO / "cft" / "pretrained" / "gin-vn-300x5-masking-hiv.safetensors"
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -39,7 +39,7 @@ def measure(args: argparse.Namespace) -> dict:
     from cft.training.trainer import train_recipe
 
     device = torch.device(args.device)
-    overrides = ["backbone.pretrain=null", f"backbone.path={BACKBONE}", "train.epochs=1", "train.max_steps=1", f"train.threads={args.threads}"]
+    overrides = ["backbone.pretrain=null", "backbone.pretrained=null", f"backbone.path={BACKBONE}", "train.epochs=1", "train.max_steps=1", f"train.threads={args.threads}"]
     recipe = load_recipe(REPO / "recipes" / "tox21.yaml", overrides)
     with tempfile.TemporaryDirectory() as tmp:
         train_recipe(recipe, Path(tmp) / "run", args.data)

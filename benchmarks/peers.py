@@ -35,7 +35,8 @@ cft runs continue mid-run from their checkpoint, LoRA runs from their last finis
 chemprop runs start again):
 
 - `adapters`: `cft train recipes/<dataset>.yaml` as shipped, on the shared backbone file
-  (`--set backbone.path=FILE backbone.pretrain=null`);
+  (`--set backbone.path=FILE backbone.pretrained=null backbone.pretrain=null`; by default FILE is the
+  backbone the recipes name, cft/pretrained/gin-vn-300x5-masking-hiv.safetensors);
 - `adapters-former`: the recipe with the adapters it had before it took linear ones on both GIN MLP
   Linears (`FORMER`: routed K=4, ToxCast K=8, r=8 GELU adapters on the layer outputs). Every
   method below starts from these, whatever the recipes say now (their runs were measured so);
@@ -435,7 +436,7 @@ FOLDERS = {m: lora_folder(m, LORA_RANK) if m in LORA_VARIANTS else m for m in PE
 QUICK_LIMIT, QUICK_EPOCHS = 400, 2
 FOLDER_EPOCHS = 30  # the epochs of every run in a dataset's plain run folder (the recipes' epochs when they were made); others get `-epochs<N>`
 CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
-DEFAULT_BACKBONE = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv.safetensors"
+DEFAULT_BACKBONE = REPO / "cft" / "pretrained" / "gin-vn-300x5-masking-hiv.safetensors"  # the recipes' shipped backbone (benchmarks/backbones/ before 2026-12-06)
 
 
 # ----------------------------------------------------------------- the split file

@@ -102,7 +102,7 @@ def pretrain(smiles: list[str], args: argparse.Namespace) -> tuple[Path, dict]:
     recipe = load_recipe(REPO / "recipes" / "tox21.yaml", [
         f"backbone.dropout={args.dropout}", f"backbone.pretrain.method={args.method}", f"backbone.pretrain.epochs={args.epochs}",
         f"backbone.pretrain.batch_size={args.batch_size}", f"backbone.pretrain.lr={args.lr}", "backbone.pretrain.cache=false",
-        "backbone.pretrain.data.path=molecules.csv", f"seed={args.seed}",
+        "backbone.pretrained=null", "backbone.pretrain.data.source=csv", "backbone.pretrain.data.path=molecules.csv", f"seed={args.seed}",
     ])
     use_deterministic_kernels(args.device == "cpu")  # CUDA scatter has no deterministic kernel worth its cost here
     device = torch.device(args.device)

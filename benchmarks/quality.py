@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 METHODS = {
-    "GIN-VN from scratch": ["backbone.path=null", "backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
+    "GIN-VN from scratch": ["backbone.path=null", "backbone.pretrained=null", "backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
     "full fine-tuning": ["backbone.freeze=false", "adapters.enabled=false", "train.lr=0.001"],
     "head only": ["adapters.enabled=false"],
     "one adapter (K=1, no routing)": ["adapters.num_adapters=1", "routing.mode=uniform"],
@@ -84,10 +84,10 @@ QUICK_LIMIT = 1500
 
 
 def shared_overrides(backbone: Path, extra: list[str]) -> list[str]:
-    """What every run shares: the one backbone file instead of a pretrain stage. The file's
+    """What every run shares: the one backbone file instead of a shipped backbone or a pretrain stage. The file's
     architecture must be the recipe's, so --quick's backbone.hidden/num_layers stay; only its
     pretrain settings go (they made the file)."""
-    return ["backbone.pretrain=null", f"backbone.path={backbone}"] + [e for e in extra if not e.startswith("backbone.pretrain.")]
+    return ["backbone.pretrain=null", "backbone.pretrained=null", f"backbone.path={backbone}"] + [e for e in extra if not e.startswith("backbone.pretrain.")]
 
 
 def method_overrides(method: str, shared: list[str], seed: int, epochs: int, threads: int, methods: dict = METHODS, patience: int | None = None) -> list[str]:

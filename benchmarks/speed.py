@@ -25,8 +25,8 @@ interleaved order (A, B, C, A, B, C, ...), and the median over repetitions is re
   entry of --ttr-chemprop-epochs (default: the recipe's epochs, i.e. the same epochs as cft, and
   30, what the speed issue measured; chemprop's own default is 50). chemprop runs from its own environment,
   benchmarks/.venv-peers (`python3 -m venv benchmarks/.venv-peers && benchmarks/.venv-peers/bin/pip
-  install torch==2.13.0 chemprop`), never from cft's. The backbone's one-off masking pretraining
-  is timed apart (it is cached and shared by every later run).
+  install torch==2.13.0 chemprop`), never from cft's. The recipe starts from the backbone shipped
+  with cft (`backbone.pretrained`): nothing is pretrained, and loading it is inside cft's wall clock.
 """
 
 from __future__ import annotations
@@ -289,18 +289,6 @@ def write_split_files(data: Path, folder: Path, recipe: str = "recipes/tox21.yam
     return split_csv, splits_json
 
 
-def child_ttr_pretrain(data: Path, folder: str) -> dict:
-    """The default recipe's backbone (masking pretraining on HIV), made once and cached: timed apart."""
-    from cft.recipe.load import load_recipe
-    from cft.training.trainer import train_recipe
-
-    start = time.perf_counter()
-    recipe = load_recipe(REPO / "recipes" / "tox21.yaml", ["train.epochs=1", "train.max_steps=1", "train.patience=null"])
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = train_recipe(recipe, Path(tmp) / "run", data)
-    return {"seconds": time.perf_counter() - start, "backbone": summary["backbone"]}
-
-
 def child_ttr_cft(data: Path, folder: str, epochs: int | None) -> dict:
     from cft.recipe.load import load_recipe
     from cft.training.trainer import train_recipe
@@ -312,7 +300,7 @@ def child_ttr_cft(data: Path, folder: str, epochs: int | None) -> dict:
     wall = time.perf_counter() - start
     return {"wall_seconds": wall, "train_seconds": summary["seconds"]["train"], "test_rocauc": summary["test"]["mean"],
             "valid_rocauc": summary["valid"]["mean"], "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"], "precision": summary["precision"],
-            "backbone_from_cache": summary["backbone"].get("cached", None), "peak_rss_mib": peak_rss_mib()}
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def ttr_chemprop(folder: Path, epochs: int, env: dict) -> dict:
@@ -391,7 +379,6 @@ def main() -> None:
             "reference": lambda: child_reference(payload["steps"], data),
             "epoch": lambda: child_epoch(payload["overrides"], data),
             "featurise": lambda: child_featurise(data),
-            "ttr_pretrain": lambda: child_ttr_pretrain(data, payload["folder"]),
             "ttr_cft": lambda: child_ttr_cft(data, payload["folder"], payload["epochs"]),
         }
         print(json.dumps(handlers[args.child]()))
@@ -483,8 +470,6 @@ def time_to_result(data: Path, env: dict, epochs: int | None, chemprop_epochs: l
     epochs = epochs or recipe_epochs()
     chemprop_epochs = chemprop_epochs or sorted({epochs, TTR_CHEMPROP_EPOCHS})
     row: dict = {"epochs": epochs, "split": "cft's scaffold split of tox21.csv (recipes/tox21.yaml, seed 0) as one split file"}
-    row["cft_backbone_pretraining"] = run_child("ttr_pretrain", {"folder": str(folder)}, data, env)
-    print(f"time to result: backbone pretraining (one-off, cached after) {row['cft_backbone_pretraining']['seconds']:.0f} s", flush=True)
     row["cft"] = run_child("ttr_cft", {"folder": str(folder), "epochs": epochs}, data, env)
     print(f"time to result: cft {row['cft']}", flush=True)
     peers_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}

@@ -45,6 +45,9 @@ input u = ReLU(BN(W_1 z)), f: 2d -> d, where LoRA on that Linear acts), or both 
 two banks per layer under the same weights, where LoRA on both Linears acts). All but `output`: GIN only."""
 ARCHS = ("gin", "gcn")
 POOLINGS = ("mean", "sum", "max")
+PRETRAINED_BACKBONES = ("gin-vn-300x5-masking-hiv",)
+"""Backbones shipped with cft, by name (`backbone.pretrained` of a recipe; the files and what made
+them: `cft.files.pretrained`)."""
 PRIOR_METHODS = ("phi", "jaccard", "cosine")
 """Label statistics a relation matrix can be computed with (`cft.prior.relation`)."""
 
@@ -56,6 +59,7 @@ ComposeRule = Literal[COMPOSE_RULES]
 Readout = Literal[READOUTS]
 Placement = Literal[PLACEMENTS]
 PriorNorm = Literal[PRIOR_NORMS]
+PretrainedBackbone = Literal[PRETRAINED_BACKBONES]
 
 # --------------------------------------------------------------------------- bounded types
 

@@ -16,6 +16,7 @@ _cft() {
             ":train") path="train" ;;
             "prior:build") path="prior build" ;;
             "prior:show") path="prior show" ;;
+            "recipes:backbones") path="recipes backbones" ;;
             "recipes:list") path="recipes list" ;;
             "recipes:show") path="recipes show" ;;
             "recipes:validate") path="recipes validate" ;;
@@ -23,7 +24,7 @@ _cft() {
     done
     case "$path" in
         "")
-            local -a commands; commands=('ablate:Train every variant of a recipe (knob grid x seeds) as real `cft train` runs; write ablation.csv,' 'compose:Compose bundles trained on different tasks into one bundle that predicts all of them' 'eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'fingerprint:Write each molecule'\''s pooled adapted representation (input row order; unparsable rows flagged)' 'hpopt:Search recipe fields with Optuna (TPE by default)  each trial is trained by real `cft train` runs;' 'inspect-routing:Show which adapters each task routes to, per layer  rows tasks, columns adapters by source bundle' 'predict:Score molecules with a bundle  the input'\''s columns, then one column per task (probabilities for binary tasks), then invalid_smiles' 'prior:Build and show task relation matrices (the structural prior)' 'recipes:List, validate and show recipes' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle. With')
+            local -a commands; commands=('ablate:Train every variant of a recipe (knob grid x seeds) as real `cft train` runs; write ablation.csv,' 'compose:Compose bundles trained on different tasks into one bundle that predicts all of them' 'eval:Score a bundle per task on a split of its data and print a table (and JSON)' 'fingerprint:Write each molecule'\''s pooled adapted representation (input row order; unparsable rows flagged)' 'hpopt:Search recipe fields with Optuna (TPE by default)  each trial is trained by real `cft train` runs;' 'inspect-routing:Show which adapters each task routes to, per layer  rows tasks, columns adapters by source bundle' 'predict:Score molecules with a bundle  the input'\''s columns, then one column per task (probabilities for binary tasks), then invalid_smiles' 'prior:Build and show task relation matrices (the structural prior)' 'recipes:List, validate and show recipes, and the backbones a recipe can name' 'train:Train adapters (or a baseline) as a recipe says, and write the run folder and bundle. With')
             _describe 'command' commands
             _arguments '--version[Print the version and exit]' '--help[Show help and exit]' '-h[Show help and exit]'
             ;;
@@ -60,9 +61,12 @@ _cft() {
             _arguments '--png[Also draw it as a labelled image]:value:_files' '--max-rows[More tasks than this are shown as clusters]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
             ;;
         "recipes")
-            local -a commands; commands=('list:Show the shipped recipes with a one-line description' 'show:Print the resolved recipe (defaults filled in, overrides applied)' 'validate:Check recipes; report every problem with its field path and YAML line (exit 2 on any)')
+            local -a commands; commands=('backbones:Show the backbones shipped with cft, which a recipe names with `backbone.pretrained`' 'list:Show the shipped recipes with a one-line description' 'show:Print the resolved recipe (defaults filled in, overrides applied)' 'validate:Check recipes; report every problem with its field path and YAML line (exit 2 on any)')
             _describe 'command' commands
             _arguments '--help[Show help and exit]' '-h[Show help and exit]'
+            ;;
+        "recipes backbones")
+            _arguments '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'
             ;;
         "recipes list")
             _arguments '--dir[Folder of recipes (default  the shipped recipes/)]:value:_files' '--help[Show help and exit]' '-h[Show help and exit]' '*:file:_files'

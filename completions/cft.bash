@@ -16,6 +16,7 @@ _cft() {
             ":train") path="train" ;;
             "prior:build") path="prior build" ;;
             "prior:show") path="prior show" ;;
+            "recipes:backbones") path="recipes backbones" ;;
             "recipes:list") path="recipes list" ;;
             "recipes:show") path="recipes show" ;;
             "recipes:validate") path="recipes validate" ;;
@@ -34,7 +35,8 @@ _cft() {
         "prior") words="build show --help -h" ;;
         "prior build") words="--bundles --data --output -o --tasks --method --min-support --min-value --top-k --png --data-root --max-rows --help -h" ;;
         "prior show") words="--png --max-rows --help -h" ;;
-        "recipes") words="list show validate --help -h" ;;
+        "recipes") words="backbones list show validate --help -h" ;;
+        "recipes backbones") words="--help -h" ;;
         "recipes list") words="--dir --help -h" ;;
         "recipes show") words="--set -s --help -h" ;;
         "recipes validate") words="--set -s --help -h" ;;

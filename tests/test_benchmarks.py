@@ -35,11 +35,11 @@ def effective_recipes(dataset: str, extra: list[str]) -> dict:
 def test_every_method_trains_what_its_name_says(dataset):
     recipes = effective_recipes(dataset, [])
     scratch = recipes["GIN-VN from scratch"]
-    assert scratch.backbone.path is None and scratch.backbone.pretrain is None, "from scratch must start from a random backbone"
+    assert scratch.backbone.path is None and scratch.backbone.pretrain is None and scratch.backbone.pretrained is None, "from scratch must start from a random backbone"
     assert not scratch.backbone.freeze and not scratch.adapters.enabled
     for method, recipe in recipes.items():
         if method != "GIN-VN from scratch":
-            assert recipe.backbone.path == str(BACKBONE) and recipe.backbone.pretrain is None, method
+            assert recipe.backbone.path == str(BACKBONE) and recipe.backbone.pretrain is None and recipe.backbone.pretrained is None, method
     assert not recipes["full fine-tuning"].backbone.freeze and not recipes["full fine-tuning"].adapters.enabled
     assert recipes["head only"].backbone.freeze and not recipes["head only"].adapters.enabled
     assert recipes["one adapter (K=1, no routing)"].adapters.num_adapters == 1
@@ -265,7 +265,7 @@ def test_backbone_probe_trains_heads_on_each_backbone_and_reports_its_identity(t
 
     from cft.files.backbone import read_backbone_header
 
-    committed = REPO / "benchmarks" / "backbones" / "gin-vn-300x5-masking-hiv.safetensors"
+    committed = REPO / "cft" / "pretrained" / "gin-vn-300x5-masking-hiv.safetensors"
     twin = tmp_path / "twin.safetensors"
     twin.write_bytes(committed.read_bytes())  # a second file name: its own row and run folders
     out, target = tmp_path / "runs", tmp_path / "probe.json"

@@ -1,4 +1,4 @@
-"""`cft recipes list|validate|show`."""
+"""`cft recipes list|validate|show|backbones`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cft.cli.common import SetOption
 from cft.console import out
 from cft.recipe.shipped import resolve_recipe, shipped_recipes_dir
 
-recipes_app = typer.Typer(help="List, validate and show recipes.", no_args_is_help=True)
+recipes_app = typer.Typer(help="List, validate and show recipes, and the backbones a recipe can name.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 
 
@@ -75,3 +75,20 @@ def show_command(
     # plain text, not the rich console: it would re-wrap long lines at the terminal width (80 columns
     # when redirected to a file), and `cft recipes show ... > mine.yaml` must write valid YAML
     sys.stdout.write(recipe_to_yaml(load_recipe(resolve_recipe(file), sets or [])))
+
+
+@recipes_app.command("backbones", epilog="Example: cft recipes backbones   (then, in a recipe: backbone: {pretrained: NAME, ...})")
+def backbones_command() -> None:
+    """Show the backbones shipped with cft, which a recipe names with `backbone.pretrained`."""
+    from cft.files.backbone import read_backbone_header
+    from cft.files.pretrained import SHIPPED, shipped_path
+
+    # one block per backbone, not a table: the descriptions are sentences, unreadable in 80 columns
+    for entry in SHIPPED.values():
+        path = shipped_path(entry.name)
+        config = read_backbone_header(path).get("config", {})
+        out.print(f"[bold]{entry.name}[/bold]", highlight=False)
+        out.print(f"  architecture: {', '.join(f'{key} {value}' for key, value in sorted(config.items()))}", highlight=False)
+        out.print(f"  fingerprint:  {entry.fingerprint}", highlight=False)
+        out.print(f"  made by:      {entry.made_by}", highlight=False)
+        out.print(f"  file:         {path}", highlight=False, soft_wrap=True)

@@ -33,6 +33,7 @@ from cft.files.backbone import (
     read_backbone_header,
 )
 from cft.files.paths import cache_dir, sha256_file
+from cft.files.pretrained import shipped_files
 from cft.files.stfile import (
     compare_tensors,
     dtype_name,
@@ -176,7 +177,7 @@ def find_backbone_path(info: BundleInfo, explicit: Optional[str | Path] = None) 
     sources = info.provenance.get("source_paths", [])
     # paths from metadata are only ever read, and only when they name regular files
     candidates += [Path(p).parent / "backbone.safetensors" for p in (sources if isinstance(sources, list) else []) if isinstance(p, str) and "\0" not in p]
-    candidates += sorted((cache_dir() / "pretrained").glob("*.safetensors"))
+    candidates += sorted((cache_dir() / "pretrained").glob("*.safetensors")) + shipped_files()
     for candidate in candidates:
         if not candidate.is_file() or candidate.resolve() == info.path.resolve():
             continue
@@ -186,7 +187,7 @@ def find_backbone_path(info: BundleInfo, explicit: Optional[str | Path] = None) 
         except CftError:
             continue
     raise CftError(
-        f"Bundle {info.path} needs backbone {want}, which is neither next to it nor among the pretrained backbones cached in {cache_dir() / 'pretrained'}.",
+        f"Bundle {info.path} needs backbone {want}, which is neither next to it, nor among the pretrained backbones cached in {cache_dir() / 'pretrained'}, nor shipped with cft.",
         hint="Pass it with --backbone PATH (the backbone.safetensors of the training run).",
     )
 

@@ -23,6 +23,7 @@ from cft.spec import (
     NumAdapters,
     Placement,
     Positive,
+    PretrainedBackbone,
     PriorNorm,
     PropagationSteps,
     Rank,
@@ -124,6 +125,10 @@ class BackboneConfig(BackboneSpec):
 
     model_config = ConfigDict(extra="forbid", frozen=False, use_attribute_docstrings=True, validate_default=True)
 
+    pretrained: Optional[PretrainedBackbone] = None
+    """Start from a backbone shipped with cft, by name (`cft recipes backbones` lists them, with
+    what made them): the same weights, and so the same fingerprint, on every machine, so bundles
+    trained by different people compose. The recipe's architecture fields must be the file's."""
     path: Optional[str] = None
     """Start from this backbone .safetensors file instead of random weights or a pretrain stage."""
     pretrain: Optional[PretrainConfig] = None

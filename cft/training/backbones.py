@@ -6,8 +6,9 @@ produces the backbone and keeps a copy in the run folder, so the run's bundle al
 Sources, in order of precedence:
 
 1. `run folder`: a resumed run continues on the copy it made when it started;
-2. `file`: `backbone.path`, or the backbone of `train.init_bundle` (found beside that bundle or in
-   the cache, as `cft eval` finds it) when the recipe names neither a path nor a pretrain stage;
+2. `file`: a shipped backbone (`backbone.pretrained`), `backbone.path`, or the backbone of
+   `train.init_bundle` (found beside that bundle or in the cache, as `cft eval` finds it) when the
+   recipe names none of these nor a pretrain stage;
 3. `pretrain`: the recipe's pretrain stage (cached by everything that determines it);
 4. `random`: a seeded random backbone.
 """
@@ -24,6 +25,7 @@ from cft.errors import CftError
 from cft.files.atomic import atomic_copy
 from cft.files.backbone import load_backbone, save_backbone
 from cft.files.bundle import find_backbone_path, read_bundle_info
+from cft.files.pretrained import load_shipped, shipped_path
 from cft.files.runfolder import RunFolder
 from cft.nn.backbone import Backbone
 from cft.recipe.schema import Recipe
@@ -54,8 +56,10 @@ def choose_backbone(recipe: Recipe, run: RunFolder, resume: bool) -> BackboneCho
     if resume and kept.exists():
         return BackboneChoice("run folder", kept)
     bb = recipe.backbone
+    if bb.pretrained:
+        return BackboneChoice("file", shipped_path(bb.pretrained), _matching(recipe, load_shipped(bb.pretrained), f"backbone.pretrained {bb.pretrained}"))
     if bb.path:
-        return BackboneChoice("file", Path(bb.path), _load_matching(recipe))
+        return BackboneChoice("file", Path(bb.path), _matching(recipe, load_backbone(bb.path), f"backbone.path {bb.path}"))
     if recipe.train.init_bundle and not bb.pretrain:
         # the bundle, not the recipe, defines that architecture: taken as it is
         path = Path(find_backbone_path(read_bundle_info(recipe.train.init_bundle)))
@@ -63,17 +67,16 @@ def choose_backbone(recipe: Recipe, run: RunFolder, resume: bool) -> BackboneCho
     return BackboneChoice("pretrain" if bb.pretrain else "random")
 
 
-def _load_matching(recipe: Recipe) -> Backbone:
-    """The backbone of `backbone.path`, refused when it is not the architecture the recipe describes
+def _matching(recipe: Recipe, backbone: Backbone, named: str) -> Backbone:
+    """`backbone` (the file `named`), refused when it is not the architecture the recipe describes
     (a silent mismatch would train adapters on layers that do not exist)."""
     bb = recipe.backbone
-    backbone = load_backbone(bb.path)
     wanted = BackboneSpec.of(bb)
     fields = [f for f in BackboneSpec.model_fields if f != "dropout" or not bb.freeze]  # dropout matters only when it trains
     differences = [f"{name}: {getattr(backbone.spec, name)!r} in the file, {getattr(wanted, name)!r} in the recipe" for name in fields if getattr(backbone.spec, name) != getattr(wanted, name)]
     if differences:
         raise CftError(
-            f"backbone.path {bb.path} is not the backbone the recipe describes ({'; '.join(differences)}).",
+            f"{named} is not the backbone the recipe describes ({'; '.join(differences)}).",
             hint="Set the recipe's backbone section to the file's architecture (backbone.num_layers, backbone.hidden, ...).",
         )
     return backbone
@@ -89,7 +92,8 @@ def obtain_backbone(
     if choice.source == "file":
         if dist.is_main:
             atomic_copy(choice.path, kept)
-        return choice.loaded, {"source": "file", "path": str(choice.path)}
+        shipped = {"pretrained": recipe.backbone.pretrained} if recipe.backbone.pretrained else {}
+        return choice.loaded, {"source": "file", "path": str(choice.path), **shipped}
     bb = recipe.backbone
     spec = BackboneSpec.of(bb)
     if choice.source == "pretrain":
