@@ -32,7 +32,7 @@ def semantic_problems(recipe: Recipe) -> list[tuple[tuple, str, Any]]:
     given = [name for name in ("pretrained", "path", "pretrain") if getattr(bb, name)]
     if len(given) > 1:  # one source of starting weights
         out.append((("backbone", given[-1]), f"give one of backbone.pretrained, backbone.path and backbone.pretrain, not {' and '.join('backbone.' + g for g in given)} "
-                    f"(to replace a recipe's, set the other to null: --set backbone.{given[0]}=null)", None))
+                    f"(keep one and set the others to null, e.g. --set backbone.{given[0]}=null)", None))
     if bb.frozen_dropout and not bb.freeze:
         out.append((("backbone", "frozen_dropout"), "applies to a frozen backbone; a trained one drops out at backbone.dropout", bb.frozen_dropout))
     if bb.pretrain:

@@ -113,7 +113,7 @@ def build_training_model(
             raise CftError(
                 f"train.init_bundle {recipe.train.init_bundle} was trained on backbone {info_.backbone_fingerprint}, but this recipe's "
                 f"backbone is {backbone_fingerprint(backbone)}.",
-                hint="Set backbone.path to the bundle's backbone.safetensors, or leave backbone.path and backbone.pretrain unset to use it.",
+                hint="Set backbone.path to the bundle's backbone.safetensors, or leave backbone.pretrained, backbone.path and backbone.pretrain unset to use it.",
             )
         model = build_model(info_, backbone, freeze_backbone=recipe.backbone.freeze, frozen_dropout=recipe.backbone.frozen_dropout)
         load_bundle_tensors(model, info_)
