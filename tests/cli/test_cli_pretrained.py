@@ -94,3 +94,13 @@ def test_recipes_backbones_lists_what_ships():
 
     for entry in SHIPPED.values():
         assert entry.name in result.stdout and entry.fingerprint in result.stdout
+
+
+def test_a_csv_without_a_recipe_trains_on_the_shipped_backbone(tox21_only, tmp_path):
+    """`cft train --data CSV` (the default recipe) starts from the shipped backbone: no pretraining."""
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", tox21_only / "tox21.csv", "--tasks", "NR-AR,SR-p53", "-o", run, *TINY_RUN)
+    assert result.returncode == 0, result.stderr
+    from cft.files.pretrained import shipped_path
+
+    assert json.loads((run / "summary.json").read_text())["backbone"] == {"source": "file", "path": str(shipped_path(NAME)), "pretrained": NAME}
