@@ -298,6 +298,7 @@ def main() -> None:
         ("speed-frozen-bf16-ttr2", "speed_frozen_bf16_ttr2.json", speed_tables),
         ("speed-recipe-ema", "speed_recipe_ema.json", speed_tables),
         ("speed-k8-frozen-bf16", "speed_k8_frozen_bf16.json", speed_tables),
+        ("speed-recipe-epyc", "speed_recipe_epyc.json", speed_tables),
         ("speed-recipe-emb", "speed_recipe_emb.json", speed_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
