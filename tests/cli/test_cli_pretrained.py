@@ -104,3 +104,33 @@ def test_a_csv_without_a_recipe_trains_on_the_shipped_backbone(tox21_only, tmp_p
     from cft.files.pretrained import shipped_path
 
     assert json.loads((run / "summary.json").read_text())["backbone"] == {"source": "file", "path": str(shipped_path(NAME)), "pretrained": NAME}
+
+
+def test_bundles_trained_apart_on_the_shipped_backbone_compose_with_nothing_beside_them(tox21_only, tmp_path):
+    """Two people train the Tox21 recipe on different assays, each on their own machine: the shipped
+    backbone is the same bytes, so their bundles compose (no backbone file travels with them), and
+    the composed bundle predicts each assay as its own bundle did (route mode, no propagation)."""
+    import pandas as pd
+
+    bundles = {}
+    for name, tasks in (("nr", '["NR-*"]'), ("sr", '["SR-*"]')):
+        run = tmp_path / name
+        result = run_cli("train", "recipes/tox21.yaml", "--data-root", tox21_only, "-o", run, *TINY_RUN, "--set", f"data.tasks={tasks}")
+        assert result.returncode == 0, result.stderr
+        (run / "backbone.safetensors").unlink()
+        bundles[name] = tmp_path / f"{name}.safetensors"
+        (run / "bundle.safetensors").rename(bundles[name])  # alone in a folder of bundles: nothing to find beside it
+    composed = tmp_path / "nr_sr.safetensors"
+    result = run_cli("compose", bundles["nr"], bundles["sr"], "--compose-steps", "0", "-o", composed)
+    assert result.returncode == 0, result.stderr
+    smiles = tmp_path / "molecules.csv"
+    pd.read_csv(tox21_only / "tox21.csv", usecols=["smiles"]).head(40).to_csv(smiles, index=False)
+    frames = {}
+    for name, bundle in (("nr", bundles["nr"]), ("sr", bundles["sr"]), ("nr_sr", composed)):
+        out = tmp_path / f"{name}.csv"
+        predicted = run_cli("predict", bundle, "--input", smiles, "-o", out)
+        assert predicted.returncode == 0, predicted.stderr
+        frames[name] = pd.read_csv(out)
+    for part in ("nr", "sr"):
+        tasks = [c for c in frames[part].columns if c[:3] in ("NR-", "SR-")]
+        assert tasks and all(abs(frames["nr_sr"][t] - frames[part][t]).max() < 2e-6 for t in tasks), part
