@@ -32,7 +32,9 @@ runs in `<dataset>-balanced<N>/`, its result file `peers[_<dataset>]_balanced<N>
 Methods (one run per method and seed, each in its own folder under benchmarks/results/peers/<dataset>/;
 a run whose summary.json exists is skipped, so a stopped benchmark continues where it stopped;
 cft runs continue mid-run from their checkpoint, LoRA runs from their last finished epoch,
-chemprop runs start again):
+chemprop runs start again; a finished cft or LoRA run keeps `code_commit.txt`, the last commit of
+the cft/ and recipes/ it trained with, which the result file's rows carry and report.py names
+where it is not the header's):
 
 - `adapters`: `cft train recipes/<dataset>.yaml` as shipped, on the shared backbone file
   (`--set backbone.path=FILE backbone.pretrained=null backbone.pretrain=null`; by default FILE is the
@@ -436,6 +438,7 @@ FOLDERS = {m: lora_folder(m, LORA_RANK) if m in LORA_VARIANTS else m for m in PE
 QUICK_LIMIT, QUICK_EPOCHS = 400, 2
 FOLDER_EPOCHS = 30  # the epochs of every run in a dataset's plain run folder (the recipes' epochs when they were made); others get `-epochs<N>`
 CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
+CODE_FILE = "code_commit.txt"  # in each cft and LoRA run folder: the commit of the cft/ and recipes/ that trained it
 DEFAULT_BACKBONE = REPO / "cft" / "pretrained" / "gin-vn-300x5-masking-hiv.safetensors"  # the recipes' shipped backbone (benchmarks/backbones/ before 2026-12-06)
 
 
@@ -770,11 +773,12 @@ def read_row(method: str, seed: int, folder: Path, hidden: int, num_tasks: int) 
         name = lora_name(method, s["lora"]["rank"])
     entropy = _best_epoch_entropy(folder / "metrics.jsonl", s["best_epoch"])
     use = _last_layer_use(folder / "routing_history.safetensors", s["best_epoch"])
+    code = (folder / CODE_FILE).read_text().strip() if (folder / CODE_FILE).exists() else None  # None: trained before runs kept it
     return {"method": name, "id": method, "seed": seed, "metric": s["metric"], "valid": s["valid"]["mean"], "test": s["test"]["mean"],
             "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "trainable": p["trainable"], "total": p["total"],
             "trainable_outside_heads": p["trainable"] - head if head is not None else None, "train_seconds": s["seconds"]["train"],
             **({"versions": s["versions"]} if "versions" in s else {}), **({"routing_entropy": entropy} if entropy else {}),
-            **({"last_layer_use": use} if use else {})}
+            **({"last_layer_use": use} if use else {}), **({"code_commit": code} if code else {})}
 
 
 def _best_epoch_entropy(metrics: Path, best_epoch: int | None) -> dict[str, float] | None:
@@ -926,10 +930,15 @@ def main() -> None:
         atomic_write_json(target, result)
         return result
 
+    code = _code_commit()  # the result file's header names the collecting invocation's; each run keeps its own
+
     def one(method: str, seed: int) -> tuple[str, int, float]:
         t0 = time.perf_counter()
-        if not (run_folder(out, tag, method, seed) / "summary.json").exists():
+        folder = run_folder(out, tag, method, seed)
+        if not (folder / "summary.json").exists():
             runners.get(method, run_cft)(method, seed, ctx)
+            if method != "chemprop":  # chemprop runs no cft code
+                (folder / CODE_FILE).write_text(code + "\n")
         return method, seed, time.perf_counter() - t0
 
     print(f"{args.dataset} ({len(ds.tasks)} task{'s' if len(ds.tasks) > 1 else ''}, {ds.metric}); split: {csv} ({', '.join(f'{k} {len(v)}' for k, v in frame_splits.items())}); "

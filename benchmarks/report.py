@@ -169,6 +169,19 @@ def levers_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _other_code(result: dict) -> list[str]:
+    """A line naming the runs that trained at other code than the header's (each run folder keeps
+    the commit of the cft/ and recipes/ that trained it; files from before that have none)."""
+    other: dict = {}
+    for r in result["rows"]:
+        if r.get("code_commit") and r["code_commit"] != result["code_commit"]:
+            other.setdefault((r["code_commit"], r["method"]), []).append(r["seed"])
+    if not other:
+        return []
+    parts = [f"{method} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))} at {commit}" for (commit, method), seeds in sorted(other.items())]
+    return ["Runs trained at other code (cft/ and recipes/ as at the commit named): " + "; ".join(parts) + ".", ""]
+
+
 def peers_tables(result: dict) -> str:
     """The peers benchmark: per method its seeds' test scores, mean ± sample std (n - 1), valid
     mean, best epochs, trainable parameters outside the task heads and seconds per run."""
@@ -180,6 +193,7 @@ def peers_tables(result: dict) -> str:
              f"valid {result['split']['sizes']['val']:,}, test {result['split']['sizes']['test']:,}); up to {result['epochs']} epochs, patience {result['patience']}"
              f"{' (chemprop: none, its default)' if result['patience'] else ''}; backbone fingerprint `{result['backbone']['fingerprint'][:8]}…`."
              + (" **Partial: not every planned run has finished.**" if result.get("partial") else ""), ""]
+    lines += _other_code(result)
     by_method: dict = {}
     for r in result["rows"]:
         by_method.setdefault(r["method"], []).append(r)

@@ -75,6 +75,7 @@ def test_peers_benchmark_trains_every_cft_method_on_the_one_split_file(tmp_path,
     for run in out.glob("tox21*/*/seed0"):
         assert json.loads((run / "splits.json").read_text()) == written, f"{run} trained on another split"
     assert len(list(out.glob("tox21*/*/seed0"))) == 4
+    assert {r["code_commit"] for r in result["rows"]} == {quality._code_commit()}, "each run keeps the code that trained it"
 
 
 def test_peers_benchmark_trains_on_a_balanced_scaffold_split_of_its_seed(tmp_path, data_root):
@@ -206,6 +207,17 @@ def test_report_lists_regression_peers_lowest_error_first():
             for m, t in (("worse", 1.2), ("better", 0.8))]
     table = report.peers_tables(_peers_result(rows))
     assert table.index("| better |") < table.index("| worse |")
+
+
+def test_report_names_the_runs_trained_at_other_code_than_the_header():
+    import report
+
+    row = {"seed": 0, "test": 0.7, "valid": 0.7, "best_epoch": 1, "total": 10, "trainable_outside_heads": 1, "train_seconds": 1.0, "metric": "rocauc"}
+    rows = [{**row, "method": "a", "code_commit": "x"}, {**row, "method": "b", "code_commit": "old1"}, {**row, "method": "b", "seed": 1, "code_commit": "old1"},
+            {**row, "method": "c"}]  # c: a run from before run folders kept their commit
+    table = report.peers_tables(_peers_result(rows))
+    assert "Runs trained at other code (cft/ and recipes/ as at the commit named): b seeds 0, 1 at old1." in table
+    assert "other code" not in report.peers_tables(_peers_result([rows[0], rows[3]]))
 
 
 def test_report_renders_every_peer_method_with_its_seeds():
