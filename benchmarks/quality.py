@@ -14,8 +14,9 @@ mean routing entropy at the best validation epoch (ln K when every task routes u
 Every run is a real `cft train` of recipes/<dataset>.yaml with `--set` overrides, in its own
 run folder under benchmarks/results/quality/<dataset>/<method>/seed<k>; finished runs are
 skipped, so an interrupted benchmark continues where it stopped. One backbone serves every
-method: GIN-VN 300x5 pretrained by cft with attribute masking on the HIV molecules (no
-evaluation labels), unless --backbone names another file.
+method: the recipes' own, the GIN-VN 300x5 shipped with cft (attribute masking on the HIV
+molecules, no labels), unless --backbone names another file; --quick pretrains a small one
+(3 x 64) once with cft's own cached pretrain stage.
 """
 
 from __future__ import annotations
@@ -153,11 +154,16 @@ def main() -> None:
     if args.quick:
         extra = ["backbone.hidden=64", "backbone.num_layers=3", "backbone.pretrain.epochs=1", "backbone.pretrain.data.limit=4000", f"data.limit={QUICK_LIMIT}"]
     backbone = args.backbone.resolve() if args.backbone else None
-    if backbone is None:
-        # pretrain once (cft's own cached pretrain stage) and share the file
+    if backbone is None and not args.quick:
+        from cft.files.pretrained import shipped_path
+
+        backbone = shipped_path(load_recipe_backbone_name())
+    elif backbone is None:
+        # --quick: a small backbone, pretrained once (cft's own cached pretrain stage) and shared
         folder = out / "backbone"
+        stage = ["backbone.pretrained=null", "backbone.pretrain.method=masking", "backbone.pretrain.data.source=csv", "backbone.pretrain.data.path=HIV.csv.gz"]
         cmd = [sys.executable, "-m", "cft", "train", str(REPO / "recipes" / "tox21.yaml"), "--data-root", str(data), "-o", str(folder),
-               "--overwrite", "--set", "train.epochs=1", "--set", "train.max_steps=1", *sum((["--set", s] for s in extra), [])]
+               "--overwrite", "--set", "train.epochs=1", "--set", "train.max_steps=1", *sum((["--set", s] for s in stage + extra), [])]
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CFT_QUIET": "1"})
         backbone = folder / "backbone.safetensors"
     base = shared_overrides(backbone, extra)
@@ -203,6 +209,13 @@ def main() -> None:
         dataset, method = key.split("|")
         print(f"{dataset:8s} {method:34s} test {s['test_mean']:.4f} ± {s['test_std']:.4f}  valid {s['valid_mean']:.4f}  trainable {s['trainable']:,}  {s['train_seconds']:.0f}s")
     print(f"total {result['seconds']:.0f}s")
+
+
+def load_recipe_backbone_name() -> str:
+    """The shipped backbone recipes/tox21.yaml names (every dataset recipe names the same one)."""
+    from cft.recipe.load import load_recipe
+
+    return load_recipe(REPO / "recipes" / "tox21.yaml").backbone.pretrained
 
 
 def _commit() -> str:
