@@ -349,6 +349,7 @@ def main() -> None:
         ("peers-toxcast-full-xeon", "peers_toxcast_full_xeon.json", peers_tables),
         ("peers-tox21-balanced1", "peers_balanced1_all.json", peers_tables),
         ("peers-esol-balanced1", "peers_esol_balanced1.json", peers_tables),
+        ("peers-esol-balanced1-epyc", "peers_esol_balanced1_epyc.json", peers_tables),
         ("peers-tox21-own-ranks", "peers_tox21_own_ranks_epyc.json", peers_tables),
         ("peers-tox21-full-epyc", "peers_tox21_full_epyc.json", peers_tables),
         ("peers-tox21-e50", "peers_tox21_e50_epyc.json", peers_tables),
