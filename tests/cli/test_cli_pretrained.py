@@ -57,6 +57,19 @@ def test_a_replaced_file_is_refused(tmp_path, monkeypatch):
         pretrained.load_shipped(NAME)
 
 
+def test_an_installation_without_the_file_says_so(tmp_path, monkeypatch):
+    """A wheel built without its package data: naming the backbone is refused with what to do, and
+    bundles simply do not find it there (no error from the search itself)."""
+    import cft.files.pretrained as pretrained
+    from cft.errors import CftError
+
+    monkeypatch.setattr(pretrained, "shipped_folder", lambda: tmp_path)
+    with pytest.raises(CftError, match="missing from this installation") as refused:
+        pretrained.load_shipped(NAME)
+    assert "Reinstall cft" in (refused.value.hint or "")
+    assert pretrained.shipped_files() == []
+
+
 def test_the_tox21_recipe_trains_on_the_shipped_backbone_and_its_bundle_finds_it(tox21_only, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", "recipes/tox21.yaml", "--data-root", tox21_only, "-o", run, *TINY_RUN)
