@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-BACKBONE = REPO / "cft" / "pretrained" / "gin-vn-300x5-masking-hiv.safetensors"
+from quality import recipes_backbone  # noqa: E402
+
+BACKBONE = recipes_backbone()
 
 
 def measure(args: argparse.Namespace) -> dict:

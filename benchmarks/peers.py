@@ -167,7 +167,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from provenance import machine
-from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, run_one, shared_overrides
+from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, recipes_backbone, run_one, shared_overrides
 from speed import PEERS_PYTHON, RECIPES_ADAPTERS, RECIPES_ADAPTERS_L14, TTR_TASKS, write_split_files
 
 
@@ -439,7 +439,7 @@ QUICK_LIMIT, QUICK_EPOCHS = 400, 2
 FOLDER_EPOCHS = 30  # the epochs of every run in a dataset's plain run folder (the recipes' epochs when they were made); others get `-epochs<N>`
 CHEMPROP_WARMUP = 2  # chemprop's default --warmup-epochs
 CODE_FILE = "code_commit.txt"  # in each cft and LoRA run folder: the commit of the cft/ and recipes/ that trained it
-DEFAULT_BACKBONE = REPO / "cft" / "pretrained" / "gin-vn-300x5-masking-hiv.safetensors"  # the recipes' shipped backbone (benchmarks/backbones/ before 2026-12-06)
+DEFAULT_BACKBONE = recipes_backbone()  # the recipes' shipped backbone (benchmarks/backbones/ before 2026-12-06)
 
 
 # ----------------------------------------------------------------- the split file

@@ -155,9 +155,7 @@ def main() -> None:
         extra = ["backbone.hidden=64", "backbone.num_layers=3", "backbone.pretrain.epochs=1", "backbone.pretrain.data.limit=4000", f"data.limit={QUICK_LIMIT}"]
     backbone = args.backbone.resolve() if args.backbone else None
     if backbone is None and not args.quick:
-        from cft.files.pretrained import shipped_path
-
-        backbone = shipped_path(load_recipe_backbone_name())
+        backbone = recipes_backbone()
     elif backbone is None:
         # --quick: a small backbone, pretrained once (cft's own cached pretrain stage) and shared
         folder = out / "backbone"
@@ -211,11 +209,12 @@ def main() -> None:
     print(f"total {result['seconds']:.0f}s")
 
 
-def load_recipe_backbone_name() -> str:
-    """The shipped backbone recipes/tox21.yaml names (every dataset recipe names the same one)."""
+def recipes_backbone() -> Path:
+    """The file of the shipped backbone recipes/tox21.yaml names (every dataset recipe names the same one)."""
+    from cft.files.pretrained import shipped_path
     from cft.recipe.load import load_recipe
 
-    return load_recipe(REPO / "recipes" / "tox21.yaml").backbone.pretrained
+    return shipped_path(load_recipe(REPO / "recipes" / "tox21.yaml").backbone.pretrained)
 
 
 def _commit() -> str:

@@ -23,8 +23,7 @@ from cft.spec import PRETRAINED_BACKBONES
 
 @dataclass(frozen=True)
 class ShippedBackbone:
-    name: str
-    file: str  # in cft/pretrained/
+    name: str  # its file is cft/pretrained/<name>.safetensors
     fingerprint: str  # `backbone_fingerprint` of its weights and config
     made_by: str  # how it was made, for `cft recipes backbones`
 
@@ -34,7 +33,6 @@ SHIPPED: dict[str, ShippedBackbone] = {
     for b in (
         ShippedBackbone(
             name="gin-vn-300x5-masking-hiv",
-            file="gin-vn-300x5-masking-hiv.safetensors",
             fingerprint="9abfcacbf8fcaae14bd83d51b16e6bd1",
             made_by=(
                 "attribute masking (15% of the atoms, dropout 0.5) for 3 epochs on the 41,120 molecules of "
@@ -52,10 +50,13 @@ def shipped_folder() -> Path:
     return Path(str(files("cft") / "pretrained"))
 
 
+def _location(name: str) -> Path:
+    return shipped_folder() / f"{name}.safetensors"
+
+
 def shipped_path(name: str) -> Path:
     """The shipped backbone file of `name` (CftError when the install lacks it)."""
-    entry = SHIPPED[name]
-    path = shipped_folder() / entry.file
+    path = _location(name)
     if not path.is_file():
         raise CftError(f"The shipped backbone {name} is missing from this installation ({path}).", hint="Reinstall cft (the wheel carries cft/pretrained/).")
     return path
@@ -73,4 +74,4 @@ def load_shipped(name: str) -> Backbone:
 
 def shipped_files() -> list[Path]:
     """The shipped backbone files this installation has (where a bundle's backbone is looked for)."""
-    return [path for entry in SHIPPED.values() if (path := shipped_folder() / entry.file).is_file()]
+    return [path for name in SHIPPED if (path := _location(name)).is_file()]

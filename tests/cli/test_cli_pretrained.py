@@ -51,7 +51,7 @@ def test_a_replaced_file_is_refused(tmp_path, monkeypatch):
 
     spec = BackboneSpec(**read_backbone_header(pretrained.shipped_path(NAME))["config"])
     torch.manual_seed(0)
-    save_backbone(Backbone(spec), tmp_path / pretrained.SHIPPED[NAME].file)
+    save_backbone(Backbone(spec), tmp_path / f"{NAME}.safetensors")
     monkeypatch.setattr(pretrained, "shipped_folder", lambda: tmp_path)
     with pytest.raises(CftError, match="not the shipped backbone"):
         pretrained.load_shipped(NAME)
