@@ -291,6 +291,10 @@ PEERS = {
     # (PEFT's lora_dropout)
     "recipe-wd01": ("cft adapters, the dataset's recipe with weight decay 0.1", METHODS["full method (label prior)"] + ["train.weight_decay=0.1"]),
     "recipe-dropout01": ("cft adapters, the dataset's recipe with adapter dropout 0.1", METHODS["full method (label prior)"] + ["adapters.dropout=0.1"]),
+    # capacity and step size, the two knobs of the recipe's GIN-MLP banks not yet screened with the
+    # embeddings' bank: rank 16 everywhere (151,584 weights, 4.5% of the backbone) and a peak lr 0.005
+    "recipe-r16": ("cft adapters, the dataset's recipe at rank 16", METHODS["full method (label prior)"] + ["adapters.rank=16"]),
+    "recipe-lr005": ("cft adapters, the dataset's recipe with peak lr 0.005", METHODS["full method (label prior)"] + ["train.lr=0.005"]),
     "recipe-vn-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs, rank 10",
                       METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10"]),
     "recipe-vn-emb-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
