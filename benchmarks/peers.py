@@ -295,6 +295,9 @@ PEERS = {
     # embeddings' bank: rank 16 everywhere (151,584 weights, 4.5% of the backbone) and a peak lr 0.005
     "recipe-r16": ("cft adapters, the dataset's recipe at rank 16", METHODS["full method (label prior)"] + ["adapters.rank=16"]),
     "recipe-lr005": ("cft adapters, the dataset's recipe with peak lr 0.005", METHODS["full method (label prior)"] + ["train.lr=0.005"]),
+    # LoRA+ (train.up_lr_ratio): the banks' up-projections V at 4x and 16x the peak lr
+    "recipe-loraplus4": ("cft adapters, the dataset's recipe with LoRA+ ratio 4", METHODS["full method (label prior)"] + ["train.up_lr_ratio=4"]),
+    "recipe-loraplus16": ("cft adapters, the dataset's recipe with LoRA+ ratio 16", METHODS["full method (label prior)"] + ["train.up_lr_ratio=16"]),
     "recipe-vn-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs, rank 10",
                       METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10"]),
     "recipe-vn-emb-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs and the atom embeddings, rank 10",

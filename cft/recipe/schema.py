@@ -260,6 +260,10 @@ class TrainConfig(_Strict):
     """Peak learning rate (AdamW)."""
     head_lr: Optional[float] = Field(default=None, gt=0)
     """Learning rate of the task heads; default: `lr`."""
+    up_lr_ratio: float = Field(default=1.0, gt=0)
+    """lambda = lr_V / lr_U: the adapters' up-projections V (initialised to zero) learn at
+    lambda * lr, their down-projections U and everything else at lr (LoRA+, Hayou et al. 2024;
+    PEFT's `loraplus_lr_ratio`). 1: one rate for both."""
     weight_decay: float = Field(default=0.0, ge=0)
     """AdamW weight decay."""
     scheduler: Literal["constant", "cosine", "plateau"] = "cosine"

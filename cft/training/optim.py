@@ -1,4 +1,4 @@
-"""Optimiser (AdamW, separate head learning rate) and learning-rate schedule of a recipe.
+"""Optimiser (AdamW; separate learning rates for the heads and, LoRA+, the adapters' up-projections) and learning-rate schedule of a recipe.
 """
 
 from __future__ import annotations
@@ -8,23 +8,32 @@ import math
 import torch
 
 from cft.errors import CftError
+from cft.nn.adapters import AdapterBank
 from cft.nn.model import CftModel
 from cft.recipe.schema import Recipe
 from cft.spec import HIGHER_IS_BETTER
 
 
 def make_optimizer(model: CftModel, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW over up to three parameter groups: the task heads at `head_lr` (default `lr`), the
+    adapters' up-projections V at `up_lr_ratio * lr` (LoRA+), everything else trainable at `lr`."""
     tr = recipe.train
-    head = [p for p in model.head.parameters() if p.requires_grad]
-    head_ids = {id(p) for p in head}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [g for g in ({"params": rest, "lr": tr.lr}, {"params": head, "lr": tr.head_lr or tr.lr}) if g["params"]]
+    head = _trainable(model.head.parameters())
+    up = _trainable(bank.V for bank in model.modules() if isinstance(bank, AdapterBank)) if tr.up_lr_ratio != 1 else []
+    taken = {id(p) for p in head + up}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups = [{"params": rest, "lr": tr.lr}, {"params": up, "lr": tr.lr * tr.up_lr_ratio}, {"params": head, "lr": tr.head_lr or tr.lr}]
+    groups = [g for g in groups if g["params"]]
     if not groups and tr.trainable == "routing":
         raise CftError("Nothing to train: train.trainable is routing, and the model has no router (one adapter per layer, "
                        "or uniform routes: its routes are fixed).", hint="Set train.trainable: all, or start from a bundle with routed adapters.")
     if not groups:
         raise CftError("Nothing to train: every parameter is frozen.", hint="Enable adapters, unfreeze the backbone, or train the heads.")
     return torch.optim.AdamW(groups, weight_decay=tr.weight_decay)
+
+
+def _trainable(parameters) -> list[torch.nn.Parameter]:
+    return [p for p in parameters if p.requires_grad]
 
 
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):

@@ -1,0 +1,69 @@
+"""The optimiser's parameter groups: heads at `head_lr`, the adapters' up-projections at
+`up_lr_ratio * lr` (LoRA+), the rest at `lr`; and a run that uses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_RECIPE
+from model_kit import tiny_model
+from safetensors.torch import load_file
+
+from cft.errors import CftError
+from cft.nn.adapters import AdapterBank
+from cft.recipe.load import load_recipe
+from cft.training.optim import make_optimizer
+from cft.training.trainer import train_recipe
+
+
+def _recipe(tmp_path: Path, *overrides: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(TINY_RECIPE)
+    return load_recipe(path, ["train.lr=0.002", *overrides])
+
+
+def _groups(optimizer) -> list[tuple[float, set[int]]]:
+    return [(g["lr"], {id(p) for p in g["params"]}) for g in optimizer.param_groups]
+
+
+def test_up_projections_take_their_own_rate(tmp_path):
+    model = tiny_model()
+    ups = {id(b.V) for b in model.modules() if isinstance(b, AdapterBank)}
+    downs = {id(b.U) for b in model.modules() if isinstance(b, AdapterBank)}
+    heads = {id(p) for p in model.head.parameters()}
+    assert ups and downs
+    groups = _groups(make_optimizer(model, _recipe(tmp_path, "train.up_lr_ratio=16", "train.head_lr=0.01")))
+    assert groups[1] == (pytest.approx(0.032), ups)
+    assert groups[2] == (0.01, heads)
+    rest_lr, rest = groups[0]
+    assert rest_lr == 0.002 and downs <= rest and not (rest & (ups | heads))
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set().union(*(ids for _, ids in groups)) == trainable  # every trainable weight once
+
+
+def test_ratio_one_keeps_the_up_projections_with_the_rest(tmp_path):
+    model = tiny_model()
+    groups = _groups(make_optimizer(model, _recipe(tmp_path)))
+    assert [lr for lr, _ in groups] == [0.002, 0.002]  # the rest (U and V together), the heads
+    assert {id(b.V) for b in model.modules() if isinstance(b, AdapterBank)} <= groups[0][1]
+
+
+def test_the_ratio_is_a_positive_number(tmp_path):
+    with pytest.raises(CftError, match="up_lr_ratio"):
+        _recipe(tmp_path, "train.up_lr_ratio=0")
+
+
+def test_a_run_with_loraplus_moves_the_up_projections_further(tmp_path, monkeypatch):
+    """The same data, seed and steps: with lambda = 16 the up-projections end further from their
+    zero start than with one rate, and the run is recorded in the saved recipe."""
+    monkeypatch.setenv("CFT_CACHE_DIR", str(tmp_path / "cache"))
+    norms = {}
+    for ratio in (1, 16):
+        recipe = _recipe(tmp_path, "data.limit=160", "train.epochs=1", "train.threads=1", "train.device=cpu", f"train.up_lr_ratio={ratio}")
+        train_recipe(recipe, tmp_path / f"r{ratio}", Path("."))
+        bundle = load_file(str(tmp_path / f"r{ratio}" / "bundle.safetensors"))
+        norms[ratio] = sum(float(t.norm()) for k, t in bundle.items() if k.endswith(".V"))
+        assert yaml.safe_load((tmp_path / f"r{ratio}" / "recipe.yaml").read_text())["train"]["up_lr_ratio"] == ratio
+    assert norms[16] > 2 * norms[1] > 0
