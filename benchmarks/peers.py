@@ -292,9 +292,10 @@ PEERS = {
     "recipe-wd01": ("cft adapters, the dataset's recipe with weight decay 0.1", METHODS["full method (label prior)"] + ["train.weight_decay=0.1"]),
     "recipe-dropout01": ("cft adapters, the dataset's recipe with adapter dropout 0.1", METHODS["full method (label prior)"] + ["adapters.dropout=0.1"]),
     # capacity and step size, the two knobs of the recipe's GIN-MLP banks not yet screened with the
-    # embeddings' bank: rank 16 everywhere (151,584 weights, 4.5% of the backbone) and a peak lr 0.005
+    # embeddings' bank: rank 16 everywhere (151,584 weights, 4.5% of the backbone) and a peak lr 0.005 (and 0.008: lr 0.001, 0.003, 0.005 rose on validation in that order)
     "recipe-r16": ("cft adapters, the dataset's recipe at rank 16", METHODS["full method (label prior)"] + ["adapters.rank=16"]),
     "recipe-lr005": ("cft adapters, the dataset's recipe with peak lr 0.005", METHODS["full method (label prior)"] + ["train.lr=0.005"]),
+    "recipe-lr008": ("cft adapters, the dataset's recipe with peak lr 0.008", METHODS["full method (label prior)"] + ["train.lr=0.008"]),
     # LoRA+ (train.up_lr_ratio): the banks' up-projections V at 4x and 16x the peak lr
     "recipe-loraplus4": ("cft adapters, the dataset's recipe with LoRA+ ratio 4", METHODS["full method (label prior)"] + ["train.up_lr_ratio=4"]),
     "recipe-loraplus16": ("cft adapters, the dataset's recipe with LoRA+ ratio 16", METHODS["full method (label prior)"] + ["train.up_lr_ratio=16"]),
