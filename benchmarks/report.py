@@ -355,6 +355,7 @@ def main() -> None:
         ("peers-tox21-e50", "peers_tox21_e50_epyc.json", peers_tables),
         ("peers-tox21-screens", "peers_tox21_screens_epyc.json", peers_tables),
         ("peers-tox21-pt10", "peers_tox21_pt10_epyc.json", peers_tables),
+        ("peers-tox21-lr", "peers_tox21_lr_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
