@@ -1,4 +1,5 @@
-"""Optimiser (AdamW; separate learning rates for the heads and, LoRA+, the adapters' up-projections) and learning-rate schedule of a recipe.
+"""Optimiser (AdamW; separate learning rates for the heads and, LoRA+, the adapters'
+up-projections) and learning-rate schedule of a recipe.
 """
 
 from __future__ import annotations
