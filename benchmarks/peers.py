@@ -73,7 +73,9 @@ where it is not the header's):
   virtual-node MLPs at their own rank 6 (`adapters.virtual_node_rank=6`; on Tox21 156,888 weights,
   4.7%), `recipe-emb36`: the dataset's recipe with the embeddings' bank at rank 36
   (`adapters.embeddings_rank=36`; on Tox21 125,064 weights, 3.7%). Every method but these and `adapters` starts from the recipe as it was before the
-  scale, the weight average and the embeddings' bank (`BEFORE_RECIPE_CHANGES`);
+  scale, the weight average, the embeddings' bank and Tox21's peak lr 0.005 (`BEFORE_RECIPE_CHANGES`;
+  PEFT LoRA and head only train at lr 0.003 as well; the `recipe-*` rows measured before 828e27d
+  ran on the recipe at 0.003, which their run folders' `code_commit.txt` records);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
   the two route terms);
@@ -520,10 +522,12 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 
 
 # recipes/tox21.yaml took LoRA's scale 8/12 and the weight average (EMA 0.995) in commit 5410d2b,
-# and the atom embeddings' bank after the `adapters-emb` runs; every method but ON_THE_RECIPE was
-# measured without them, so they are set back first (a method's own sets come after and win): a
-# method keeps meaning what its rows measured
-BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false"]
+# the atom embeddings' bank after the `adapters-emb` runs and peak lr 0.005 in 828e27d; every method
+# but ON_THE_RECIPE was measured without them, so they are set back first (a method's own sets come
+# after and win): a method keeps meaning what its rows measured. The other datasets' recipes train
+# at lr 0.003 too, so the pin changes nothing there.
+LR_BEFORE_RECIPE_CHANGES = "train.lr=0.003"
+BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false", LR_BEFORE_RECIPE_CHANGES]
 ON_THE_RECIPE = {"adapters"} | {m for m in PEERS if m.startswith("recipe-")}  # methods measured on the recipe as it is (named recipe-*)
 
 
@@ -542,9 +546,10 @@ def run_cft(method: str, seed: int, ctx: dict) -> None:
 
 
 def lora_overrides(ctx: dict, seed: int) -> list[str]:
-    """The head-only recipe on the shared backbone: the LoRA model's head, loss, batches, optimiser and schedule."""
+    """The head-only recipe on the shared backbone: the LoRA model's head, loss, batches, optimiser and
+    schedule, at the peak lr every LoRA row was measured at (LR_BEFORE_RECIPE_CHANGES)."""
     patience = ctx["patience"] or "null"
-    return ctx["shared"] + PEERS["head"][1] + [f"seed={seed}", f"train.epochs={ctx['epochs']}", f"train.threads={ctx['threads']}", f"train.patience={patience}"]
+    return ctx["shared"] + PEERS["head"][1] + [LR_BEFORE_RECIPE_CHANGES, f"seed={seed}", f"train.epochs={ctx['epochs']}", f"train.threads={ctx['threads']}", f"train.patience={patience}"]
 
 
 def run_lora(method: str, seed: int, ctx: dict) -> None:
