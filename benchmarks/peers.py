@@ -294,7 +294,8 @@ PEERS = {
     "recipe-wd01": ("cft adapters, the dataset's recipe with weight decay 0.1", METHODS["full method (label prior)"] + ["train.weight_decay=0.1"]),
     "recipe-dropout01": ("cft adapters, the dataset's recipe with adapter dropout 0.1", METHODS["full method (label prior)"] + ["adapters.dropout=0.1"]),
     # capacity and step size, the two knobs of the recipe's GIN-MLP banks not yet screened with the
-    # embeddings' bank: rank 16 everywhere (151,584 weights, 4.5% of the backbone) and a peak lr 0.005 (and 0.008: lr 0.001, 0.003, 0.005 rose on validation in that order)
+    # embeddings' bank: rank 16 everywhere (151,584 weights, 4.5% of the backbone) and peak lr 0.005
+    # and 0.008 (validation rose from 0.001 to 0.003 to 0.005; Tox21's recipe took 0.005 in 828e27d)
     "recipe-r16": ("cft adapters, the dataset's recipe at rank 16", METHODS["full method (label prior)"] + ["adapters.rank=16"]),
     "recipe-lr005": ("cft adapters, the dataset's recipe with peak lr 0.005", METHODS["full method (label prior)"] + ["train.lr=0.005"]),
     "recipe-lr008": ("cft adapters, the dataset's recipe with peak lr 0.008", METHODS["full method (label prior)"] + ["train.lr=0.008"]),

@@ -20,6 +20,8 @@ def make_optimizer(model: CftModel, recipe: Recipe) -> torch.optim.Optimizer:
     adapters' up-projections V at `up_lr_ratio * lr` (LoRA+), everything else trainable at `lr`."""
     tr = recipe.train
     head = _trainable(model.head.parameters())
+    # at ratio 1 V stays in `rest`: the same two groups as before the option, so checkpoints written
+    # then still resume (an optimiser's state is loaded group by group)
     up = _trainable(bank.V for bank in model.modules() if isinstance(bank, AdapterBank)) if tr.up_lr_ratio != 1 else []
     taken = {id(p) for p in head + up}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]

@@ -1,5 +1,5 @@
 """The optimiser's parameter groups: heads at `head_lr`, the adapters' up-projections at
-`up_lr_ratio * lr` (LoRA+), the rest at `lr`; and a run that uses them."""
+`up_lr_ratio * lr` (LoRA+), the rest at `lr`; and runs of the CLI that use and refuse them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, assert_user_error, run_cli
 from model_kit import tiny_model
 from safetensors.torch import load_file
 
@@ -15,7 +15,6 @@ from cft.errors import CftError
 from cft.nn.adapters import AdapterBank
 from cft.recipe.load import load_recipe
 from cft.training.optim import make_optimizer
-from cft.training.trainer import train_recipe
 
 
 def _recipe(tmp_path: Path, *overrides: str):
@@ -55,15 +54,25 @@ def test_the_ratio_is_a_positive_number(tmp_path):
         _recipe(tmp_path, "train.up_lr_ratio=0")
 
 
-def test_a_run_with_loraplus_moves_the_up_projections_further(tmp_path, monkeypatch):
-    """The same data, seed and steps: with lambda = 16 the up-projections end further from their
-    zero start than with one rate, and the run is recorded in the saved recipe."""
-    monkeypatch.setenv("CFT_CACHE_DIR", str(tmp_path / "cache"))
+def test_a_run_with_loraplus_moves_the_up_projections_further(tmp_path):
+    """Through the CLI, the same data, seed and steps: with lambda = 16 the up-projections end
+    further from their zero start than with one rate, and the run's recipe.yaml records it."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY_RECIPE.replace("limit: 400", "limit: 160").replace("epochs: 3", "epochs: 1"))
     norms = {}
     for ratio in (1, 16):
-        recipe = _recipe(tmp_path, "data.limit=160", "train.epochs=1", "train.threads=1", "train.device=cpu", f"train.up_lr_ratio={ratio}")
-        train_recipe(recipe, tmp_path / f"r{ratio}", Path("."))
-        bundle = load_file(str(tmp_path / f"r{ratio}" / "bundle.safetensors"))
+        run = tmp_path / f"r{ratio}"
+        done = run_cli("train", recipe, "-o", run, "--set", "train.lr=0.002", "--set", f"train.up_lr_ratio={ratio}", env={"CFT_CACHE_DIR": str(tmp_path / "cache")})
+        assert done.returncode == 0, done.stderr
+        bundle = load_file(str(run / "bundle.safetensors"))
         norms[ratio] = sum(float(t.norm()) for k, t in bundle.items() if k.endswith(".V"))
-        assert yaml.safe_load((tmp_path / f"r{ratio}" / "recipe.yaml").read_text())["train"]["up_lr_ratio"] == ratio
+        assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["up_lr_ratio"] == ratio
     assert norms[16] > 2 * norms[1] > 0
+
+
+def test_the_cli_refuses_a_ratio_that_is_not_positive(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY_RECIPE)
+    result = run_cli("train", recipe, "-o", tmp_path / "run", "--set", "train.up_lr_ratio=0")
+    assert_user_error(result, "train.up_lr_ratio", "must be > 0")
+    assert not (tmp_path / "run").exists()
