@@ -77,6 +77,12 @@ MODES = {
     # and with its bank on the atom encoder's embeddings (adapters.embeddings, since the `adapters-emb` runs)
     "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995, atom embeddings)": RECIPES_ADAPTERS + [
         "train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995", "adapters.embeddings=true"],
+    # the same with the frozen products pinned: bf16 (padded rows, cft/nn/frozen.py) and fp32, so that
+    # a CPU without AMX but with AVX512-BF16 (`auto` leaves it in fp32) measures what bf16 would give
+    "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16": RECIPES_ADAPTERS + [
+        "train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995", "adapters.embeddings=true", "train.frozen_bf16=true"],
+    "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32": RECIPES_ADAPTERS + [
+        "train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995", "adapters.embeddings=true", "train.frozen_bf16=false"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
     "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],
@@ -108,6 +114,13 @@ RATIOS = {
         "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995)", "cft full fine-tuning at batch 64"),
     "the Tox21 recipe's adapters (scale 8/12, EMA 0.995, atom embeddings) / full fine-tuning, both at batch 64 (target >= 2.0)": (
         "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995, atom embeddings)", "cft full fine-tuning at batch 64"),
+    "the Tox21 recipe's adapters with frozen products bf16 / full fine-tuning, both at batch 64 (target >= 2.0)": (
+        "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16", "cft full fine-tuning at batch 64"),
+    "the Tox21 recipe's adapters with frozen products fp32 / full fine-tuning, both at batch 64 (target >= 2.0)": (
+        "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32", "cft full fine-tuning at batch 64"),
+    "the Tox21 recipe's adapters at batch 64: frozen products bf16 / fp32": (
+        "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16",
+        "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32"),
     "the recipes' adapters at batch 64 with frozen products fp32 / full fine-tuning at batch 64": (
         "cft adapters of the recipes at batch 64 with frozen products fp32", "cft full fine-tuning at batch 64"),
     "the recipes' adapters at batch 64: frozen products as train.frozen_bf16 auto / fp32": (
