@@ -309,6 +309,10 @@ PEERS = {
                                 METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.5"]),
     "recipe-frozen-dropout02": ("cft adapters, the dataset's recipe with the frozen backbone's dropout 0.2",
                                 METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.2"]),
+    # the frozen products in bf16 pinned on (train.frozen_bf16=true; `auto` is on only with AMX tiles):
+    # the quality side of running them in bf16 on a CPU with AVX512-BF16 and no AMX (the EPYC)
+    "recipe-frozen-bf16": ("cft adapters, the dataset's recipe with the frozen products in bf16",
+                           METHODS["full method (label prior)"] + ["train.frozen_bf16=true"]),
     "recipe-vn-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs, rank 10",
                       METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10"]),
     "recipe-vn-emb-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
