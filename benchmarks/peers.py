@@ -313,6 +313,10 @@ PEERS = {
     # the quality side of running them in bf16 on a CPU with AVX512-BF16 and no AMX (the EPYC)
     "recipe-frozen-bf16": ("cft adapters, the dataset's recipe with the frozen products in bf16",
                            METHODS["full method (label prior)"] + ["train.frozen_bf16=true"]),
+    # the same at the recipe's former peak lr 0.003 (where the Xeon's ten seeds of the bf16 products
+    # scored as fp32): whether a cost of the bf16 products comes with the step size or the CPU
+    "recipe-frozen-bf16-lr003": ("cft adapters, the dataset's recipe with the frozen products in bf16, peak lr 0.003",
+                                 METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "train.lr=0.003"]),
     "recipe-vn-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs, rank 10",
                       METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10"]),
     "recipe-vn-emb-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
