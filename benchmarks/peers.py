@@ -538,12 +538,13 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 
 
 # recipes/tox21.yaml took LoRA's scale 8/12 and the weight average (EMA 0.995) in commit 5410d2b,
-# the atom embeddings' bank after the `adapters-emb` runs and peak lr 0.005 in 828e27d; every method
-# but ON_THE_RECIPE was measured without them, so they are set back first (a method's own sets come
-# after and win): a method keeps meaning what its rows measured. The other datasets' recipes train
-# at lr 0.003 too, so the pin changes nothing there.
+# the atom embeddings' bank after the `adapters-emb` runs, peak lr 0.005 in 828e27d and the frozen
+# products pinned to fp32 (`train.frozen_bf16: false`) after the `recipe-frozen-bf16` runs; every
+# method but ON_THE_RECIPE was measured without them, so they are set back first (a method's own
+# sets come after and win): a method keeps meaning what its rows measured. The other datasets'
+# recipes train at lr 0.003 with `auto` too, so those pins change nothing there.
 LR_BEFORE_RECIPE_CHANGES = "train.lr=0.003"
-BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false", LR_BEFORE_RECIPE_CHANGES]
+BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false", LR_BEFORE_RECIPE_CHANGES, "train.frozen_bf16=auto"]
 ON_THE_RECIPE = {"adapters"} | {m for m in PEERS if m.startswith("recipe-")}  # methods measured on the recipe as it is (named recipe-*)
 
 

@@ -120,6 +120,7 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
         assert loaded["adapters"].adapters.embeddings and not loaded["adapters-frozen-bf16-s067-ema995"].adapters.embeddings
         assert base.adapters.scale == 1 and base.train.ema is None and not base.adapters.embeddings
         assert loaded["adapters"].train.lr == 0.005 and base.train.lr == 0.003 and loaded["head"].train.lr == 0.003
+        assert loaded["adapters"].train.frozen_bf16 is False and base.train.frozen_bf16 == "auto"
     # LoRA trains with the head-only recipe's optimiser: at the lr its rows were measured at, whatever the recipe says now
     lora = load_recipe(REPO / recipe_path, peers.lora_overrides({"shared": [], "patience": 10, "epochs": 30, "threads": 1}, 0))
     assert lora.train.lr == 0.003 and not lora.adapters.enabled
