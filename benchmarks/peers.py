@@ -76,6 +76,12 @@ where it is not the header's):
   scale, the weight average, the embeddings' bank and Tox21's peak lr 0.005 (`BEFORE_RECIPE_CHANGES`;
   PEFT LoRA and head only train at lr 0.003 as well; the `recipe-*` rows measured before 828e27d
   ran on the recipe at 0.003, which their run folders' `code_commit.txt` records);
+- one-setting screens of the dataset's recipe as it is (`recipe-*`, each its comment in PEERS):
+  `recipe-wd01`, `recipe-dropout01` (weight decay, adapter dropout), `recipe-r16` (rank),
+  `recipe-lr005`, `recipe-lr008` (peak lr), `recipe-loraplus4`, `recipe-loraplus16`
+  (`train.up_lr_ratio`), `recipe-frozen-dropout05`, `recipe-frozen-dropout02`
+  (`backbone.frozen_dropout`), `recipe-frozen-bf16`, `recipe-frozen-bf16-lr003`
+  (`train.frozen_bf16=true`, at the recipe's lr and at 0.003);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
   the two route terms);
