@@ -81,7 +81,8 @@ where it is not the header's):
   `recipe-lr005`, `recipe-lr008` (peak lr), `recipe-loraplus4`, `recipe-loraplus16`
   (`train.up_lr_ratio`), `recipe-frozen-dropout05`, `recipe-frozen-dropout02`
   (`backbone.frozen_dropout`), `recipe-frozen-bf16`, `recipe-frozen-bf16-lr003`
-  (`train.frozen_bf16=true`, at the recipe's lr and at 0.003);
+  (`train.frozen_bf16=true`, at the recipe's lr and at 0.003), `recipe-warmup2`, `recipe-ema998`
+  (`train.warmup_epochs=2`, `train.ema=0.998`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
   the two route terms);
@@ -323,6 +324,11 @@ PEERS = {
     # scored as fp32): whether a cost of the bf16 products comes with the step size or the CPU
     "recipe-frozen-bf16-lr003": ("cft adapters, the dataset's recipe with the frozen products in bf16, peak lr 0.003",
                                  METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "train.lr=0.003"]),
+    # the schedule and the average at the recipe's peak lr 0.005, whose best epochs came late (24-30
+    # of 30): a linear warmup over the first 2 epochs (chemprop's default warmup), and the weight
+    # average over about 500 steps (EMA 0.998, five epochs) instead of 200
+    "recipe-warmup2": ("cft adapters, the dataset's recipe with 2 warmup epochs", METHODS["full method (label prior)"] + ["train.warmup_epochs=2"]),
+    "recipe-ema998": ("cft adapters, the dataset's recipe with EMA 0.998", METHODS["full method (label prior)"] + ["train.ema=0.998"]),
     "recipe-vn-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs, rank 10",
                       METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10"]),
     "recipe-vn-emb-r10": ("cft adapters, the dataset's recipe plus the virtual-node MLPs and the atom embeddings, rank 10",
