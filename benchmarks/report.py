@@ -315,7 +315,6 @@ def main() -> None:
         ("speed-recipe-epyc", "speed_recipe_epyc.json", speed_tables),
         ("speed-recipe-emb", "speed_recipe_emb.json", speed_tables),
         ("speed-frozen-bf16-epyc", "speed_frozen_bf16_epyc.json", speed_tables),
-        ("speed-ttr-epyc-bf16", "speed_ttr_epyc_bf16.json", speed_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),
