@@ -55,6 +55,8 @@ RECIPES_ADAPTERS = ["adapters.num_adapters=1", "adapters.rank=12", "adapters.pla
 # the same count of adapter weights in layers 1-4 only (layer 0 cached): rank 15 on 4 layers = rank 12 on 5
 RECIPES_ADAPTERS_L14 = [o.replace("rank=12", "rank=15") for o in RECIPES_ADAPTERS] + ["adapters.layers=[1,2,3,4]"]
 FULL_FINE_TUNING = METHODS["full fine-tuning"]
+# recipes/tox21.yaml's training on those adapters: batch 64, LoRA's scale 8/12, the weight average
+TOX21_RECIPE = RECIPES_ADAPTERS + ["train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995"]
 MODES = {
     # name: --set overrides of the base recipe (frozen GIN-VN 300x5, Tox21)
     "cft full fine-tuning": FULL_FINE_TUNING,
@@ -73,16 +75,15 @@ MODES = {
     "cft adapters of the recipes at batch 64 with frozen products fp32": RECIPES_ADAPTERS + ["train.batch_size=64", "train.frozen_bf16=false"],
     # recipes/tox21.yaml's training as a whole: its adapters at scale 8/12 and validated, chosen and
     # saved on a moving average of the weights (train.ema 0.995: one foreach lerp after every step)
-    "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995)": RECIPES_ADAPTERS + ["train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995"],
+    "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995)": TOX21_RECIPE,
     # and with its bank on the atom encoder's embeddings (adapters.embeddings, since the `adapters-emb` runs)
-    "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995, atom embeddings)": RECIPES_ADAPTERS + [
-        "train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995", "adapters.embeddings=true"],
+    "cft adapters of the Tox21 recipe at batch 64 (scale 8/12, EMA 0.995, atom embeddings)": TOX21_RECIPE + ["adapters.embeddings=true"],
     # the same with the frozen products pinned: bf16 (padded rows, cft/nn/frozen.py) and fp32, so that
-    # a CPU without AMX but with AVX512-BF16 (`auto` leaves it in fp32) measures what bf16 would give
-    "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16": RECIPES_ADAPTERS + [
-        "train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995", "adapters.embeddings=true", "train.frozen_bf16=true"],
-    "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32": RECIPES_ADAPTERS + [
-        "train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995", "adapters.embeddings=true", "train.frozen_bf16=false"],
+    # a CPU without AMX but with AVX512-BF16 (`auto` leaves it in fp32) measures what bf16 would give;
+    # the fp32 one is recipes/tox21.yaml as it is since it pinned `frozen_bf16: false` (the mode above
+    # follows `auto`, bf16 on an AMX CPU)
+    "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16": TOX21_RECIPE + ["adapters.embeddings=true", "train.frozen_bf16=true"],
+    "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32": TOX21_RECIPE + ["adapters.embeddings=true", "train.frozen_bf16=false"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
     "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],

@@ -65,7 +65,8 @@ def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles, on which oneDNN's bf16 matrix products run several times
     faster than fp32 ones (where `train.frozen_bf16: auto` was measured to pay). CPUs with only
     AVX512-BF16 are left in fp32, where the recipes' scores were measured: the padded bf16 products
-    trained 1.18x faster on one (an AMD EPYC) but are not free of the step size (docs/distributed.md)."""
+    trained 1.18x faster on one (an AMD EPYC, commit 3c2a3ef) but are not free of the step size
+    (docs/distributed.md)."""
     return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
