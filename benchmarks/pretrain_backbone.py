@@ -4,13 +4,14 @@ The molecules are those of HIV.csv.gz and muv.csv.gz (labels unused), each once 
 SMILES, less every molecule of the valid and test splits of the peers benchmark's split files
 (Tox21, ToxCast, ESOL: benchmarks/results/peers/split/, written by cft's scaffold split when
 missing), compared by canonical SMILES. The backbone is recipes/tox21.yaml's (GIN-VN 300x5,
-dropout 0.5), pretrained by cft's own pretraining stage (`backbone.pretrain`, attribute masking by
-default) on that molecule list, and written as one safetensors file (float32, the backbone
+dropout 0.5), pretrained by cft's own pretraining stage (`backbone.pretrain`: attribute masking by
+default, `--method contrastive` or `masking+contrastive` for GraphCL's objective alone or beside
+it) on that molecule list, and written as one safetensors file (float32, the backbone
 format every `backbone.path` reads) with a JSON record beside it: the command, the molecule counts,
 the pretraining settings, the seconds and the fingerprint.
 
     python benchmarks/pretrain_backbone.py --out benchmarks/backbones/NAME.safetensors [--epochs 10]
-        [--batch-size 256] [--lr 0.001] [--method masking] [--dropout 0.5] [--device cuda] [--limit N]
+        [--batch-size 256] [--lr 0.001] [--method masking|contrastive|masking+contrastive] [--dropout 0.5] [--device cuda] [--limit N]
 
 On a GPU this is what to spend the time on (the peers issue): about 134,000 molecules an epoch.
 On 2 CPU cores one epoch of the full list takes tens of minutes; `--limit N` keeps the first N
@@ -122,7 +123,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the backbone file to write (.safetensors); its record goes beside it (.json)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--split-folder", type=Path, default=REPO / "benchmarks" / "results" / "peers" / "split", help="the peers benchmark's split files")
-    parser.add_argument("--method", choices=("masking",), default="masking", help="the pretraining objective (labels are never read)")
+    parser.add_argument("--method", choices=("masking", "contrastive", "masking+contrastive"), default="masking",
+                        help="the pretraining objective, cft's `backbone.pretrain.method` (labels are never read)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)

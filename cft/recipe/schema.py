@@ -102,9 +102,12 @@ class DataConfig(_Strict):
 
 
 class PretrainConfig(_Strict):
-    method: Literal["masking", "supervised"] = "masking"
-    """`masking`: self-supervised attribute masking (labels unused); `supervised`: multi-task
-    training on the labels of `data`."""
+    method: Literal["masking", "contrastive", "masking+contrastive", "supervised"] = "masking"
+    """`masking`: self-supervised attribute masking (labels unused); `contrastive`: GraphCL, two
+    views of each molecule with `drop_rate` of its atoms removed, their pooled states pulled
+    together against the batch's other molecules (labels unused); `masking+contrastive`: both
+    objectives on the same two views, summed; `supervised`: multi-task training on the labels
+    of `data`."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Molecules (and, for `supervised`, labels) to pretrain on; for `masking` a CSV may hold SMILES only."""
     epochs: int = Field(default=3, ge=1)
@@ -114,7 +117,12 @@ class PretrainConfig(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     """Pretraining learning rate (Adam)."""
     mask_rate: float = Field(default=0.15, gt=0, lt=1)
-    """Fraction of atoms masked per molecule for `masking`."""
+    """Fraction of atoms masked per molecule for `masking` (and `masking+contrastive`)."""
+    drop_rate: float = Field(default=0.2, gt=0, lt=1)
+    """Fraction of atoms removed, with their bonds, from each view for `contrastive` (GraphCL's
+    node dropping at its ratio 0.2)."""
+    temperature: float = Field(default=0.1, gt=0)
+    """Temperature of the contrastive loss (NT-Xent; GraphCL's molecule pretraining uses 0.1)."""
     cache: bool = True
     """Reuse a backbone pretrained earlier with the same settings (cache keyed by all of them)."""
 

@@ -3,6 +3,11 @@
 - `masking`: self-supervised attribute masking (Hu et al., 2020): a fraction of atoms get the
   'misc' index of every OGB atom feature (the mask token) and the backbone learns to predict
   their atomic number from the context. Labels are not used.
+- `contrastive`: GraphCL (You et al., 2020): two views of each molecule, each with a fraction of
+  its atoms removed, are embedded and told apart from the batch's other molecules (NT-Xent).
+  Labels are not used. `masking+contrastive` sums both objectives on the same two views: the
+  node-level task of masking and a graph-level one, as Hu et al. pair node- and graph-level
+  pretraining.
 - `supervised`: multi-task training on the labels of the pretraining data (train split).
 
 Pretrained backbones are cached by the hash of everything that determines them (settings,
@@ -15,6 +20,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -24,6 +30,7 @@ from ogb.utils.features import get_atom_feature_dims
 from torch import nn
 from torch.utils.data import DataLoader
 from torch_geometric.data import Batch
+from torch_geometric.utils import dropout_node
 
 from cft import __version__
 from cft.console import info, progress_bar
@@ -41,9 +48,15 @@ from cft.training.prefix import StoreBatches, as_is
 from cft.training.seeding import seed_everything
 
 
+# the settings only the contrastive objectives read: left out of the other methods' cache keys, so
+# a backbone pretrained by masking before they existed is still found
+CONTRASTIVE_ONLY = {"drop_rate", "temperature"}
+
+
 def pretrain_key(cfg: PretrainConfig, spec: BackboneSpec, seed: int, data_identity: dict) -> str:
+    unused = set() if "contrastive" in cfg.method else CONTRASTIVE_ONLY
     payload = {
-        "pretrain": cfg.model_dump(mode="json", exclude={"cache"}),
+        "pretrain": cfg.model_dump(mode="json", exclude={"cache", *unused}),
         "backbone": spec.to_dict(),
         "seed": seed,
         "data": data_identity,
@@ -75,8 +88,10 @@ def pretrained_backbone(cfg: PretrainConfig, spec: BackboneSpec, seed: int, data
     backbone = Backbone(spec).to(device)
     if cfg.method == "masking":
         _pretrain_masking(backbone, dataset, cfg, seed, device)
-    else:
+    elif cfg.method == "supervised":
         _pretrain_supervised(backbone, dataset, cfg, seed, device)
+    else:
+        _pretrain_contrastive(backbone, dataset, cfg, seed, device, with_masking=cfg.method == "masking+contrastive")
     backbone = backbone.cpu().eval()
     seconds = time.perf_counter() - start
     details = {"method": cfg.method, "data": dataset.identity, "epochs": cfg.epochs, "key": key, "seconds": round(seconds, 1)}
@@ -101,23 +116,89 @@ def _loader(dataset, indices, batch_size: int, seed: int, epoch: int) -> DataLoa
     return DataLoader(StoreBatches(dataset.store, dataset.y, picked, batch_size), batch_size=None, shuffle=False, collate_fn=as_is)
 
 
-def _pretrain_masking(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device) -> None:
-    """Attribute masking: predict the atom type of `mask_rate` of the atoms from their masked graph."""
-    dims = get_atom_feature_dims()
-    mask_token = torch.tensor([d - 1 for d in dims], device=device)  # OGB's 'misc' index per feature
-    head = nn.Linear(backbone.spec.hidden, dims[0]).to(device)
-    generator = torch.Generator().manual_seed(seed)
+class _AtomMasking:
+    """Hides `rate` of the atoms of a graph: each hidden atom gets OGB's 'misc' index in every atom
+    feature (the mask token); the loss asks a linear head for their atomic numbers."""
 
-    def loss_of(batch) -> torch.Tensor:
-        masked = torch.rand(batch.num_nodes, generator=generator).to(device) < cfg.mask_rate
+    def __init__(self, hidden: int, rate: float, seed: int, device: torch.device):
+        dims = get_atom_feature_dims()
+        self.token = torch.tensor([d - 1 for d in dims], device=device)  # OGB's 'misc' index per feature
+        self.head = nn.Linear(hidden, dims[0]).to(device)
+        self.rate, self.device = rate, device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x with the hidden atoms' features replaced by the token [N, F], which atoms [N] bool,
+        their atomic-number indices [M]); at least one atom is hidden."""
+        masked = torch.rand(x.size(0), generator=self.generator).to(self.device) < self.rate
         if not masked.any():
             masked[0] = True
-        x = batch.x.long()
-        target = x[masked, 0]
-        batch.x = torch.where(masked.unsqueeze(1), mask_token.unsqueeze(0), x)
-        return F.cross_entropy(head(backbone.node_states(batch)[masked]), target)
+        x = x.long()
+        return torch.where(masked.unsqueeze(1), self.token.unsqueeze(0), x), masked, x[masked, 0]
 
-    _fit(backbone, head, dataset, torch.arange(len(dataset)), cfg, seed, device, loss_of)
+    def loss(self, node_states: torch.Tensor, masked: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.head(node_states[masked]), target)
+
+
+def _pretrain_masking(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device) -> None:
+    """Attribute masking: predict the atom type of `mask_rate` of the atoms from their masked graph."""
+    masking = _AtomMasking(backbone.spec.hidden, cfg.mask_rate, seed, device)
+
+    def loss_of(batch) -> torch.Tensor:
+        batch.x, masked, target = masking.mask(batch.x)
+        return masking.loss(backbone.node_states(batch), masked, target)
+
+    _fit(backbone, masking.head, dataset, torch.arange(len(dataset)), cfg, seed, device, loss_of)
+
+
+def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalised temperature-scaled cross-entropy over two views of B graphs.
+
+    u, v: [B, p], row i of each a view of graph i. With the 2B rows z_k = [u; v]_k / ||.||
+    (cosine similarity s(a, b) = z_a . z_b) and k' the other view of k's graph:
+        loss = mean_k -log( exp(s(k, k')/tau) / sum_{j != k} exp(s(k, j)/tau) ),
+    every other row of both views a negative (GraphCL's molecule pretraining uses the one-sided
+    form over v only; the symmetric form is SimCLR's)."""
+    n = u.size(0)
+    z = F.normalize(torch.cat([u, v]), dim=1)
+    logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, partner)
+
+
+def dropped_view(batch, rate: float) -> SimpleNamespace:
+    """The batch with `rate` of its atoms removed, each with its bonds (PyG's `dropout_node`, the
+    kept atoms renumbered): x [N', F], edge_index [2, E'], edge_attr [E', F_e], batch [N'], and the
+    same num_graphs (a molecule that loses every atom pools to zeros)."""
+    edge_index, kept_edges, kept_atoms = dropout_node(batch.edge_index, p=rate, num_nodes=batch.num_nodes, relabel_nodes=True)
+    return SimpleNamespace(x=batch.x[kept_atoms], edge_index=edge_index, edge_attr=batch.edge_attr[kept_edges],
+                           batch=batch.batch[kept_atoms], num_graphs=batch.num_graphs)
+
+
+def _pretrain_contrastive(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device, with_masking: bool) -> None:
+    """GraphCL: two node-dropped views of every molecule, their pooled states [B, d] through a
+    projection head g(z) = W2 ReLU(W1 z) (d -> d -> d, discarded afterwards), NT-Xent between them;
+    `with_masking` also masks `mask_rate` of each view's atoms and adds masking's loss on them."""
+    d = backbone.spec.hidden
+    projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d)).to(device)
+    masking = _AtomMasking(d, cfg.mask_rate, seed, device) if with_masking else None
+    heads = nn.ModuleList([projection, *([masking.head] if masking else [])])
+
+    def embed(view) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the view's projected graph states [B, d], its masking loss or 0)"""
+        masked_loss = torch.zeros((), device=device)
+        if masking is not None:
+            view.x, masked, target = masking.mask(view.x)
+        h = backbone.node_states(view)
+        if masking is not None:
+            masked_loss = masking.loss(h, masked, target)
+        return projection(backbone.pool(h, view.batch, view.num_graphs)), masked_loss
+
+    def loss_of(batch) -> torch.Tensor:
+        (u, mask_u), (v, mask_v) = embed(dropped_view(batch, cfg.drop_rate)), embed(dropped_view(batch, cfg.drop_rate))
+        return nt_xent(u, v, cfg.temperature) + (mask_u + mask_v) / 2
+
+    _fit(backbone, heads, dataset, torch.arange(len(dataset)), cfg, seed, device, loss_of)
 
 
 def _pretrain_supervised(backbone: Backbone, dataset, cfg: PretrainConfig, seed: int, device: torch.device) -> None:
