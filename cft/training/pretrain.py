@@ -47,7 +47,6 @@ from cft.spec import BackboneSpec
 from cft.training.prefix import StoreBatches, as_is
 from cft.training.seeding import seed_everything
 
-
 # the settings only the contrastive objectives read: left out of the other methods' cache keys, so
 # a backbone pretrained by masking before they existed is still found
 CONTRASTIVE_ONLY = {"drop_rate", "temperature"}
