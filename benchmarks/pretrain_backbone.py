@@ -10,8 +10,12 @@ it) on that molecule list, and written as one safetensors file (float32, the bac
 format every `backbone.path` reads) with a JSON record beside it: the command, the molecule counts,
 the pretraining settings, the seconds and the fingerprint.
 
-    python benchmarks/pretrain_backbone.py --out benchmarks/backbones/NAME.safetensors [--epochs 10]
+    python benchmarks/pretrain_backbone.py --out benchmarks/backbones/NAME.safetensors [--epochs 10 | --minutes M]
         [--batch-size 256] [--lr 0.001] [--method masking|contrastive|masking+contrastive] [--dropout 0.5] [--device cuda] [--limit N]
+
+`--minutes M` chooses the epochs instead: as many whole epochs of the list as fit in M minutes of
+pretraining, timed by one epoch over its first 10,000 molecules first (which also warms a GPU up;
+featurising the list is not counted). `benchmarks/gpu_pretrain.sh` runs it so on a lent GPU.
 
 On a GPU this is what to spend the time on (the peers issue): about 134,000 molecules an epoch.
 On 2 CPU cores one epoch of the full list takes tens of minutes; `--limit N` keeps the first N
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -95,7 +100,7 @@ def pretrain(smiles: list[str], args: argparse.Namespace) -> tuple[Path, dict]:
     from cft.files.backbone import backbone_fingerprint, load_backbone
     from cft.recipe.load import load_recipe
     from cft.spec import BackboneSpec
-    from cft.training.pretrain import pretrained_backbone
+    from cft.training.pretrain import CONTRASTIVE_ONLY, pretrained_backbone
     from cft.training.seeding import use_deterministic_kernels
 
     folder = Path(tempfile.mkdtemp(prefix="cft-pretrain-"))
@@ -113,9 +118,27 @@ def pretrain(smiles: list[str], args: argparse.Namespace) -> tuple[Path, dict]:
     fingerprint = backbone_fingerprint(load_backbone(args.out))
     if fingerprint != backbone_fingerprint(backbone):
         raise SystemExit(f"{args.out} does not hold the backbone just pretrained (fingerprint {fingerprint})")
-    settings = recipe.backbone.pretrain.model_dump(mode="json", exclude={"data", "cache"})
+    unread = set() if "contrastive" in args.method else CONTRASTIVE_ONLY  # the contrastive settings, where the objective reads them
+    settings = recipe.backbone.pretrain.model_dump(mode="json", exclude={"data", "cache", *unread})
     return folder, {"fingerprint": fingerprint, "seconds": round(seconds, 1), "pretrain": settings, "dropout": args.dropout, "seed": args.seed,
                     "key": made["key"], "device": str(device), "torch": torch.__version__}
+
+
+PROBE_MOLECULES = 10_000
+
+
+def epochs_within(minutes: float, smiles: list[str], args: argparse.Namespace) -> tuple[int, dict]:
+    """The whole epochs of `smiles` that fit in `minutes` of pretraining, from one timed epoch over
+    its first PROBE_MOLECULES (the same settings, its backbone discarded), and how they were chosen."""
+    sample = smiles[:PROBE_MOLECULES]
+    probe = argparse.Namespace(**{**vars(args), "epochs": 1, "out": Path(tempfile.mkdtemp(prefix="cft-probe-")) / "probe.safetensors"})
+    folder, made = pretrain(sample, probe)
+    per_molecule = made["seconds"] / len(sample)
+    epochs = max(1, int(minutes * 60 / (per_molecule * len(smiles))))
+    for leftover in (folder, probe.out.parent):
+        shutil.rmtree(leftover, ignore_errors=True)
+    print(f"one epoch of {len(sample):,} molecules took {made['seconds']:.1f} s: {epochs} epoch(s) of {len(smiles):,} fit in {minutes:g} min", flush=True)
+    return epochs, {"minutes": minutes, "probe_molecules": len(sample), "probe_seconds": made["seconds"], "seconds_per_molecule": per_molecule}
 
 
 def main() -> None:
@@ -126,6 +149,7 @@ def main() -> None:
     parser.add_argument("--method", choices=("masking", "contrastive", "masking+contrastive"), default="masking",
                         help="the pretraining objective, cft's `backbone.pretrain.method` (labels are never read)")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--minutes", type=float, help="instead of --epochs: as many epochs as fit in this many minutes (timed first)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dropout", type=float, default=0.5, help="the backbone's dropout while pretraining (recipes/tox21.yaml: 0.5)")
@@ -142,6 +166,8 @@ def main() -> None:
         parser.error(f"--out {args.out} must end in .safetensors")
     if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--epochs, --batch-size and --limit must be at least 1")
+    if args.minutes is not None and args.minutes <= 0:
+        parser.error("--minutes must be positive")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CFT_QUIET", "1")
     started = time.perf_counter()
@@ -149,10 +175,13 @@ def main() -> None:
     smiles, counts = pretraining_molecules(args.data, held, args.limit)
     print(f"{counts['pretraining_molecules']:,} molecules ({counts['held_out']:,} held out, {counts['duplicates']:,} duplicates, "
           f"{counts['unparsable']} unparsable) in {time.perf_counter() - started:.0f} s", flush=True)
+    chosen = {}
+    if args.minutes is not None:
+        args.epochs, chosen = epochs_within(args.minutes, smiles, args)
     folder, made = pretrain(smiles, args)
     command = " ".join(["python", "benchmarks/pretrain_backbone.py", *sys.argv[1:]])
     record = {"command": command, "sources": list(SOURCES), "held_out_from": {n: "valid + test of the peers split file" for n in EVALUATION_SETS},
-              "molecules": counts, **made, "seconds_in_all": round(time.perf_counter() - started, 1)}
+              "molecules": counts, **made, **({"epochs_chosen": chosen} if chosen else {}), "seconds_in_all": round(time.perf_counter() - started, 1)}
     atomic_write_json(args.out.with_suffix(".json"), record)
     (folder / "molecules.csv").unlink()
     folder.rmdir()

@@ -411,3 +411,32 @@ def test_eval_batch_times_inference_at_each_batch_size_and_reports_them(tmp_path
 
     table = eval_batch_tables(result)
     assert "| 16 |" in table and "| 64 |" in table and "1.00 |" in table and result["machine"]["commit"] in table
+
+
+def test_pretraining_within_minutes_times_one_epoch_of_a_sample_then_fits_whole_epochs(tmp_path, monkeypatch):
+    """benchmarks/pretrain_backbone.py --minutes M (what gpu_pretrain.sh runs): one timed epoch over the
+    first 10,000 molecules, then as many whole epochs of the full list as fit in M minutes, at least one;
+    the probe's backbone and temporary files are removed."""
+    import argparse
+
+    import pretrain_backbone
+
+    probed, leftovers = [], []
+
+    def fake_pretrain(smiles, args):  # 1 ms per molecule, whatever the machine
+        probed.append((len(smiles), args.epochs))
+        folder = tmp_path / f"probe{len(probed)}"
+        folder.mkdir()
+        args.out.write_bytes(b"")
+        leftovers.extend([folder, args.out])
+        return folder, {"seconds": 0.001 * len(smiles)}
+
+    monkeypatch.setattr(pretrain_backbone, "pretrain", fake_pretrain)
+    args = argparse.Namespace(epochs=10, out=tmp_path / "b.safetensors")
+    smiles = ["C"] * 134_000
+    epochs, how = pretrain_backbone.epochs_within(5, smiles, args)
+    assert probed == [(10_000, 1)] and args.epochs == 10  # one epoch of the sample; the caller's settings untouched
+    assert epochs == 2 and how["seconds_per_molecule"] == 0.001  # 134 s an epoch: two fit in 300 s
+    assert pretrain_backbone.epochs_within(0.01, smiles, args)[0] == 1  # never none
+    assert pretrain_backbone.epochs_within(5, smiles[:500], args)[0] == 600  # a short list: its own length probed
+    assert not any(path.exists() for path in leftovers)
