@@ -109,7 +109,7 @@ class PretrainConfig(_Strict):
     objectives on the same two views, summed; `supervised`: multi-task training on the labels
     of `data`."""
     data: DataConfig = Field(default_factory=DataConfig)
-    """Molecules (and, for `supervised`, labels) to pretrain on; for `masking` a CSV may hold SMILES only."""
+    """Molecules (and, for `supervised`, labels) to pretrain on; for the self-supervised methods a CSV may hold SMILES only."""
     epochs: int = Field(default=3, ge=1)
     """Pretraining epochs."""
     batch_size: int = Field(default=256, ge=1)
