@@ -315,6 +315,7 @@ def main() -> None:
         ("speed-recipe-epyc", "speed_recipe_epyc.json", speed_tables),
         ("speed-recipe-emb", "speed_recipe_emb.json", speed_tables),
         ("speed-frozen-bf16-epyc", "speed_frozen_bf16_epyc.json", speed_tables),
+        ("speed-recipe-epyc-d4ed106", "speed_recipe_epyc_d4ed106.json", speed_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),
