@@ -15,18 +15,6 @@
 # (see docs/distributed.md) and the two CSVs in .device/data; the script installs from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! $PY -c "import rdkit, ogb, pydantic, typer" 2>/dev/null; then
-    if compgen -G ".device/wheels/*.whl" > /dev/null; then
-        $PY -m pip install --quiet --no-index --no-deps .device/wheels/*.whl
-    else
-        echo "gpu.sh: rdkit, ogb and pydantic are needed (pip install -e . or wheels in .device/wheels)" >&2
-        exit 2
-    fi
-fi
-DATA=${CFT_BENCH_DATA:-../shared/data}
-if [ -d .device/data ]; then DATA=.device/data; fi
-export CFT_CACHE_DIR=${CFT_CACHE_DIR:-/tmp/cft-gpu-cache}
-export CFT_QUIET=1 PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+source benchmarks/gpu_env.sh
+export CFT_QUIET=1
 timeout 470 $PY benchmarks/gpu_throughput.py --data "$DATA" --json "${OUT:-/tmp}/gpu.json" "$@"

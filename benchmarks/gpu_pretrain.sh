@@ -17,24 +17,11 @@
 # toxcast.csv.gz and delaney-processed.csv in .device/data (docs/distributed.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! $PY -c "import rdkit, ogb, pydantic, typer" 2>/dev/null; then
-    if compgen -G ".device/wheels/*.whl" > /dev/null; then
-        $PY -m pip install --quiet --no-index --no-deps .device/wheels/*.whl
-    else
-        echo "gpu_pretrain.sh: rdkit, ogb and pydantic are needed (pip install -e . or wheels in .device/wheels)" >&2
-        exit 2
-    fi
-fi
-DATA=${CFT_BENCH_DATA:-../shared/data}
-if [ -d .device/data ]; then DATA=.device/data; fi
-export CFT_CACHE_DIR=${CFT_CACHE_DIR:-/tmp/cft-gpu-cache}
-export PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 DEVICE=cuda
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_pretrain.sh: no CUDA device here; pretraining on the CPU instead (a check of the script, not a benchmark backbone)" >&2
     DEVICE=cpu
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 timeout 560 $PY benchmarks/pretrain_backbone.py --data "$DATA" --device "$DEVICE" --minutes "${MINUTES:-5}" \
     --out "${OUT:-/tmp}/backbone.safetensors" "$@"
