@@ -100,7 +100,7 @@ def pretrain(smiles: list[str], args: argparse.Namespace) -> tuple[Path, dict]:
     from cft.files.backbone import backbone_fingerprint, load_backbone
     from cft.recipe.load import load_recipe
     from cft.spec import BackboneSpec
-    from cft.training.pretrain import CONTRASTIVE_ONLY, pretrained_backbone
+    from cft.training.pretrain import pretrained_backbone, settings_read
     from cft.training.seeding import use_deterministic_kernels
 
     folder = Path(tempfile.mkdtemp(prefix="cft-pretrain-"))
@@ -118,8 +118,7 @@ def pretrain(smiles: list[str], args: argparse.Namespace) -> tuple[Path, dict]:
     fingerprint = backbone_fingerprint(load_backbone(args.out))
     if fingerprint != backbone_fingerprint(backbone):
         raise SystemExit(f"{args.out} does not hold the backbone just pretrained (fingerprint {fingerprint})")
-    unread = set() if "contrastive" in args.method else CONTRASTIVE_ONLY  # the contrastive settings, where the objective reads them
-    settings = recipe.backbone.pretrain.model_dump(mode="json", exclude={"data", "cache", *unread})
+    settings = settings_read(recipe.backbone.pretrain, leave_out=frozenset({"data"}))
     return folder, {"fingerprint": fingerprint, "seconds": round(seconds, 1), "pretrain": settings, "dropout": args.dropout, "seed": args.seed,
                     "key": made["key"], "device": str(device), "torch": torch.__version__}
 

@@ -47,15 +47,21 @@ from cft.spec import BackboneSpec
 from cft.training.prefix import StoreBatches, as_is
 from cft.training.seeding import seed_everything
 
-# the settings only the contrastive objectives read: left out of the other methods' cache keys, so
-# a backbone pretrained by masking before they existed is still found
+# the settings only the contrastive objectives read
 CONTRASTIVE_ONLY = {"drop_rate", "temperature"}
 
 
+def settings_read(cfg: PretrainConfig, leave_out: frozenset[str] = frozenset()) -> dict:
+    """The pretraining settings `cfg.method` reads (JSON values), without `cache` and `leave_out`:
+    the contrastive ones only for the contrastive methods, so that a masking backbone's cache key
+    (and its record) is what it was before they existed."""
+    unread = set() if "contrastive" in cfg.method else CONTRASTIVE_ONLY
+    return cfg.model_dump(mode="json", exclude={"cache", *unread, *leave_out})
+
+
 def pretrain_key(cfg: PretrainConfig, spec: BackboneSpec, seed: int, data_identity: dict) -> str:
-    unused = set() if "contrastive" in cfg.method else CONTRASTIVE_ONLY
     payload = {
-        "pretrain": cfg.model_dump(mode="json", exclude={"cache", *unused}),
+        "pretrain": settings_read(cfg),
         "backbone": spec.to_dict(),
         "seed": seed,
         "data": data_identity,

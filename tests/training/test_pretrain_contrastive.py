@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import assert_user_error, run_cli
 from safetensors.numpy import load_file
 
 from cft.recipe.schema import PretrainConfig
@@ -88,6 +88,13 @@ def test_contrastive_pretraining_runs_through_the_cli_and_makes_another_backbone
         assert result.returncode == 0, result.stderr
         assert f"pretrain ({method}) epoch 1/1: loss" in result.stderr + result.stdout
         backbones[method] = load_file(str(out / "backbone.safetensors"))
+    # settings out of range, or a method cft lacks: refused before anything is written
+    for bad, named in ((["--set", "backbone.pretrain.method=contrastive", "--set", "backbone.pretrain.drop_rate=1"], "backbone.pretrain.drop_rate"),
+                       (["--set", "backbone.pretrain.temperature=0"], "backbone.pretrain.temperature"),
+                       (["--set", "backbone.pretrain.method=graphcl"], "backbone.pretrain.method")):
+        refused = run_cli("train", "recipes/quickstart.yaml", "-o", tmp_path / "refused", *small, *bad)
+        assert_user_error(refused, named)
+        assert not (tmp_path / "refused").exists()
     first = backbones["masking"]
     for method in ("contrastive", "masking+contrastive"):
         assert backbones[method].keys() == first.keys()
