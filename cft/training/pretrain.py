@@ -191,13 +191,11 @@ def _pretrain_contrastive(backbone: Backbone, dataset, cfg: PretrainConfig, seed
 
     def embed(view) -> tuple[torch.Tensor, torch.Tensor]:
         """(the view's projected graph states [B, d], its masking loss or 0)"""
-        masked_loss = torch.zeros((), device=device)
-        if masking is not None:
-            view.x, masked, target = masking.mask(view.x)
+        if masking is None:
+            return projection(backbone(view)), torch.zeros((), device=device)
+        view.x, masked, target = masking.mask(view.x)
         h = backbone.node_states(view)
-        if masking is not None:
-            masked_loss = masking.loss(h, masked, target)
-        return projection(backbone.pool(h, view.batch, view.num_graphs)), masked_loss
+        return projection(backbone.pool(h, view.batch, view.num_graphs)), masking.loss(h, masked, target)
 
     def loss_of(batch) -> torch.Tensor:
         (u, mask_u), (v, mask_v) = embed(dropped_view(batch, cfg.drop_rate)), embed(dropped_view(batch, cfg.drop_rate))
