@@ -363,6 +363,7 @@ def main() -> None:
         ("peers-tox21-masking-contrastive", "peers_tox21_masking_contrastive_epyc.json", peers_tables),
         ("peers-tox21-contrastive", "peers_tox21_contrastive_epyc.json", peers_tables),
         ("peers-tox21-hivmuv-7ep", "peers_tox21_hivmuv_7ep_epyc.json", peers_tables),
+        ("peers-tox21-hivmuv-7ep-vn", "peers_tox21_hivmuv_7ep_vn_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
