@@ -73,7 +73,8 @@ where it is not the header's):
   virtual-node MLPs at their own rank 6 (`adapters.virtual_node_rank=6`; on Tox21 156,888 weights,
   4.7%), `recipe-emb36`: the dataset's recipe with the embeddings' bank at rank 36
   (`adapters.embeddings_rank=36`; on Tox21 125,064 weights, 3.7%). Every method but these and `adapters` starts from the recipe as it was before the
-  scale, the weight average, the embeddings' bank and Tox21's peak lr 0.005 (`BEFORE_RECIPE_CHANGES`;
+  scale, the weight average, the embeddings' bank, Tox21's peak lr 0.005 and its virtual node's banks
+  at rank 10 (`before_recipe_changes`: rank 12, no virtual-node banks;
   PEFT LoRA and head only train at lr 0.003 as well; the `recipe-*` rows measured before 828e27d
   ran on the recipe at 0.003, which their run folders' `code_commit.txt` records);
 - one-setting screens of the dataset's recipe as it is (`recipe-*`, each its comment in PEERS):
@@ -550,20 +551,29 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 
 
 # recipes/tox21.yaml took LoRA's scale 8/12 and the weight average (EMA 0.995) in commit 5410d2b,
-# the atom embeddings' bank after the `adapters-emb` runs, peak lr 0.005 in 828e27d and the frozen
-# products pinned to fp32 (`train.frozen_bf16: false`) after the `recipe-frozen-bf16` runs; every
+# the atom embeddings' bank after the `adapters-emb` runs, peak lr 0.005 in 828e27d, the frozen
+# products pinned to fp32 (`train.frozen_bf16: false`) after the `recipe-frozen-bf16` runs, and the
+# virtual node's banks at rank 10 everywhere after the `recipe-vn-r10` runs at lr 0.005; every
 # method but ON_THE_RECIPE was measured without them, so they are set back first (a method's own
 # sets come after and win): a method keeps meaning what its rows measured. The other datasets'
-# recipes train at lr 0.003 with `auto` too, so those pins change nothing there.
+# recipes train at lr 0.003 with `auto` and no virtual-node banks too, so those pins change
+# nothing there; the rank is set back on Tox21 only (ToxCast's recipe has its own).
 LR_BEFORE_RECIPE_CHANGES = "train.lr=0.003"
-BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false", LR_BEFORE_RECIPE_CHANGES, "train.frozen_bf16=auto"]
+BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false", LR_BEFORE_RECIPE_CHANGES, "train.frozen_bf16=auto",
+                         "adapters.virtual_node=false"]
+RANK_BEFORE_RECIPE_CHANGES = {"tox21": "adapters.rank=12"}
 ON_THE_RECIPE = {"adapters"} | {m for m in PEERS if m.startswith("recipe-")}  # methods measured on the recipe as it is (named recipe-*)
+
+
+def before_recipe_changes(dataset: str) -> list[str]:
+    """The `--set` list that puts `dataset`'s recipe back as it was before the Tox21 recipe's changes."""
+    return BEFORE_RECIPE_CHANGES + ([RANK_BEFORE_RECIPE_CHANGES[dataset]] if dataset in RANK_BEFORE_RECIPE_CHANGES else [])
 
 
 def method_sets(method: str, dataset: str) -> list[str]:
     """The `--set` list of a cft method on `dataset` (the former recipes' K filled in)."""
     sets = [s.format(former_k=ROUTED_K[dataset]) for s in PEERS[method][1]]
-    return sets if method in ON_THE_RECIPE else BEFORE_RECIPE_CHANGES + sets
+    return sets if method in ON_THE_RECIPE else before_recipe_changes(dataset) + sets
 
 
 def run_cft(method: str, seed: int, ctx: dict) -> None:

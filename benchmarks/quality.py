@@ -45,8 +45,9 @@ METHODS = {
 
 # The routed adapters these studies compare (the shipped recipes' adapters until they took one linear
 # adapter on both GIN MLP Linears): r=8, GELU, on the layer outputs, K per dataset. Every method
-# starts from them (`routed_overrides`), so the routing variants stay routing variants.
-ROUTED = ["adapters.placement=output", "adapters.activation=gelu", "adapters.rank=8"]
+# starts from them (`routed_overrides`), so the routing variants stay routing variants. They adapt
+# the layer outputs, not the virtual node's MLPs (which recipes/tox21.yaml adapts beside its GIN MLPs').
+ROUTED = ["adapters.placement=output", "adapters.activation=gelu", "adapters.rank=8", "adapters.virtual_node=false"]
 ROUTED_K = {"tox21": 4, "toxcast": 8, "muv": 4, "esol": 4}
 
 

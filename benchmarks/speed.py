@@ -84,6 +84,10 @@ MODES = {
     # follows `auto`, bf16 on an AMX CPU)
     "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16": TOX21_RECIPE + ["adapters.embeddings=true", "train.frozen_bf16=true"],
     "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32": TOX21_RECIPE + ["adapters.embeddings=true", "train.frozen_bf16=false"],
+    # recipes/tox21.yaml as shipped since the `recipe-vn-r10` runs: rank 10 on the GIN MLPs, the atom
+    # embeddings and the virtual node's MLPs too (166,740 weights), frozen products fp32
+    "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products fp32": [
+        o.replace("rank=12", "rank=10") for o in TOX21_RECIPE] + ["adapters.embeddings=true", "adapters.virtual_node=true", "train.frozen_bf16=false"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
     "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],
@@ -119,6 +123,8 @@ RATIOS = {
         "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16", "cft full fine-tuning at batch 64"),
     "the Tox21 recipe's adapters with frozen products fp32 / full fine-tuning, both at batch 64 (target >= 2.0)": (
         "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32", "cft full fine-tuning at batch 64"),
+    "the Tox21 recipe's adapters as shipped (r=10, virtual-node MLPs too) / full fine-tuning, both at batch 64 (target >= 2.0)": (
+        "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products fp32", "cft full fine-tuning at batch 64"),
     "the Tox21 recipe's adapters at batch 64: frozen products bf16 / fp32": (
         "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16",
         "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32"),

@@ -112,13 +112,18 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
     loaded = {m: load_recipe(REPO / recipe_path, peers.method_sets(m, dataset)) for m, (_, sets) in peers.PEERS.items() if sets is not None}
     assert loaded["adapters"] == base
     # every other method starts from the recipe as it was before the Tox21 recipe took LoRA's scale,
-    # the weight average and the embeddings' bank, so its rows keep meaning what they measured
-    base = load_recipe(REPO / recipe_path, peers.BEFORE_RECIPE_CHANGES)
-    if dataset == "tox21":  # the recipe is what that method's ten seeds measured (but frozen_bf16, pinned there)
-        measured = loaded["adapters-emb"]
+    # the weight average, the embeddings' bank and the virtual node's banks at rank 10, so its rows
+    # keep meaning what they measured
+    base = load_recipe(REPO / recipe_path, peers.before_recipe_changes(dataset))
+    if dataset == "tox21":  # the recipe's adapters are what that method measured (at lr 0.003 and bf16 products there)
+        measured = loaded["adapters-vn-emb-r10"]
         assert measured.adapters == loaded["adapters"].adapters and measured.train.ema == loaded["adapters"].train.ema == 0.995
+        assert loaded["recipe-vn-r10"] == loaded["adapters"], "the recipe is what the recipe-vn-r10 rows measured"
         assert loaded["adapters"].adapters.embeddings and not loaded["adapters-frozen-bf16-s067-ema995"].adapters.embeddings
+        assert loaded["adapters"].adapters.virtual_node and loaded["adapters"].adapters.rank == 10
+        assert not loaded["adapters-emb"].adapters.virtual_node and loaded["adapters-emb"].adapters.rank == 12
         assert base.adapters.scale == 1 and base.train.ema is None and not base.adapters.embeddings
+        assert base.adapters.rank == 12 and not base.adapters.virtual_node
         assert loaded["adapters"].train.lr == 0.005 and base.train.lr == 0.003 and loaded["head"].train.lr == 0.003
         assert loaded["adapters"].train.frozen_bf16 is False and base.train.frozen_bf16 == "auto"
     # LoRA trains with the head-only recipe's optimiser: at the lr its rows were measured at, whatever the recipe says now
