@@ -2,7 +2,7 @@
 and PEFT's LoRA, on one dataset (Tox21, ToxCast or ESOL) and one scaffold split file that every method reads.
 
     python benchmarks/peers.py [--dataset tox21|toxcast|esol] [--quick] [--seeds 3] [--epochs N]
-                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,both-k1-r12-linear-b64,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora,lora-vn,lora-bn,lora-bn-batch,lora-vn-emb]
+                               [--methods adapters,adapters-former,adapters-top,adapters-mlp,mlp-k1-r24,output-k1-r24,hidden-k1-r16,hidden-k1-r16-linear,adapters-hidden-linear,both-k1-r12-linear,both-k1-r12-linear-s067,both-k1-r12-linear-b64,adapters-both-linear,adapters-linear,adapters-frozen-dropout,adapters-plain-routes,adapters-entropy-0.001,adapters-entropy-0.01,adapters-entropy-0.1,adapters-entropy-1,adapters-entropy-0.01-balance-0.01,adapters-entropy-0.01-balance-0.1,pairnorm-entropy-balance-0.01,pairnorm-entropy-balance-0.1,head,full,scratch,chemprop,lora,lora-vn,lora-bn,lora-bn-batch,lora-vn-emb,lora-vn-emb-lr005]
                                [--split-seed N] [--limit N] [--backbone FILE] [--data ../shared/data] [--jobs 2] [--threads 1]
 
 Datasets (`--dataset`, table DATASETS: recipe, CSV, task columns, task type (cft's and chemprop's
@@ -114,7 +114,9 @@ where it is not the header's):
   every BatchNorm's gain and shift trainable (still on the pretraining statistics); every BatchNorm
   in training mode while training (batch statistics; the running statistics move to the training
   molecules', which is what full fine-tuning's norms do); `lora-vn-emb`: `lora-vn` plus LoRA at a
-  third of the rank on the atom encoder's embedding tables. Their folders are `<method>-r<rank>`.
+  third of the rank on the atom encoder's embedding tables; `lora-vn-emb-lr005`: that at
+  recipes/tox21.yaml's peak lr 0.005 (every other LoRA method trains at 0.003, the lr its rows were
+  measured at). Their folders are `<method>-r<rank>`.
 
 Every method gets the recipe's epochs (30) and early stopping (patience 10) unless --epochs says
 otherwise; chemprop has no early stopping by default and runs them all (with fewer epochs than its
@@ -453,7 +455,11 @@ LORA_VARIANTS = {
     "lora-bn": ("bn", " + every BatchNorm's gain and shift"),
     "lora-bn-batch": ("bn-batch", ", BatchNorms on batch statistics"),
     "lora-vn-emb": ("vn-emb", " + r={h} (virtual-node MLPs) + r={t} (atom embeddings)"),
+    "lora-vn-emb-lr005": ("vn-emb", " + r={h} (virtual-node MLPs) + r={t} (atom embeddings), peak lr 0.005"),
 }
+# every LoRA row trains at the head-only recipe's former peak lr 0.003 (LR_BEFORE_RECIPE_CHANGES), but
+# these, at recipes/tox21.yaml's 0.005: PEFT at the step size cft's recipe took
+LORA_LR = {"lora-vn-emb-lr005": "train.lr=0.005"}
 
 
 def lora_name(method: str, rank: int) -> str:
@@ -584,16 +590,17 @@ def run_cft(method: str, seed: int, ctx: dict) -> None:
         raise RuntimeError(" ".join(result["error"]))
 
 
-def lora_overrides(ctx: dict, seed: int) -> list[str]:
+def lora_overrides(ctx: dict, seed: int, method: str = "lora") -> list[str]:
     """The head-only recipe on the shared backbone: the LoRA model's head, loss, batches, optimiser and
-    schedule, at the peak lr every LoRA row was measured at (LR_BEFORE_RECIPE_CHANGES)."""
+    schedule, at the peak lr the LoRA rows were measured at (LR_BEFORE_RECIPE_CHANGES; LORA_LR's own)."""
     patience = ctx["patience"] or "null"
-    return ctx["shared"] + PEERS["head"][1] + [LR_BEFORE_RECIPE_CHANGES, f"seed={seed}", f"train.epochs={ctx['epochs']}", f"train.threads={ctx['threads']}", f"train.patience={patience}"]
+    lr = LORA_LR.get(method, LR_BEFORE_RECIPE_CHANGES)
+    return ctx["shared"] + PEERS["head"][1] + [lr, f"seed={seed}", f"train.epochs={ctx['epochs']}", f"train.threads={ctx['threads']}", f"train.patience={patience}"]
 
 
 def run_lora(method: str, seed: int, ctx: dict) -> None:
     folder = run_folder(ctx["out"], ctx["tag"], method, seed)
-    payload = {"recipe": ctx["recipe"], "overrides": lora_overrides(ctx, seed), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"],
+    payload = {"recipe": ctx["recipe"], "overrides": lora_overrides(ctx, seed, method), "backbone": str(ctx["backbone"]), "folder": str(folder), "rank": ctx["lora_rank"],
                "variant": LORA_VARIANTS[method][0]}
     cmd = [str(PEERS_PYTHON), __file__, "--child", "lora", "--payload", json.dumps(payload), "--data", str(ctx["data"])]
     env = {**os.environ, "CFT_QUIET": "1", "OMP_NUM_THREADS": str(ctx["threads"])}

@@ -129,6 +129,8 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
     # LoRA trains with the head-only recipe's optimiser: at the lr its rows were measured at, whatever the recipe says now
     lora = load_recipe(REPO / recipe_path, peers.lora_overrides({"shared": [], "patience": 10, "epochs": 30, "threads": 1}, 0))
     assert lora.train.lr == 0.003 and not lora.adapters.enabled
+    at_recipes_lr = load_recipe(REPO / recipe_path, peers.lora_overrides({"shared": [], "patience": 10, "epochs": 30, "threads": 1}, 0, "lora-vn-emb-lr005"))
+    assert at_recipes_lr.train.lr == 0.005 and peers.lora_method(peers.lora_folder("lora-vn-emb-lr005", 12)) == "lora-vn-emb-lr005"
     # the former recipe's adapters (the methods' common start) differ from today's recipe in adapters only
     former = loaded["adapters-former"]
     assert (former.adapters.num_adapters, former.adapters.rank, former.adapters.placement, former.adapters.activation) == (
