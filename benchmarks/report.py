@@ -281,6 +281,22 @@ def eval_batch_tables(result: dict) -> str:
     return machine_line(result) + "\n\n" + table(result)
 
 
+def narrow_banks_tables(result: dict) -> str:
+    """benchmarks/narrow_banks.py: each setting's graphs/s per round, and the per-round ratios."""
+    rounds, names = result["rounds"], list(result["median_graphs_per_second"])
+    ratios = [p["ratio"] for p in rounds]
+    lines = [machine_line(result), "",
+             f"`{result['recipe']}` (bank widths {', '.join(map(str, result['bank_widths']))}), batch {result['batch_size']}, {result['steps']} "
+             f"training steps per setting and round, {len(rounds)} rounds in alternating order, one process.", "",
+             "| setting | median graphs/s | per round |", "|---|---:|---|"]
+    for name in names:
+        lines.append(f"| {name} | {result['median_graphs_per_second'][name]:.0f} | {', '.join(f'{p[name]:.0f}' for p in rounds)} |")
+    above = sum(r > 1 for r in ratios)
+    lines += ["", f"Padded / unpadded: median of the per-round ratios {result['median_ratio']:.3f} ({min(ratios):.3f}-{max(ratios):.3f}; "
+                  f"above 1 in {above} of {len(ratios)} rounds)."]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -317,6 +333,10 @@ def main() -> None:
         ("speed-frozen-bf16-epyc", "speed_frozen_bf16_epyc.json", speed_tables),
         ("speed-recipe-epyc-d4ed106", "speed_recipe_epyc_d4ed106.json", speed_tables),
         ("speed-recipe-vn-epyc", "speed_recipe_vn_epyc.json", speed_tables),
+        ("narrow-banks-tox21", "narrow_banks_tox21.json", narrow_banks_tables),
+        ("narrow-banks-tox21-1thread", "narrow_banks_tox21_1thread.json", narrow_banks_tables),
+        ("narrow-banks-toxcast", "narrow_banks_toxcast.json", narrow_banks_tables),
+        ("narrow-banks-esol", "narrow_banks_esol.json", narrow_banks_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),

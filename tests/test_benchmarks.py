@@ -420,6 +420,22 @@ def test_eval_batch_times_inference_at_each_batch_size_and_reports_them(tmp_path
     assert "| 16 |" in table and "| 64 |" in table and "1.00 |" in table and result["machine"]["commit"] in table
 
 
+def test_narrow_banks_times_the_recipe_padded_and_unpadded_and_reports_every_round(tmp_path, data_root):
+    """benchmarks/narrow_banks.py: both settings in every round of one process, their ratio, and the
+    report's table; recipes/tox21.yaml's banks are 10 units wide."""
+    out = tmp_path / "narrow_banks.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "narrow_banks.py"), "--data", str(data_root), "--rounds", "2", "--steps", "2",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert result["bank_widths"] == [10] and result["batch_size"] == 64 and len(result["rounds"]) == 2
+    for pair in result["rounds"]:
+        assert pair["padded to 16"] > 0 and pair["unpadded"] > 0 and pair["ratio"] == pytest.approx(pair["padded to 16"] / pair["unpadded"])
+    from report import narrow_banks_tables
+
+    table = narrow_banks_tables(result)
+    assert "| padded to 16 |" in table and "| unpadded |" in table and result["machine"]["commit"] in table and "of 2 rounds" in table
+
+
 def test_pretraining_within_minutes_times_one_epoch_of_a_sample_then_fits_whole_epochs(tmp_path, monkeypatch):
     """benchmarks/pretrain_backbone.py --minutes M (what gpu_pretrain.sh runs): one timed epoch over the
     first 10,000 molecules, then as many whole epochs of the full list as fit in M minutes, at least one;

@@ -6,6 +6,12 @@ products whatever K is. Because phi acts elementwise and V is linear, the per-no
 weights alpha_i can scale the r hidden units of adapter i between the two products.
 V is zero-initialised, so training starts at the backbone (exactly on the layer outputs; within
 float rounding in the GIN MLP, where the frozen BatchNorms are folded into the Linears).
+
+A bank narrower than `MIN_PRODUCT_WIDTH` hidden units (K*r < 16, e.g. one adapter of rank 10)
+computes its update with zero units appended up to that width: zero rows of U, zero columns of V,
+so the same update and the same gradients for U and V. On CPU, torch's fp32 products with fewer
+than 16 output columns (the backward's dL/da = dL/dy V, [N, out] x [out, K*r], and the weight
+gradient h^T dL/dz) run two to three times slower than at 16 (BENCHMARKS.md, "Narrow banks").
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MIN_PRODUCT_WIDTH = 16
+"""Banks narrower than this many hidden units (K*r) are padded with zero units to it in their products."""
 
 ACTIVATIONS = {
     "identity": lambda z: z,
@@ -40,13 +49,24 @@ class AdapterBank(nn.Module):
         bound = 1.0 / math.sqrt(hidden)
         nn.init.uniform_(self.U, -bound, bound)
 
+    @property
+    def product_width(self) -> int:
+        """The hidden units of the bank's products: K*r, or MIN_PRODUCT_WIDTH when narrower."""
+        return max(self.num_adapters * self.rank, MIN_PRODUCT_WIDTH)
+
     def activations(self, h: torch.Tensor) -> torch.Tensor:
         """phi(U_i h) of every adapter: h [M, d] -> [M, K, r] (one matrix product)."""
+        k, r = self.num_adapters, self.rank
+        return self._hidden_units(h, k * r).view(-1, k, r)
+
+    def _hidden_units(self, h: torch.Tensor, width: int) -> torch.Tensor:
+        """phi(U h) of the stacked U [K*r, d] with zero rows appended up to `width`: h [M, d] ->
+        [M, width], the columns past K*r zero (phi(0) = 0 for every activation)."""
         if self.dropout and self.training:
             h = F.dropout(h, self.dropout, training=True)
-        k, r, d = self.num_adapters, self.rank, self.hidden
-        z = h @ self.U.reshape(k * r, d).t()  # [M, K*r]
-        return ACTIVATIONS[self.activation](z).view(-1, k, r)
+        kr = self.num_adapters * self.rank
+        u = F.pad(self.U.reshape(kr, self.hidden), (0, 0, 0, width - kr))  # [width, d]
+        return ACTIVATIONS[self.activation](h @ u.t())
 
     def own_activations(self, x: torch.Tensor) -> torch.Tensor:
         """phi(U_i x_i) when adapter i reads its own input x_i: x [M, K, hidden] -> [M, K, r] (one
@@ -59,7 +79,7 @@ class AdapterBank(nn.Module):
         """h: [N, d] node states; alpha: [N, K] per-node adapter weights (None: all 1); scale: s.
         Returns the update s * sum_i alpha_i f_i(h) = sum_i V_i (s alpha_i phi(U_i h)), [N, out_dim]:
         weights and scale multiply the K*r hidden units, not the out_dim outputs."""
-        return self._weighted_activations(h, alpha, scale) @ self._stacked_v().t()  # [N, out_dim]
+        return self._weighted_activations(h, alpha, scale) @ self._stacked_v().t()  # [N, out_dim], P = product_width
 
     def add_to(self, out: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor | None, scale: float = 1.0, gain: torch.Tensor | None = None) -> torch.Tensor:
         """out + g * s * sum_i alpha_i f_i(h), accumulated into `out` [N, out_dim] in place by one
@@ -69,24 +89,25 @@ class AdapterBank(nn.Module):
         `out` must be a fresh tensor that autograd does not keep (a Linear's output: its backward
         keeps the inputs, not the result). g lets a frozen eval-mode BatchNorm after the sum be
         folded into the Linear before it (`GINLayer.forward`): BN(y + u) = g*y + c + g*u."""
-        v = self._stacked_v()  # [out_dim, K*r]
+        v = self._stacked_v()  # [out_dim, P]
         if gain is not None:
             v = v * gain.unsqueeze(1)
         a = self._weighted_activations(h, alpha, scale)
         return out.addmm_(a.to(out.dtype), v.t().to(out.dtype))  # the dtypes of a bf16-autocast Linear's output
 
     def _weighted_activations(self, h: torch.Tensor, alpha: torch.Tensor | None, scale: float) -> torch.Tensor:
-        """s alpha_i phi(U_i h) of every adapter, flattened: [N, d] -> [N, K*r]."""
-        z = self.activations(h)
+        """s alpha_i phi(U_i h) of every adapter, flattened and zero-padded: [N, d] -> [N, P],
+        P = `product_width` (the columns past K*r zero)."""
+        k, r, width = self.num_adapters, self.rank, self.product_width
+        z = self._hidden_units(h, width)
         if alpha is not None:
-            z = z * alpha.unsqueeze(-1)
-        if scale != 1.0:
-            z = z * scale
-        return z.reshape(-1, self.num_adapters * self.rank)
+            z = F.pad((z[:, : k * r].view(-1, k, r) * alpha.unsqueeze(-1)).flatten(1), (0, width - k * r))
+        return z * scale if scale != 1.0 else z
 
     def _stacked_v(self) -> torch.Tensor:
-        """Every V_i side by side: [out_dim, K*r], column block i = V_i."""
-        return self.V.permute(1, 0, 2).reshape(self.out_dim, self.num_adapters * self.rank)
+        """Every V_i side by side, zero columns appended: [out_dim, P], column block i = V_i."""
+        kr = self.num_adapters * self.rank
+        return F.pad(self.V.permute(1, 0, 2).reshape(self.out_dim, kr), (0, self.product_width - kr))
 
     def expert_updates(self, activations: torch.Tensor) -> torch.Tensor:
         """Each adapter's own output V_i a_i from its activations: [M, K, r] -> [M, K, d].
@@ -115,14 +136,15 @@ class EmbeddingAdapterBank(AdapterBank):
         offsets = torch.tensor([0, *vocabulary[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
 
-    def activations(self, x: torch.Tensor) -> torch.Tensor:
-        """phi(U_i m(x)) of every adapter: x [N, F] integer atom features -> [N, K, r]."""
-        k, r = self.num_adapters, self.rank
-        table = self.U.permute(2, 0, 1).reshape(self.hidden, k * r)  # [n, K*r]: row o_f + v is value v of feature f
+    def _hidden_units(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        """phi(U m(x)) of the stacked U, zero columns appended up to `width`: x [N, F] integer atom
+        features -> [N, width] (a lookup, not a product: only the V product gains by the width)."""
+        kr = self.num_adapters * self.rank
+        table = self.U.permute(2, 0, 1).reshape(self.hidden, kr)  # [n, K*r]: row o_f + v is value v of feature f
         rows = F.embedding(x.long() + self.offsets, table)  # [N, F, K*r]
         if self.dropout and self.training:
             rows = rows * F.dropout(rows.new_ones(rows.shape[:2]).unsqueeze(-1), self.dropout, training=True)
-        return ACTIVATIONS[self.activation](rows.sum(1)).view(-1, k, r)
+        return F.pad(ACTIVATIONS[self.activation](rows.sum(1)), (0, width - kr))
 
 
 class BankUpdate:

@@ -6,13 +6,13 @@ import pytest
 import torch
 from model_kit import tiny_batch, tiny_model
 
-from cft.nn.adapters import ACTIVATIONS, AdapterBank, BankUpdate
+from cft.nn.adapters import ACTIVATIONS, MIN_PRODUCT_WIDTH, AdapterBank, BankUpdate, EmbeddingAdapterBank
 
 
 def per_adapter_loop(bank: AdapterBank, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """The definition the batched bank must equal: sum_i alpha_i V_i phi(U_i h), one adapter at a time."""
     act = ACTIVATIONS[bank.activation]
-    out = torch.zeros_like(h)
+    out = h.new_zeros(h.size(0), bank.out_dim)
     for i in range(bank.num_adapters):
         out = out + alpha[:, i : i + 1] * (act(h @ bank.U[i].t()) @ bank.V[i].t())
     return out
@@ -71,6 +71,47 @@ def test_add_to_accumulates_the_scaled_update_in_place():
     assert torch.allclose(result, expected, atol=1e-5)
     assert torch.allclose(grads[0], bank.U.grad, atol=1e-4) and torch.allclose(grads[1], bank.V.grad, atol=1e-4)
     assert torch.allclose(bank.add_to(base.clone(), h, None), base + bank(h, None), atol=1e-5)
+
+
+@pytest.mark.parametrize(("k", "r", "routed", "activation"), [(1, 10, False, "identity"), (3, 4, True, "gelu"), (1, 3, False, "tanh"), (2, 8, True, "relu")])
+def test_narrow_banks_pad_their_products_with_the_same_update_and_gradients(k, r, routed, activation):
+    """A bank of K*r < 16 hidden units multiplies with zero units appended up to 16 (faster products
+    on CPU); the update and the gradients of U, V and the input are those of the unpadded
+    definition, and U, V keep their shapes. A bank of 16 or more is not padded."""
+    torch.manual_seed(7)
+    bank = AdapterBank(k, r, 20, activation, out_dim=36)
+    torch.nn.init.normal_(bank.V)
+    assert bank.product_width == max(k * r, MIN_PRODUCT_WIDTH) and bank._stacked_v().shape == (36, bank.product_width)
+    alpha = torch.softmax(torch.randn(50, k), dim=-1) if routed else None
+    base, gain = torch.randn(50, 36), torch.rand(36) + 0.5
+    h = torch.randn(50, 20, requires_grad=True)
+    reference = base + gain * 0.6 * per_adapter_loop(bank, h, alpha if routed else torch.ones(50, k))
+    reference.square().sum().backward()
+    expected = (bank.U.grad.clone(), bank.V.grad.clone(), h.grad.clone())
+    bank.zero_grad()
+    h.grad = None
+    result = bank.add_to(base.clone(), h, alpha, 0.6, gain)
+    result.square().sum().backward()
+    assert torch.allclose(result, reference, atol=1e-5)
+    assert bank.U.grad.shape == bank.U.shape and bank.V.grad.shape == bank.V.shape
+    for got, want in zip((bank.U.grad, bank.V.grad, h.grad), expected):
+        assert torch.allclose(got, want, atol=1e-4)
+    assert AdapterBank(4, 4, 20).product_width == 16 and AdapterBank(8, 8, 20).product_width == 64
+
+
+def test_a_narrow_embedding_bank_pads_its_lookup_and_keeps_its_update():
+    """The atom embeddings' bank (a lookup, then the V product) pads its units too: its update is
+    V phi(U m(x)) of the unpadded definition."""
+    torch.manual_seed(8)
+    vocabulary = [5, 3, 4]
+    bank = EmbeddingAdapterBank(1, 10, vocabulary, out_dim=12, activation="identity")
+    torch.nn.init.normal_(bank.V)
+    x = torch.stack([torch.randint(0, n, (30,)) for n in vocabulary], dim=1)
+    multi_hot = torch.zeros(30, sum(vocabulary))
+    multi_hot.scatter_(1, x + bank.offsets, 1.0)
+    expected = (multi_hot @ bank.U[0].t()) @ bank.V[0].t()
+    assert bank.product_width == MIN_PRODUCT_WIDTH
+    assert torch.allclose(bank(x, None), expected, atol=1e-5)
 
 
 def test_one_uncomposed_adapter_per_layer_weighs_every_node_1():
