@@ -19,11 +19,8 @@ recipes run them on a CPU without AMX.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,43 +30,22 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import cft.nn.adapters as adapters  # noqa: E402
-from cft.data.dataset import load_dataset  # noqa: E402
-from cft.nn.backbone import Backbone  # noqa: E402
-from cft.recipe.load import load_recipe  # noqa: E402
-from cft.spec import BackboneSpec  # noqa: E402
-from cft.training.build import build_training_model, set_trainable  # noqa: E402
-from cft.training.optim import make_optimizer  # noqa: E402
-from cft.training.prefix import StoreBatches  # noqa: E402
+from cft.files.atomic import atomic_write_json  # noqa: E402
+from training_steps import graphs_per_second, training_setup  # noqa: E402
 
 PADDED = adapters.MIN_PRODUCT_WIDTH
 SETTINGS = {f"padded to {PADDED}": PADDED, "unpadded": 1}
 
 
-def training_setup(recipe_path: Path, data: Path, steps: int):
-    """The recipe's model (random backbone), its optimiser, `steps` training batches and the widths
-    of its banks."""
-    recipe = load_recipe(recipe_path)
-    dataset = load_dataset(recipe.data, data, recipe.seed)
-    model, _ = build_training_model(recipe, dataset, Backbone(BackboneSpec.of(recipe.backbone)))
-    set_trainable(model, recipe)
-    optimizer = make_optimizer(model, recipe)
-    size = recipe.train.batch_size
-    batches = list(StoreBatches(dataset.store, dataset.y, dataset.split["train"][: size * steps], size))
-    widths = sorted({m.num_adapters * m.rank for m in model.modules() if isinstance(m, adapters.AdapterBank)})
-    return model.train(), optimizer, batches, widths
+def bank_widths(model) -> list[int]:
+    """The distinct widths K*r of the model's adapter banks."""
+    return sorted({m.num_adapters * m.rank for m in model.modules() if isinstance(m, adapters.AdapterBank)})
 
 
-def graphs_per_second(model, optimizer, batches, width: int) -> float:
+def timed(model, optimizer, batches, width: int) -> float:
+    """Graphs/s of training steps with banks narrower than `width` padded to it (1: none)."""
     adapters.MIN_PRODUCT_WIDTH = width
-    graphs = 0
-    start = time.perf_counter()
-    for batch in batches:
-        loss = model.task_loss(model(batch), batch.y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        graphs += int(batch.num_graphs)
-    return graphs / (time.perf_counter() - start)
+    return graphs_per_second(model, optimizer, batches)
 
 
 def main() -> None:
@@ -84,15 +60,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from provenance import machine
 
-    model, optimizer, batches, widths = training_setup(REPO / args.recipe, args.data.resolve(), args.steps)
+    model, optimizer, batches = training_setup(REPO / args.recipe, args.data.resolve(), args.steps)
+    widths = bank_widths(model)
     if min(widths) >= PADDED:
         raise SystemExit(f"{args.recipe}: every bank is at least {PADDED} units wide ({widths}): nothing to measure")
     for width in SETTINGS.values():  # warm-up of both settings
-        graphs_per_second(model, optimizer, batches[:5], width)
+        timed(model, optimizer, batches[:5], width)
     rounds = []
     for r in range(args.rounds):
         order = list(SETTINGS.items()) if r % 2 == 0 else list(reversed(SETTINGS.items()))
-        pair = {name: graphs_per_second(model, optimizer, batches, width) for name, width in order}
+        pair = {name: timed(model, optimizer, batches, width) for name, width in order}
         pair["ratio"] = pair[f"padded to {PADDED}"] / pair["unpadded"]
         rounds.append(pair)
         print(f"round {r + 1}: " + ", ".join(f"{name} {pair[name]:.0f} graphs/s" for name in SETTINGS) + f", ratio {pair['ratio']:.3f}", flush=True)
@@ -103,9 +80,7 @@ def main() -> None:
               "median_ratio": statistics.median(p["ratio"] for p in rounds),
               "median_graphs_per_second": {name: statistics.median(p[name] for p in rounds) for name in SETTINGS}}
     print(f"median ratio padded / unpadded: {result['median_ratio']:.3f}")
-    with tempfile.NamedTemporaryFile("w", dir=args.json.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(result, tmp, indent=2)
-    Path(tmp.name).replace(args.json)
+    atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":

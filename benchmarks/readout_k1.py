@@ -16,11 +16,8 @@ default, so that the ratio does not depend on what else the machine runs.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,40 +26,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from cft.data.dataset import load_dataset  # noqa: E402
-from cft.nn.backbone import Backbone  # noqa: E402
+from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.model import CftModel  # noqa: E402
-from cft.recipe.load import load_recipe  # noqa: E402
-from cft.spec import BackboneSpec  # noqa: E402
-from cft.training.build import build_training_model, set_trainable  # noqa: E402
-from cft.training.optim import make_optimizer  # noqa: E402
-from cft.training.prefix import StoreBatches  # noqa: E402
+from training_steps import graphs_per_second, training_setup  # noqa: E402
 
 BATCH = 32
 ORIGINAL = CftModel._lone_expert  # restored after each measurement of the expert path
 
 
-def training_setup(data: Path, steps: int):
-    """The recipes' model on Tox21 (random backbone), its optimiser and `steps` training batches."""
-    recipe = load_recipe(REPO / "recipes" / "tox21.yaml", ["backbone.pretrain=null"])
-    dataset = load_dataset(recipe.data, data, recipe.seed)
-    model, _ = build_training_model(recipe, dataset, Backbone(BackboneSpec.of(recipe.backbone)))
-    set_trainable(model, recipe)
-    optimizer = make_optimizer(model, recipe)
-    batches = list(StoreBatches(dataset.store, dataset.y, dataset.split["train"][: BATCH * steps], BATCH))  # IndexError ends it
-    return model.train(), optimizer, batches
-
-
-def graphs_per_second(model: CftModel, optimizer, batches, lone_expert: bool) -> float:
+def timed(model: CftModel, optimizer, batches, lone_expert: bool) -> float:
+    """Graphs/s of training steps on the one-pass read-out (`lone_expert`) or the expert path."""
     CftModel._lone_expert = ORIGINAL if lone_expert else (lambda self: False)
-    start = time.perf_counter()
-    for batch in batches:
-        loss = model.task_loss(model(batch), batch.y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return BATCH * len(batches) / (time.perf_counter() - start)
-
+    return graphs_per_second(model, optimizer, batches)
 
 
 def main() -> None:
@@ -76,13 +51,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from provenance import machine
 
-    model, optimizer, batches = training_setup(args.data.resolve(), args.steps)
+    model, optimizer, batches = training_setup(REPO / "recipes" / "tox21.yaml", args.data.resolve(), args.steps, BATCH, ["backbone.pretrain=null"])
     assert model._lone_expert(), "the recipe no longer has one expert at L*: nothing to measure"
     for lone in (True, False):  # warm-up of both paths
-        graphs_per_second(model, optimizer, batches[:5], lone)
+        timed(model, optimizer, batches[:5], lone)
     rounds = []
     for r in range(args.rounds):
-        pair = {"one pass": graphs_per_second(model, optimizer, batches, True), "expert path": graphs_per_second(model, optimizer, batches, False)}
+        pair = {"one pass": timed(model, optimizer, batches, True), "expert path": timed(model, optimizer, batches, False)}
         pair["ratio"] = pair["one pass"] / pair["expert path"]
         rounds.append(pair)
         print(f"round {r + 1}: one pass {pair['one pass']:.0f} graphs/s, expert path {pair['expert path']:.0f} graphs/s, ratio {pair['ratio']:.3f}", flush=True)
@@ -91,9 +66,7 @@ def main() -> None:
     result = {"machine": machine() | {"torch_threads": args.threads}, "command": command, "batch_size": BATCH, "steps": args.steps, "rounds": rounds,
               "median_ratio": statistics.median(p["ratio"] for p in rounds)}
     print(f"median ratio one pass / expert path: {result['median_ratio']:.3f}")
-    with tempfile.NamedTemporaryFile("w", dir=args.json.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(result, tmp, indent=2)
-    Path(tmp.name).replace(args.json)
+    atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":
