@@ -334,6 +334,7 @@ def main() -> None:
         ("speed-recipe-epyc-d4ed106", "speed_recipe_epyc_d4ed106.json", speed_tables),
         ("speed-recipe-vn-epyc", "speed_recipe_vn_epyc.json", speed_tables),
         ("speed-narrow-banks-epyc", "speed_narrow_banks_epyc.json", speed_tables),
+        ("speed-k8-routed-epyc", "speed_k8_routed_epyc.json", speed_tables),
         ("narrow-banks-tox21", "narrow_banks_tox21.json", narrow_banks_tables),
         ("narrow-banks-tox21-1thread", "narrow_banks_tox21_1thread.json", narrow_banks_tables),
         ("narrow-banks-toxcast", "narrow_banks_toxcast.json", narrow_banks_tables),
