@@ -29,9 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from training_steps import graphs_per_second, training_setup  # noqa: E402
+
 import cft.nn.adapters as adapters  # noqa: E402
 from cft.files.atomic import atomic_write_json  # noqa: E402
-from training_steps import graphs_per_second, training_setup  # noqa: E402
 
 PADDED = adapters.MIN_PRODUCT_WIDTH
 SETTINGS = {f"padded to {PADDED}": PADDED, "unpadded": 1}

@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from training_steps import graphs_per_second, training_setup  # noqa: E402
+
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.model import CftModel  # noqa: E402
-from training_steps import graphs_per_second, training_setup  # noqa: E402
 
 BATCH = 32
 ORIGINAL = CftModel._lone_expert  # restored after each measurement of the expert path
