@@ -11,7 +11,8 @@ A bank narrower than `MIN_PRODUCT_WIDTH` hidden units (K*r < 16, e.g. one adapte
 computes its update with zero units appended up to that width: zero rows of U, zero columns of V,
 so the same update and the same gradients for U and V. On CPU, torch's fp32 products with fewer
 than 16 output columns (the backward's dL/da = dL/dy V, [N, out] x [out, K*r], and the weight
-gradient h^T dL/dz) run two to three times slower than at 16 (BENCHMARKS.md, "Narrow banks").
+gradient h^T dL/dz) ran two to three times slower than at 16 on the AMD EPYC of BENCHMARKS.md
+("Narrow banks"); at 12 columns and above the padding measured level.
 """
 
 from __future__ import annotations
