@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -349,6 +350,22 @@ def ttr_chemprop(folder: Path, epochs: int, env: dict) -> dict:
     return {"wall_seconds": wall, "test_rocauc": metric["mean"], "epochs": epochs, "chemprop": version.stdout.strip()}
 
 
+def select_modes(text: str | None) -> dict[str, list[str] | None]:
+    """The throughput modes `--modes` names (None: all). Its items are separated by commas; a mode's
+    whole name selects that mode only, even where the name holds commas itself, and any other
+    text every mode whose name contains it."""
+    if not text:
+        return dict(MODES)
+    whole, rest = set(), text
+    for name in sorted(MODES, key=len, reverse=True):  # longest first: a name inside another is not cut out of it
+        item = re.compile(rf"(^|,)\s*{re.escape(name)}\s*(?=,|$)")
+        if item.search(rest):
+            whole.add(name)
+            rest = item.sub(r"\1", rest)
+    parts = [p.strip() for p in rest.split(",") if p.strip()]
+    return {m: o for m, o in MODES.items() if m in whole or any(p in m for p in parts)}
+
+
 def run_child(kind: str, payload: dict, data: Path, env: dict) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--payload", json.dumps(payload), "--data", str(data)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -411,9 +428,7 @@ def main() -> None:
         parser.error(f"unknown --sections {', '.join(sorted(unknown))}")
     steps, reps = (60, 1) if args.quick else (200, 3)
     reps, steps = args.repetitions or reps, args.steps or steps
-    wanted = [w.strip() for w in args.modes.split(",")] if args.modes else None
-    # a mode's whole name selects that mode only; any other text every mode whose name contains it
-    modes = {m: o for m, o in MODES.items() if wanted is None or any(w == m or (w not in MODES and w in m) for w in wanted)}
+    modes = select_modes(args.modes)
     started = time.perf_counter()
     command = ["python", "benchmarks/speed.py"] + (["--quick"] if args.quick else []) + ([f"--repetitions {args.repetitions}"] if args.repetitions else [])
     command += [f"--sections {args.sections}"] if args.sections != parser.get_default("sections") else []

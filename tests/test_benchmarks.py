@@ -420,6 +420,19 @@ def test_eval_batch_times_inference_at_each_batch_size_and_reports_them(tmp_path
     assert "| 16 |" in table and "| 64 |" in table and "1.00 |" in table and result["machine"]["commit"] in table
 
 
+def test_speed_modes_are_chosen_by_whole_names_even_with_commas_in_them_or_by_parts():
+    """`speed.py --modes`: a whole mode name selects that mode alone, even the one whose name holds a
+    comma (it used to be split there and select three modes by its parts); other items are parts."""
+    from speed import MODES, select_modes
+
+    shipped = "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products fp32"
+    assert "," in shipped and shipped in MODES
+    assert list(select_modes(f"cft full fine-tuning at batch 64,{shipped}")) == ["cft full fine-tuning at batch 64", shipped]
+    assert list(select_modes("K=1 r=64")) == ["cft one adapter K=1 r=64"]
+    assert set(select_modes("frozen products fp32")) == {m for m in MODES if "frozen products fp32" in m} and len(select_modes("frozen products fp32")) > 1
+    assert select_modes(None) == MODES
+
+
 def test_narrow_banks_times_the_recipe_padded_and_unpadded_and_reports_every_round(tmp_path, data_root):
     """benchmarks/narrow_banks.py: both settings in every round of one process, their ratio, and the
     report's table; recipes/tox21.yaml's banks are 10 units wide."""
