@@ -24,6 +24,7 @@ from torch_geometric.nn import (
 )
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
+from cft.nn.constants import frozen_value
 from cft.nn.frozen import frozen_linear
 from cft.spec import BackboneSpec
 
@@ -36,15 +37,24 @@ def bond_embeddings(encoder: BondEncoder, edge_attr: torch.Tensor) -> torch.Tens
     encoder runs once on every combination, table = encoder(C) [60, d] (C: the combinations in
     row-major order), and edge i reads row c_i = (a_i0 * 6 + a_i1) * 2 + a_i2: per edge one
     gather of d values instead of three gathers and two sums. The rows are the encoder's own sums,
-    in its order (the same floats); gradients reach the embeddings through the table.
+    in its order (the same floats); gradients reach the embeddings through the table. A frozen
+    encoder's table is computed once and kept while its weights stay unchanged (`frozen_value`).
     edge_attr: [E, F] integer features (any integer dtype)."""
-    dims = [embedding.num_embeddings for embedding in encoder.bond_embedding_list]
-    combinations = torch.cartesian_prod(*(torch.arange(n, device=edge_attr.device) for n in dims)).view(-1, len(dims))
-    table = encoder(combinations)  # [prod(dims), d]
+    tables = [embedding.weight for embedding in encoder.bond_embedding_list]
+    table = frozen_value(encoder, "table", lambda: _bond_table(encoder), *tables)  # [prod(dims), d]
+    dims = [t.size(0) for t in tables]
     codes = edge_attr[:, 0].long()
     for f in range(1, len(dims)):
         codes = codes * dims[f] + edge_attr[:, f].long()
     return F.embedding(codes, table)
+
+
+def _bond_table(encoder: BondEncoder) -> torch.Tensor:
+    """encoder(C) [prod(dims), d] for C every combination of the bond features, in row-major order."""
+    dims = [embedding.num_embeddings for embedding in encoder.bond_embedding_list]
+    device = encoder.bond_embedding_list[0].weight.device
+    combinations = torch.cartesian_prod(*(torch.arange(n, device=device) for n in dims)).view(-1, len(dims))
+    return encoder(combinations)
 
 
 class OgbGCNConv(MessagePassing):
@@ -145,8 +155,17 @@ def _linear_then_norm(linear: nn.Module, norm: nn.BatchNorm1d | None, x: torch.T
         return linear(x), None
     if norm is None or norm.training or not norm.track_running_stats or not norm.affine:
         return frozen_linear(x, linear.weight, linear.bias), None
+    # a frozen Linear and norm fold once, not at every step (`frozen_value`)
+    weight, bias, gain = frozen_value(
+        linear, "folded", lambda: _folded(linear, norm), linear.weight, linear.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var
+    )
+    return frozen_linear(x, weight, bias), gain
+
+
+def _folded(linear: nn.Linear, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g W [c, d], g (b - mu) + beta [c], g [c]), g = gamma / sqrt(var + eps): `norm` after `linear` as one Linear."""
     gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    return frozen_linear(x, linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias), gain
+    return linear.weight * gain.unsqueeze(1), (linear.bias - norm.running_mean) * gain + norm.bias, gain
 
 
 def _plain_linear(module: nn.Module) -> bool:

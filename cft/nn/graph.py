@@ -11,6 +11,8 @@ import torch
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import dense_to_sparse, to_dense_adj
 
+from cft.nn.constants import FrozenValue
+
 
 def normalized_adjacency(relation: torch.Tensor) -> torch.Tensor:
     """A_hat = D^-1/2 (A + I) D^-1/2 as a dense [T, T] tensor, differentiable in A."""
@@ -24,20 +26,12 @@ def normalized_adjacency(relation: torch.Tensor) -> torch.Tensor:
 class NormalizedAdjacencyCache:
     """A_hat of a constant relation matrix, computed once (not at every training step).
 
-    The entry is keyed by the tensor's storage and version counter, so loading new values
-    into the buffer (load_state_dict copies in place) or moving it to another device
-    recomputes it. Learned priors change every step and are not cached."""
+    A `FrozenValue`: loading new values into the buffer (load_state_dict copies in place) or
+    moving it to another device recomputes it. Learned priors change every step and are not
+    cached."""
 
     def __init__(self):
-        self._key = None
-        self._value: torch.Tensor | None = None
+        self._value = FrozenValue()
 
     def __call__(self, relation: torch.Tensor) -> torch.Tensor:
-        if relation.requires_grad:
-            return normalized_adjacency(relation)
-        key = (relation.data_ptr(), relation._version, relation.device, relation.dtype, tuple(relation.shape))
-        if key != self._key or self._value is None:
-            with torch.no_grad():
-                self._value = normalized_adjacency(relation)
-            self._key = key
-        return self._value
+        return self._value(lambda: normalized_adjacency(relation), relation)
