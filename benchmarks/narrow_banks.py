@@ -19,7 +19,6 @@ recipes run them on a CPU without AMX.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import graphs_per_second, training_setup  # noqa: E402
+from training_steps import alternating_rounds, graphs_per_second, round_summary, training_setup  # noqa: E402
 
 import cft.nn.adapters as adapters  # noqa: E402
 from cft.files.atomic import atomic_write_json  # noqa: E402
@@ -67,19 +66,12 @@ def main() -> None:
         raise SystemExit(f"{args.recipe}: every bank is at least {PADDED} units wide ({widths}): nothing to measure")
     for width in SETTINGS.values():  # warm-up of both settings
         timed(model, optimizer, batches[:5], width)
-    rounds = []
-    for r in range(args.rounds):
-        order = list(SETTINGS.items()) if r % 2 == 0 else list(reversed(SETTINGS.items()))
-        pair = {name: timed(model, optimizer, batches, width) for name, width in order}
-        pair["ratio"] = pair[f"padded to {PADDED}"] / pair["unpadded"]
-        rounds.append(pair)
-        print(f"round {r + 1}: " + ", ".join(f"{name} {pair[name]:.0f} graphs/s" for name in SETTINGS) + f", ratio {pair['ratio']:.3f}", flush=True)
+    timings = {name: (lambda width=width: timed(model, optimizer, batches, width)) for name, width in SETTINGS.items()}
+    rounds = alternating_rounds(timings, args.rounds, (f"padded to {PADDED}", "unpadded"))
     adapters.MIN_PRODUCT_WIDTH = PADDED
     command = f"python benchmarks/narrow_banks.py --recipe {args.recipe} --rounds {args.rounds} --steps {args.steps} --threads {args.threads}"
     result = {"machine": machine() | {"torch_threads": args.threads}, "command": command, "recipe": args.recipe, "bank_widths": widths,
-              "batch_size": len(batches[0].y), "steps": args.steps, "rounds": rounds,
-              "median_ratio": statistics.median(p["ratio"] for p in rounds),
-              "median_graphs_per_second": {name: statistics.median(p[name] for p in rounds) for name in SETTINGS}}
+              "batch_size": len(batches[0].y), "steps": args.steps, "rounds": rounds} | round_summary(rounds, SETTINGS)
     print(f"median ratio padded / unpadded: {result['median_ratio']:.3f}")
     atomic_write_json(args.json, result)
 

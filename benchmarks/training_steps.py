@@ -3,11 +3,14 @@ steps on them: what the in-process side-by-side benchmarks (readout_k1.py, narro
 
 The backbone is randomly initialised (a step's cost does not depend on its weights); no run
 folder, checkpoint or validation: only forward, loss, backward and the optimiser's step.
+`alternating_rounds` times two settings of the code against each other in one process.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cft.data.dataset import load_dataset
@@ -43,3 +46,40 @@ def graphs_per_second(model, optimizer, batches) -> float:
         optimizer.step()
         graphs += int(batch.num_graphs)
     return graphs / (time.perf_counter() - start)
+
+
+def inference_graphs_per_second(model, batches) -> float:
+    """Forward passes in eval mode without gradients over `batches`: graphs per second (the model
+    is left in training mode)."""
+    import torch
+
+    model.eval()
+    graphs = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+            graphs += int(batch.num_graphs)
+    seconds = time.perf_counter() - start
+    model.train()
+    return graphs / seconds
+
+
+def alternating_rounds(settings: dict[str, Callable[[], float]], rounds: int, ratio: tuple[str, str]) -> list[dict]:
+    """Each round calls every setting's timing (graphs/s), in alternating order from round to
+    round (the first setting first in even rounds, last in odd ones), and records the pair with
+    ratio[0] / ratio[1] as "ratio"; prints each round. Returns the rounds."""
+    out = []
+    for r in range(rounds):
+        order = list(settings.items()) if r % 2 == 0 else list(reversed(settings.items()))
+        pair = {name: timing() for name, timing in order}
+        pair["ratio"] = pair[ratio[0]] / pair[ratio[1]]
+        out.append(pair)
+        print(f"round {r + 1}: " + ", ".join(f"{name} {pair[name]:.0f} graphs/s" for name in settings) + f", ratio {pair['ratio']:.3f}", flush=True)
+    return out
+
+
+def round_summary(rounds: list[dict], names) -> dict:
+    """The median of the per-round ratios and each setting's median graphs/s."""
+    return {"median_ratio": statistics.median(p["ratio"] for p in rounds),
+            "median_graphs_per_second": {name: statistics.median(p[name] for p in rounds) for name in names}}

@@ -1,0 +1,83 @@
+"""What keeping a frozen backbone's derived constants saves: training steps and inference passes
+of a recipe's model (by default recipes/tox21.yaml) with and without `cft.nn.constants`'
+caching, side by side in one process.
+
+    python benchmarks/frozen_constants.py [--recipe recipes/tox21.yaml] [--rounds 9] [--steps 30]
+                                          [--batch-size N] [--threads 2] [--json benchmarks/results/frozen_constants.json]
+
+With a frozen backbone, every eval-mode BatchNorm folded into the Linear before it and every bond
+encoder's table of the bond-feature combinations are the same at every step; `FrozenValue`
+computes them once. Without it (`FrozenValue.__call__` replaced here by one that computes every
+time: the code before, except that the task graph's normalisation, cached before too, is also
+recomputed: a few operators on a [T, T] matrix) each forward recomputes them. Each round times
+`--steps` training steps (forward, backward, AdamW) and then eval-mode forward passes without
+gradients over the same batches, per setting, the settings in alternating order from round to
+round; the medians of the per-round ratios are reported, with every round's pair. The backbone is
+randomly initialised (the cost does not depend on its weights); its products are fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from training_steps import alternating_rounds, graphs_per_second, inference_graphs_per_second, round_summary, training_setup  # noqa: E402
+
+from cft.files.atomic import atomic_write_json  # noqa: E402
+from cft.nn.constants import FrozenValue  # noqa: E402
+
+CACHED = FrozenValue.__call__
+SETTINGS = {"kept": True, "recomputed": False}
+
+
+def use_cache(on: bool) -> None:
+    """`FrozenValue` as shipped (on) or computing its value at every call (off)."""
+    FrozenValue.__call__ = CACHED if on else (lambda self, compute, *sources: compute())
+
+
+def timed(run, on: bool) -> float:
+    use_cache(on)
+    try:
+        return run()
+    finally:
+        use_cache(True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--recipe", default="recipes/tox21.yaml")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "frozen_constants.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from provenance import machine
+
+    model, optimizer, batches = training_setup(REPO / args.recipe, args.data.resolve(), args.steps, args.batch_size)
+    runs = {"training": lambda: graphs_per_second(model, optimizer, batches), "inference": lambda: inference_graphs_per_second(model, batches)}
+    result = {"machine": machine() | {"torch_threads": args.threads}, "recipe": args.recipe, "batch_size": len(batches[0].y), "steps": args.steps,
+              "command": f"python benchmarks/frozen_constants.py --recipe {args.recipe} --rounds {args.rounds} --steps {args.steps}"
+                         + (f" --batch-size {args.batch_size}" if args.batch_size else "") + f" --threads {args.threads}"}
+    for what, run in runs.items():
+        for on in SETTINGS.values():  # warm-up of both settings
+            timed(run, on)
+        print(what, flush=True)
+        timings = {name: (lambda on=on, run=run: timed(run, on)) for name, on in SETTINGS.items()}
+        rounds = alternating_rounds(timings, args.rounds, ("kept", "recomputed"))
+        result[what] = {"rounds": rounds} | round_summary(rounds, SETTINGS)
+        print(f"{what}: median ratio kept / recomputed {result[what]['median_ratio']:.3f}", flush=True)
+    atomic_write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
