@@ -12,8 +12,10 @@ time: the code before, except that the task graph's normalisation, cached before
 recomputed: a few operators on a [T, T] matrix) each forward recomputes them. Each round times
 `--steps` training steps (forward, backward, AdamW) and then eval-mode forward passes without
 gradients over the same batches, per setting, the settings in alternating order from round to
-round; the medians of the per-round ratios are reported, with every round's pair. The backbone is
-randomly initialised (the cost does not depend on its weights); its products are fp32.
+round; the medians of the per-round ratios are reported, with every round's pair. Before the rounds it
+counts the operators each setting dispatches (torch's dispatch mode, below autograd) in one
+training step's forward and backward and one inference pass: exact where the timings are noisy.
+The backbone is randomly initialised (the cost does not depend on its weights); its products are fp32.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -50,6 +53,37 @@ def timed(run, on: bool) -> float:
         use_cache(True)
 
 
+class _OperatorCount(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operators(model, batch, on: bool) -> dict[str, int]:
+    """Operators of one training forward (with the task loss), its backward, and one inference pass."""
+    use_cache(on)
+    try:
+        model(batch)  # computes what the setting keeps, outside the count
+        with _OperatorCount() as forward:
+            loss = model.task_loss(model(batch), batch.y)
+        with _OperatorCount() as backward:
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        with torch.no_grad(), _OperatorCount() as inference:
+            model(batch)
+        model.train()
+        return {"training_forward": forward.count, "training_backward": backward.count, "inference": inference.count}
+    finally:
+        use_cache(True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -68,6 +102,8 @@ def main() -> None:
     result = {"machine": machine() | {"torch_threads": args.threads}, "recipe": args.recipe, "batch_size": len(batches[0].y), "steps": args.steps,
               "command": f"python benchmarks/frozen_constants.py --recipe {args.recipe} --rounds {args.rounds} --steps {args.steps}"
                          + (f" --batch-size {args.batch_size}" if args.batch_size else "") + f" --threads {args.threads}"}
+    result["operators"] = {name: operators(model, batches[0], on) for name, on in SETTINGS.items()}
+    print(f"operators: {result['operators']}", flush=True)
     for what, run in runs.items():
         for on in SETTINGS.values():  # warm-up of both settings
             timed(run, on)
