@@ -283,17 +283,36 @@ def eval_batch_tables(result: dict) -> str:
 
 def narrow_banks_tables(result: dict) -> str:
     """benchmarks/narrow_banks.py: each setting's graphs/s per round, and the per-round ratios."""
-    rounds, names = result["rounds"], list(result["median_graphs_per_second"])
-    ratios = [p["ratio"] for p in rounds]
     lines = [machine_line(result), "",
              f"`{result['recipe']}` (bank widths {', '.join(map(str, result['bank_widths']))}), batch {result['batch_size']}, {result['steps']} "
-             f"training steps per setting and round, {len(rounds)} rounds in alternating order, one process.", "",
-             "| setting | median graphs/s | per round |", "|---|---:|---|"]
+             f"training steps per setting and round, {len(result['rounds'])} rounds in alternating order, one process.", ""]
+    return "\n".join(lines + _rounds_table(result, "Padded / unpadded"))
+
+
+def _rounds_table(result: dict, ratio_name: str) -> list[str]:
+    """Lines of an `alternating_rounds` result: each setting's median and per-round graphs/s, then the ratios."""
+    rounds, names = result["rounds"], list(result["median_graphs_per_second"])
+    ratios = [p["ratio"] for p in rounds]
+    lines = ["| setting | median graphs/s | per round |", "|---|---:|---|"]
     for name in names:
         lines.append(f"| {name} | {result['median_graphs_per_second'][name]:.0f} | {', '.join(f'{p[name]:.0f}' for p in rounds)} |")
     above = sum(r > 1 for r in ratios)
-    lines += ["", f"Padded / unpadded: median of the per-round ratios {result['median_ratio']:.3f} ({min(ratios):.3f}-{max(ratios):.3f}; "
-                  f"above 1 in {above} of {len(ratios)} rounds)."]
+    return lines + ["", f"{ratio_name}: median of the per-round ratios {result['median_ratio']:.3f} ({min(ratios):.3f}-{max(ratios):.3f}; "
+                        f"above 1 in {above} of {len(ratios)} rounds)."]
+
+
+def frozen_constants_tables(result: dict) -> str:
+    """benchmarks/frozen_constants.py: operators dispatched per setting, then the training and inference rounds."""
+    ops = result["operators"]
+    lines = [machine_line(result), "",
+             f"`{result['recipe']}`, batch {result['batch_size']}, {result['steps']} batches per setting and round (training steps, then "
+             f"eval-mode passes without gradients), {len(result['training']['rounds'])} rounds in alternating order, one process.", "",
+             "| operators dispatched | kept | recomputed |", "|---|---:|---:|"]
+    for part, label in (("training_forward", "training step, forward and loss"), ("training_backward", "training step, backward"),
+                        ("inference", "inference pass")):
+        lines.append(f"| {label} | {ops['kept'][part]} | {ops['recomputed'][part]} |")
+    for what in ("training", "inference"):
+        lines += ["", f"{what.capitalize()}:", ""] + _rounds_table(result[what], "Kept / recomputed")
     return "\n".join(lines)
 
 
@@ -339,6 +358,7 @@ def main() -> None:
         ("narrow-banks-tox21-1thread", "narrow_banks_tox21_1thread.json", narrow_banks_tables),
         ("narrow-banks-toxcast", "narrow_banks_toxcast.json", narrow_banks_tables),
         ("narrow-banks-esol", "narrow_banks_esol.json", narrow_banks_tables),
+        ("frozen-constants-tox21", "frozen_constants_tox21.json", frozen_constants_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),
