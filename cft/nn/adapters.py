@@ -34,6 +34,16 @@ ACTIVATIONS = {
 }
 
 
+def _zero_columns(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t [M, c] with n zero columns appended, [M, c + n]; t itself when n = 0 (F.pad would copy it)."""
+    return F.pad(t, (0, n)) if n else t
+
+
+def _zero_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t [M, c] with n zero rows appended, [M + n, c]; t itself when n = 0."""
+    return F.pad(t, (0, 0, 0, n)) if n else t
+
+
 class AdapterBank(nn.Module):
     def __init__(self, num_adapters: int, rank: int, hidden: int, activation: str = "gelu", dropout: float = 0.0, out_dim: int | None = None):
         """f_i: R^hidden -> R^out_dim (out_dim defaults to hidden): `hidden` is the width the bank reads."""
@@ -66,7 +76,7 @@ class AdapterBank(nn.Module):
         if self.dropout and self.training:
             h = F.dropout(h, self.dropout, training=True)
         kr = self.num_adapters * self.rank
-        u = F.pad(self.U.reshape(kr, self.hidden), (0, 0, 0, width - kr))  # [width, d]
+        u = _zero_rows(self.U.reshape(kr, self.hidden), width - kr)  # [width, d]
         return ACTIVATIONS[self.activation](h @ u.t())
 
     def own_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,13 +112,13 @@ class AdapterBank(nn.Module):
         k, r, width = self.num_adapters, self.rank, self.product_width
         z = self._hidden_units(h, width)
         if alpha is not None:
-            z = F.pad((z[:, : k * r].view(-1, k, r) * alpha.unsqueeze(-1)).flatten(1), (0, width - k * r))
+            z = _zero_columns((z[:, : k * r].view(-1, k, r) * alpha.unsqueeze(-1)).flatten(1), width - k * r)
         return z * scale if scale != 1.0 else z
 
     def _stacked_v(self) -> torch.Tensor:
         """Every V_i side by side, zero columns appended: [out_dim, P], column block i = V_i."""
         kr = self.num_adapters * self.rank
-        return F.pad(self.V.permute(1, 0, 2).reshape(self.out_dim, kr), (0, self.product_width - kr))
+        return _zero_columns(self.V.permute(1, 0, 2).reshape(self.out_dim, kr), self.product_width - kr)
 
     def expert_updates(self, activations: torch.Tensor) -> torch.Tensor:
         """Each adapter's own output V_i a_i from its activations: [M, K, r] -> [M, K, d].
@@ -145,7 +155,7 @@ class EmbeddingAdapterBank(AdapterBank):
         rows = F.embedding(x.long() + self.offsets, table)  # [N, F, K*r]
         if self.dropout and self.training:
             rows = rows * F.dropout(rows.new_ones(rows.shape[:2]).unsqueeze(-1), self.dropout, training=True)
-        return F.pad(ACTIVATIONS[self.activation](rows.sum(1)), (0, width - kr))
+        return _zero_columns(ACTIVATIONS[self.activation](rows.sum(1)), width - kr)
 
 
 class BankUpdate:
