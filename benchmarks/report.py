@@ -359,6 +359,8 @@ def main() -> None:
         ("narrow-banks-toxcast", "narrow_banks_toxcast.json", narrow_banks_tables),
         ("narrow-banks-esol", "narrow_banks_esol.json", narrow_banks_tables),
         ("frozen-constants-tox21", "frozen_constants_tox21.json", frozen_constants_tables),
+        ("speed-constants-epyc", "speed_constants_epyc.json", speed_tables),
+        ("speed-k8-routed-constants-epyc", "speed_k8_routed_constants_epyc.json", speed_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),
