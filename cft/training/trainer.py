@@ -182,6 +182,7 @@ class Trainer:
         self.model.to(device)
         self.train_model = self._wrap(self.model)
         self.optimizer = make_optimizer(self.model, recipe)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]  # what the gradient clipping reads, once
         # train.ema: validation, the best epoch and the bundle take the averaged trainable weights
         self.average = WeightAverage(self.model, recipe.train.ema) if recipe.train.ema else None
         self.steps_per_epoch = math.ceil(math.ceil(len(self.dataset.split["train"]) / dist.world_size) / self.local_batch_size)
@@ -330,7 +331,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recipe.train.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.train.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(self.trainable, recipe.train.grad_clip)
                 self.optimizer.step()
                 if self.average is not None:
                     self.average.update()
