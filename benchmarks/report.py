@@ -316,6 +316,17 @@ def frozen_constants_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def optimizer_step_tables(result: dict) -> str:
+    """benchmarks/optimizer_step.py: milliseconds per AdamW step by implementation and parameter set."""
+    names = list(next(iter(result["sets"].values()))["median_ms"])
+    lines = [machine_line(result), "",
+             f"Median over {result['rounds']} rounds of {result['steps']} steps each, the implementations in alternating order, one process; ms per step.", "",
+             "| trainable tensors | tensors | weights | " + " | ".join(names) + " |", "|---|---:|---:|" + "---:|" * len(names)]
+    for name, each in result["sets"].items():
+        lines.append(f"| {name} | {each['tensors']} | {each['weights']:,} | " + " | ".join(f"{each['median_ms'][n]:.2f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -361,6 +372,7 @@ def main() -> None:
         ("frozen-constants-tox21", "frozen_constants_tox21.json", frozen_constants_tables),
         ("speed-constants-epyc", "speed_constants_epyc.json", speed_tables),
         ("speed-k8-routed-constants-epyc", "speed_k8_routed_constants_epyc.json", speed_tables),
+        ("optimizer-step", "optimizer_step.json", optimizer_step_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),

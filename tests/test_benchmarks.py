@@ -449,6 +449,40 @@ def test_narrow_banks_times_the_recipe_padded_and_unpadded_and_reports_every_rou
     assert "| padded to 16 |" in table and "| unpadded |" in table and result["machine"]["commit"] in table and "of 2 rounds" in table
 
 
+def test_frozen_constants_counts_fewer_forward_operators_when_kept_and_times_both_settings(tmp_path, data_root):
+    """benchmarks/frozen_constants.py: the kept constants dispatch fewer forward operators (the same
+    backward), both settings are timed in every round of training and inference, and the report renders."""
+    out = tmp_path / "frozen_constants.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "frozen_constants.py"), "--data", str(data_root), "--rounds", "2", "--steps", "2",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    kept, recomputed = result["operators"]["kept"], result["operators"]["recomputed"]
+    assert kept["training_forward"] < recomputed["training_forward"] and kept["inference"] < recomputed["inference"]
+    assert kept["training_backward"] == recomputed["training_backward"]
+    for what in ("training", "inference"):
+        assert len(result[what]["rounds"]) == 2 and all(p["kept"] > 0 and p["recomputed"] > 0 for p in result[what]["rounds"])
+    from report import frozen_constants_tables
+
+    table = frozen_constants_tables(result)
+    assert "| inference pass |" in table and table.count("Kept / recomputed") == 2
+
+
+def test_optimizer_step_times_each_adamw_implementation_on_both_parameter_sets(tmp_path, data_root):
+    """benchmarks/optimizer_step.py: every implementation timed on the recipe's trainable tensors and
+    on the whole backbone's, and the report renders both."""
+    out = tmp_path / "optimizer_step.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_step.py"), "--data", str(data_root), "--rounds", "2", "--steps", "2",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    recipe, full = result["sets"]["the Tox21 recipe's adapters"], result["sets"]["full fine-tuning"]
+    assert recipe["weights"] < full["weights"] and full["weights"] > 3_000_000
+    for each in (recipe, full):
+        assert set(each["median_ms"]) == {"per-tensor loop", "foreach", "fused"} and all(len(t) == 2 for t in each["ms_per_round"].values())
+    from report import optimizer_step_tables
+
+    assert "| full fine-tuning |" in optimizer_step_tables(result)
+
+
 def test_pretraining_within_minutes_times_one_epoch_of_a_sample_then_fits_whole_epochs(tmp_path, monkeypatch):
     """benchmarks/pretrain_backbone.py --minutes M (what gpu_pretrain.sh runs): one timed epoch over the
     first 10,000 molecules, then as many whole epochs of the full list as fit in M minutes, at least one;
