@@ -20,7 +20,6 @@ The backbone is randomly initialised (the cost does not depend on its weights); 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import alternating_rounds, graphs_per_second, inference_graphs_per_second, round_summary, training_setup  # noqa: E402
+from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, inference_graphs_per_second, round_summary, training_setup  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.constants import FrozenValue  # noqa: E402
@@ -85,14 +84,9 @@ def operators(model, batch, on: bool) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser = benchmark_parser(__doc__, "frozen_constants.json", rounds=9, steps=30, threads=2)
     parser.add_argument("--recipe", default="recipes/tox21.yaml")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "frozen_constants.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from provenance import machine

@@ -18,7 +18,6 @@ recipes run them on a CPU without AMX.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import alternating_rounds, graphs_per_second, round_summary, training_setup  # noqa: E402
+from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, round_summary, training_setup  # noqa: E402
 
 import cft.nn.adapters as adapters  # noqa: E402
 from cft.files.atomic import atomic_write_json  # noqa: E402
@@ -49,13 +48,8 @@ def timed(model, optimizer, batches, width: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser = benchmark_parser(__doc__, "narrow_banks.json", rounds=7, steps=30, threads=2)
     parser.add_argument("--recipe", default="recipes/tox21.yaml")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "narrow_banks.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from provenance import machine

@@ -12,7 +12,6 @@ reported in milliseconds per step.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,6 +22,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from training_steps import benchmark_parser  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.backbone import Backbone  # noqa: E402
@@ -53,12 +54,7 @@ def milliseconds_per_step(params: list[torch.nn.Parameter], options: dict, steps
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "optimizer_step.json")
+    parser = benchmark_parser(__doc__, "optimizer_step.json", rounds=7, steps=200, threads=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from provenance import machine

@@ -8,15 +8,13 @@ With one adapter at the expert layer L* every gate is 1, so `CftModel._lone_expe
 adapted layers once into W z_1 + c. Without it (the code before, restored here by patching that
 method to False), the last layer also ran once unadapted for z_0 and the expert's change D_1 was
 computed beside it. Each round times `--steps` training steps (forward, backward, AdamW) of each
-path on the same batches, in alternating order; the median of the per-round ratios is reported.
+path on the same batches, the two in alternating order from round to round; the median of the per-round ratios is reported.
 The backbone is randomly initialised (the cost does not depend on its weights). One thread by
 default, so that the ratio does not depend on what else the machine runs.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import graphs_per_second, training_setup  # noqa: E402
+from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, round_summary, training_setup  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.model import CftModel  # noqa: E402
@@ -42,12 +40,7 @@ def timed(model: CftModel, optimizer, batches, lone_expert: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "readout_k1.json")
+    parser = benchmark_parser(__doc__, "readout_k1.json", rounds=5, steps=40, threads=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from provenance import machine
@@ -56,16 +49,12 @@ def main() -> None:
     assert model._lone_expert(), "the recipe no longer has one expert at L*: nothing to measure"
     for lone in (True, False):  # warm-up of both paths
         timed(model, optimizer, batches[:5], lone)
-    rounds = []
-    for r in range(args.rounds):
-        pair = {"one pass": timed(model, optimizer, batches, True), "expert path": timed(model, optimizer, batches, False)}
-        pair["ratio"] = pair["one pass"] / pair["expert path"]
-        rounds.append(pair)
-        print(f"round {r + 1}: one pass {pair['one pass']:.0f} graphs/s, expert path {pair['expert path']:.0f} graphs/s, ratio {pair['ratio']:.3f}", flush=True)
+    timings = {"one pass": lambda: timed(model, optimizer, batches, True), "expert path": lambda: timed(model, optimizer, batches, False)}
+    rounds = alternating_rounds(timings, args.rounds, ("one pass", "expert path"))
     CftModel._lone_expert = ORIGINAL
     command = f"python benchmarks/readout_k1.py --rounds {args.rounds} --steps {args.steps} --threads {args.threads}"
-    result = {"machine": machine() | {"torch_threads": args.threads}, "command": command, "batch_size": BATCH, "steps": args.steps, "rounds": rounds,
-              "median_ratio": statistics.median(p["ratio"] for p in rounds)}
+    result = {"machine": machine() | {"torch_threads": args.threads}, "command": command, "batch_size": BATCH, "steps": args.steps,
+              "rounds": rounds} | round_summary(rounds, timings)
     print(f"median ratio one pass / expert path: {result['median_ratio']:.3f}")
     atomic_write_json(args.json, result)
 

@@ -8,6 +8,7 @@ folder, checkpoint or validation: only forward, loss, backward and the optimiser
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +21,20 @@ from cft.spec import BackboneSpec
 from cft.training.build import build_training_model, set_trainable
 from cft.training.optim import make_optimizer
 from cft.training.prefix import StoreBatches
+
+BENCHMARKS = Path(__file__).resolve().parent
+
+
+def benchmark_parser(doc: str, json_name: str, rounds: int, steps: int, threads: int) -> argparse.ArgumentParser:
+    """The options every in-process side-by-side benchmark takes: --data, --rounds, --steps,
+    --threads and --json (default benchmarks/results/`json_name`), with these defaults."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=BENCHMARKS.parents[1] / "shared" / "data")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--json", type=Path, default=BENCHMARKS / "results" / json_name)
+    return parser
 
 
 def training_setup(recipe_path: Path, data: Path, steps: int, batch_size: int | None = None, overrides: list[str] | None = None):
