@@ -4,7 +4,7 @@ A frozen backbone has constants derived from its weights that are the same at ev
 eval-mode BatchNorms folded into the Linears before them (`cft.nn.backbone._linear_then_norm`),
 its bond encoders' tables of every bond-feature combination (`bond_embeddings`), a constant task
 graph's normalisation (`cft.nn.graph`). Recomputing them costs operators every forward (on a CPU
-their dispatch, about a quarter of a frozen GIN-VN's forward operators; on a GPU as many kernel
+their dispatch, a third of a frozen GIN-VN's forward operators; on a GPU as many kernel
 launches) for the same numbers. `FrozenValue` computes such a value once and returns it again
 while its source tensors stay as they were:
 
