@@ -426,6 +426,7 @@ def main() -> None:
         ("peers-tox21-lora-vn-emb-lr005-epyc", "peers_tox21_lora_vn_emb_lr005_epyc.json", peers_tables),
         ("peers-toxcast-lora16-epyc", "peers_toxcast_lora16_epyc.json", peers_tables),
         ("peers-tox21-narrow-banks", "peers_tox21_narrow_banks_epyc.json", peers_tables),
+        ("peers-tox21-fused-adamw", "peers_tox21_fused_adamw_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
