@@ -373,6 +373,7 @@ def main() -> None:
         ("speed-constants-epyc", "speed_constants_epyc.json", speed_tables),
         ("speed-k8-routed-constants-epyc", "speed_k8_routed_constants_epyc.json", speed_tables),
         ("optimizer-step", "optimizer_step.json", optimizer_step_tables),
+        ("speed-fused-epyc", "speed_fused_epyc.json", speed_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),
         ("quality", "quality.json", quality_tables),
