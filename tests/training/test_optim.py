@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from cft.errors import CftError
 from cft.nn.adapters import AdapterBank
 from cft.recipe.load import load_recipe
-from cft.training.optim import make_optimizer
+from cft.training.optim import fused_adamw, make_optimizer
 
 
 def _recipe(tmp_path: Path, *overrides: str):
@@ -40,6 +40,28 @@ def test_up_projections_take_their_own_rate(tmp_path):
     assert rest_lr == 0.002 and downs <= rest and not (rest & (ups | heads))
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert set().union(*(ids for _, ids in groups)) == trainable  # every trainable weight once
+
+
+def test_adamw_runs_fused_on_a_cpu_and_its_step_matches_the_loop(tmp_path):
+    """On a CPU the optimiser takes torch's fused kernel; one step of it moves the weights as the
+    per-tensor loop does, to float rounding."""
+    import torch
+
+    model, reference = tiny_model(), tiny_model()
+    reference.load_state_dict(model.state_dict())
+    optimizer = make_optimizer(model, _recipe(tmp_path))
+    assert all(g["fused"] for g in optimizer.param_groups)
+    loop = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=0.002, weight_decay=optimizer.defaults["weight_decay"],
+                             foreach=False)
+    for m in (model, reference):
+        for p in m.parameters():
+            if p.requires_grad:
+                p.grad = torch.full_like(p, 0.5)
+    optimizer.step()
+    loop.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not fused_adamw([{"params": [torch.nn.Parameter(torch.zeros(1), requires_grad=True)]}, {"params": [torch.nn.Parameter(torch.zeros(1, device="meta"))]}])
 
 
 def test_ratio_one_keeps_the_up_projections_with_the_rest(tmp_path):
