@@ -23,24 +23,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import benchmark_parser  # noqa: E402
+from training_steps import benchmark_parser, training_setup  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.backbone import Backbone  # noqa: E402
-from cft.recipe.load import load_recipe  # noqa: E402
-from cft.spec import BackboneSpec  # noqa: E402
 
 IMPLEMENTATIONS = {"per-tensor loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 def parameter_sets(data: Path) -> dict[str, list[torch.nn.Parameter]]:
-    """The recipe's trainable tensors (adapters and heads) and every tensor of its backbone."""
-    from training_steps import training_setup
-
+    """The recipe's trainable tensors (adapters and heads) and every tensor of a backbone like its own."""
     model, _, _ = training_setup(REPO / "recipes" / "tox21.yaml", data, 1)
-    recipe = load_recipe(REPO / "recipes" / "tox21.yaml", [])
     return {"the Tox21 recipe's adapters": [p for p in model.parameters() if p.requires_grad],
-            "full fine-tuning": list(Backbone(BackboneSpec.of(recipe.backbone)).parameters())}
+            "full fine-tuning": list(Backbone(model.backbone.spec).parameters())}
 
 
 def milliseconds_per_step(params: list[torch.nn.Parameter], options: dict, steps: int) -> float:

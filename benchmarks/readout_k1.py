@@ -8,9 +8,10 @@ With one adapter at the expert layer L* every gate is 1, so `CftModel._lone_expe
 adapted layers once into W z_1 + c. Without it (the code before, restored here by patching that
 method to False), the last layer also ran once unadapted for z_0 and the expert's change D_1 was
 computed beside it. Each round times `--steps` training steps (forward, backward, AdamW) of each
-path on the same batches, the two in alternating order from round to round; the median of the per-round ratios is reported.
-The backbone is randomly initialised (the cost does not depend on its weights). One thread by
-default, so that the ratio does not depend on what else the machine runs.
+path on the same batches, the two in alternating order from round to round; the median of the
+per-round ratios is reported. The backbone is randomly initialised (the cost does not depend on
+its weights). One thread by default, so that the ratio does not depend on what else the machine
+runs.
 """
 
 from __future__ import annotations

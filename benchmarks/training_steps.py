@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from cft.data.dataset import load_dataset
 from cft.nn.backbone import Backbone
 from cft.recipe.load import load_recipe
@@ -66,8 +68,6 @@ def graphs_per_second(model, optimizer, batches) -> float:
 def inference_graphs_per_second(model, batches) -> float:
     """Forward passes in eval mode without gradients over `batches`: graphs per second (the model
     is left in training mode)."""
-    import torch
-
     model.eval()
     graphs = 0
     start = time.perf_counter()
