@@ -44,7 +44,7 @@ def fused_adamw(groups: list[dict]) -> bool:
     operators per tensor): every parameter on one device type that has the kernel (trainable
     parameters are floating point).
     On 2 CPU cores the Tox21 recipe's 40 trainable tensors took 0.44 ms a step fused, 2.06 ms in
-    torch's default per-tensor loop (benchmarks/optimizer_step.py); on a GPU it is launches saved."""
+    torch's default per-tensor loop (benchmarks/optimizer_step.py at 31c1db6, an AMD EPYC); on a GPU it is launches saved."""
     device_types = {p.device.type for g in groups for p in g["params"]}
     return len(device_types) == 1 and device_types <= set(FUSED_DEVICES)
 
