@@ -16,9 +16,17 @@ oneDNN compiles a kernel per distinct matrix shape and keeps a bounded cache of 
 batches have a new node count N almost every step, so the rows are padded to a multiple of
 `ROW_MULTIPLE` (zero rows, dropped from the result): a few dozen shapes instead of one per N.
 
-The products are switched on for a block of code with `bf16_frozen_products(True)` (a context
-manager, as `torch.autocast`); outside it `frozen_linear` is exactly `F.linear`. Weights that
-require a gradient (a trained backbone) always take `F.linear`.
+`bf16_frozen_products("backward")` rounds only the second product: the forward pass stays fp32,
+
+    y = x W^T + b,    dL/dx = fp32( bf16(dL/dy) bf16(W) ),
+
+so the values, the loss and every score are those of fp32, and only the gradients that reach the
+adapters below carry bf16's rounding (relative error ~2^-9 per element, far under a minibatch's
+own noise). It runs the backward half of the products at bf16's speed.
+
+The products are switched on for a block of code with `bf16_frozen_products(True)` (or
+`"backward"`; a context manager, as `torch.autocast`); outside it `frozen_linear` is exactly
+`F.linear`. Weights that require a gradient (a trained backbone) always take `F.linear`.
 """
 
 from __future__ import annotations
@@ -32,12 +40,18 @@ import torch.nn.functional as F
 ROW_MULTIPLE = 32
 """Rows of every bf16 product are padded to a multiple of this (few kernel shapes; <= 31 zero rows)."""
 
+BACKWARD = "backward"
+"""`bf16_frozen_products(BACKWARD)`: only the input gradients' products in bf16, the forward in fp32."""
+
 _ENABLED = contextvars.ContextVar("cft_bf16_frozen_products", default=False)
 
 
 @contextlib.contextmanager
-def bf16_frozen_products(enabled: bool = True):
-    """Within the block, `frozen_linear` of frozen weights runs in bf16 (see the module docstring)."""
+def bf16_frozen_products(enabled: bool | str = True):
+    """Within the block, `frozen_linear` of frozen weights runs in bf16 (see the module docstring):
+    both products (True), the input gradients' only (`BACKWARD`, "backward"), or neither (False)."""
+    if enabled not in (True, False, BACKWARD):
+        raise ValueError(f"bf16_frozen_products: True, False or {BACKWARD!r}, got {enabled!r}")
     token = _ENABLED.set(enabled)
     try:
         yield
@@ -47,10 +61,16 @@ def bf16_frozen_products(enabled: bool = True):
 
 def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), x [N, in], weight [out, in], bias [out] -> [N, out]; in bf16
-    products inside `bf16_frozen_products` when neither weight nor bias needs a gradient."""
+    products inside `bf16_frozen_products` when neither weight nor bias needs a gradient (the
+    backward product only, inside `bf16_frozen_products(BACKWARD)`)."""
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    if not (frozen and _ENABLED.get() and x.dim() == 2 and x.dtype == torch.float32):
+    mode = _ENABLED.get()
+    if not (frozen and mode and x.dim() == 2 and x.dtype == torch.float32):
         return F.linear(x, weight, bias)
+    if mode == BACKWARD:
+        if not x.requires_grad:  # nothing below needs dL/dx: the plain fp32 product
+            return F.linear(x, weight, bias)
+        return _FrozenLinearBf16Backward.apply(x, weight, bias, weight.to(torch.bfloat16))
     bias16 = None if bias is None else bias.to(torch.bfloat16)
     return _FrozenLinearBf16.apply(x, weight.to(torch.bfloat16), bias16)
 
@@ -68,6 +88,20 @@ class _FrozenLinearBf16(torch.autograd.Function):
         (weight16,) = ctx.saved_tensors
         grad_x = padded_bf16_product(grad_out, weight16) if ctx.needs_input_grad[0] else None
         return grad_x, None, None
+
+
+class _FrozenLinearBf16Backward(torch.autograd.Function):
+    """y = x W^T + b in fp32; backward dL/dx = fp32(bf16(dL/dy) bf16(W)) only (W, b are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, weight16: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight16)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (weight16,) = ctx.saved_tensors
+        return padded_bf16_product(grad_out, weight16), None, None, None
 
 
 def padded_bf16_product(a: torch.Tensor, b16: torch.Tensor, bias16: torch.Tensor | None = None) -> torch.Tensor:

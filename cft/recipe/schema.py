@@ -320,14 +320,16 @@ class TrainConfig(_Strict):
     bf16 with fp32 weights, optimiser and loss; validation, test and predictions stay fp32. Off by
     default: on the AVX512-BF16 EPYC of BENCHMARKS.md it kept the score but did not pay in
     training (1.08x in one epoch, none over four; commit 81dd543)."""
-    frozen_bf16: Literal["auto", True, False] = "auto"
+    frozen_bf16: Literal["auto", True, False, "backward"] = "auto"
     """The frozen backbone's GIN MLP and virtual-node MLP products in bf16 while training (the steps
     and the validation of each epoch): forward product and input gradient of each frozen Linear take bf16 inputs and
     accumulate in fp32; every other value (messages, norms, adapters, heads, loss, optimiser) stays
     fp32, and the final valid/test scores, the bundle and its predictions are fp32. `auto`: on a
     CPU with AMX tiles (Intel Sapphire Rapids and later), where these products run several times
     faster; off elsewhere. `true`: on any device (a CPU without native bf16 emulates it, slower);
-    `false`: fp32 throughout. No effect on a trained (unfrozen) backbone or under bf16 autocast."""
+    `false`: fp32 throughout; `backward`: the input gradients' products only, on any device (the
+    forward pass, the loss and the validation stay fp32; only the gradients reaching the adapters
+    are rounded). No effect on a trained (unfrozen) backbone or under bf16 autocast."""
     compile: bool = False
     """Opt-in torch.compile of the model."""
     deterministic: bool = True

@@ -70,11 +70,12 @@ def cpu_has_amx() -> bool:
     return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
-def frozen_bf16_wanted(setting: bool | str, device: torch.device) -> bool:
-    """`train.frozen_bf16` resolved on `device`: `auto` is on for a CPU with AMX tiles only."""
+def frozen_bf16_wanted(setting: bool | str, device: torch.device) -> bool | str:
+    """`train.frozen_bf16` resolved on `device`, as `cft.nn.frozen.bf16_frozen_products` takes it:
+    `auto` is on (True) for a CPU with AMX tiles only; "backward" stays "backward"."""
     if setting == "auto":
         return device.type == "cpu" and cpu_has_amx()
-    return bool(setting)
+    return setting if setting == "backward" else bool(setting)
 
 
 def evaluate_split(

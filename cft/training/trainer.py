@@ -164,7 +164,7 @@ class Trainer:
         self.train_amp = self.amp or (recipe.train.bf16_cpu and device.type == "cpu" and cpu_computes_bf16())
         # the frozen backbone's products in bf16 while training (train.frozen_bf16); autocast, where
         # on, already makes every product bf16
-        self.frozen_bf16 = frozen_bf16_wanted(recipe.train.frozen_bf16, device) and not self.train_amp
+        self.frozen_bf16 = False if self.train_amp else frozen_bf16_wanted(recipe.train.frozen_bf16, device)
         self.unscored = self.dataset.unscorable(self.metric)
         if dist.is_main:
             run.write_skipped(self.dataset.skipped)
@@ -231,7 +231,9 @@ class Trainer:
         # the products run in the GIN layers from the first insertion layer up (below it: the fp32 prefix)
         frozen = self.model.backbone.spec.arch == "gin" and not any(p.requires_grad for p in self.model.backbone.parameters())
         frozen = frozen and bool(self.model.router.layers)
-        return "fp32, frozen products bf16" if self.frozen_bf16 and frozen else "fp32"
+        if not (self.frozen_bf16 and frozen):
+            return "fp32"
+        return "fp32, frozen products' input gradients bf16" if self.frozen_bf16 == "backward" else "fp32, frozen products bf16"
 
     # --------------------------------------------------------------- checkpoints
 

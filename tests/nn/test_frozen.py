@@ -9,7 +9,7 @@ from torch import nn
 
 from cft.nn.adapters import AdapterBank, BankUpdate
 from cft.nn.backbone import Backbone, GINLayer
-from cft.nn.frozen import ROW_MULTIPLE, bf16_frozen_products, frozen_linear, padded_bf16_product
+from cft.nn.frozen import BACKWARD, ROW_MULTIPLE, bf16_frozen_products, frozen_linear, padded_bf16_product
 from cft.spec import BackboneSpec
 
 # bf16 keeps 8 bits of mantissa: inputs rounded by up to 2^-9 relative, products summed in fp32
@@ -66,6 +66,30 @@ def test_frozen_weights_give_the_input_gradient_in_bf16_and_trained_weights_are_
     assert trained.weight.grad is not None
 
 
+def test_backward_mode_keeps_the_forward_exactly_fp32_and_rounds_only_the_input_gradient():
+    torch.manual_seed(5)
+    weight, bias = torch.randn(30, 20), torch.randn(30)
+    x = torch.randn(50, 20, requires_grad=True)
+    upstream = torch.randn(50, 30)
+    with bf16_frozen_products(BACKWARD):
+        out = frozen_linear(x, weight, bias)
+        assert torch.equal(frozen_linear(x.detach(), weight, bias), F.linear(x, weight, bias))  # no gradient wanted
+    assert torch.equal(out, F.linear(x, weight, bias))  # the values (and so the loss) are fp32's
+    out.backward(upstream)
+    expected_grad = upstream @ weight
+    assert not torch.equal(x.grad, expected_grad)  # the backward product ran in bf16 ...
+    # ... exactly as the padded bf16 product of the same inputs
+    assert torch.equal(x.grad, padded_bf16_product(upstream, weight.bfloat16()))
+    _close(x.grad, expected_grad)
+
+
+@pytest.mark.parametrize("setting", ["forward", 1.5, None])
+def test_the_switch_takes_true_false_or_backward_only(setting):
+    with pytest.raises(ValueError, match="backward"):
+        with bf16_frozen_products(setting):
+            pass
+
+
 def _frozen_gin_layer(hidden: int = 24) -> tuple[GINLayer, nn.BatchNorm1d]:
     torch.manual_seed(2)
     layer, norm = GINLayer(hidden), nn.BatchNorm1d(hidden)
@@ -88,7 +112,8 @@ def _molecule_batch(hidden: int = 24, nodes: int = 45, edges: int = 90):
 
 
 @pytest.mark.parametrize("with_adapter", [True, False])
-def test_a_frozen_gin_layer_in_bf16_products_matches_fp32_values_and_adapter_gradients(with_adapter):
+@pytest.mark.parametrize("mode", [True, BACKWARD])
+def test_a_frozen_gin_layer_in_bf16_products_matches_fp32_values_and_adapter_gradients(with_adapter, mode):
     hidden = 24
     layer, norm = _frozen_gin_layer(hidden)
     x, edge_index, edge_attr = _molecule_batch(hidden)
@@ -96,7 +121,7 @@ def test_a_frozen_gin_layer_in_bf16_products_matches_fp32_values_and_adapter_gra
     for bank in banks:
         nn.init.normal_(bank.V, std=0.1)  # non-zero updates
 
-    def run(bf16: bool):
+    def run(bf16: bool | str):
         for p in [x, *banks[0].parameters(), *banks[1].parameters()]:
             p.grad = None
         adapter = (BankUpdate(banks[0], None, 1.0), BankUpdate(banks[1], None, 1.0)) if with_adapter else None
@@ -106,8 +131,11 @@ def test_a_frozen_gin_layer_in_bf16_products_matches_fp32_values_and_adapter_gra
         grads = [x.grad.clone()] + ([banks[0].U.grad.clone(), banks[1].V.grad.clone()] if with_adapter else [])
         return out.detach(), grads
 
-    (fp32, fp32_grads), (bf16, bf16_grads) = run(False), run(True)
-    assert not torch.equal(bf16, fp32)
+    (fp32, fp32_grads), (bf16, bf16_grads) = run(False), run(mode)
+    if mode == BACKWARD:  # the forward pass is fp32's, bit for bit; only the gradients moved
+        assert torch.equal(bf16, fp32) and not torch.equal(bf16_grads[0], fp32_grads[0])
+    else:
+        assert not torch.equal(bf16, fp32)
     _close(bf16, fp32)
     for got, expected in zip(bf16_grads, fp32_grads):
         _close(got, expected, rtol=5e-2)  # through two products and a ReLU mask: a little more rounding
