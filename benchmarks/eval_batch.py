@@ -4,11 +4,12 @@ Validation runs once per epoch, and `cft eval` / `cft predict` run the same loop
 (`cft.training.inference.predict_logits`, batches sliced from the compact store), so the batch
 size it uses is part of every run's wall clock. One process trains `recipes/tox21.yaml` for one
 step on the committed benchmark backbone (the adapters' weights do not change the arithmetic),
-then times `predict_logits` over Tox21's training molecules at each batch size, the sizes
+then times `predict_logits` over one of Tox21's splits (the training molecules by default; the
+validation molecules are what every epoch's validation runs over) at each batch size, the sizes
 interleaved within each repetition so that a load on the machine falls on all of them alike.
 
     python benchmarks/eval_batch.py [--batch-sizes 32,64,128,256,512,1024] [--repetitions 5] [--threads 2]
-        [--device cpu] [--limit N] [--json benchmarks/results/eval_batch.json]
+        [--device cpu] [--split train|valid|test] [--limit N] [--json benchmarks/results/eval_batch.json]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def measure(args: argparse.Namespace) -> dict:
         train_recipe(recipe, Path(tmp) / "run", args.data)
         model, _ = load_bundle(Path(tmp) / "run" / "bundle.safetensors")
     model.to(device)
-    molecules = load_dataset(recipe.data, args.data, recipe.seed).subset("train")
+    molecules = load_dataset(recipe.data, args.data, recipe.seed).subset(args.split)
     if args.limit:
         molecules = GraphDataset(molecules.store, molecules.y, molecules.indices_[: args.limit])
     predict_logits(model, molecules, args.batch_sizes[0], device)  # warm-up: allocator, kernels
@@ -60,13 +61,14 @@ def measure(args: argparse.Namespace) -> dict:
         print(f"[rep {rep + 1}] " + ", ".join(f"{b}: {len(molecules) / seconds[b][-1]:.0f} g/s" for b in args.batch_sizes), file=sys.stderr)
     rows = [{"batch_size": b, "seconds": s, "graphs_per_s": [len(molecules) / t for t in s],
              "median_graphs_per_s": len(molecules) / statistics.median(s)} for b, s in seconds.items()]
-    return {"molecules": len(molecules), "threads": args.threads, "device": str(device), "repetitions": args.repetitions, "rows": rows}
+    return {"molecules": len(molecules), "split": args.split, "threads": args.threads, "device": str(device), "repetitions": args.repetitions, "rows": rows}
 
 
 def table(result: dict) -> str:
     """Markdown: median graphs/s per batch size and each one's ratio to the fastest."""
     best = max(r["median_graphs_per_s"] for r in result["rows"])
-    lines = [f"Tox21's {result['molecules']:,} training molecules, recipes/tox21.yaml's model, {result['threads']} thread(s) on "
+    split = {"train": "training", "valid": "validation", "test": "test"}[result.get("split", "train")]
+    lines = [f"Tox21's {result['molecules']:,} {split} molecules, recipes/tox21.yaml's model, {result['threads']} thread(s) on "
              f"{result['device']}, median of {result['repetitions']} interleaved repetitions.", "",
              "| eval batch size | inference graphs/s | per repetition | / fastest |", "|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--split", choices=["train", "valid", "test"], default="train", help="the molecules to predict (default: train)")
     parser.add_argument("--limit", type=int, help="the first N training molecules only (a check, not a measurement)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "eval_batch.json")
     args = parser.parse_args()

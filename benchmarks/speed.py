@@ -58,6 +58,8 @@ RECIPES_ADAPTERS_L14 = [o.replace("rank=12", "rank=15") for o in RECIPES_ADAPTER
 FULL_FINE_TUNING = METHODS["full fine-tuning"]
 # recipes/tox21.yaml's training on those adapters: batch 64, LoRA's scale 8/12, the weight average
 TOX21_RECIPE = RECIPES_ADAPTERS + ["train.batch_size=64", "adapters.scale=0.6667", "train.ema=0.995"]
+# recipes/tox21.yaml's adapters as shipped since the `recipe-vn-r10` runs, less its frozen products' precision
+TOX21_SHIPPED = [o.replace("rank=12", "rank=10") for o in TOX21_RECIPE] + ["adapters.embeddings=true", "adapters.virtual_node=true"]
 MODES = {
     # name: --set overrides of the base recipe (frozen GIN-VN 300x5, Tox21)
     "cft full fine-tuning": FULL_FINE_TUNING,
@@ -87,8 +89,11 @@ MODES = {
     "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32": TOX21_RECIPE + ["adapters.embeddings=true", "train.frozen_bf16=false"],
     # recipes/tox21.yaml as shipped since the `recipe-vn-r10` runs: rank 10 on the GIN MLPs, the atom
     # embeddings and the virtual node's MLPs too (166,740 weights), frozen products fp32
-    "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products fp32": [
-        o.replace("rank=12", "rank=10") for o in TOX21_RECIPE] + ["adapters.embeddings=true", "adapters.virtual_node=true", "train.frozen_bf16=false"],
+    "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products fp32": TOX21_SHIPPED + ["train.frozen_bf16=false"],
+    # the same with only the frozen products' input gradients in bf16 (train.frozen_bf16=backward):
+    # the forward pass in fp32, the backward half of the products at bf16's speed
+    "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products' input gradients bf16": TOX21_SHIPPED + [
+        "train.frozen_bf16=backward"],
     # bf16 autocast of the steps (train.bf16_cpu; fp32 where the CPU has no native bf16 products)
     "cft adapters of the recipes at batch 64, bf16 steps": RECIPES_ADAPTERS + ["train.batch_size=64", "train.bf16_cpu=true"],
     "cft full fine-tuning at batch 64, bf16 steps": FULL_FINE_TUNING + ["train.batch_size=64", "train.bf16_cpu=true"],
@@ -126,6 +131,11 @@ RATIOS = {
         "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32", "cft full fine-tuning at batch 64"),
     "the Tox21 recipe's adapters as shipped (r=10, virtual-node MLPs too) / full fine-tuning, both at batch 64 (target >= 2.0)": (
         "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products fp32", "cft full fine-tuning at batch 64"),
+    "the Tox21 recipe's adapters as shipped with the input gradients' products in bf16 / full fine-tuning, both at batch 64 (target >= 2.0)": (
+        "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products' input gradients bf16", "cft full fine-tuning at batch 64"),
+    "the Tox21 recipe's adapters as shipped: input gradients' products bf16 / fp32": (
+        "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products' input gradients bf16",
+        "cft adapters of the Tox21 recipe as shipped (r=10, virtual-node MLPs too), frozen products fp32"),
     "the Tox21 recipe's adapters at batch 64: frozen products bf16 / fp32": (
         "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products bf16",
         "cft adapters of the Tox21 recipe at batch 64 (atom embeddings), frozen products fp32"),

@@ -327,9 +327,10 @@ class TrainConfig(_Strict):
     fp32, and the final valid/test scores, the bundle and its predictions are fp32. `auto`: on a
     CPU with AMX tiles (Intel Sapphire Rapids and later), where these products run several times
     faster; off elsewhere. `true`: on any device (a CPU without native bf16 emulates it, slower);
-    `false`: fp32 throughout; `backward`: the input gradients' products only, on any device (the
-    forward pass, the loss and the validation stay fp32; only the gradients reaching the adapters
-    are rounded). No effect on a trained (unfrozen) backbone or under bf16 autocast."""
+    `false`: fp32 throughout; `backward`: the input gradients' products only (the forward pass, the
+    loss and the validation stay fp32; only the gradients reaching the adapters are rounded), on
+    CUDA and on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX), fp32 on any other CPU.
+    No effect on a trained (unfrozen) backbone or under bf16 autocast."""
     compile: bool = False
     """Opt-in torch.compile of the model."""
     deterministic: bool = True

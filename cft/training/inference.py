@@ -72,10 +72,14 @@ def cpu_has_amx() -> bool:
 
 def frozen_bf16_wanted(setting: bool | str, device: torch.device) -> bool | str:
     """`train.frozen_bf16` resolved on `device`, as `cft.nn.frozen.bf16_frozen_products` takes it:
-    `auto` is on (True) for a CPU with AMX tiles only; "backward" stays "backward"."""
+    `auto` is on (True) for a CPU with AMX tiles only; "backward" stays "backward" on CUDA and on a
+    CPU that multiplies bf16 natively, and is off (fp32) on any other CPU, where emulated bf16
+    products would be slower than fp32 ones."""
     if setting == "auto":
         return device.type == "cpu" and cpu_has_amx()
-    return setting if setting == "backward" else bool(setting)
+    if setting == "backward":
+        return "backward" if device.type != "cpu" or cpu_computes_bf16() else False
+    return bool(setting)
 
 
 def evaluate_split(
