@@ -83,7 +83,9 @@ where it is not the header's):
   (`train.up_lr_ratio`), `recipe-frozen-dropout05`, `recipe-frozen-dropout02`
   (`backbone.frozen_dropout`), `recipe-frozen-bf16`, `recipe-frozen-bf16-lr003`
   (`train.frozen_bf16=true`, at the recipe's lr and at 0.003), `recipe-frozen-bf16-backward`
-  (`train.frozen_bf16=backward`, on the recipe as shipped), `recipe-warmup2`, `recipe-ema998`
+  (`train.frozen_bf16=backward`, on the recipe with the virtual node's banks at rank 10: since
+  recipes/tox21.yaml took it, the recipe as shipped, and `recipe-vn-r10` runs with it too; its
+  earlier rows ran with the products in fp32, as their run folders' `recipe.yaml` records), `recipe-warmup2`, `recipe-ema998`
   (`train.warmup_epochs=2`, `train.ema=0.998`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
