@@ -10,6 +10,7 @@ from cft.data.dataset import MolDataset, load_dataset
 from cft.errors import CftError
 from cft.files.bundle import BundleInfo, load_bundle, resolve_bundle_path
 from cft.recipe.schema import DataConfig
+from cft.spec import EVAL_BATCH_SIZE
 from cft.training.distributed import pick_device, single
 from cft.training.inference import evaluate_split
 
@@ -46,7 +47,7 @@ def evaluate_bundle(
     data_override: Optional[str] = None,
     metric: Optional[str] = None,
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> dict:
     bundle_path = resolve_bundle_path(target)
     model, info = load_bundle(bundle_path, backbone_path=backbone_path)

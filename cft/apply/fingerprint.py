@@ -19,6 +19,7 @@ from cft.apply.molecules import featurise_input, read_input
 from cft.errors import CftError
 from cft.files.atomic import atomic_paths, atomic_write_text
 from cft.files.bundle import load_bundle, resolve_bundle_path
+from cft.spec import EVAL_BATCH_SIZE
 from cft.training.distributed import pick_device
 from cft.training.inference import predict_representations
 
@@ -46,7 +47,7 @@ def fingerprint_csv(
     *,
     smiles_column: str | None = None,
     backbone_path: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
 ) -> FingerprintResult:
     input_csv, output = Path(input_csv), Path(output)

@@ -19,6 +19,7 @@ from cft.apply.molecules import featurise_input, read_input
 from cft.errors import CftError
 from cft.files.atomic import atomic_write_with
 from cft.files.bundle import load_bundle, resolve_bundle_path
+from cft.spec import EVAL_BATCH_SIZE
 from cft.training.distributed import pick_device
 from cft.training.inference import predict_logits
 
@@ -44,7 +45,7 @@ def predict_csv(
     smiles_column: Optional[str] = None,
     keep_columns: Optional[list[str]] = None,
     backbone_path: Optional[str] = None,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
 ) -> PredictResult:
     input_csv, output = Path(input_csv), Path(output)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cft.cli import app
-from cft.cli.common import DataRootOption, DeviceOption
+from cft.cli.common import DataRootOption, DeviceOption, EvalBatchOption
 from cft.console import out
 from cft.files.atomic import atomic_write_json
 from cft.recipe.load import resolve_data_root
@@ -25,7 +25,7 @@ def eval_command(
     data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this CSV instead of the bundle's recorded data (same split settings)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="rocauc, ap or rmse (default: the bundle's)."),
     device: Optional[str] = DeviceOption,
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    batch_size: int = EvalBatchOption,
 ) -> None:
     """Score a bundle per task on a split of its data and print a table (and JSON)."""
     from cft.apply.evaluate import evaluate_bundle

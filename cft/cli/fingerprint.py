@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cft.cli import app
-from cft.cli.common import DeviceOption
+from cft.cli.common import DeviceOption, EvalBatchOption
 from cft.console import out
 
 
@@ -25,7 +25,7 @@ def fingerprint_command(
     ),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Backbone file (default: found by fingerprint next to the bundle)."),
     device: Optional[str] = DeviceOption,
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    batch_size: int = EvalBatchOption,
 ) -> None:
     """Write each molecule's pooled adapted representation (input row order; unparsable rows flagged)."""
     from cft.apply.fingerprint import fingerprint_csv

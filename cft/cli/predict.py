@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cft.cli import app
-from cft.cli.common import DeviceOption
+from cft.cli.common import DeviceOption, EvalBatchOption
 from cft.console import out
 
 
@@ -26,7 +26,7 @@ def predict_command(
     ),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Backbone file (default: found by fingerprint next to the bundle)."),
     device: Optional[str] = DeviceOption,
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    batch_size: int = EvalBatchOption,
 ) -> None:
     """Score molecules with a bundle: the input's columns, then one column per task (probabilities for binary tasks), then invalid_smiles."""
     from cft.apply.predict import predict_csv
