@@ -281,6 +281,13 @@ def eval_batch_tables(result: dict) -> str:
     return machine_line(result) + "\n\n" + table(result)
 
 
+def frozen_precision_tables(result: dict) -> str:
+    """benchmarks/frozen_precision.py's rounds and ratios, as that script's `table` writes them."""
+    from frozen_precision import table
+
+    return machine_line(result) + "\n\n" + table(result)
+
+
 def narrow_banks_tables(result: dict) -> str:
     """benchmarks/narrow_banks.py: each setting's graphs/s per round, and the per-round ratios."""
     lines = [machine_line(result), "",
@@ -375,6 +382,7 @@ def main() -> None:
         ("optimizer-step", "optimizer_step.json", optimizer_step_tables),
         ("speed-fused-epyc", "speed_fused_epyc.json", speed_tables),
         ("speed-backward-epyc", "speed_backward_epyc.json", speed_tables),
+        ("frozen-precision", "frozen_precision.json", frozen_precision_tables),
         ("eval-batch-valid-epyc", "eval_batch_valid_epyc.json", eval_batch_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),

@@ -467,6 +467,24 @@ def test_frozen_constants_counts_fewer_forward_operators_when_kept_and_times_bot
     assert "| inference pass |" in table and table.count("Kept / recomputed") == 2
 
 
+def test_frozen_precision_times_the_three_settings_in_every_round_and_the_report_renders(tmp_path, data_root):
+    """benchmarks/frozen_precision.py: fp32, bf16 input gradients and both products in bf16 timed in
+    every round of one process, their ratios to fp32 from those rounds, and the report's table."""
+    out = tmp_path / "frozen_precision.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "frozen_precision.py"), "--data", str(data_root), "--rounds", "2", "--steps", "2",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    names = ("fp32", "input gradients bf16", "both products bf16")
+    assert len(result["rounds"]) == 2 and all(r[n] > 0 for r in result["rounds"] for n in names)
+    ratios = [r["input gradients bf16"] / r["fp32"] for r in result["rounds"]]
+    assert result["ratio_to_fp32"]["input gradients bf16"]["median"] == pytest.approx(sum(ratios) / 2)
+    assert set(result["ratio_to_fp32"]) == {"input gradients bf16", "both products bf16"}
+    from report import frozen_precision_tables
+
+    table = frozen_precision_tables(result)
+    assert "| input gradients bf16 |" in table and "| median |" in table and result["machine"]["commit"] in table
+
+
 def test_optimizer_step_times_each_adamw_implementation_on_both_parameter_sets(tmp_path, data_root):
     """benchmarks/optimizer_step.py: every implementation timed on the recipe's trainable tensors and
     on the whole backbone's, and the report renders both."""
