@@ -382,6 +382,7 @@ def main() -> None:
         ("optimizer-step", "optimizer_step.json", optimizer_step_tables),
         ("speed-fused-epyc", "speed_fused_epyc.json", speed_tables),
         ("speed-backward-epyc", "speed_backward_epyc.json", speed_tables),
+        ("speed-eval128-epyc", "speed_eval128_epyc.json", speed_tables),
         ("frozen-precision", "frozen_precision.json", frozen_precision_tables),
         ("eval-batch-valid-epyc", "eval_batch_valid_epyc.json", eval_batch_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
