@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, inference_graphs_per_second, round_summary, training_setup  # noqa: E402
+from training_steps import alternating_rounds, graphs_per_second, inference_graphs_per_second, recipe_benchmark, round_summary  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.constants import FrozenValue  # noqa: E402
@@ -84,18 +84,8 @@ def operators(model, batch, on: bool) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, "frozen_constants.json", rounds=9, steps=30, threads=2)
-    parser.add_argument("--recipe", default="recipes/tox21.yaml")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    from provenance import machine
-
-    model, optimizer, batches = training_setup(REPO / args.recipe, args.data.resolve(), args.steps, args.batch_size)
+    args, model, optimizer, batches, result = recipe_benchmark(__doc__, "frozen_constants.py", "frozen_constants.json")
     runs = {"training": lambda: graphs_per_second(model, optimizer, batches), "inference": lambda: inference_graphs_per_second(model, batches)}
-    result = {"machine": machine() | {"torch_threads": args.threads}, "recipe": args.recipe, "batch_size": len(batches[0].y), "steps": args.steps,
-              "command": f"python benchmarks/frozen_constants.py --recipe {args.recipe} --rounds {args.rounds} --steps {args.steps}"
-                         + (f" --batch-size {args.batch_size}" if args.batch_size else "") + f" --threads {args.threads}"}
     result["operators"] = {name: operators(model, batches[0], on) for name, on in SETTINGS.items()}
     print(f"operators: {result['operators']}", flush=True)
     for what, run in runs.items():

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, training_setup  # noqa: E402
+from training_steps import alternating_rounds, graphs_per_second, recipe_benchmark  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.frozen import BACKWARD, bf16_frozen_products  # noqa: E402
@@ -52,18 +52,8 @@ def ratios_to_fp32(rounds: list[dict]) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, "frozen_precision.json", rounds=9, steps=30, threads=2)
-    parser.add_argument("--recipe", default="recipes/tox21.yaml")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    from provenance import machine
-
-    model, optimizer, batches = training_setup(REPO / args.recipe, args.data.resolve(), args.steps, args.batch_size)
-    result = {"machine": machine() | {"torch_threads": args.threads}, "recipe": args.recipe, "batch_size": len(batches[0].y), "steps": args.steps,
-              "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
-              "command": f"python benchmarks/frozen_precision.py --recipe {args.recipe} --rounds {args.rounds} --steps {args.steps}"
-                         + (f" --batch-size {args.batch_size}" if args.batch_size else "") + f" --threads {args.threads}"}
+    args, model, optimizer, batches, result = recipe_benchmark(__doc__, "frozen_precision.py", "frozen_precision.json")
+    result["native_bf16"] = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     timings = {name: (lambda setting=setting: timed(model, optimizer, batches, setting)) for name, setting in SETTINGS.items()}
     for timing in timings.values():  # warm-up: the allocator, and oneDNN's bf16 kernels for these shapes
         timing()

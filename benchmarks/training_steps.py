@@ -39,6 +39,27 @@ def benchmark_parser(doc: str, json_name: str, rounds: int, steps: int, threads:
     return parser
 
 
+def recipe_benchmark(doc: str, script: str, json_name: str, rounds: int = 9, steps: int = 30, threads: int = 2):
+    """What an in-process benchmark of one recipe's training steps starts with: `benchmark_parser`'s
+    options plus --recipe (default recipes/tox21.yaml) and --batch-size (default: the recipe's),
+    parsed; torch's threads set; the recipe's model, optimiser and batches (`training_setup`).
+    Returns (args, model, optimizer, batches, result), `result` holding the machine, the recipe,
+    the batch size, the steps and the command (`python benchmarks/<script> ...`)."""
+    parser = benchmark_parser(doc, json_name, rounds=rounds, steps=steps, threads=threads)
+    parser.add_argument("--recipe", default="recipes/tox21.yaml")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from provenance import machine
+
+    model, optimizer, batches = training_setup(BENCHMARKS.parent / args.recipe, args.data.resolve(), args.steps, args.batch_size)
+    command = (f"python benchmarks/{script} --recipe {args.recipe} --rounds {args.rounds} --steps {args.steps}"
+               + (f" --batch-size {args.batch_size}" if args.batch_size else "") + f" --threads {args.threads}")
+    result = {"machine": machine() | {"torch_threads": args.threads}, "recipe": args.recipe, "batch_size": len(batches[0].y), "steps": args.steps,
+              "command": command}
+    return args, model, optimizer, batches, result
+
+
 def training_setup(recipe_path: Path, data: Path, steps: int, batch_size: int | None = None, overrides: list[str] | None = None):
     """(model in training mode, its optimiser, `steps` training batches of `batch_size`, default
     the recipe's) for the recipe at `recipe_path` with `overrides` (`--set` items)."""
