@@ -21,8 +21,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -31,6 +29,7 @@ from training_steps import alternating_rounds, graphs_per_second, recipe_benchma
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.frozen import BACKWARD, bf16_frozen_products  # noqa: E402
+from cft.training.inference import cpu_computes_bf16  # noqa: E402
 
 SETTINGS = {"fp32": False, "input gradients bf16": BACKWARD, "both products bf16": True}
 
@@ -53,7 +52,7 @@ def ratios_to_fp32(rounds: list[dict]) -> dict[str, dict]:
 
 def main() -> None:
     args, model, optimizer, batches, result = recipe_benchmark(__doc__, "frozen_precision.py", "frozen_precision.json")
-    result["native_bf16"] = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    result["native_bf16"] = cpu_computes_bf16()
     timings = {name: (lambda setting=setting: timed(model, optimizer, batches, setting)) for name, setting in SETTINGS.items()}
     for timing in timings.values():  # warm-up: the allocator, and oneDNN's bf16 kernels for these shapes
         timing()

@@ -154,12 +154,12 @@ def _linear_then_norm(linear: nn.Module, norm: nn.BatchNorm1d | None, x: torch.T
     if not _plain_linear(linear):
         return linear(x), None
     if norm is None or norm.training or not norm.track_running_stats or not norm.affine:
-        return frozen_linear(x, linear.weight, linear.bias), None
+        return frozen_linear(x, linear.weight, linear.bias, owner=linear), None
     # a frozen Linear and norm fold once, not at every step (`frozen_value`)
     weight, bias, gain = frozen_value(
         linear, "folded", lambda: _folded(linear, norm), linear.weight, linear.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var
     )
-    return frozen_linear(x, weight, bias), gain
+    return frozen_linear(x, weight, bias, owner=linear), gain
 
 
 def _folded(linear: nn.Linear, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

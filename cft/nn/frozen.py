@@ -36,6 +36,9 @@ import contextvars
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from cft.nn.constants import frozen_value
 
 ROW_MULTIPLE = 32
 """Rows of every bf16 product are padded to a multiple of this (few kernel shapes; <= 31 zero rows)."""
@@ -59,20 +62,27 @@ def bf16_frozen_products(enabled: bool | str = True):
         _ENABLED.reset(token)
 
 
-def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, owner: nn.Module | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), x [N, in], weight [out, in], bias [out] -> [N, out]; in bf16
     products inside `bf16_frozen_products` when neither weight nor bias needs a gradient (the
-    backward product only, inside `bf16_frozen_products(BACKWARD)`)."""
+    backward product only, inside `bf16_frozen_products(BACKWARD)`). `owner`: the module the
+    weights belong to, which keeps their bf16 copies between calls while they stay unchanged
+    (`cft.nn.constants.frozen_value`; None: converted at every call)."""
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
     mode = _ENABLED.get()
     if not (frozen and mode and x.dim() == 2 and x.dtype == torch.float32):
         return F.linear(x, weight, bias)
+    if mode == BACKWARD and not x.requires_grad:  # nothing below needs dL/dx: the plain fp32 product
+        return F.linear(x, weight, bias)
+    sources = (weight,) if bias is None else (weight, bias)
+    weight16, bias16 = _bf16_copies(weight, bias) if owner is None else frozen_value(owner, "bf16", lambda: _bf16_copies(weight, bias), *sources)
     if mode == BACKWARD:
-        if not x.requires_grad:  # nothing below needs dL/dx: the plain fp32 product
-            return F.linear(x, weight, bias)
-        return _FrozenLinearBf16Backward.apply(x, weight, bias, weight.to(torch.bfloat16))
-    bias16 = None if bias is None else bias.to(torch.bfloat16)
-    return _FrozenLinearBf16.apply(x, weight.to(torch.bfloat16), bias16)
+        return _FrozenLinearBf16Backward.apply(x, weight, bias, weight16)
+    return _FrozenLinearBf16.apply(x, weight16, bias16)
+
+
+def _bf16_copies(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
 
 
 class _FrozenLinearBf16(torch.autograd.Function):

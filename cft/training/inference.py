@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from cft.data.dataset import MolDataset
 from cft.data.graphs import GraphDataset
 from cft.metrics import score
+from cft.nn.frozen import BACKWARD
 from cft.nn.model import CftModel
 from cft.training.distributed import DistContext
 from cft.training.prefix import PrefixCache, StoreBatches, as_is
@@ -77,8 +78,8 @@ def frozen_bf16_wanted(setting: bool | str, device: torch.device) -> bool | str:
     products would be slower than fp32 ones."""
     if setting == "auto":
         return device.type == "cpu" and cpu_has_amx()
-    if setting == "backward":
-        return "backward" if device.type != "cpu" or cpu_computes_bf16() else False
+    if setting == BACKWARD:
+        return BACKWARD if device.type != "cpu" or cpu_computes_bf16() else False
     return bool(setting)
 
 

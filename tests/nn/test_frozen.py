@@ -83,6 +83,31 @@ def test_backward_mode_keeps_the_forward_exactly_fp32_and_rounds_only_the_input_
     _close(x.grad, expected_grad)
 
 
+@pytest.mark.parametrize("mode", [True, BACKWARD])
+def test_an_owner_keeps_the_bf16_copies_until_its_weights_change(mode):
+    """With `owner`, the bf16 copies of the weights are made once and kept: the same values as
+    converting at every call, and a weight written in place is converted anew."""
+    torch.manual_seed(6)
+    linear = nn.Linear(20, 30).requires_grad_(False)
+    x = torch.randn(50, 20, requires_grad=True)
+    upstream = torch.randn(50, 30)
+
+    def run(owner):
+        x.grad = None
+        with bf16_frozen_products(mode):
+            out = frozen_linear(x, linear.weight, linear.bias, owner=owner)
+        out.backward(upstream)
+        return out.detach(), x.grad.clone()
+
+    for _ in range(2):  # the second call reads the kept copies
+        for kept, converted in zip(run(linear), run(None)):
+            assert torch.equal(kept, converted)
+    with torch.no_grad():
+        linear.weight.mul_(2.0)
+    for kept, converted in zip(run(linear), run(None)):
+        assert torch.equal(kept, converted)
+
+
 @pytest.mark.parametrize("setting", ["forward", 1.5, None])
 def test_the_switch_takes_true_false_or_backward_only(setting):
     with pytest.raises(ValueError, match="backward"):
