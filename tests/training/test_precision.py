@@ -112,44 +112,32 @@ def test_frozen_bf16_rounds_the_frozen_products_of_training_only_and_auto_follow
     assert all(t.dtype == torch.float32 for t in bundles["on"].values() if t.is_floating_point())
 
 
-def test_frozen_bf16_through_the_cli_scores_in_fp32_and_refuses_a_bad_value(tiny_recipe, tmp_path):
-    """The real `cft train` with `train.frozen_bf16=true`: `cft eval` of the bundle (fp32) gives the
-    summary's test score exactly, so the final scores were not computed in bf16."""
+def _backward_precision() -> str:
+    """What `train.frozen_bf16=backward` runs on this CPU: bf16 input gradients where bf16 is native, else fp32."""
+    return "fp32, frozen products' input gradients bf16" if inference.cpu_computes_bf16() else "fp32"
+
+
+@pytest.mark.parametrize(("setting", "precision", "bad_value"), [
+    ("true", lambda: "fp32, frozen products bf16", "sometimes"),
+    ("backward", _backward_precision, "backwards"),
+])
+def test_frozen_bf16_through_the_cli_scores_in_fp32_and_refuses_a_bad_value(tiny_recipe, tmp_path, setting, precision, bad_value):
+    """The real `cft train` with `train.frozen_bf16=true` (or `backward`): summary.json names what
+    ran, and `cft eval` of the bundle (fp32) gives the summary's test score exactly, so the final
+    scores were not computed in bf16; a bad value (a near-miss spelling too) is refused with exit
+    code 2 before any run folder is made."""
     from conftest import assert_user_error, run_cli
 
     run, env = tmp_path / "run", {"CFT_CACHE_DIR": str(tmp_path / "cache")}
-    sets = ["adapters.num_adapters=1", "adapters.placement=mlp-both", "train.frozen_bf16=true", "train.epochs=2", "train.device=cpu"]
+    sets = ["adapters.num_adapters=1", "adapters.placement=mlp-both", f"train.frozen_bf16={setting}", "train.epochs=2", "train.device=cpu"]
     done = run_cli("train", tiny_recipe, "-o", run, *[arg for s in sets for arg in ("--set", s)], env=env)
     assert done.returncode == 0, done.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["precision"] == "fp32, frozen products bf16"
+    assert summary["precision"] == precision()
     evaluated = run_cli("eval", run, "--split", "test", "--json", tmp_path / "eval.json", env=env)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["mean"] == summary["test"]["mean"]
 
-    refused = run_cli("train", tiny_recipe, "-o", tmp_path / "bad", "--set", "train.frozen_bf16=sometimes", env=env)
-    assert_user_error(refused, "train.frozen_bf16")
-    assert not (tmp_path / "bad").exists()
-
-
-def test_frozen_bf16_backward_through_the_cli_names_what_ran_and_scores_in_fp32(tiny_recipe, tmp_path):
-    """The real `cft train` with `train.frozen_bf16=backward`: summary.json names the bf16 input
-    gradients where this CPU multiplies bf16 natively (fp32 elsewhere), `cft eval` of the bundle
-    gives the summary's test score exactly, and a near-miss spelling is refused with exit code 2
-    before any run folder is made."""
-    from conftest import assert_user_error, run_cli
-
-    run, env = tmp_path / "run", {"CFT_CACHE_DIR": str(tmp_path / "cache")}
-    sets = ["adapters.num_adapters=1", "adapters.placement=mlp-both", "train.frozen_bf16=backward", "train.epochs=2", "train.device=cpu"]
-    done = run_cli("train", tiny_recipe, "-o", run, *[arg for s in sets for arg in ("--set", s)], env=env)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads((run / "summary.json").read_text())
-    expected = "fp32, frozen products' input gradients bf16" if inference.cpu_computes_bf16() else "fp32"
-    assert summary["precision"] == expected
-    evaluated = run_cli("eval", run, "--split", "test", "--json", tmp_path / "eval.json", env=env)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((tmp_path / "eval.json").read_text())["mean"] == summary["test"]["mean"]
-
-    refused = run_cli("train", tiny_recipe, "-o", tmp_path / "bad", "--set", "train.frozen_bf16=backwards", env=env)
+    refused = run_cli("train", tiny_recipe, "-o", tmp_path / "bad", "--set", f"train.frozen_bf16={bad_value}", env=env)
     assert_user_error(refused, "train.frozen_bf16")
     assert not (tmp_path / "bad").exists()
