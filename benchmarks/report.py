@@ -288,6 +288,13 @@ def frozen_precision_tables(result: dict) -> str:
     return machine_line(result) + "\n\n" + table(result)
 
 
+def routing_cost_tables(result: dict) -> str:
+    """benchmarks/routing_cost.py's rounds and step-time ratios, as that script's `table` writes them."""
+    from routing_cost import table
+
+    return machine_line(result) + "\n\n" + table(result)
+
+
 def narrow_banks_tables(result: dict) -> str:
     """benchmarks/narrow_banks.py: each setting's graphs/s per round, and the per-round ratios."""
     lines = [machine_line(result), "",
@@ -384,6 +391,7 @@ def main() -> None:
         ("speed-backward-epyc", "speed_backward_epyc.json", speed_tables),
         ("speed-eval128-epyc", "speed_eval128_epyc.json", speed_tables),
         ("frozen-precision", "frozen_precision.json", frozen_precision_tables),
+        ("routing-cost", "routing_cost.json", routing_cost_tables),
         ("eval-batch-valid-epyc", "eval_batch_valid_epyc.json", eval_batch_tables),
         ("eval-batch", "eval_batch.json", eval_batch_tables),
         ("eval-batch-1thread", "eval_batch_1thread.json", eval_batch_tables),

@@ -19,10 +19,12 @@ import torch
 from cft.data.dataset import load_dataset
 from cft.nn.backbone import Backbone
 from cft.recipe.load import load_recipe
+from cft.recipe.schema import TrainConfig
 from cft.spec import BackboneSpec
 from cft.training.build import build_training_model, set_trainable
 from cft.training.optim import make_optimizer
 from cft.training.prefix import StoreBatches
+from cft.training.trainer import batch_loss
 
 BENCHMARKS = Path(__file__).resolve().parent
 
@@ -73,12 +75,19 @@ def training_setup(recipe_path: Path, data: Path, steps: int, batch_size: int | 
     return model.train(), optimizer, batches
 
 
-def graphs_per_second(model, optimizer, batches) -> float:
-    """Training steps (forward, task loss, backward, optimiser step) over `batches`: graphs per second."""
+def graphs_per_second(model, optimizer, batches, train: TrainConfig | None = None) -> float:
+    """Training steps (forward, task loss, backward, optimiser step) over `batches`: graphs per
+    second. `train`: the recipe's training settings, whose loss the steps then minimise as `cft
+    train` does (`cft.training.trainer.batch_loss`: the task loss plus the routes' regulariser and
+    terms); None: the task loss alone."""
     graphs = 0
     start = time.perf_counter()
     for batch in batches:
-        loss = model.task_loss(model(batch), batch.y)
+        if train is None:
+            loss = model.task_loss(model(batch), batch.y)
+        else:
+            logits, routes = model(batch, with_routes=True)
+            loss = batch_loss(model, logits, routes, batch.y, train)[2]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -486,6 +486,26 @@ def test_frozen_precision_times_the_three_settings_in_every_round_and_the_report
     assert "| input gradients bf16 |" in table and "| median |" in table and result["machine"]["commit"] in table
 
 
+def test_routing_cost_times_the_three_models_with_the_trainers_loss_in_every_round(tmp_path, data_root):
+    """benchmarks/routing_cost.py: K=8 routed, K=1 r=64 and K=1 r=8 timed in every round of one
+    process, the step-time ratios from those rounds, and the report's table."""
+    out = tmp_path / "routing_cost.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "routing_cost.py"), "--data", str(data_root), "--rounds", "2", "--steps", "2",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    from routing_cost import ONE, ROUTED, SAME_WIDTH
+
+    assert len(result["rounds"]) == 2 and all(r[n] > 0 for r in result["rounds"] for n in (ROUTED, SAME_WIDTH, ONE))
+    # the routed model trains the router (task embeddings, keys, query) beside a bank as wide as K=1 r=64's
+    assert result["trainable"][ROUTED] > result["trainable"][SAME_WIDTH] > result["trainable"][ONE] and result["reg_strength"] > 0
+    bar = next(r for name, r in result["step_time_ratios"].items() if "target <= 1.1" in name)
+    assert bar["per_round"] == pytest.approx([r[SAME_WIDTH] / r[ROUTED] for r in result["rounds"]])
+    from report import routing_cost_tables
+
+    table = routing_cost_tables(result)
+    assert "target <= 1.1" in table and "| median |" in table and result["machine"]["commit"] in table
+
+
 def test_optimizer_step_times_each_adamw_implementation_on_both_parameter_sets(tmp_path, data_root):
     """benchmarks/optimizer_step.py: every implementation timed on the recipe's trainable tensors and
     on the whole backbone's, and the report renders both."""

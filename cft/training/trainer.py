@@ -37,7 +37,7 @@ from cft.metrics import better
 from cft.nn.frozen import BACKWARD, bf16_frozen_products
 from cft.nn.model import CftModel
 from cft.prior.sources import build_relation
-from cft.recipe.schema import Recipe
+from cft.recipe.schema import Recipe, TrainConfig
 from cft.training.average import WeightAverage
 from cft.training.backbones import BackboneChoice, choose_backbone, obtain_backbone
 from cft.training.build import build_training_model, read_init_bundle, resolve_metric, set_trainable
@@ -146,6 +146,25 @@ def load_inputs(recipe: Recipe, run: RunFolder, data_root: Path, resume: bool, d
     relation = None if init_bundle is not None else build_relation(recipe.prior, dataset)
     backbone = choose_backbone(recipe, run, resume)
     return RunInputs(dataset, metric, backbone, relation, init_bundle, data_seconds)
+
+
+def batch_loss(model: CftModel, logits: torch.Tensor, routes: dict[int, torch.Tensor], y: torch.Tensor, train: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """(task loss, regulariser, loss) of one training batch, the loss minimised:
+
+        L = task(logits, y) + lambda reg(routes) + beta H(routes) + gamma (1 - balance(routes)),
+
+    lambda, beta, gamma = train.reg_strength, route_entropy, route_balance (a term at weight 0 is not
+    computed); reg the prior consistency (`Router.regularizer`), H the routes' normalised entropy,
+    balance that of the mean route. logits [B, T] (any float dtype; the loss is taken in fp32), y [B, T]."""
+    lam, beta, gamma = train.reg_strength, train.route_entropy, train.route_balance
+    task_loss = model.task_loss(logits.float(), y)
+    reg = model.router.regularizer(routes) if lam > 0 else task_loss.new_zeros(())
+    loss = task_loss + lam * reg
+    if beta > 0:
+        loss = loss + beta * model.router.normalised_entropy(routes)
+    if gamma > 0:
+        loss = loss + gamma * (1.0 - model.router.normalised_balance(routes))
+    return task_loss, reg, loss
 
 
 class Trainer:
@@ -311,7 +330,6 @@ class Trainer:
         )
         pending = PendingLosses(self.device, 1 if self.device.type == "cpu" else LOSS_CHECK_EVERY)
         self.train_model.train()
-        lam, beta, gamma = recipe.train.reg_strength, recipe.train.route_entropy, recipe.train.route_balance
         epoch_started = time.perf_counter()
         total_batches = math.ceil(len(order) / bs)
         with progress_bar(f"epoch {state.epoch + 1}/{recipe.train.epochs}", total=total_batches) as advance:
@@ -321,13 +339,7 @@ class Trainer:
                 batch = batch.to(self.device, non_blocking=True)
                 with autocast(self.device, self.train_amp), bf16_frozen_products(self.frozen_bf16):
                     logits, routes = self._forward(batch, prefix)
-                    task_loss = model.task_loss(logits.float(), batch.y)
-                    reg = model.router.regularizer(routes) if lam > 0 else task_loss.new_zeros(())
-                    loss = task_loss + lam * reg
-                    if beta > 0:
-                        loss = loss + beta * model.router.normalised_entropy(routes)
-                    if gamma > 0:
-                        loss = loss + gamma * (1.0 - model.router.normalised_balance(routes))
+                    task_loss, reg, loss = batch_loss(model, logits, routes, batch.y, recipe.train)
                 if pending.add(task_loss, reg, loss, state.batch_in_epoch + 1):
                     self._check_losses(pending, advance)  # on a CPU every step, before the update
                 self.optimizer.zero_grad(set_to_none=True)
