@@ -10,7 +10,11 @@ inference over `--infer-graphs` molecules. Variants: adapters in every layer (th
 (layers 0-2) computed once and cached on the device; full fine-tuning at both batch sizes.
 
     python benchmarks/gpu_throughput.py --data DIR [--molecules N] [--device cuda] [--batch-size 2048] [--graphs 200000]
-                                        [--variants "prefix cached"]
+                                        [--variants "prefix cached"] [--source-molecules N]
+
+`--source-molecules N` takes only the first N molecules of each CSV (tests/test_benchmarks.py runs
+every variant so on a CPU in seconds, so that the few minutes of a lent GPU are not lost to a
+broken script).
 
 On a CPU the same script measures what the set costs in memory: `--device cpu --variants "prefix
 cached" --graphs 20480 --infer-graphs 2048` computes the frozen prefix (layers 0-2) of all 437,929
@@ -34,20 +38,22 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cft.data.dataset import MolDataset
-from cft.data.graphs import GraphDataset, featurise
-from cft.recipe.load import load_recipe
-from cft.training.inference import predict_logits
-from cft.training.trainer import train_recipe
+from cft.data.dataset import MolDataset  # noqa: E402
+from cft.data.graphs import GraphDataset, featurise  # noqa: E402
+from cft.recipe.load import load_recipe  # noqa: E402
+from cft.training.inference import predict_logits  # noqa: E402
+from cft.training.trainer import train_recipe  # noqa: E402
 
 MOLPCBA_MOLECULES = 437_929
 MOLPCBA_TASKS = 128
 
 
-def build_dataset(data_dir: Path, molecules: int, seed: int = 0) -> tuple[MolDataset, float]:
+def build_dataset(data_dir: Path, molecules: int, seed: int = 0, per_file: int | None = None) -> tuple[MolDataset, float]:
+    """The molecules of HIV.csv.gz and muv.csv.gz (the first `per_file` of each; None: all),
+    repeated to `molecules`, with random molpcba-like labels; and the seconds featurising took."""
     smiles = []
     for name in ("HIV.csv.gz", "muv.csv.gz"):
-        frame = pd.read_csv(data_dir / name)
+        frame = pd.read_csv(data_dir / name, nrows=per_file)
         smiles += frame["smiles"].astype(str).tolist()
     start = time.perf_counter()
     store, valid, _, _ = featurise(smiles, label="HIV+MUV")
@@ -115,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data")
     parser.add_argument("--molecules", type=int, default=MOLPCBA_MOLECULES)
+    parser.add_argument("--source-molecules", type=int, help="only the first N molecules of each CSV (a check of the script; default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (batches are slices of the store: 0 is usually fastest)")
     parser.add_argument("--batch-size", type=int, default=2048, help="the large batch (the 256 rows are measured as well)")
@@ -126,9 +133,9 @@ def main() -> None:
     args = parser.parse_args()
 
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
-    dataset, feat_seconds = build_dataset(args.data, args.molecules)
+    dataset, feat_seconds = build_dataset(args.data, args.molecules, per_file=args.source_molecules)
     rss_featurised = peak_rss_gib()  # the store of every molecule, before any model or prefix
-    print(f"device: {name}; torch {torch.__version__}; {len(dataset):,} molecules ({feat_seconds:.1f}s featurising 134k distinct); "
+    print(f"device: {name}; torch {torch.__version__}; {len(dataset):,} molecules ({feat_seconds:.1f}s featurising, {len(np.unique(dataset.rows)):,} distinct); "
           f"batch {args.batch_size}; {args.workers} loader workers; bf16 autocast", flush=True)
     rows = {}
     big = args.batch_size

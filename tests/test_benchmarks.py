@@ -9,6 +9,7 @@ effective recipe the way `cft train` does, without training anything.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -549,3 +550,21 @@ def test_pretraining_within_minutes_times_one_epoch_of_a_sample_then_fits_whole_
     assert pretrain_backbone.epochs_within(0.01, smiles, args)[0] == 1  # never none
     assert pretrain_backbone.epochs_within(5, smiles[:500], args)[0] == 600  # a short list: its own length probed
     assert not any(path.exists() for path in leftovers)
+
+
+def test_gpu_throughput_runs_its_variants_on_a_cpu_over_a_few_source_molecules(tmp_path, data_root):
+    """benchmarks/gpu_throughput.py (what benchmarks/gpu.sh runs on a lent GPU, whose minutes are
+    few): its variants train and infer through the real trainer on a CPU, here over the first 60
+    molecules of each source file repeated to 400, and the result names every variant's rates."""
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), "--data", str(data_root), "--device", "cpu",
+                    "--source-molecules", "60", "--molecules", "400", "--batch-size", "32", "--graphs", "64", "--infer-graphs", "64",
+                    "--variants", "batch 32", "--json", str(out)], check=True, capture_output=True, text=True, env=os.environ | {"CFT_QUIET": "1"})
+    result = json.loads(out.read_text())
+    assert result["molecules"] == 400 and result["device"] == "CPU" and result["atoms"] > 400
+    assert set(result["rows"]) == {"adapters every layer (K=8 r=16), batch 32", "adapters layers 3-4 (K=8 r=16), prefix cached, batch 32",
+                                   "full fine-tuning, batch 32"}
+    for row in result["rows"].values():
+        assert row["train_graphs_per_s"] > 0 and row["infer_graphs_per_s"] > 0 and row["gpu_peak_gib"] is None
+    cached = result["rows"]["adapters layers 3-4 (K=8 r=16), prefix cached, batch 32"]
+    assert cached["prefix_seconds"] > 0 and cached["trainable"] < result["rows"]["adapters every layer (K=8 r=16), batch 32"]["trainable"]
