@@ -85,7 +85,8 @@ where it is not the header's):
   (`train.frozen_bf16=true`, at the recipe's lr and at 0.003), `recipe-frozen-bf16-backward`
   (`train.frozen_bf16=backward`, on the recipe with the virtual node's banks at rank 10: since
   recipes/tox21.yaml took it, the recipe as shipped, and `recipe-vn-r10` runs with it too; its
-  earlier rows ran with the products in fp32, as their run folders' `recipe.yaml` records), `recipe-warmup2`, `recipe-ema998`
+  earlier rows ran with the products in fp32, as their run folders' `recipe.yaml` records),
+  `recipe-input-grads-bf16` (`train.frozen_bf16=backward` on the dataset's recipe as shipped), `recipe-warmup2`, `recipe-ema998`
   (`train.warmup_epochs=2`, `train.ema=0.998`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
@@ -181,9 +182,9 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import machine
-from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, recipes_backbone, run_one, shared_overrides
-from speed import PEERS_PYTHON, RECIPES_ADAPTERS, RECIPES_ADAPTERS_L14, TTR_TASKS, write_split_files
+from provenance import machine  # noqa: E402
+from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, recipes_backbone, run_one, shared_overrides  # noqa: E402
+from speed import PEERS_PYTHON, RECIPES_ADAPTERS, RECIPES_ADAPTERS_L14, TTR_TASKS, write_split_files  # noqa: E402
 
 
 class Dataset(NamedTuple):
@@ -334,6 +335,11 @@ PEERS = {
     # loss and validation stay fp32, whose rounding `recipe-frozen-bf16` showed to cost at lr 0.005
     "recipe-frozen-bf16-backward": ("cft adapters, the dataset's recipe with the frozen products' input gradients in bf16",
                                     METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10", "train.frozen_bf16=backward"]),
+    # the same on the dataset's recipe exactly as shipped (`adapters` plus frozen_bf16=backward): what
+    # `auto` would give the recipes that do not set it (at lr 0.003) on a CPU with native bf16 but no
+    # AMX; for Tox21, whose recipe sets `backward`, the same runs as `adapters`
+    "recipe-input-grads-bf16": ("cft adapters, the dataset's recipe as shipped with the frozen products' input gradients in bf16",
+                                METHODS["full method (label prior)"] + ["train.frozen_bf16=backward"]),
     # the schedule and the average at the recipe's peak lr 0.005, whose best epochs came late (24-30
     # of 30): a linear warmup over the first 2 epochs (chemprop's default warmup), and the weight
     # average over about 500 steps (EMA 0.998, five epochs) instead of 200
