@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import alternating_rounds, graphs_per_second, recipe_benchmark  # noqa: E402
+from training_steps import alternating_rounds, graphs_per_second, recipe_benchmark, rounds_markdown  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.frozen import BACKWARD, bf16_frozen_products  # noqa: E402
@@ -66,16 +66,9 @@ def main() -> None:
 
 def table(result: dict) -> str:
     """Markdown: every round's graphs/s per setting, the medians and the ratios to fp32."""
-    names = list(SETTINGS)
     lines = [f"{result['recipe']}'s model, batch {result['batch_size']}, {result['steps']} training steps per setting and round, "
-             f"{len(result['rounds'])} rounds in alternating order, one process ({'native' if result['native_bf16'] else 'emulated'} bf16 products).", "",
-             "| round | " + " | ".join(f"{n} graphs/s" for n in names) + " |", "|---:|" + "---:|" * len(names)]
-    for i, r in enumerate(result["rounds"], 1):
-        lines.append(f"| {i} | " + " | ".join(f"{r[n]:.0f}" for n in names) + " |")
-    lines.append("| median | " + " | ".join(f"{result['median_graphs_per_second'][n]:.0f}" for n in names) + " |")
-    lines += ["", "| setting / fp32 | median of the per-round ratios | min-max |", "|---|---:|---:|"]
-    for name, r in result["ratio_to_fp32"].items():
-        lines.append(f"| {name} | {r['median']:.2f}× | {r['min']:.2f}-{r['max']:.2f} |")
+             f"{len(result['rounds'])} rounds in alternating order, one process ({'native' if result['native_bf16'] else 'emulated'} bf16 products).", ""]
+    lines += rounds_markdown(result["rounds"], list(SETTINGS), result["median_graphs_per_second"], "setting / fp32", result["ratio_to_fp32"])
     return "\n".join(lines) + "\n"
 
 

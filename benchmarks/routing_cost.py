@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from speed import BASE_RECIPE, BATCH, MODES  # noqa: E402
-from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, training_setup  # noqa: E402
+from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, rounds_markdown, training_setup  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.recipe.load import load_recipe  # noqa: E402
@@ -88,14 +88,8 @@ def main() -> None:
 def table(result: dict) -> str:
     """Markdown: every round's graphs/s per model, the medians, and the step-time ratios."""
     lines = [f"Tox21, GIN-VN 300×5 frozen, batch {result['batch_size']}, {result['steps']} training steps (`cft train`'s loss, "
-             f"reg_strength {result['reg_strength']:g}) per model and round, {len(result['rounds'])} rounds in alternating order, one process.", "",
-             "| round | " + " | ".join(f"{n} graphs/s" for n in SETTINGS) + " |", "|---:|" + "---:|" * len(SETTINGS)]
-    for i, r in enumerate(result["rounds"], 1):
-        lines.append(f"| {i} | " + " | ".join(f"{r[n]:.0f}" for n in SETTINGS) + " |")
-    lines.append("| median | " + " | ".join(f"{result['median_graphs_per_second'][n]:.0f}" for n in SETTINGS) + " |")
-    lines += ["", "| step-time ratio | median of the per-round ratios | min-max |", "|---|---:|---:|"]
-    for name, r in result["step_time_ratios"].items():
-        lines.append(f"| {name} | {r['median']:.3f}× | {r['min']:.3f}-{r['max']:.3f} |")
+             f"reg_strength {result['reg_strength']:g}) per model and round, {len(result['rounds'])} rounds in alternating order, one process.", ""]
+    lines += rounds_markdown(result["rounds"], SETTINGS, result["median_graphs_per_second"], "step-time ratio", result["step_time_ratios"], digits=3)
     return "\n".join(lines) + "\n"
 
 

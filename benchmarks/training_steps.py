@@ -128,3 +128,17 @@ def round_summary(rounds: list[dict], names) -> dict:
     """The median of the per-round ratios and each setting's median graphs/s."""
     return {"median_ratio": statistics.median(p["ratio"] for p in rounds),
             "median_graphs_per_second": {name: statistics.median(p[name] for p in rounds) for name in names}}
+
+
+def rounds_markdown(rounds: list[dict], names, medians: dict[str, float], ratio_header: str, ratios: dict[str, dict], digits: int = 2) -> list[str]:
+    """Markdown lines of an `alternating_rounds` result: a table of every round's graphs/s per
+    setting (`names`) with their `medians` as its last row, then a table of `ratios` (name ->
+    {"median", "min", "max"}) under the column header `ratio_header`, to `digits` decimals."""
+    lines = ["| round | " + " | ".join(f"{n} graphs/s" for n in names) + " |", "|---:|" + "---:|" * len(names)]
+    for i, r in enumerate(rounds, 1):
+        lines.append(f"| {i} | " + " | ".join(f"{r[n]:.0f}" for n in names) + " |")
+    lines.append("| median | " + " | ".join(f"{medians[n]:.0f}" for n in names) + " |")
+    lines += ["", f"| {ratio_header} | median of the per-round ratios | min-max |", "|---|---:|---:|"]
+    for name, r in ratios.items():
+        lines.append(f"| {name} | {r['median']:.{digits}f}× | {r['min']:.{digits}f}-{r['max']:.{digits}f} |")
+    return lines
