@@ -12,7 +12,8 @@ units: the same adapter arithmetic, so what separates them is the router (task e
 propagated over the task graph, the gate's temperature and threshold), the per-node mixing
 weights and the prior-consistency regulariser in the loss. Every step is `cft train`'s: forward
 with routes, `cft.training.trainer.batch_loss` (task loss + reg_strength x regulariser),
-backward, AdamW. Each round times `--steps` steps of every model on the same batches, in
+backward, AdamW, the frozen products at the precision `train.frozen_bf16` resolves to on this CPU
+(recorded as "frozen_bf16"). Each round times `--steps` steps of every model on the same batches, in
 alternating order from round to round; the medians of the per-round step-time ratios are reported,
 with every round. The backbones are randomly initialised (a step's cost does not depend on them).
 """
@@ -35,6 +36,7 @@ from training_steps import alternating_rounds, benchmark_parser, graphs_per_seco
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.recipe.load import load_recipe  # noqa: E402
+from cft.training.inference import frozen_bf16_wanted  # noqa: E402
 
 ROUTED, SAME_WIDTH, ONE = "cft adapters K=8 r=8 (routed)", "cft one adapter K=1 r=64", "cft one adapter K=1 r=8"
 SETTINGS = (ROUTED, SAME_WIDTH, ONE)
@@ -76,7 +78,7 @@ def main() -> None:
         "machine": machine() | {"torch_threads": args.threads}, "command": command, "batch_size": BATCH, "steps": args.steps,
         "modes": {name: MODES[name] for name in SETTINGS},
         "trainable": {name: sum(p.numel() for p in setups[name][0].parameters() if p.requires_grad) for name in SETTINGS},
-        "reg_strength": trains[ROUTED].reg_strength, "tasks": len(first_model.spec.tasks), "rounds": rounds,
+        "reg_strength": trains[ROUTED].reg_strength, "frozen_bf16": frozen_bf16_wanted(trains[ROUTED].frozen_bf16, torch.device("cpu")), "tasks": len(first_model.spec.tasks), "rounds": rounds,
         "median_graphs_per_second": {name: statistics.median(r[name] for r in rounds) for name in SETTINGS},
         "step_time_ratios": step_time_ratios(rounds),
     }
@@ -85,10 +87,14 @@ def main() -> None:
     atomic_write_json(args.json, result)
 
 
+def _precision(frozen_bf16: bool | str) -> str:
+    return {False: "fp32", True: "bf16", "backward": "fp32, input gradients bf16"}[frozen_bf16]
+
+
 def table(result: dict) -> str:
     """Markdown: every round's graphs/s per model, the medians, and the step-time ratios."""
     lines = [f"Tox21, GIN-VN 300×5 frozen, batch {result['batch_size']}, {result['steps']} training steps (`cft train`'s loss, "
-             f"reg_strength {result['reg_strength']:g}) per model and round, {len(result['rounds'])} rounds in alternating order, one process.", ""]
+             f"reg_strength {result['reg_strength']:g}; frozen products {_precision(result.get('frozen_bf16', False))}) per model and round, {len(result['rounds'])} rounds in alternating order, one process.", ""]
     lines += rounds_markdown(result["rounds"], SETTINGS, result["median_graphs_per_second"], "step-time ratio", result["step_time_ratios"], digits=3)
     return "\n".join(lines) + "\n"
 

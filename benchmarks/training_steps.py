@@ -18,10 +18,12 @@ import torch
 
 from cft.data.dataset import load_dataset
 from cft.nn.backbone import Backbone
+from cft.nn.frozen import bf16_frozen_products
 from cft.recipe.load import load_recipe
 from cft.recipe.schema import TrainConfig
 from cft.spec import BackboneSpec
 from cft.training.build import build_training_model, set_trainable
+from cft.training.inference import frozen_bf16_wanted
 from cft.training.optim import make_optimizer
 from cft.training.prefix import StoreBatches
 from cft.training.trainer import batch_loss
@@ -76,10 +78,19 @@ def training_setup(recipe_path: Path, data: Path, steps: int, batch_size: int | 
 
 
 def graphs_per_second(model, optimizer, batches, train: TrainConfig | None = None) -> float:
-    """Training steps (forward, task loss, backward, optimiser step) over `batches`: graphs per
-    second. `train`: the recipe's training settings, whose loss the steps then minimise as `cft
-    train` does (`cft.training.trainer.batch_loss`: the task loss plus the routes' regulariser and
-    terms); None: the task loss alone."""
+    """Training steps (forward, task loss, backward, optimiser step) over `batches` on the CPU:
+    graphs per second. `train`: the recipe's training settings; the steps then minimise its loss
+    and run its frozen products' precision as `cft train` does (`cft.training.trainer.batch_loss`:
+    the task loss plus the routes' regulariser and terms; `train.frozen_bf16` as this CPU resolves
+    it). None: the task loss alone, at the precision of the caller's `bf16_frozen_products` block
+    (fp32 outside one)."""
+    if train is None:
+        return _timed_steps(model, optimizer, batches, None)
+    with bf16_frozen_products(frozen_bf16_wanted(train.frozen_bf16, torch.device("cpu"))):
+        return _timed_steps(model, optimizer, batches, train)
+
+
+def _timed_steps(model, optimizer, batches, train: TrainConfig | None) -> float:
     graphs = 0
     start = time.perf_counter()
     for batch in batches:
