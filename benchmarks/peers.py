@@ -186,6 +186,8 @@ from provenance import machine  # noqa: E402
 from quality import METHODS, ROUTED, ROUTED_K, _code_commit, _commit, recipes_backbone, run_one, shared_overrides  # noqa: E402
 from speed import PEERS_PYTHON, RECIPES_ADAPTERS, RECIPES_ADAPTERS_L14, TTR_TASKS, write_split_files  # noqa: E402
 
+from cft.training.inference import cpu_has_amx  # noqa: E402
+
 
 class Dataset(NamedTuple):
     """One dataset of the comparison: the cft recipe whose split is the shared split file, the CSV
@@ -228,7 +230,7 @@ BOTH_K1_R12 = RECIPES_ADAPTERS
 # the recipes' adapters at chemprop's batch of 64 (recipes/tox21.yaml's since 81dd543); every
 # method built on it differs from it in one setting. Methods with the same overrides but another
 # id (`-norouter`) were trained at another commit of cft/ and keep their own run folders.
-# fp32 products, as every run of these methods had before train.frozen_bf16 (whose `auto` is bf16 on an AMX CPU)
+# fp32 products, as every run of these methods had before train.frozen_bf16 (whose `auto` is both products bf16 on an AMX CPU)
 BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64", "train.frozen_bf16=false"]
 
 # id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
@@ -323,7 +325,7 @@ PEERS = {
                                 METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.5"]),
     "recipe-frozen-dropout02": ("cft adapters, the dataset's recipe with the frozen backbone's dropout 0.2",
                                 METHODS["full method (label prior)"] + ["backbone.frozen_dropout=0.2"]),
-    # the frozen products in bf16 pinned on (train.frozen_bf16=true; `auto` is on only with AMX tiles):
+    # the frozen products in bf16 pinned on (train.frozen_bf16=true; `auto` gives both only with AMX tiles):
     # the quality side of running them in bf16 on a CPU with AVX512-BF16 and no AMX (the EPYC)
     "recipe-frozen-bf16": ("cft adapters, the dataset's recipe with the frozen products in bf16",
                            METHODS["full method (label prior)"] + ["train.frozen_bf16=true"]),
@@ -336,8 +338,9 @@ PEERS = {
     "recipe-frozen-bf16-backward": ("cft adapters, the dataset's recipe with the frozen products' input gradients in bf16",
                                     METHODS["full method (label prior)"] + ["adapters.virtual_node=true", "adapters.rank=10", "train.frozen_bf16=backward"]),
     # the same on the dataset's recipe exactly as shipped (`adapters` plus frozen_bf16=backward): what
-    # `auto` would give the recipes that do not set it (at lr 0.003) on a CPU with native bf16 but no
-    # AMX; for Tox21, whose recipe sets `backward`, the same runs as `adapters`
+    # `auto` gives the recipes that do not set it (at lr 0.003) on a CPU with native bf16 but no AMX
+    # since the ESOL runs of this method; for Tox21, whose recipe sets `backward`, the same runs as
+    # `adapters`
     "recipe-input-grads-bf16": ("cft adapters, the dataset's recipe as shipped with the frozen products' input gradients in bf16",
                                 METHODS["full method (label prior)"] + ["train.frozen_bf16=backward"]),
     # the schedule and the average at the recipe's peak lr 0.005, whose best epochs came late (24-30
@@ -576,9 +579,12 @@ def run_folder(out: Path, tag: str, method: str, seed: int) -> Path:
 # method but ON_THE_RECIPE was measured without them, so they are set back first (a method's own
 # sets come after and win): a method keeps meaning what its rows measured. The other datasets'
 # recipes train at lr 0.003 with `auto` and no virtual-node banks too, so those pins change
-# nothing there; the rank is set back on Tox21 only (ToxCast's recipe has its own).
+# nothing there; the rank is set back on Tox21 only (ToxCast's recipe has its own). `auto` meant
+# both products in bf16 on a CPU with AMX tiles and fp32 on any other until it took the input
+# gradients' products in bf16 on CPUs with AVX512-BF16 alone: the pin is what it meant then.
 LR_BEFORE_RECIPE_CHANGES = "train.lr=0.003"
-BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false", LR_BEFORE_RECIPE_CHANGES, "train.frozen_bf16=auto",
+FORMER_AUTO = "train.frozen_bf16=" + ("true" if cpu_has_amx() else "false")
+BEFORE_RECIPE_CHANGES = ["adapters.scale=1", "train.ema=null", "adapters.embeddings=false", LR_BEFORE_RECIPE_CHANGES, FORMER_AUTO,
                          "adapters.virtual_node=false"]
 RANK_BEFORE_RECIPE_CHANGES = {"tox21": "adapters.rank=12"}
 ON_THE_RECIPE = {"adapters"} | {m for m in PEERS if m.startswith("recipe-")}  # methods measured on the recipe as it is (named recipe-*)

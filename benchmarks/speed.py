@@ -9,7 +9,8 @@ interleaved order (A, B, C, A, B, C, ...), and the median over repetitions is re
 
 - training graphs/s: cft adapters as in the shipped recipes (one linear rank-12 update on both GIN
   MLP Linears of every layer; with `train.frozen_bf16: auto`, i.e. the frozen products in bf16 on
-  a CPU with AMX tiles, and the same with them in fp32) and routed K=4 r=8 adapters on the layer outputs (the recipes
+  a CPU with AMX tiles and their input gradients' products in bf16 on one with AVX512-BF16 alone,
+  and the same with them in fp32) and routed K=4 r=8 adapters on the layer outputs (the recipes
   before) vs cft full fine-tuning of the same GIN-VN 300x5 (target >= 2.0x); adapters in the top two layers only, with
   the frozen prefix (layers 0-2) cached and recomputed; K=8 routed vs one adapter of the same rank
   vs no adapter, and one adapter of rank 64 (K=8 r=8's bank width, so the same adapter FLOPs: the
@@ -74,7 +75,8 @@ MODES = {
     # step of 64 costs against two of 32, the time-to-result lever (the score is kept: BENCHMARKS.md)
     "cft adapters of the recipes at batch 64": RECIPES_ADAPTERS + ["train.batch_size=64"],
     # the same with the frozen backbone's products in fp32: train.frozen_bf16's default `auto` runs
-    # them in bf16 on a CPU with AMX tiles (where the mode above then differs from this one)
+    # them in bf16 on a CPU with AMX tiles, and their input gradients' products in bf16 on one with
+    # AVX512-BF16 alone (where the mode above then differs from this one)
     "cft adapters of the recipes at batch 64 with frozen products fp32": RECIPES_ADAPTERS + ["train.batch_size=64", "train.frozen_bf16=false"],
     # recipes/tox21.yaml's training as a whole: its adapters at scale 8/12 and validated, chosen and
     # saved on a moving average of the weights (train.ema 0.995: one foreach lerp after every step)

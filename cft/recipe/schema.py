@@ -325,12 +325,13 @@ class TrainConfig(_Strict):
     """The frozen backbone's GIN MLP and virtual-node MLP products in bf16 while training (the steps
     and the validation of each epoch): forward product and input gradient of each frozen Linear take bf16 inputs and
     accumulate in fp32; every other value (messages, norms, adapters, heads, loss, optimiser) stays
-    fp32, and the final valid/test scores, the bundle and its predictions are fp32. `auto`: on a
-    CPU with AMX tiles (Intel Sapphire Rapids and later), where these products run several times
-    faster; off elsewhere. `true`: on any device (a CPU without native bf16 emulates it, slower);
-    `false`: fp32 throughout; `backward`: the input gradients' products only (the forward pass, the
-    loss and the validation stay fp32; only the gradients reaching the adapters are rounded), on
-    CUDA and on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX), fp32 on any other CPU.
+    fp32, and the final valid/test scores, the bundle and its predictions are fp32. `true`: on any
+    device (a CPU without native bf16 emulates it, slower); `false`: fp32 throughout; `backward`:
+    the input gradients' products only (the forward pass, the loss and the validation stay fp32;
+    only the gradients reaching the adapters are rounded), on CUDA and on a CPU that multiplies
+    bf16 natively (AVX512-BF16 or AMX), fp32 on any other CPU. `auto`: both products on a CPU with
+    AMX tiles (Intel Sapphire Rapids and later), where they run several times faster; `backward`
+    on a CPU with AVX512-BF16 and no AMX (AMD Zen 4 and later); fp32 on CUDA and on any other CPU.
     No effect on a trained (unfrozen) backbone or under bf16 autocast."""
     compile: bool = False
     """Opt-in torch.compile of the model."""

@@ -64,20 +64,23 @@ def cpu_computes_bf16() -> bool:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles, on which oneDNN's bf16 matrix products run several times
-    faster than fp32 ones (where `train.frozen_bf16: auto` was measured to pay). CPUs with only
-    AVX512-BF16 are left in fp32, where the recipes' scores were measured: the padded bf16 products
-    trained 1.18x faster on one (an AMD EPYC, commit 3c2a3ef) but are not free of the step size
-    (docs/distributed.md)."""
+    faster than fp32 ones (where `train.frozen_bf16: auto` was measured to pay with both products in
+    bf16). On CPUs with only AVX512-BF16 `auto` rounds the input gradients' products only: both in
+    bf16 trained 1.18x faster on one (an AMD EPYC, commit 3c2a3ef) but were not free of the step
+    size, the input gradients alone 1.10x and level with fp32 (docs/distributed.md)."""
     return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 def frozen_bf16_wanted(setting: bool | str, device: torch.device) -> bool | str:
     """`train.frozen_bf16` resolved on `device`, as `cft.nn.frozen.bf16_frozen_products` takes it:
-    `auto` is on (True) for a CPU with AMX tiles only; "backward" stays "backward" on CUDA and on a
-    CPU that multiplies bf16 natively, and is off (fp32) on any other CPU, where emulated bf16
-    products would be slower than fp32 ones."""
+    `auto` is both products (True) on a CPU with AMX tiles, the input gradients' only ("backward")
+    on a CPU that multiplies bf16 natively without AMX (AVX512-BF16), and off (fp32) on CUDA and on
+    any other CPU; "backward" stays "backward" on CUDA and on a CPU that multiplies bf16 natively,
+    and is off (fp32) on any other CPU, where emulated bf16 products would be slower than fp32 ones."""
     if setting == "auto":
-        return device.type == "cpu" and cpu_has_amx()
+        if device.type != "cpu":
+            return False
+        return True if cpu_has_amx() else (BACKWARD if cpu_computes_bf16() else False)
     if setting == BACKWARD:
         return BACKWARD if device.type != "cpu" or cpu_computes_bf16() else False
     return bool(setting)

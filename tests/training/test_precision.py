@@ -77,8 +77,9 @@ def test_bf16_cpu_through_the_cli_records_the_precision_and_refuses_a_non_boolea
 
 def test_frozen_bf16_rounds_the_frozen_products_of_training_only_and_auto_follows_amx(tmp_path, monkeypatch):
     """`train.frozen_bf16`: on (or on for the input gradients only), the same training to bf16's
-    precision; `auto` is on exactly where the CPU has AMX tiles, `backward` where it multiplies
-    bf16 natively (fp32 elsewhere); the weights stay fp32."""
+    precision; `auto` is both where the CPU has AMX tiles, the input gradients only where it
+    multiplies bf16 natively without them, fp32 elsewhere; `backward` is on where the CPU
+    multiplies bf16 natively (fp32 elsewhere); the weights stay fp32."""
     monkeypatch.setenv("CFT_CACHE_DIR", str(tmp_path / "cache"))
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(TINY_RECIPE.replace("limit: 400", "limit: 160").replace("epochs: 3", "epochs: 2"))
@@ -86,7 +87,7 @@ def test_frozen_bf16_rounds_the_frozen_products_of_training_only_and_auto_follow
     summaries, bundles = {}, {}
     # (run, setting, the CPU has AMX tiles, the CPU multiplies bf16 natively)
     settings = (("off", "false", True, True), ("on", "true", False, False), ("auto-amx", "auto", True, True), ("auto-no-amx", "auto", False, True),
-                ("backward", "backward", False, True), ("backward-no-bf16", "backward", True, False))
+                ("auto-no-bf16", "auto", False, False), ("backward", "backward", False, True), ("backward-no-bf16", "backward", True, False))
     for name, setting, amx, native in settings:
         monkeypatch.setattr(inference, "cpu_has_amx", lambda amx=amx: amx)
         monkeypatch.setattr(inference, "cpu_computes_bf16", lambda native=native: native)
@@ -95,9 +96,10 @@ def test_frozen_bf16_rounds_the_frozen_products_of_training_only_and_auto_follow
         bundles[name] = load_file(str(tmp_path / name / "bundle.safetensors"))
 
     precision = {name: summary["precision"] for name, summary in summaries.items()}
-    assert precision == {"off": "fp32", "on": "fp32, frozen products bf16", "auto-amx": "fp32, frozen products bf16", "auto-no-amx": "fp32",
-                         "backward": "fp32, frozen products' input gradients bf16", "backward-no-bf16": "fp32"}
-    for same, as_ in (("auto-amx", "on"), ("auto-no-amx", "off"), ("backward-no-bf16", "off")):
+    grads = "fp32, frozen products' input gradients bf16"
+    assert precision == {"off": "fp32", "on": "fp32, frozen products bf16", "auto-amx": "fp32, frozen products bf16", "auto-no-amx": grads,
+                         "auto-no-bf16": "fp32", "backward": grads, "backward-no-bf16": "fp32"}
+    for same, as_ in (("auto-amx", "on"), ("auto-no-amx", "backward"), ("auto-no-bf16", "off"), ("backward-no-bf16", "off")):
         for key, tensor in bundles[as_].items():
             assert torch.equal(bundles[same][key], tensor), (same, key)
     off, on = _history(tmp_path / "off"), _history(tmp_path / "on")
