@@ -86,7 +86,8 @@ where it is not the header's):
   (`train.frozen_bf16=backward`, on the recipe with the virtual node's banks at rank 10: since
   recipes/tox21.yaml took it, the recipe as shipped, and `recipe-vn-r10` runs with it too; its
   earlier rows ran with the products in fp32, as their run folders' `recipe.yaml` records),
-  `recipe-input-grads-bf16` (`train.frozen_bf16=backward` on the dataset's recipe as shipped), `recipe-warmup2`, `recipe-ema998`
+  `recipe-input-grads-bf16` (`train.frozen_bf16=backward` on the dataset's recipe as shipped) and `recipe-frozen-fp32` (`false`),
+  `recipe-warmup2`, `recipe-ema998`
   (`train.warmup_epochs=2`, `train.ema=0.998`);
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
@@ -343,6 +344,10 @@ PEERS = {
     # `adapters`
     "recipe-input-grads-bf16": ("cft adapters, the dataset's recipe as shipped with the frozen products' input gradients in bf16",
                                 METHODS["full method (label prior)"] + ["train.frozen_bf16=backward"]),
+    # and with every frozen product in fp32 (train.frozen_bf16=false): what `auto` gave the recipes on
+    # a CPU without AMX before it took `backward` there, the comparison for the row above
+    "recipe-frozen-fp32": ("cft adapters, the dataset's recipe as shipped with the frozen products in fp32",
+                           METHODS["full method (label prior)"] + ["train.frozen_bf16=false"]),
     # the schedule and the average at the recipe's peak lr 0.005, whose best epochs came late (24-30
     # of 30): a linear warmup over the first 2 epochs (chemprop's default warmup), and the weight
     # average over about 500 steps (EMA 0.998, five epochs) instead of 200
