@@ -35,6 +35,7 @@ from speed import BASE_RECIPE, BATCH, MODES  # noqa: E402
 from training_steps import alternating_rounds, benchmark_parser, graphs_per_second, rounds_markdown, training_setup  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
+from cft.nn.frozen import PRECISION_NAMES  # noqa: E402
 from cft.recipe.load import load_recipe  # noqa: E402
 from cft.training.inference import frozen_bf16_wanted  # noqa: E402
 
@@ -87,14 +88,10 @@ def main() -> None:
     atomic_write_json(args.json, result)
 
 
-def _precision(frozen_bf16: bool | str) -> str:
-    return {False: "fp32", True: "bf16", "backward": "fp32, input gradients bf16"}[frozen_bf16]
-
-
 def table(result: dict) -> str:
     """Markdown: every round's graphs/s per model, the medians, and the step-time ratios."""
     lines = [f"Tox21, GIN-VN 300×5 frozen, batch {result['batch_size']}, {result['steps']} training steps (`cft train`'s loss, "
-             f"reg_strength {result['reg_strength']:g}; frozen products {_precision(result.get('frozen_bf16', False))}) per model and round, {len(result['rounds'])} rounds in alternating order, one process.", ""]
+             f"reg_strength {result['reg_strength']:g}; {PRECISION_NAMES[result.get('frozen_bf16', False)]}) per model and round, {len(result['rounds'])} rounds in alternating order, one process.", ""]
     lines += rounds_markdown(result["rounds"], SETTINGS, result["median_graphs_per_second"], "step-time ratio", result["step_time_ratios"], digits=3)
     return "\n".join(lines) + "\n"
 

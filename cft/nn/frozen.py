@@ -46,6 +46,10 @@ ROW_MULTIPLE = 32
 BACKWARD = "backward"
 """`bf16_frozen_products(BACKWARD)`: only the input gradients' products in bf16, the forward in fp32."""
 
+PRECISION_NAMES = {False: "fp32", True: "fp32, frozen products bf16", BACKWARD: "fp32, frozen products' input gradients bf16"}
+"""What a training in fp32 with the frozen products in each `bf16_frozen_products` mode is called
+(summary.json's `precision`, the benchmarks' tables)."""
+
 _ENABLED = contextvars.ContextVar("cft_bf16_frozen_products", default=False)
 
 

@@ -34,7 +34,7 @@ from cft.files.backbone import save_backbone
 from cft.files.bundle import BundleInfo, save_bundle
 from cft.files.runfolder import RunFolder
 from cft.metrics import better
-from cft.nn.frozen import BACKWARD, bf16_frozen_products
+from cft.nn.frozen import PRECISION_NAMES, bf16_frozen_products
 from cft.nn.model import CftModel
 from cft.prior.sources import build_relation
 from cft.recipe.schema import Recipe, TrainConfig
@@ -250,9 +250,7 @@ class Trainer:
         # the products run in the GIN layers from the first insertion layer up (below it: the fp32 prefix)
         frozen = self.model.backbone.spec.arch == "gin" and not any(p.requires_grad for p in self.model.backbone.parameters())
         frozen = frozen and bool(self.model.router.layers)
-        if not (self.frozen_bf16 and frozen):
-            return "fp32"
-        return "fp32, frozen products' input gradients bf16" if self.frozen_bf16 == BACKWARD else "fp32, frozen products bf16"
+        return PRECISION_NAMES[self.frozen_bf16 if frozen else False]
 
     # --------------------------------------------------------------- checkpoints
 
