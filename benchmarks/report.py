@@ -415,6 +415,7 @@ def main() -> None:
         ("peers-tox21-epyc", "peers_tox21_epyc.json", peers_tables),
         ("peers-tox21-e20", "peers_tox21_e20.json", peers_tables),
         ("peers-tox21-e20-recipe", "peers_tox21_e20_recipe_epyc.json", peers_tables),
+        ("peers-tox21-b128", "peers_tox21_b128_epyc.json", peers_tables),
         ("peers-tox21-ema", "peers_tox21_ema.json", peers_tables),
         ("peers-tox21-hivmuv", "peers_tox21_hivmuv.json", peers_tables),
         ("peers-tox21-xeon10", "peers_tox21_xeon10.json", peers_tables),
