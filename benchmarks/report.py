@@ -295,6 +295,13 @@ def routing_cost_tables(result: dict) -> str:
     return machine_line(result) + "\n\n" + table(result)
 
 
+def step_profile_tables(result: dict) -> str:
+    """benchmarks/step_profile.py's groups, reference products and top operators, as its `table` writes them."""
+    from step_profile import table
+
+    return machine_line(result) + "\n\n" + table(result)
+
+
 def narrow_banks_tables(result: dict) -> str:
     """benchmarks/narrow_banks.py: each setting's graphs/s per round, and the per-round ratios."""
     lines = [machine_line(result), "",
@@ -416,6 +423,7 @@ def main() -> None:
         ("peers-tox21-e20", "peers_tox21_e20.json", peers_tables),
         ("peers-tox21-e20-recipe", "peers_tox21_e20_recipe_epyc.json", peers_tables),
         ("peers-tox21-b128", "peers_tox21_b128_epyc.json", peers_tables),
+        ("step-profile", "step_profile.json", step_profile_tables),
         ("peers-tox21-ema", "peers_tox21_ema.json", peers_tables),
         ("peers-tox21-hivmuv", "peers_tox21_hivmuv.json", peers_tables),
         ("peers-tox21-xeon10", "peers_tox21_xeon10.json", peers_tables),

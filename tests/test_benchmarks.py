@@ -512,6 +512,28 @@ def test_routing_cost_times_the_three_models_with_the_trainers_loss_in_every_rou
     assert "target <= 1.1" in table and "| median |" in table and result["machine"]["commit"] in table
 
 
+def test_step_profile_splits_the_steps_operator_time_and_rates_the_products(tmp_path, data_root):
+    """benchmarks/step_profile.py: the profiled steps' operator time in groups that add up to all of
+    it, the frozen Linears' products among the large ones with their FLOPs, the reference product
+    timed alone, and the report's table."""
+    out = tmp_path / "step_profile.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_profile.py"), "--data", str(data_root), "--steps", "2", "--warmup", "1",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    groups = result["groups"]
+    assert sum(g["share"] for g in groups.values()) == pytest.approx(1.0)
+    assert sum(g["seconds"] for g in groups.values()) == pytest.approx(result["profiled_self_seconds"])
+    # recipes/tox21.yaml: ten frozen GIN Linears a step, each over the batch's atoms (fp32 forward)
+    large = groups["large products, fp32"]
+    assert large["calls"] >= 2 * 10 and large["flops"] > 2 * 10 * 50e6 and large["gflops"] > 0
+    assert "message passing (gathers, scatters)" in groups and any(name.startswith("small products") for name in groups)
+    assert result["reference"]["fp32"]["alone_gflops"] > 0 and result["graphs_per_second"] > 0
+    from report import step_profile_tables
+
+    table = step_profile_tables(result)
+    assert "| large products, fp32 |" in table and "GFLOP/s alone" in table and result["machine"]["commit"] in table
+
+
 def test_optimizer_step_times_each_adamw_implementation_on_both_parameter_sets(tmp_path, data_root):
     """benchmarks/optimizer_step.py: every implementation timed on the recipe's trainable tensors and
     on the whole backbone's, and the report renders both."""
