@@ -348,6 +348,30 @@ def optimizer_step_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading's text: lower case, every character but letters, digits,
+    spaces, hyphens and underscores dropped, spaces made hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def contents(text: str) -> str:
+    """A list of the document's `##` and `###` headings (outside code fences) linked to their
+    anchors, `###` indented under its `##`; a heading text seen before gets GitHub's -1, -2 suffix."""
+    lines, seen, fenced = [], {}, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"(##|###) (.+)$", line)
+        if not match:
+            continue
+        level, title = match.groups()
+        anchor = github_anchor(title)
+        count = seen.get(anchor, 0)
+        seen[anchor] = count + 1
+        lines.append(f"{'  ' if level == '###' else ''}- [{title}](#{anchor}{f'-{count}' if count else ''})")
+    return "\n".join(lines) + "\n"
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
     if not pattern.search(text):
@@ -472,6 +496,8 @@ def main() -> None:
         result = _load(loader)
         if result is not None and f"<!-- begin:{name} -->" in text:
             text = replace_block(text, name, render(result))
+    if "<!-- begin:contents -->" in text:
+        text = replace_block(text, "contents", contents(text))
     path.write_text(text)
     print(f"updated {path}", file=sys.stderr)
 

@@ -228,6 +228,22 @@ def test_report_lists_regression_peers_lowest_error_first():
     assert table.index("| better |") < table.index("| worse |")
 
 
+def test_report_contents_links_every_heading_outside_code_to_githubs_anchor():
+    """BENCHMARKS.md's contents block: `##` and `###` headings in order, `###` indented, anchors as
+    GitHub makes them (punctuation dropped, a repeated heading suffixed), none from a code fence."""
+    from report import contents
+
+    text = ("# Benchmarks\n\n```bash\n## not a heading\n```\n## Speed\n### #14's bars (commit 55b458b, AMD EPYC)\n"
+            "### K=8 routed: 1.1× one adapter\n## Quality\n### Speed\n")
+    assert contents(text).splitlines() == [
+        "- [Speed](#speed)",
+        "  - [#14's bars (commit 55b458b, AMD EPYC)](#14s-bars-commit-55b458b-amd-epyc)",
+        "  - [K=8 routed: 1.1× one adapter](#k8-routed-11-one-adapter)",
+        "- [Quality](#quality)",
+        "  - [Speed](#speed-1)",
+    ]
+
+
 def test_report_names_the_runs_trained_at_other_code_than_the_header():
     import report
 
