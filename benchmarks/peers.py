@@ -90,6 +90,9 @@ where it is not the header's):
   `recipe-warmup2`, `recipe-ema998`
   (`train.warmup_epochs=2`, `train.ema=0.998`), `recipe-b128-lr007` (`train.batch_size=128`,
   `train.lr=0.007`);
+- `default-input-grads-bf16`, `default-frozen-fp32`: recipes/default.yaml's settings (the Tox21
+  recipe less its virtual-node and embedding banks, scale, weight average and step size, at batch
+  32) with `train.frozen_bf16` backward and false;
 - `adapters-plain-routes`: the recipe with plain routes, `prior.norm=none` and no route terms in
   the loss (recipes/tox21.yaml's own settings; recipes/toxcast.yaml's until it took PairNorm and
   the two route terms);
@@ -239,6 +242,8 @@ BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64", "train.frozen_b
 # recipes/tox21.yaml's scale and weight average over the recipe as it was (BEFORE_RECIPE_CHANGES),
 # with the frozen products in bf16 pinned (what `auto` gives on an AMX CPU): the base of the methods
 # that measure one thing on top of the Tox21 recipe
+DEFAULT_RECIPE = METHODS["full method (label prior)"] + ["adapters.rank=12", "adapters.virtual_node=false", "adapters.embeddings=false",
+                                                          "adapters.scale=1", "train.ema=null", "train.lr=0.003", "train.batch_size=32"]
 TOX21_SETTINGS = METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995"]
 
 PEERS = {
@@ -354,6 +359,13 @@ PEERS = {
     # average over about 500 steps (EMA 0.998, five epochs) instead of 200
     "recipe-warmup2": ("cft adapters, the dataset's recipe with 2 warmup epochs", METHODS["full method (label prior)"] + ["train.warmup_epochs=2"]),
     "recipe-ema998": ("cft adapters, the dataset's recipe with EMA 0.998", METHODS["full method (label prior)"] + ["train.ema=0.998"]),
+    # recipes/default.yaml (what `cft train --data CSV` trains) on the dataset: the Tox21 recipe less
+    # its virtual-node and embedding banks, scale, weight average and step size, at batch 32 (every
+    # other field the same), with the input gradients' products in bf16 (what `auto` gives it on a
+    # CPU with AVX512-BF16 and no AMX) and in fp32: its quality side of that `auto`
+    "default-input-grads-bf16": ("cft adapters, the default recipe's settings with the frozen products' input gradients in bf16",
+                                 DEFAULT_RECIPE + ["train.frozen_bf16=backward"]),
+    "default-frozen-fp32": ("cft adapters, the default recipe's settings with the frozen products in fp32", DEFAULT_RECIPE + ["train.frozen_bf16=false"]),
     # the time-to-result lever that keeps the epochs: batch 128 trains 1.2x the graphs/s of 64 on
     # the EPYC (one process), at the square-root-scaled peak lr (0.005 * sqrt 2): the recipe at 20
     # epochs scored lower on every seed, its best epochs its last (BENCHMARKS.md, "The recipe at 20 epochs")

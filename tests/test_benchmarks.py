@@ -133,6 +133,12 @@ def test_every_cft_peer_method_is_a_valid_recipe_that_changes_what_its_name_says
         assert loaded["recipe-frozen-bf16-backward"] == loaded["adapters"], "the recipe is what the recipe-frozen-bf16-backward rows measured"
         assert loaded["recipe-input-grads-bf16"] == loaded["adapters"], "recipes/tox21.yaml sets frozen_bf16: backward itself"
         assert loaded["recipe-frozen-fp32"].train.frozen_bf16 is False
+        # the default-* methods train recipes/default.yaml's model and schedule on the dataset
+        default = load_recipe(REPO / "recipes" / "default.yaml")
+        for method, setting in (("default-input-grads-bf16", "backward"), ("default-frozen-fp32", False)):
+            r = loaded[method]
+            assert (r.backbone, r.adapters, r.prior, r.routing) == (default.backbone, default.adapters, default.prior, default.routing)
+            assert r.train.frozen_bf16 == setting and r.train.model_copy(update={"frozen_bf16": default.train.frozen_bf16}) == default.train
     # LoRA trains with the head-only recipe's optimiser: at the lr its rows were measured at, whatever the recipe says now
     lora = load_recipe(REPO / recipe_path, peers.lora_overrides({"shared": [], "patience": 10, "epochs": 30, "threads": 1}, 0))
     assert lora.train.lr == 0.003 and not lora.adapters.enabled
