@@ -6,8 +6,8 @@ this CPU's best on the same shapes.
 
 One process, the recipe's model on `--warmup` + 2 x `--steps` of its training batches, each step
 `cft train`'s forward, loss (`cft.training.trainer.batch_loss`), backward and AdamW step at the
-frozen products' precision `train.frozen_bf16` resolves to on this CPU (no validation, gradient
-clipping, weight average or schedule: a few percent of a step). After the warm-up, `--steps` steps
+frozen products' precision `train.frozen_bf16` resolves to on this CPU (`cft train` adds gradient
+clipping, the weight average, the schedule and validation). After the warm-up, `--steps` steps
 are timed plainly (graphs/s) and `--steps` more under torch.profiler with FLOP counts. Reported:
 
 - the profiled steps' self CPU time in groups: matrix products (`aten::mm`, `addmm`, `addmm_`,
