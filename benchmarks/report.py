@@ -488,6 +488,7 @@ def main() -> None:
         ("peers-tox21-full-fused", "peers_tox21_full_fused_epyc.json", peers_tables),
         ("peers-esol-input-grads-bf16", "peers_esol_input_grads_bf16_epyc.json", peers_tables),
         ("peers-toxcast-input-grads-bf16", "peers_toxcast_input_grads_bf16_epyc.json", peers_tables),
+        ("peers-tox21-default-input-grads-bf16", "peers_tox21_default_input_grads_bf16_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
