@@ -238,14 +238,15 @@ BOTH_K1_R12 = RECIPES_ADAPTERS
 # fp32 products, as every run of these methods had before train.frozen_bf16 (whose `auto` is both products bf16 on an AMX CPU)
 BOTH_K1_R12_B64 = FORMER + BOTH_K1_R12 + ["train.batch_size=64", "train.frozen_bf16=false"]
 
-# id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 # recipes/tox21.yaml's scale and weight average over the recipe as it was (BEFORE_RECIPE_CHANGES),
 # with the frozen products in bf16 pinned (what `auto` gives on an AMX CPU): the base of the methods
 # that measure one thing on top of the Tox21 recipe
+TOX21_SETTINGS = METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995"]
+# recipes/default.yaml's model and schedule written over the dataset's recipe (a test holds them equal)
 DEFAULT_RECIPE = METHODS["full method (label prior)"] + ["adapters.rank=12", "adapters.virtual_node=false", "adapters.embeddings=false",
                                                           "adapters.scale=1", "train.ema=null", "train.lr=0.003", "train.batch_size=32"]
-TOX21_SETTINGS = METHODS["full method (label prior)"] + ["train.frozen_bf16=true", "adapters.scale=0.6667", "train.ema=0.995"]
 
+# id -> (name in the result file, --set list of a cft run or None for a peer); main() names the dataset's recipe in `adapters`
 PEERS = {
     "adapters": ("cft adapters (recipes/tox21.yaml)", METHODS["full method (label prior)"]),
     # the dataset's recipe validated, chosen and saved on an exponential moving average of the

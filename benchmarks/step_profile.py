@@ -97,10 +97,11 @@ def grouped(events) -> tuple[dict[str, dict], dict[str, dict], dict[tuple, dict]
                 shape, flops = (dtype, m, k, n), 2 * m * k * n
             else:  # bmm, baddbmm: the profiler's count
                 flops = int(e.flops or 0)
-        for bucket, key in ((groups, group_of(e.name, dtype, flops)), (operators, e.name)):
-            bucket[key]["seconds"] += seconds
-            bucket[key]["calls"] += 1
-        groups[group_of(e.name, dtype, flops)]["flops"] += flops
+        group = groups[group_of(e.name, dtype, flops)]
+        for entry in (group, operators[e.name]):
+            entry["seconds"] += seconds
+            entry["calls"] += 1
+        group["flops"] += flops
         if shape is not None and flops >= LARGE_FLOPS:
             shapes[shape]["seconds"] += seconds
             shapes[shape]["calls"] += 1
