@@ -106,6 +106,21 @@ class AdapterBank(nn.Module):
         a = self._weighted_activations(h, alpha, scale)
         return out.addmm_(a.to(out.dtype), v.t().to(out.dtype))  # the dtypes of a bf16-autocast Linear's output
 
+    def low_rank_factors(self, scale: float = 1.0, gain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A [P, hidden], B [out_dim, P]) with B A = g s sum_i V_i U_i, the bank's update as one
+        low-rank matrix, when it is one: phi the identity, every routing weight 1 and no input
+        dropout in training; None otherwise. P = `product_width` (zero rows of A and columns of B
+        past K*r, so the products on them keep their width); g [out_dim] a per-output gain (None: 1).
+        A Linear beside the bank reading its input then computes x (W + B A)^T + b in one product
+        (`cft.nn.frozen.frozen_linear_low_rank`)."""
+        if self.activation != "identity" or (self.dropout and self.training):
+            return None
+        kr = self.num_adapters * self.rank
+        up = self._stacked_v() * scale
+        if gain is not None:
+            up = up * gain.unsqueeze(1)
+        return _zero_rows(self.U.reshape(kr, self.hidden), self.product_width - kr), up
+
     def _weighted_activations(self, h: torch.Tensor, alpha: torch.Tensor | None, scale: float) -> torch.Tensor:
         """s alpha_i phi(U_i h) of every adapter, flattened and zero-padded: [N, d] -> [N, P],
         P = `product_width` (the columns past K*r zero)."""
@@ -147,6 +162,10 @@ class EmbeddingAdapterBank(AdapterBank):
         offsets = torch.tensor([0, *vocabulary[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
 
+    def low_rank_factors(self, scale: float = 1.0, gain: torch.Tensor | None = None) -> None:
+        """None: the bank reads integer atom features, not a Linear's input, so nothing merges it."""
+        return None
+
     def _hidden_units(self, x: torch.Tensor, width: int) -> torch.Tensor:
         """phi(U m(x)) of the stacked U, zero columns appended up to `width`: x [N, F] integer atom
         features -> [N, width] (a lookup, not a product: only the V product gains by the width)."""
@@ -168,3 +187,8 @@ class BankUpdate:
 
     def add_to(self, out: torch.Tensor, h: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
         return self.bank.add_to(out, h, self.alpha, self.scale, gain)
+
+    def low_rank_factors(self, gain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The update as (A, B) to merge into the Linear beside it (`AdapterBank.low_rank_factors`),
+        or None: per-node routing weights make it no single matrix."""
+        return self.bank.low_rank_factors(self.scale, gain) if self.alpha is None else None

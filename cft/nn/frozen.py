@@ -129,3 +129,53 @@ def padded_bf16_product(a: torch.Tensor, b16: torch.Tensor, bias16: torch.Tensor
     buffer[n:].zero_()
     out = torch.addmm(bias16, buffer, b16) if bias16 is not None else buffer @ b16
     return out[:n].to(a.dtype)
+
+
+
+def merges_low_rank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `frozen_linear_low_rank` computes this frozen Linear with its update merged: its
+    weights need no gradient, x is an fp32 matrix outside autocast, and the forward product is fp32
+    (not inside `bf16_frozen_products(True)`, where a merged weight rounded to bf16 would lose an
+    update much smaller than the weight itself)."""
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    return (frozen and _ENABLED.get() is not True and x.dim() == 2 and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+def frozen_linear_low_rank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """A frozen Linear with a trained low-rank update merged into its weight, for one step:
+
+        y = x W'^T + b,   W' = W + B A,
+        dL/dx = dL/dy W',   dL/dA = (dL/dy B)^T x,   dL/dB = dL/dy^T (x A^T),
+
+    x [N, in], W [out, in] and b [out] frozen (`merges_low_rank` must hold), A = `down` [P, in] and
+    B = `up` [out, P] trained, -> [N, out]. The same values as x W^T + b + (x A^T) B^T within float
+    rounding, with one [N, in] x [in, out] product forward instead of that and two narrow ones
+    ([N, in] x [in, P], [N, P] x [P, out]); the merge is a [out, P] x [P, in] product that does not
+    grow with N. The backward takes LoRA's four narrow products for A's and B's gradients and
+    dL/dx in one product with W' (in bf16, fp32(bf16(dL/dy) bf16(W')), inside
+    `bf16_frozen_products("backward")`) instead of two."""
+    return _FrozenLinearLowRank.apply(x, weight, bias, down, up, _ENABLED.get() == BACKWARD and x.requires_grad)
+
+
+class _FrozenLinearLowRank(torch.autograd.Function):
+    """`frozen_linear_low_rank`: y = x (W + B A)^T + b; gradients for x, A and B (W, b are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, down, up, backward_bf16: bool):
+        merged = torch.addmm(weight, up, down)  # W + B A, [out, in]
+        ctx.save_for_backward(x, down, up, merged.to(torch.bfloat16) if backward_bf16 else merged)
+        return F.linear(x, merged, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, down, up, merged = ctx.saved_tensors
+        needs_x, needs_down, needs_up = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        grad_x = grad_down = grad_up = None
+        if needs_x:
+            grad_x = padded_bf16_product(grad_out, merged) if merged.dtype == torch.bfloat16 else grad_out @ merged
+        if needs_down:
+            grad_down = (grad_out @ up).t() @ x
+        if needs_up:
+            grad_up = grad_out.t() @ (x @ down.t())
+        return grad_x, None, None, grad_down, grad_up, None
