@@ -1,10 +1,11 @@
 """What merging a linear bank's update into the frozen Linear beside it saves: training steps and
 inference passes of a recipe's model (by default recipes/tox21.yaml) with the update merged
-(`cft.nn.frozen.frozen_linear_low_rank`) and computed apart (x W^T + b, then (x A^T) B^T added in
-place), side by side in one process.
+(`cft.nn.frozen.frozen_linear_low_rank`, as shipped) and computed apart (the code before:
+x W^T + b, then (x A^T) B^T added in place; `merges_low_rank` replaced here by one that always
+says no), side by side in one process.
 
     python benchmarks/merged_updates.py [--recipe recipes/tox21.yaml] [--rounds 9] [--steps 30]
-                                        [--batch-size N] [--threads 2] [--json benchmarks/results/merged_updates.json]
+                                        [--batch-size N] [--threads 2] [--json benchmarks/results/merged_updates_tox21.json]
 
 Each round times `--steps` training steps (forward, the recipe's loss, backward, AdamW, at the
 frozen products' precision `train.frozen_bf16` resolves to on this CPU, as `cft train` runs them)
@@ -44,7 +45,7 @@ SETTINGS = {"merged": True, "apart": False}
 
 
 def use_merge(on: bool) -> None:
-    """The backbone's Linears with their banks' updates merged (on) or computed apart (off)."""
+    """The backbone's Linears with their banks' updates merged (on, as shipped) or computed apart (off)."""
     backbone_module.merges_low_rank = MERGES if on else (lambda *args: False)
 
 
@@ -81,7 +82,7 @@ def one_step(model, batch, train, on: bool) -> tuple[torch.Tensor, dict[str, tor
 
 
 def main() -> None:
-    args, model, optimizer, batches, result = recipe_benchmark(__doc__, "merged_updates.py", "merged_updates.json")
+    args, model, optimizer, batches, result = recipe_benchmark(__doc__, "merged_updates.py", "merged_updates_tox21.json")
     train = load_recipe(REPO / args.recipe).train
     with torch.no_grad():  # up-projections away from their zero start, as after some training
         for name, p in model.named_parameters():

@@ -324,16 +324,32 @@ def _rounds_table(result: dict, ratio_name: str) -> list[str]:
 
 def frozen_constants_tables(result: dict) -> str:
     """benchmarks/frozen_constants.py: operators dispatched per setting, then the training and inference rounds."""
+    return _operators_and_rounds(result, ("kept", "recomputed"), "Kept / recomputed")
+
+
+def merged_updates_tables(result: dict) -> str:
+    """benchmarks/merged_updates.py: operators dispatched per setting and how far their values
+    differ, then the training and inference rounds."""
+    return _operators_and_rounds(result, ("merged", "apart"), "Merged / apart", (
+        f"Logits differ by {result['logits_max_relative_difference']:.1e} of their largest, gradients by at most "
+        f"{result['gradients_max_relative_difference']:.1e} of their norm (one step, the recipe's precision)."))
+
+
+def _operators_and_rounds(result: dict, settings: tuple[str, str], ratio_name: str, note: str = "") -> str:
+    """An in-process comparison of two settings of the code: operators dispatched per setting, `note`,
+    then the training and inference rounds (`alternating_rounds`) with `ratio_name` for their ratio."""
     ops = result["operators"]
     lines = [machine_line(result), "",
              f"`{result['recipe']}`, batch {result['batch_size']}, {result['steps']} batches per setting and round (training steps, then "
              f"eval-mode passes without gradients), {len(result['training']['rounds'])} rounds in alternating order, one process.", "",
-             "| operators dispatched | kept | recomputed |", "|---|---:|---:|"]
+             f"| operators dispatched | {' | '.join(settings)} |", "|---|---:|---:|"]
     for part, label in (("training_forward", "training step, forward and loss"), ("training_backward", "training step, backward"),
                         ("inference", "inference pass")):
-        lines.append(f"| {label} | {ops['kept'][part]} | {ops['recomputed'][part]} |")
+        lines.append(f"| {label} | {' | '.join(str(ops[name][part]) for name in settings)} |")
+    if note:
+        lines += ["", note]
     for what in ("training", "inference"):
-        lines += ["", f"{what.capitalize()}:", ""] + _rounds_table(result[what], "Kept / recomputed")
+        lines += ["", f"{what.capitalize()}:", ""] + _rounds_table(result[what], ratio_name)
     return "\n".join(lines)
 
 
@@ -415,6 +431,7 @@ def main() -> None:
         ("narrow-banks-toxcast", "narrow_banks_toxcast.json", narrow_banks_tables),
         ("narrow-banks-esol", "narrow_banks_esol.json", narrow_banks_tables),
         ("frozen-constants-tox21", "frozen_constants_tox21.json", frozen_constants_tables),
+        ("merged-updates-tox21", "merged_updates_tox21.json", merged_updates_tables),
         ("speed-constants-epyc", "speed_constants_epyc.json", speed_tables),
         ("speed-k8-routed-constants-epyc", "speed_k8_routed_constants_epyc.json", speed_tables),
         ("optimizer-step", "optimizer_step.json", optimizer_step_tables),

@@ -496,6 +496,25 @@ def test_frozen_constants_counts_fewer_forward_operators_when_kept_and_times_bot
     assert "| inference pass |" in table and table.count("Kept / recomputed") == 2
 
 
+def test_merged_updates_counts_fewer_backward_operators_merged_and_times_both_settings(tmp_path, data_root):
+    """benchmarks/merged_updates.py: merging the recipe's linear banks dispatches fewer backward and
+    inference operators, changes values by rounding only, both settings are timed in every round,
+    and the report renders."""
+    out = tmp_path / "merged_updates.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "merged_updates.py"), "--data", str(data_root), "--rounds", "2", "--steps", "2",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    merged, apart = result["operators"]["merged"], result["operators"]["apart"]
+    assert merged["training_backward"] < apart["training_backward"] and merged["inference"] < apart["inference"]
+    assert result["logits_max_relative_difference"] < 1e-4 and result["gradients_max_relative_difference"] < 0.1
+    for what in ("training", "inference"):
+        assert len(result[what]["rounds"]) == 2 and all(p["merged"] > 0 and p["apart"] > 0 for p in result[what]["rounds"])
+    from report import merged_updates_tables
+
+    table = merged_updates_tables(result)
+    assert "| inference pass |" in table and table.count("Merged / apart") == 2
+
+
 def test_frozen_precision_times_the_three_settings_in_every_round_and_the_report_renders(tmp_path, data_root):
     """benchmarks/frozen_precision.py: fp32, bf16 input gradients and both products in bf16 timed in
     every round of one process, their ratios to fp32 from those rounds, and the report's table."""

@@ -6,6 +6,9 @@ products whatever K is. Because phi acts elementwise and V is linear, the per-no
 weights alpha_i can scale the r hidden units of adapter i between the two products.
 V is zero-initialised, so training starts at the backbone (exactly on the layer outputs; within
 float rounding in the GIN MLP, where the frozen BatchNorms are folded into the Linears).
+With phi the identity and every weight 1 the bank's update is one low-rank matrix,
+s sum_i V_i U_i (`low_rank_factors`), which the GIN and virtual-node MLPs merge into the frozen
+Linear beside the bank (`cft.nn.frozen.frozen_linear_low_rank`).
 
 A bank narrower than `MIN_PRODUCT_WIDTH` hidden units (K*r < 16, e.g. one adapter of rank 10)
 computes its update with zero units appended up to that width: zero rows of U, zero columns of V,

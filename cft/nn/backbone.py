@@ -103,9 +103,10 @@ class GINLayer(nn.Module):
         [N, d]. A BatchNorm in eval mode is folded into the Linear before it (`_linear_then_norm`)
         and each update enters that Linear's output scaled by the norm's gain, in place
         (`_add_update`): the same values within float rounding, two [N, c] passes fewer forward and
-        backward. In training mode (batch statistics) the norms run as modules: the values of PyG's
-        `GINEConv` forward and the norm. Inside `cft.nn.frozen.bf16_frozen_products` the frozen
-        Linears' products run in bf16 (`frozen_linear`)."""
+        backward. A linear bank without per-node weights beside a frozen Linear is merged into its
+        weight for the step instead (`_adapted_linear`). In training mode (batch statistics) the
+        norms run as modules: the values of PyG's `GINEConv` forward and the norm. Inside
+        `cft.nn.frozen.bf16_frozen_products` the frozen Linears' products run in bf16 (`frozen_linear`)."""
         z = self.aggregate(x, edge_index, edge_attr)
         first, inner, _, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
         into_hidden, beside_second = {"mlp": (None, None), "mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter),

@@ -24,6 +24,11 @@ so the values, the loss and every score are those of fp32, and only the gradient
 adapters below carry bf16's rounding (relative error ~2^-9 per element, far under a minibatch's
 own noise). It runs the backward half of the products at bf16's speed.
 
+A trained low-rank update B A beside a frozen Linear (a linear adapter bank, LoRA's form) is merged
+into the weight for each step, `frozen_linear_low_rank`: y = x (W + B A)^T + b in one product
+instead of x W^T + b and two narrow products, and dL/dx = dL/dy (W + B A) in one (in bf16 in
+"backward" mode) instead of two; the merged weight is not kept between steps (B and A train).
+
 The products are switched on for a block of code with `bf16_frozen_products(True)` (or
 `"backward"`; a context manager, as `torch.autocast`); outside it `frozen_linear` is exactly
 `F.linear`. Weights that require a gradient (a trained backbone) always take `F.linear`.

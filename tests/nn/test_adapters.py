@@ -52,6 +52,27 @@ def test_bank_weights_and_scale_act_on_the_hidden_units():
     assert not torch.allclose(bank(h, None), bank(h, alpha), atol=1e-3)  # the weights do act
 
 
+@pytest.mark.parametrize("k, r", [(1, 10), (3, 4), (2, 12)])
+def test_a_linear_bank_is_one_low_rank_matrix_and_others_are_not(k, r):
+    """low_rank_factors(s, g) = (A, B) with x A^T B^T = g * s * sum_i f_i(x) for a linear bank with
+    every weight 1 (A's rows and B's columns past K*r zero, P = product_width); None where the update
+    is no single matrix: another phi, input dropout while training, per-node weights, the
+    embeddings' bank (which reads atom features)."""
+    torch.manual_seed(8)
+    bank = AdapterBank(k, r, 16, "identity", out_dim=24)
+    torch.nn.init.normal_(bank.V)
+    x, gain = torch.randn(30, 16), torch.rand(24) + 0.5
+    down, up = bank.low_rank_factors(0.7, gain)
+    assert down.shape == (bank.product_width, 16) and up.shape == (24, bank.product_width)
+    torch.testing.assert_close(x @ (up @ down).t(), gain * bank(x, None, 0.7))
+    torch.testing.assert_close(BankUpdate(bank, None, 0.7).low_rank_factors(gain)[1], up)
+    assert BankUpdate(bank, torch.ones(30, k), 0.7).low_rank_factors(gain) is None
+    assert AdapterBank(k, r, 16, "gelu").low_rank_factors() is None
+    dropped = AdapterBank(k, r, 16, "identity", dropout=0.1)
+    assert dropped.low_rank_factors() is None and dropped.eval().low_rank_factors() is not None
+    assert EmbeddingAdapterBank(k, r, [5, 6], 24, "identity").low_rank_factors() is None
+
+
 def test_add_to_accumulates_the_scaled_update_in_place():
     """bank.add_to(out, h, alpha, s, g) = out + g * s * sum_i alpha_i f_i(h), written into `out`, with
     the gradients of the out-of-place sum (BankUpdate passes the same through)."""

@@ -9,7 +9,7 @@ from torch import nn
 
 from cft.nn.adapters import AdapterBank, BankUpdate
 from cft.nn.backbone import Backbone, GINLayer
-from cft.nn.frozen import BACKWARD, ROW_MULTIPLE, bf16_frozen_products, frozen_linear, padded_bf16_product
+from cft.nn.frozen import BACKWARD, ROW_MULTIPLE, bf16_frozen_products, frozen_linear, frozen_linear_low_rank, merges_low_rank, padded_bf16_product
 from cft.spec import BackboneSpec
 
 # bf16 keeps 8 bits of mantissa: inputs rounded by up to 2^-9 relative, products summed in fp32
@@ -164,6 +164,87 @@ def test_a_frozen_gin_layer_in_bf16_products_matches_fp32_values_and_adapter_gra
     _close(bf16, fp32)
     for got, expected in zip(bf16_grads, fp32_grads):
         _close(got, expected, rtol=5e-2)  # through two products and a ReLU mask: a little more rounding
+
+
+def _low_rank_case():
+    torch.manual_seed(7)
+    weight, bias = torch.randn(30, 20), torch.randn(30)
+    down, up = (0.3 * torch.randn(16, 20)).requires_grad_(), (0.3 * torch.randn(30, 16)).requires_grad_()
+    return torch.randn(50, 20, requires_grad=True), weight, bias, down, up
+
+
+@pytest.mark.parametrize("mode", [False, BACKWARD])
+def test_a_merged_low_rank_update_gives_the_values_and_gradients_of_the_update_computed_apart(mode):
+    """x (W + B A)^T + b against x W^T + b + (x A^T) B^T: the same values and the same gradients of
+    A and B within float rounding; dL/dx through the merged weight, in bf16 in `BACKWARD` mode."""
+    x, weight, bias, down, up = _low_rank_case()
+    upstream = torch.randn(50, 30)
+
+    def gradients(out):
+        for t in (x, down, up):
+            t.grad = None
+        out.backward(upstream)
+        return [t.grad.clone() for t in (x, down, up)]
+
+    with bf16_frozen_products(mode):
+        merged = frozen_linear_low_rank(x, weight, bias, down, up)
+    merged_grads = gradients(merged)
+    apart = F.linear(x, weight, bias) + (x @ down.t()) @ up.t()
+    apart_grads = gradients(apart)
+    torch.testing.assert_close(merged, apart)
+    torch.testing.assert_close(merged_grads[1:], apart_grads[1:])
+    if mode == BACKWARD:
+        assert torch.equal(merged_grads[0], padded_bf16_product(upstream, torch.addmm(weight, up, down).detach().bfloat16()))
+        _close(merged_grads[0], apart_grads[0])
+    else:
+        torch.testing.assert_close(merged_grads[0], apart_grads[0])
+
+
+def test_only_frozen_weights_under_fp32_forward_products_are_merged():
+    """Not inside `bf16_frozen_products(True)` (an update far smaller than W would round away in a
+    bf16 W + B A), not under autocast, not for weights that train."""
+    x, weight, bias, _, _ = _low_rank_case()
+    assert merges_low_rank(x, weight, bias)
+    with bf16_frozen_products(BACKWARD):
+        assert merges_low_rank(x, weight, bias)
+    with bf16_frozen_products(True):
+        assert not merges_low_rank(x, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not merges_low_rank(x, weight, bias)
+    assert not merges_low_rank(x, weight.clone().requires_grad_(), bias)
+    assert not merges_low_rank(x.double(), weight.double(), bias.double())
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_a_gin_layer_merges_linear_banks_and_computes_the_rest_apart(routed, monkeypatch):
+    """A frozen GIN layer's linear banks without per-node weights run merged into their Linears
+    (`frozen_linear_low_rank`); with per-node weights apart. Either way the values and gradients of
+    the update computed apart, within float rounding."""
+    import cft.nn.backbone as backbone_module
+
+    hidden = 24
+    layer, norm = _frozen_gin_layer(hidden)
+    x, edge_index, edge_attr = _molecule_batch(hidden)
+    banks = (AdapterBank(2, 4, hidden, "identity", out_dim=2 * hidden), AdapterBank(2, 4, 2 * hidden, "identity", out_dim=hidden))
+    for bank in banks:
+        nn.init.normal_(bank.V, std=0.1)
+    alpha = torch.softmax(torch.randn(x.size(0), 2), dim=-1) if routed else None
+
+    def run():
+        for p in [x, *banks[0].parameters(), *banks[1].parameters()]:
+            p.grad = None
+        out = layer(x, edge_index, edge_attr, (BankUpdate(banks[0], alpha, 0.5), BankUpdate(banks[1], alpha, 0.5)), "mlp-both", norm=norm)
+        out.pow(2).sum().backward()
+        return out, [x.grad.clone(), banks[0].U.grad.clone(), banks[0].V.grad.clone(), banks[1].U.grad.clone(), banks[1].V.grad.clone()]
+
+    out, grads = run()
+    assert (type(out.grad_fn).__name__ == "_FrozenLinearLowRankBackward") is not routed
+    monkeypatch.setattr(backbone_module, "merges_low_rank", lambda *args: False)
+    apart, apart_grads = run()
+    assert type(apart.grad_fn).__name__ != "_FrozenLinearLowRankBackward"
+    torch.testing.assert_close(out, apart, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads, apart_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_full_fine_tuning_stays_fp32_inside_the_block():
