@@ -24,13 +24,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import alternating_rounds, graphs_per_second, inference_graphs_per_second, recipe_benchmark, round_summary  # noqa: E402
+from training_steps import OperatorCount, graphs_per_second, inference_graphs_per_second, recipe_benchmark, switched_rounds  # noqa: E402
 
 from cft.files.atomic import atomic_write_json  # noqa: E402
 from cft.nn.constants import FrozenValue  # noqa: E402
@@ -44,38 +43,18 @@ def use_cache(on: bool) -> None:
     FrozenValue.__call__ = CACHED if on else (lambda self, compute, *sources: compute())
 
 
-def timed(run, on: bool) -> float:
-    use_cache(on)
-    try:
-        return run()
-    finally:
-        use_cache(True)
-
-
-class _OperatorCount(TorchDispatchMode):
-    """Counts the ATen operators dispatched inside it."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def operators(model, batch, on: bool) -> dict[str, int]:
     """Operators of one training forward (with the task loss), its backward, and one inference pass."""
     use_cache(on)
     try:
         model(batch)  # computes what the setting keeps, outside the count
-        with _OperatorCount() as forward:
+        with OperatorCount() as forward:
             loss = model.task_loss(model(batch), batch.y)
-        with _OperatorCount() as backward:
+        with OperatorCount() as backward:
             loss.backward()
         model.zero_grad(set_to_none=True)
         model.eval()
-        with torch.no_grad(), _OperatorCount() as inference:
+        with torch.no_grad(), OperatorCount() as inference:
             model(batch)
         model.train()
         return {"training_forward": forward.count, "training_backward": backward.count, "inference": inference.count}
@@ -88,14 +67,7 @@ def main() -> None:
     runs = {"training": lambda: graphs_per_second(model, optimizer, batches), "inference": lambda: inference_graphs_per_second(model, batches)}
     result["operators"] = {name: operators(model, batches[0], on) for name, on in SETTINGS.items()}
     print(f"operators: {result['operators']}", flush=True)
-    for what, run in runs.items():
-        for on in SETTINGS.values():  # warm-up of both settings
-            timed(run, on)
-        print(what, flush=True)
-        timings = {name: (lambda on=on, run=run: timed(run, on)) for name, on in SETTINGS.items()}
-        rounds = alternating_rounds(timings, args.rounds, ("kept", "recomputed"))
-        result[what] = {"rounds": rounds} | round_summary(rounds, SETTINGS)
-        print(f"{what}: median ratio kept / recomputed {result[what]['median_ratio']:.3f}", flush=True)
+    result |= switched_rounds(runs, use_cache, tuple(SETTINGS), args.rounds)
     atomic_write_json(args.json, result)
 
 

@@ -30,8 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from frozen_constants import _OperatorCount  # noqa: E402
-from training_steps import alternating_rounds, graphs_per_second, inference_graphs_per_second, recipe_benchmark, round_summary  # noqa: E402
+from training_steps import OperatorCount, graphs_per_second, inference_graphs_per_second, recipe_benchmark, switched_rounds  # noqa: E402
 
 import cft.nn.backbone as backbone_module  # noqa: E402
 from cft.files.atomic import atomic_write_json  # noqa: E402
@@ -49,14 +48,6 @@ def use_merge(on: bool) -> None:
     backbone_module.merges_low_rank = MERGES if on else (lambda *args: False)
 
 
-def timed(run, on: bool) -> float:
-    use_merge(on)
-    try:
-        return run()
-    finally:
-        use_merge(True)
-
-
 def one_step(model, batch, train, on: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
     """(logits, gradients, operator counts) of one training forward and backward under the setting,
     after one uncounted forward (which computes the constants a frozen backbone keeps)."""
@@ -65,15 +56,15 @@ def one_step(model, batch, train, on: bool) -> tuple[torch.Tensor, dict[str, tor
         with bf16_frozen_products(frozen_bf16_wanted(train.frozen_bf16, torch.device("cpu"))):
             model(batch)
             model.zero_grad(set_to_none=True)
-            with _OperatorCount() as forward:
+            with OperatorCount() as forward:
                 logits, routes = model(batch, with_routes=True)
                 loss = batch_loss(model, logits, routes, batch.y, train)[2]
-            with _OperatorCount() as backward:
+            with OperatorCount() as backward:
                 loss.backward()
         gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         model.eval()
-        with torch.no_grad(), _OperatorCount() as inference:
+        with torch.no_grad(), OperatorCount() as inference:
             model(batch)
         model.train()
         return logits.detach(), gradients, {"training_forward": forward.count, "training_backward": backward.count, "inference": inference.count}
@@ -95,14 +86,7 @@ def main() -> None:
     print(f"operators: {result['operators']}; logits differ by {result['logits_max_relative_difference']:.1e}, "
           f"gradients by {result['gradients_max_relative_difference']:.1e} of their size", flush=True)
     runs = {"training": lambda: graphs_per_second(model, optimizer, batches, train), "inference": lambda: inference_graphs_per_second(model, batches)}
-    for what, run in runs.items():
-        for on in SETTINGS.values():  # warm-up of both settings
-            timed(run, on)
-        print(what, flush=True)
-        timings = {name: (lambda on=on, run=run: timed(run, on)) for name, on in SETTINGS.items()}
-        rounds = alternating_rounds(timings, args.rounds, ("merged", "apart"))
-        result[what] = {"rounds": rounds} | round_summary(rounds, SETTINGS)
-        print(f"{what}: median ratio merged / apart {result[what]['median_ratio']:.3f}", flush=True)
+    result |= switched_rounds(runs, use_merge, tuple(SETTINGS), args.rounds)
     atomic_write_json(args.json, result)
 
 

@@ -3,7 +3,9 @@ steps on them: what the in-process side-by-side benchmarks (readout_k1.py, narro
 
 The backbone is randomly initialised (a step's cost does not depend on its weights); no run
 folder, checkpoint or validation: only forward, loss, backward and the optimiser's step.
-`alternating_rounds` times two settings of the code against each other in one process.
+`alternating_rounds` times two settings of the code against each other in one process,
+`switched_rounds` two settings that a switch function flips, and `OperatorCount` counts what a
+step dispatches.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cft.data.dataset import load_dataset
 from cft.nn.backbone import Backbone
@@ -133,6 +136,43 @@ def alternating_rounds(settings: dict[str, Callable[[], float]], rounds: int, ra
         out.append(pair)
         print(f"round {r + 1}: " + ", ".join(f"{name} {pair[name]:.0f} graphs/s" for name in settings) + f", ratio {pair['ratio']:.3f}", flush=True)
     return out
+
+
+def switched_rounds(runs: dict[str, Callable[[], float]], switch: Callable[[bool], None], names: tuple[str, str], rounds: int) -> dict[str, dict]:
+    """Two settings of the code, `switch(True)` (names[0], the code as shipped) and `switch(False)`
+    (names[1]), timed against each other per run (name -> a timing in graphs/s, e.g. "training"
+    and "inference"): both warmed up once, then `alternating_rounds`. The code is switched back on
+    after every timing. Returns run name -> {"rounds", "median_ratio", "median_graphs_per_second"}."""
+
+    def timed(run, on: bool) -> float:
+        switch(on)
+        try:
+            return run()
+        finally:
+            switch(True)
+
+    out = {}
+    for what, run in runs.items():
+        for on in (True, False):  # warm-up of both settings
+            timed(run, on)
+        print(what, flush=True)
+        timings = {name: (lambda on=on, run=run: timed(run, on)) for name, on in zip(names, (True, False))}
+        result = alternating_rounds(timings, rounds, names)
+        out[what] = {"rounds": result} | round_summary(result, names)
+        print(f"{what}: median ratio {names[0]} / {names[1]} {out[what]['median_ratio']:.3f}", flush=True)
+    return out
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside it (below autograd: what a step asks of torch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def round_summary(rounds: list[dict], names) -> dict:
