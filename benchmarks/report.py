@@ -509,6 +509,7 @@ def main() -> None:
         ("peers-toxcast-input-grads-bf16", "peers_toxcast_input_grads_bf16_epyc.json", peers_tables),
         ("peers-tox21-default-input-grads-bf16", "peers_tox21_default_input_grads_bf16_epyc.json", peers_tables),
         ("peers-tox21-merged", "peers_tox21_merged_epyc.json", peers_tables),
+        ("peers-esol-merged", "peers_esol_merged_epyc.json", peers_tables),
         ("prior-spectrum", "prior_spectrum.json", spectrum_tables),
         ("backbone-probe-bn", "backbone_probe_bn.json", probe_tables),
         ("backbone-probe-pretrain", "backbone_probe_pretrain.json", probe_tables),
