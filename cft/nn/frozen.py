@@ -136,7 +136,6 @@ def padded_bf16_product(a: torch.Tensor, b16: torch.Tensor, bias16: torch.Tensor
     return out[:n].to(a.dtype)
 
 
-
 def merges_low_rank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `frozen_linear_low_rank` computes this frozen Linear with its update merged: its
     weights need no gradient, x is an fp32 matrix outside autocast, and the forward product is fp32
