@@ -104,16 +104,16 @@ class GINLayer(nn.Module):
         and each update enters that Linear's output scaled by the norm's gain, in place
         (`_add_update`): the same values within float rounding, two [N, c] passes fewer forward and
         backward. A linear bank without per-node weights beside a frozen Linear is merged into its
-        weight for the step instead (`_adapted_linear`). In training mode (batch statistics) the
+        weight for the step instead (`_linear_then_norm`). In training mode (batch statistics) the
         norms run as modules: the values of PyG's `GINEConv` forward and the norm. Inside
         `cft.nn.frozen.bf16_frozen_products` the frozen Linears' products run in bf16 (`frozen_linear`)."""
         z = self.aggregate(x, edge_index, edge_attr)
         first, inner, _, second = self.conv.nn  # Linear(d, 2d), BatchNorm1d(2d), ReLU, Linear(2d, d)
         into_hidden, beside_second = {"mlp": (None, None), "mlp-hidden": (mlp_adapter, None), "mlp-out": (None, mlp_adapter),
                                       "mlp-both": mlp_adapter or (None, None)}[at]
-        hidden, inner_gain = _adapted_linear(first, inner, z, into_hidden)
+        hidden, inner_gain = _linear_then_norm(first, inner, z, into_hidden)
         u = _relu_after_norm(hidden, inner, inner_gain)
-        out, gain = _adapted_linear(second, norm, u, beside_second)
+        out, gain = _linear_then_norm(second, norm, u, beside_second)
         if at == "mlp":
             out = _add_update(out, mlp_adapter, z, gain)
         return out if norm is None or gain is not None else norm(out)
@@ -141,49 +141,33 @@ def _add_update(value: torch.Tensor, adapter, x: torch.Tensor, gain: torch.Tenso
     return value + (update if gain is None else gain * update)
 
 
-def _adapted_linear(linear: nn.Module, norm: nn.BatchNorm1d | None, x: torch.Tensor, adapter) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """linear(x) + adapter(x) [N, c], with `norm` folded in as `_linear_then_norm` folds it (the
-    update then scaled by its gain g, `_add_update`). Returns (output, g or None).
+def _linear_then_norm(linear: nn.Module, norm: nn.BatchNorm1d | None, x: torch.Tensor, adapter=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """linear(x) + adapter(x) [N, c], with `norm` folded in when it maps by its running statistics
+    (eval mode): BN(W x + b) = (g W) x + g (b - mu) + beta, g = gamma / sqrt(var + eps) [c], one
+    Linear of [c, d] products instead of a pass over [N, c], the update scaled by g (`_add_update`;
+    None adds nothing). Returns (output, g), or (output, None) when there is no norm or it uses
+    batch statistics (training mode): the caller applies it then.
 
     An update that is one low-rank matrix B A (a linear bank without per-node weights,
-    `BankUpdate.low_rank_factors`) beside a frozen plain Linear is merged into its weight,
-    x (g W + g s B A)^T + b' in one product (`frozen_linear_low_rank`); any other update is
-    computed on its own and added (`_add_update`)."""
-    factors = None
-    if adapter is not None and hasattr(adapter, "low_rank_factors") and _plain_linear(linear) and merges_low_rank(x, linear.weight, linear.bias):
-        weight, bias, gain = _folded_weights(linear, norm)
-        factors = adapter.low_rank_factors(gain)
-    if factors is None:
-        out, gain = _linear_then_norm(linear, norm, x)
-        return _add_update(out, adapter, x, gain), gain
-    return frozen_linear_low_rank(x, weight, bias, *factors), gain
-
-
-def _linear_then_norm(linear: nn.Module, norm: nn.BatchNorm1d | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """linear(x) [N, c], with `norm` folded in when it maps by its running statistics (eval mode):
-    BN(W x + b) = (g W) x + g (b - mu) + beta, g = gamma / sqrt(var + eps) [c], one Linear of
-    [c, d] products instead of a pass over [N, c]. Returns (output, g), or (linear(x), None) when
-    there is no norm or it uses batch statistics (training mode): the caller applies it then.
+    `BankUpdate.low_rank_factors`) beside a frozen Linear is merged into its weight,
+    x (g W + g s B A)^T + b' in one product (`frozen_linear_low_rank`, where `merges_low_rank`
+    holds); any other update is computed on its own and added.
 
     A Linear that another library has wrapped or hooked (PEFT's LoRA layers, a quantised Linear:
     anything but a plain `nn.Linear`, `_plain_linear`) is called as the module it is, never read
     through its `.weight`, which would skip its own update; its norm is then applied by the caller."""
     if not _plain_linear(linear):
-        return linear(x), None
-    weight, bias, gain = _folded_weights(linear, norm)
-    return frozen_linear(x, weight, bias, owner=linear), gain
-
-
-def _folded_weights(linear: nn.Linear, norm: nn.BatchNorm1d | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(weight, bias, g) of `linear` with `norm` folded in when it maps by its running statistics
-    (`_folded`); (linear.weight, linear.bias, None) when there is no norm or it uses batch
-    statistics (training mode)."""
-    if norm is None or norm.training or not norm.track_running_stats or not norm.affine:
-        return linear.weight, linear.bias, None
-    # a frozen Linear and norm fold once, not at every step (`frozen_value`)
-    return frozen_value(
-        linear, "folded", lambda: _folded(linear, norm), linear.weight, linear.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var
-    )
+        return _add_update(linear(x), adapter, x), None
+    weight, bias, gain = linear.weight, linear.bias, None
+    if norm is not None and not norm.training and norm.track_running_stats and norm.affine:
+        # a frozen Linear and norm fold once, not at every step (`frozen_value`)
+        weight, bias, gain = frozen_value(
+            linear, "folded", lambda: _folded(linear, norm), linear.weight, linear.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var
+        )
+    factors = adapter.low_rank_factors(gain) if hasattr(adapter, "low_rank_factors") and merges_low_rank(x, weight, bias) else None
+    if factors is not None:
+        return frozen_linear_low_rank(x, weight, bias, *factors), gain
+    return _add_update(frozen_linear(x, weight, bias, owner=linear), adapter, x, gain), gain
 
 
 def _folded(linear: nn.Linear, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -210,9 +194,9 @@ def _virtual_node_mlp(mlp: nn.Sequential, x: torch.Tensor, adapter=None) -> torc
     each update scaled by its norm's gain when that norm is folded (`_add_update`)."""
     into_hidden, beside_second = adapter or (None, None)
     first, first_norm, _, second, second_norm, _ = mlp
-    hidden, gain = _adapted_linear(first, first_norm, x, into_hidden)
+    hidden, gain = _linear_then_norm(first, first_norm, x, into_hidden)
     u = _relu_after_norm(hidden, first_norm, gain)
-    out, gain = _adapted_linear(second, second_norm, u, beside_second)
+    out, gain = _linear_then_norm(second, second_norm, u, beside_second)
     return _relu_after_norm(out, second_norm, gain)
 
 
