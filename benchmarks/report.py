@@ -335,6 +335,14 @@ def merged_updates_tables(result: dict) -> str:
         f"{result['gradients_max_relative_difference']:.1e} of their norm (one step, the recipe's precision)."))
 
 
+def scatter_kernels_tables(result: dict) -> str:
+    """benchmarks/scatter_kernels.py: operators dispatched per setting and whether their values
+    agree, then the training and inference rounds."""
+    same = result["logits_equal"] and result["gradients_equal"]
+    return _operators_and_rounds(result, ("index_add_", "scatter_add_"), "index_add_ / scatter_add_", (
+        "Logits and gradients " + ("the same bit for bit" if same else "differ") + " (one step, the recipe's precision)."))
+
+
 def _operators_and_rounds(result: dict, settings: tuple[str, str], ratio_name: str, note: str = "") -> str:
     """An in-process comparison of two settings of the code: operators dispatched per setting, `note`,
     then the training and inference rounds (`alternating_rounds`) with `ratio_name` for their ratio."""
@@ -432,6 +440,7 @@ def main() -> None:
         ("narrow-banks-esol", "narrow_banks_esol.json", narrow_banks_tables),
         ("frozen-constants-tox21", "frozen_constants_tox21.json", frozen_constants_tables),
         ("merged-updates-tox21", "merged_updates_tox21.json", merged_updates_tables),
+        ("scatter-kernels-tox21", "scatter_kernels_tox21.json", scatter_kernels_tables),
         ("speed-constants-epyc", "speed_constants_epyc.json", speed_tables),
         ("speed-k8-routed-constants-epyc", "speed_k8_routed_constants_epyc.json", speed_tables),
         ("optimizer-step", "optimizer_step.json", optimizer_step_tables),

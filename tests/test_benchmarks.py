@@ -515,6 +515,24 @@ def test_merged_updates_counts_fewer_backward_operators_merged_and_times_both_se
     assert "| inference pass |" in table and table.count("Merged / apart") == 2
 
 
+def test_scatter_kernels_gives_the_same_values_bit_for_bit_and_times_both_settings(tmp_path, data_root):
+    """benchmarks/scatter_kernels.py: the recipe's model with index_add_ sums and with PyG's
+    scatter_add_ computes the same logits and gradients, both settings are timed in every round,
+    and the report renders."""
+    out = tmp_path / "scatter_kernels.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "scatter_kernels.py"), "--data", str(data_root), "--rounds", "2", "--steps", "2",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert result["logits_equal"] and result["gradients_equal"]
+    assert set(result["operators"]) == {"index_add_", "scatter_add_"}
+    for what in ("training", "inference"):
+        assert len(result[what]["rounds"]) == 2 and all(p["index_add_"] > 0 and p["scatter_add_"] > 0 for p in result[what]["rounds"])
+    from report import scatter_kernels_tables
+
+    table = scatter_kernels_tables(result)
+    assert "| inference pass |" in table and table.count("index_add_ / scatter_add_") == 2 and "bit for bit" in table
+
+
 def test_frozen_precision_times_the_three_settings_in_every_round_and_the_report_renders(tmp_path, data_root):
     """benchmarks/frozen_precision.py: fp32, bf16 input gradients and both products in bf16 timed in
     every round of one process, their ratios to fp32 from those rounds, and the report's table."""

@@ -15,15 +15,10 @@ import torch
 import torch.nn.functional as F
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from torch import nn
-from torch_geometric.nn import (
-    GINEConv,
-    MessagePassing,
-    global_add_pool,
-    global_max_pool,
-    global_mean_pool,
-)
+from torch_geometric.nn import GINEConv, MessagePassing, global_max_pool
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
+from cft.nn.aggregation import IndexAddSum, mean_pool, sum_pool
 from cft.nn.constants import frozen_value
 from cft.nn.frozen import frozen_linear, frozen_linear_low_rank, merges_low_rank
 from cft.spec import BackboneSpec
@@ -61,7 +56,7 @@ class OgbGCNConv(MessagePassing):
     """GCN with bond features as in the OGB example; normalisation from PyG's gcn_norm."""
 
     def __init__(self, hidden: int):
-        super().__init__(aggr="add")
+        super().__init__(aggr=IndexAddSum())  # "add", by index_add_ on a CPU (cft.nn.aggregation)
         self.linear = nn.Linear(hidden, hidden)
         self.root_emb = nn.Embedding(1, hidden)
         self.bond_encoder = BondEncoder(hidden)
@@ -86,7 +81,7 @@ class GINLayer(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
         mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.BatchNorm1d(2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden))
-        self.conv = GINEConv(mlp, train_eps=True)
+        self.conv = GINEConv(mlp, train_eps=True, aggr=IndexAddSum())  # "add", by index_add_ on a CPU (cft.nn.aggregation)
         self.bond_encoder = BondEncoder(hidden)
 
     def forward(
@@ -206,7 +201,7 @@ def _relu_after_norm(value: torch.Tensor, norm: nn.BatchNorm1d, gain: torch.Tens
     return torch.relu_(value) if gain is not None else F.relu(norm(value))
 
 
-POOLING_FUNCTIONS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+POOLING_FUNCTIONS = {"mean": mean_pool, "sum": sum_pool, "max": global_max_pool}
 
 
 class Backbone(nn.Module):
@@ -269,7 +264,7 @@ class Backbone(nn.Module):
         if vn_adapter is not None and (vn is None or last):
             raise ValueError(f"layer {index} updates no virtual node: an adapter for its MLP has nothing to act on")
         if vn is not None and not last:
-            update = _virtual_node_mlp(self.vn_mlps[index], global_add_pool(h_in, batch, size=vn.size(0)) + vn, vn_adapter)
+            update = _virtual_node_mlp(self.vn_mlps[index], sum_pool(h_in, batch, size=vn.size(0)) + vn, vn_adapter)
             update = F.dropout(update, self.dropout, training=self.training)
             vn = vn + update if self.spec.residual else update
         return out, vn
