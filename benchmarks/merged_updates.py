@@ -30,14 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import OperatorCount, graphs_per_second, inference_graphs_per_second, recipe_benchmark, switched_rounds  # noqa: E402
+from training_steps import counted_step, graphs_per_second, inference_graphs_per_second, recipe_benchmark, switched_rounds  # noqa: E402
 
 import cft.nn.backbone as backbone_module  # noqa: E402
 from cft.files.atomic import atomic_write_json  # noqa: E402
-from cft.nn.frozen import bf16_frozen_products  # noqa: E402
 from cft.recipe.load import load_recipe  # noqa: E402
-from cft.training.inference import frozen_bf16_wanted  # noqa: E402
-from cft.training.trainer import batch_loss  # noqa: E402
 
 MERGES = backbone_module.merges_low_rank
 SETTINGS = {"merged": True, "apart": False}
@@ -49,25 +46,10 @@ def use_merge(on: bool) -> None:
 
 
 def one_step(model, batch, train, on: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
-    """(logits, gradients, operator counts) of one training forward and backward under the setting,
-    after one uncounted forward (which computes the constants a frozen backbone keeps)."""
+    """`counted_step` (logits, gradients, operator counts of one training step) under the setting."""
     use_merge(on)
     try:
-        with bf16_frozen_products(frozen_bf16_wanted(train.frozen_bf16, torch.device("cpu"))):
-            model(batch)
-            model.zero_grad(set_to_none=True)
-            with OperatorCount() as forward:
-                logits, routes = model(batch, with_routes=True)
-                loss = batch_loss(model, logits, routes, batch.y, train)[2]
-            with OperatorCount() as backward:
-                loss.backward()
-        gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.no_grad(), OperatorCount() as inference:
-            model(batch)
-        model.train()
-        return logits.detach(), gradients, {"training_forward": forward.count, "training_backward": backward.count, "inference": inference.count}
+        return counted_step(model, batch, train)
     finally:
         use_merge(True)
 

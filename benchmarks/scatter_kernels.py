@@ -29,14 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import OperatorCount, graphs_per_second, inference_graphs_per_second, recipe_benchmark, switched_rounds  # noqa: E402
+from training_steps import counted_step, graphs_per_second, inference_graphs_per_second, recipe_benchmark, switched_rounds  # noqa: E402
 
 import cft.nn.aggregation as aggregation  # noqa: E402
 from cft.files.atomic import atomic_write_json  # noqa: E402
-from cft.nn.frozen import bf16_frozen_products  # noqa: E402
 from cft.recipe.load import load_recipe  # noqa: E402
-from cft.training.inference import frozen_bf16_wanted  # noqa: E402
-from cft.training.trainer import batch_loss  # noqa: E402
 
 INDEX_ADD = aggregation._IndexAddOnCpu.reduce
 SETTINGS = {"index_add_": True, "scatter_add_": False}
@@ -48,29 +45,10 @@ def use_index_add(on: bool) -> None:
 
 
 def one_step(model, batch, train, on: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
-    """(logits, gradients, operator counts) of one training forward and backward under the setting,
-    after one uncounted forward (which computes the constants a frozen backbone keeps)."""
+    """`counted_step` (logits, gradients, operator counts of one training step) under the setting."""
     use_index_add(on)
     try:
-        torch.manual_seed(0)  # the same dropout masks in both settings
-        with bf16_frozen_products(frozen_bf16_wanted(train.frozen_bf16, torch.device("cpu"))):
-            model.eval()
-            model(batch)
-            model.train()
-            model.zero_grad(set_to_none=True)
-            torch.manual_seed(1)
-            with OperatorCount() as forward:
-                logits, routes = model(batch, with_routes=True)
-                loss = batch_loss(model, logits, routes, batch.y, train)[2]
-            with OperatorCount() as backward:
-                loss.backward()
-        gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.no_grad(), OperatorCount() as inference:
-            model(batch)
-        model.train()
-        return logits.detach(), gradients, {"training_forward": forward.count, "training_backward": backward.count, "inference": inference.count}
+        return counted_step(model, batch, train)
     finally:
         use_index_add(True)
 

@@ -4,8 +4,8 @@ steps on them: what the in-process side-by-side benchmarks (readout_k1.py, narro
 The backbone is randomly initialised (a step's cost does not depend on its weights); no run
 folder, checkpoint or validation: only forward, loss, backward and the optimiser's step.
 `alternating_rounds` times two settings of the code against each other in one process,
-`switched_rounds` two settings that a switch function flips, and `OperatorCount` counts what a
-step dispatches.
+`switched_rounds` two settings that a switch function flips, `OperatorCount` counts what a
+step dispatches, and `counted_step` takes one step's values and counts under a setting.
 """
 
 from __future__ import annotations
@@ -161,6 +161,28 @@ def switched_rounds(runs: dict[str, Callable[[], float]], switch: Callable[[bool
         out[what] = {"rounds": result} | round_summary(result, names)
         print(f"{what}: median ratio {names[0]} / {names[1]} {out[what]['median_ratio']:.3f}", flush=True)
     return out
+
+
+def counted_step(model, batch, train: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+    """(logits, gradients, operator counts) of one training forward and backward of `batch` at the
+    recipe's frozen products' precision on this CPU, after one uncounted forward (which computes the
+    constants a frozen backbone keeps), and the count of one eval-mode pass without gradients:
+    what two settings of the code are compared by (values within rounding, operators dispatched)."""
+    with bf16_frozen_products(frozen_bf16_wanted(train.frozen_bf16, torch.device("cpu"))):
+        model(batch)
+        model.zero_grad(set_to_none=True)
+        with OperatorCount() as forward:
+            logits, routes = model(batch, with_routes=True)
+            loss = batch_loss(model, logits, routes, batch.y, train)[2]
+        with OperatorCount() as backward:
+            loss.backward()
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad(), OperatorCount() as inference:
+        model(batch)
+    model.train()
+    return logits.detach(), gradients, {"training_forward": forward.count, "training_backward": backward.count, "inference": inference.count}
 
 
 class OperatorCount(TorchDispatchMode):
