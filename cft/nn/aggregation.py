@@ -12,7 +12,7 @@ floats, and so are the gradients.
 
 `IndexAddSum` and `IndexAddMean` are PyG's `SumAggregation` and `MeanAggregation` (the modules a
 `MessagePassing` takes as `aggr=`), using `index_add_` for a 2-D input on a CPU and PyG's own
-reduction everywhere else (CUDA, where PyG measured `scatter_add_` to be the faster kernel, or a
+reduction everywhere else (CUDA, where PyG prefers `scatter_add_` and cft has not measured, or a
 `ptr` of sorted groups); `sum_pool` and `mean_pool` are PyG's `global_add_pool` and
 `global_mean_pool` on them.
 """
