@@ -24,20 +24,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from training_steps import counted_step, graphs_per_second, inference_graphs_per_second, recipe_benchmark, switched_rounds  # noqa: E402
+from training_steps import compare_switched  # noqa: E402
 
 import cft.nn.backbone as backbone_module  # noqa: E402
-from cft.files.atomic import atomic_write_json  # noqa: E402
-from cft.recipe.load import load_recipe  # noqa: E402
 
 MERGES = backbone_module.merges_low_rank
-SETTINGS = {"merged": True, "apart": False}
 
 
 def use_merge(on: bool) -> None:
@@ -45,32 +40,12 @@ def use_merge(on: bool) -> None:
     backbone_module.merges_low_rank = MERGES if on else (lambda *args: False)
 
 
-def one_step(model, batch, train, on: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
-    """`counted_step` (logits, gradients, operator counts of one training step) under the setting."""
-    use_merge(on)
-    try:
-        return counted_step(model, batch, train)
-    finally:
-        use_merge(True)
-
-
-def main() -> None:
-    args, model, optimizer, batches, result = recipe_benchmark(__doc__, "merged_updates.py", "merged_updates_tox21.json")
-    train = load_recipe(REPO / args.recipe).train
-    with torch.no_grad():  # up-projections away from their zero start, as after some training
-        for name, p in model.named_parameters():
-            if p.requires_grad and name.endswith(".V"):
-                p.normal_(0.0, 0.02)
-    (logits, gradients, merged_ops), (apart_logits, apart_gradients, apart_ops) = (one_step(model, batches[0], train, on) for on in SETTINGS.values())
-    result["operators"] = {"merged": merged_ops, "apart": apart_ops}
-    result["logits_max_relative_difference"] = float((logits - apart_logits).abs().max() / apart_logits.abs().max())
-    result["gradients_max_relative_difference"] = max(float((gradients[n] - g).norm() / g.norm().clamp_min(1e-30)) for n, g in apart_gradients.items())
-    print(f"operators: {result['operators']}; logits differ by {result['logits_max_relative_difference']:.1e}, "
-          f"gradients by {result['gradients_max_relative_difference']:.1e} of their size", flush=True)
-    runs = {"training": lambda: graphs_per_second(model, optimizer, batches, train), "inference": lambda: inference_graphs_per_second(model, batches)}
-    result |= switched_rounds(runs, use_merge, tuple(SETTINGS), args.rounds)
-    atomic_write_json(args.json, result)
+def differences(merged: tuple, apart: tuple) -> dict:
+    """How far the merged step's logits and gradients are from the apart step's, relative to their size."""
+    (logits, gradients), (apart_logits, apart_gradients) = merged, apart
+    return {"logits_max_relative_difference": float((logits - apart_logits).abs().max() / apart_logits.abs().max()),
+            "gradients_max_relative_difference": max(float((gradients[n] - g).norm() / g.norm().clamp_min(1e-30)) for n, g in apart_gradients.items())}
 
 
 if __name__ == "__main__":
-    main()
+    compare_switched(__doc__, "merged_updates.py", "merged_updates_tox21.json", use_merge, ("merged", "apart"), differences)

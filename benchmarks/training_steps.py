@@ -5,7 +5,8 @@ The backbone is randomly initialised (a step's cost does not depend on its weigh
 folder, checkpoint or validation: only forward, loss, backward and the optimiser's step.
 `alternating_rounds` times two settings of the code against each other in one process,
 `switched_rounds` two settings that a switch function flips, `OperatorCount` counts what a
-step dispatches, and `counted_step` takes one step's values and counts under a setting.
+step dispatches, `counted_step` takes one step's values and counts, and `compare_switched` is the
+whole of a benchmark that sets two settings of the code side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cft.data.dataset import load_dataset
+from cft.files.atomic import atomic_write_json
 from cft.nn.backbone import Backbone
 from cft.nn.frozen import bf16_frozen_products
 from cft.recipe.load import load_recipe
@@ -161,6 +163,35 @@ def switched_rounds(runs: dict[str, Callable[[], float]], switch: Callable[[bool
         out[what] = {"rounds": result} | round_summary(result, names)
         print(f"{what}: median ratio {names[0]} / {names[1]} {out[what]['median_ratio']:.3f}", flush=True)
     return out
+
+
+def compare_switched(doc: str, script: str, json_name: str, switch: Callable[[bool], None], names: tuple[str, str],
+                     compare: Callable[[tuple, tuple], dict]) -> None:
+    """An in-process benchmark of two settings of the code, `switch(True)` (names[0], as shipped)
+    and `switch(False)` (names[1]), on `recipe_benchmark`'s model with its up-projections set to
+    small random values (zero, as initialised, would hide any difference of values): each
+    setting's `counted_step` on the first batch, `compare((logits, gradients), (logits,
+    gradients))` of the two (a dict of how far their values differ, into the result), then
+    `switched_rounds` of training steps and inference passes; written to --json."""
+    args, model, optimizer, batches, result = recipe_benchmark(doc, script, json_name)
+    train = load_recipe(BENCHMARKS.parent / args.recipe).train
+    with torch.no_grad():  # up-projections away from their zero start, as after some training
+        for name, p in model.named_parameters():
+            if p.requires_grad and name.endswith(".V"):
+                p.normal_(0.0, 0.02)
+    steps = []
+    for on in (True, False):
+        switch(on)
+        try:
+            steps.append(counted_step(model, batches[0], train))
+        finally:
+            switch(True)
+    result["operators"] = {name: step[2] for name, step in zip(names, steps)}
+    result |= compare(steps[0][:2], steps[1][:2])
+    print(f"operators: {result['operators']}; " + ", ".join(f"{k}: {v}" for k, v in result.items() if k.startswith(("logits", "gradients"))), flush=True)
+    runs = {"training": lambda: graphs_per_second(model, optimizer, batches, train), "inference": lambda: inference_graphs_per_second(model, batches)}
+    result |= switched_rounds(runs, switch, names, args.rounds)
+    atomic_write_json(args.json, result)
 
 
 def counted_step(model, batch, train: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
